@@ -1,0 +1,1 @@
+"""Subcommands of the `lfmkit` CLI, one module each (see lfmkit/cli.py)."""
