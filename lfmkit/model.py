@@ -1,0 +1,354 @@
+"""The LFM2 model in plain PyTorch: RMSNorm, RoPE, the double-gated short convolution,
+GQA attention with QK-norm, SwiGLU, and the tied head.
+
+Module and parameter names follow the Hugging Face checkpoint layout exactly
+(`model.layers.N.conv.in_proj.weight`, ...), so a checkpoint's tensors load by name.
+
+`LFM2.forward(input_ids, attention_mask=None, state=None)` runs either a plain causal
+forward (training, scoring) or one step against an `LFM2State` (prefill of any length,
+chunked prefill, decode). RoPE positions count real tokens only, so left padding is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ATTENTION, LFM2Config
+from .state import LFM2State
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) computed in float32, cast back, times weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape [batch, seq, head_dim] for integer positions [batch, seq]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                             dtype=torch.float32) / head_dim))
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+@dataclass
+class StepContext:
+    """What every layer of one forward call shares: positions, masks and state slots."""
+
+    cos: torch.Tensor                      # [B, T, head_dim]
+    sin: torch.Tensor
+    token_mask: torch.Tensor | None        # [B, T] float/bool, 1 = real token; None = all real
+    attn_mask: torch.Tensor | None         # [B, 1, T, S] bool; None = plain causal over T
+    state: LFM2State | None = None
+    start: int | None = None               # uniform write slot (all rows at the same length)
+    slots: torch.Tensor | None = None      # [B, T] per-row write slots when rows differ
+    kv_end: int = 0                        # keys to attend over: [0, kv_end)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, hidden: int, ff: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, ff, bias=False)
+        self.w3 = nn.Linear(hidden, ff, bias=False)
+        self.w2 = nn.Linear(ff, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ShortConv(nn.Module):
+    """The double-gated LIV convolution: B, C, x = in_proj(h); y = C * conv(B * x)."""
+
+    def __init__(self, config: LFM2Config, layer_idx: int):
+        super().__init__()
+        h = config.hidden_size
+        self.layer_idx = layer_idx
+        self.kernel = config.conv_L_cache
+        self.in_proj = nn.Linear(h, 3 * h, bias=config.conv_bias)
+        self.conv = nn.Conv1d(h, h, kernel_size=self.kernel, groups=h, bias=config.conv_bias,
+                              padding=self.kernel - 1)
+        self.out_proj = nn.Linear(h, h, bias=config.conv_bias)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if ctx.token_mask is not None:
+            x = x * ctx.token_mask[..., None].to(x.dtype)
+        B, C, xx = self.in_proj(x).chunk(3, dim=-1)       # each [b, t, h]
+        bx = (B * xx).transpose(1, 2)                      # [b, h, t]
+        weight = self.conv.weight                          # [h, 1, k]
+        window = ctx.state.conv[self.layer_idx] if ctx.state is not None else None
+        if window is None:
+            y = F.conv1d(bx, weight, self.conv.bias, padding=self.kernel - 1, groups=bx.shape[1])
+            y = y[..., : bx.shape[-1]]
+        elif bx.shape[-1] == 1:
+            # Decode: shift the window by one in place and take one dot product per channel.
+            window.copy_(torch.cat((window[..., 1:], bx.to(window.dtype)), dim=-1))
+            y = (window.to(bx.dtype) * weight[:, 0, :]).sum(-1, keepdim=True)
+            if self.conv.bias is not None:
+                y = y + self.conv.bias[:, None]
+        else:
+            full = torch.cat((window.to(bx.dtype), bx), dim=-1)   # [b, h, L + t]
+            window.copy_(full[..., -window.shape[-1]:])
+            y = F.conv1d(full, weight, self.conv.bias, groups=bx.shape[1])[..., -bx.shape[-1]:]
+        y = C * y.transpose(1, 2)
+        return self.out_proj(y)
+
+
+class Attention(nn.Module):
+    """GQA with per-head RMSNorm on q and k (before RoPE), causal, scale head_dim^-0.5."""
+
+    def __init__(self, config: LFM2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = config.head_size
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.q_layernorm = RMSNorm(self.head_dim, config.norm_eps)
+        self.k_layernorm = RMSNorm(self.head_dim, config.norm_eps)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_layernorm(self.q_proj(x).view(b, t, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_layernorm(self.k_proj(x).view(b, t, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        cos, sin = ctx.cos[:, None], ctx.sin[:, None]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        state = ctx.state
+        if state is not None:
+            kbuf, vbuf = state.keys[self.layer_idx], state.values[self.layer_idx]
+            if ctx.start is not None:
+                kbuf[:, :, ctx.start: ctx.start + t] = k
+                vbuf[:, :, ctx.start: ctx.start + t] = v
+            else:
+                rows = torch.arange(b, device=x.device)[:, None]
+                kbuf[rows, :, ctx.slots] = k.transpose(1, 2).to(kbuf.dtype)
+                vbuf[rows, :, ctx.slots] = v.transpose(1, 2).to(vbuf.dtype)
+            k = kbuf[:, :, : ctx.kv_end].to(q.dtype)
+            v = vbuf[:, :, : ctx.kv_end].to(q.dtype)
+        if ctx.attn_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class Block(nn.Module):
+    """h = x + op(operator_norm(x)); out = h + ffn(ffn_norm(h)), op = conv or attention."""
+
+    def __init__(self, config: LFM2Config, layer_idx: int):
+        super().__init__()
+        self.is_attention = config.layer_types[layer_idx] == ATTENTION
+        if self.is_attention:
+            self.self_attn = Attention(config, layer_idx)
+        else:
+            self.conv = ShortConv(config, layer_idx)
+        self.operator_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.feed_forward = FeedForward(config.hidden_size, config.ff_dim)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        op = self.self_attn if self.is_attention else self.conv
+        h = x + op(self.operator_norm(x), ctx)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: LFM2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.embedding_norm = RMSNorm(config.hidden_size, config.norm_eps)
+
+
+class LFM2(nn.Module):
+    """An LFM2 (or dense same-layout) causal language model."""
+
+    def __init__(self, config: LFM2Config):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: LFM2Config, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None, seed: int | None = 0) -> "LFM2":
+        """A model with random weights (std 0.02 linears, unit norms), e.g. for benchmarks."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(device or "cpu"):
+            model = cls(config)
+        model.init_weights()
+        return model.to(dtype=dtype or torch.float32).eval()
+
+    def init_weights(self, std: float = 0.02) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, nn.Conv1d):
+                nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None and isinstance(m.bias, nn.Parameter):
+                nn.init.zeros_(m.bias)
+            if isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype | str | None = None,
+                        device: torch.device | str | None = None, **kwargs) -> "LFM2":
+        """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file)."""
+        from .checkpoint import load_model  # checkpoint builds on this module
+
+        return load_model(path, dtype=dtype, device=device, **kwargs)
+
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """Write config.json + model.safetensors (Hugging Face layout, loadable by transformers)."""
+        from .checkpoint import save_model
+
+        save_model(self, directory, **kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embedding_norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embedding_norm.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # shared (tied) tensors counted once
+
+    def new_state(self, batch_size: int = 1, max_length: int | None = None,
+                  dtype: torch.dtype | None = None) -> LFM2State:
+        """Allocate an inference state for this model (default: the full context)."""
+        return LFM2State(self.config, batch_size=batch_size,
+                         max_length=max_length or self.config.max_position_embeddings,
+                         dtype=dtype or self.dtype, device=self.device)
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                state: LFM2State | None = None, logits_to_keep: int = 0,
+                return_hidden: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (only the last `logits_to_keep` positions if > 0).
+
+        attention_mask: [batch, seq] with 1 for real tokens and 0 for (left) padding.
+        state: an `LFM2State` to read and update in place (prefill or decode), or None for a
+        stateless causal forward.
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        ctx = self._context(input_ids, attention_mask, state)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, ctx)
+        if state is not None:
+            n_real = (ctx.token_mask.sum(-1).long() if ctx.token_mask is not None
+                      else torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device))
+            state.advance(x.shape[1], n_real)
+        x = self.model.embedding_norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        if return_hidden:
+            return x
+        return self.lm_head(x)
+
+    def _context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 state: LFM2State | None) -> StepContext:
+        b, t = input_ids.shape
+        device = input_ids.device
+        cfg = self.config
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                                 f"input_ids shape {tuple(input_ids.shape)}")
+            mask = attention_mask.to(device=device, dtype=torch.bool)
+            if bool(mask.all()):
+                mask = None
+        if mask is None:
+            rel = torch.arange(t, device=device).expand(b, t)
+        else:
+            rel = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if state is not None:
+            if state.batch_size != b:
+                raise ValueError(f"state has {state.batch_size} rows but input_ids has {b}")
+            state.check_room(t)
+            positions = state.positions[:, None] + rel
+        else:
+            positions = rel
+        dtype = self.model.embedding_norm.weight.dtype
+        cos, sin = rope_tables(positions, cfg.head_size, cfg.rope_theta, dtype)
+        token_mask = mask
+
+        if state is None:
+            attn_mask = None
+            if mask is not None:
+                causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+                attn_mask = causal[None] & mask[:, None, :]
+                attn_mask = attn_mask | torch.eye(t, dtype=torch.bool, device=device)[None]
+                attn_mask = attn_mask[:, None]
+            return StepContext(cos, sin, token_mask, attn_mask)
+
+        start = state.uniform_length()
+        if start is not None:
+            slots = None
+            kv_end = start + t
+            new_valid = mask if mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)
+            state.valid[:, start: start + t] = new_valid
+            query_slot = (start + torch.arange(t, device=device)).expand(b, t)
+        else:
+            slots = state.lengths[:, None] + torch.arange(t, device=device)
+            kv_end = int(slots.max()) + 1
+            rows = torch.arange(b, device=device)[:, None]
+            state.valid[rows, slots] = mask if mask is not None else True
+            query_slot = slots
+        attn_mask = None
+        if cfg.attention_layers:
+            key_slot = torch.arange(kv_end, device=device)
+            allowed = state.valid[:, None, :kv_end] & (key_slot[None, None] <= query_slot[..., None])
+            allowed = allowed | (key_slot[None, None] == query_slot[..., None])  # never an empty row
+            attn_mask = allowed[:, None]
+        return StepContext(cos, sin, token_mask, attn_mask, state=state, start=start, slots=slots,
+                           kv_end=kv_end)
+
+
+def count_flops_per_token(config: LFM2Config, context: int = 0) -> int:
+    """Approximate forward FLOPs per token (2 per multiply-add) at a given context length."""
+    h = config.hidden_size
+    linear = 2 * (config.num_parameters() - config.vocab_size * h * (1 if config.tie_word_embeddings else 2))
+    head = 2 * config.vocab_size * h
+    attn = 4 * len(config.attention_layers) * config.num_attention_heads * config.head_size * context
+    return int(linear + head + attn)
+
+
+__all__ = ["LFM2", "RMSNorm", "ShortConv", "Attention", "FeedForward", "Block", "rope_tables",
+           "count_flops_per_token"]
