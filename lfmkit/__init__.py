@@ -11,4 +11,8 @@ from .errors import (
     ToolCallParseError,
 )
 
+from .config import LFM2Config
+from .model import LFM2
+from .state import LFM2State
+
 __version__ = "0.1.0"
