@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except LFMKitError as exc:
         print(f"lfmkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except OSError as exc:  # unreadable file, permission denied, disk full, port in use ...
         print(f"lfmkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

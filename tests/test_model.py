@@ -174,3 +174,23 @@ def test_dense_qwen_shape_with_explicit_head_dim(tmp_path):
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         assert rel_err(ref(ids, use_cache=False).logits, ours(ids)) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_cuda_matches_cpu(tmp_path, dtype):
+    path, ref = make_checkpoint(tmp_path, layout="1.2b", seed=11)
+    cpu = LFM2.from_pretrained(path, dtype="float32")
+    gpu = LFM2.from_pretrained(path, dtype=dtype, device="cuda")
+    assert gpu.device.type == "cuda"
+    ids = torch.randint(2, 512, (2, 19), generator=torch.Generator().manual_seed(12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    expected = cpu(ids, attention_mask=mask)
+    got = gpu(ids.cuda(), attention_mask=mask.cuda()).float().cpu()
+    assert rel_err(expected, got, mask) < (1e-4 if dtype == torch.float32 else 0.05)
+    state = gpu.new_state(2, 32)
+    steps = [gpu(ids[:, :15].cuda(), attention_mask=mask[:, :15].cuda(), state=state)]
+    steps += [gpu(ids[:, t: t + 1].cuda(), state=state) for t in range(15, 19)]
+    assert rel_err(expected, torch.cat(steps, 1).float().cpu(), mask) < (1e-4 if dtype == torch.float32 else 0.05)
