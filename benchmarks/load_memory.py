@@ -54,10 +54,10 @@ def write_checkpoint(config: LFM2Config, directory: Path, dtype=torch.bfloat16) 
 
 
 PROBE = textwrap.dedent("""
-    import resource, sys, time, torch
-    def rss_kb():
+    import sys, time, torch
+    def status_kb(field):
         with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
+            return next(int(l.split()[1]) for l in f if l.startswith(field))
     which, path = sys.argv[1], sys.argv[2]
     if which == "lfmkit":
         import lfmkit
@@ -65,11 +65,11 @@ PROBE = textwrap.dedent("""
     else:
         from transformers import AutoModelForCausalLM
         load = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    base = rss_kb()
+    base = status_kb("VmRSS")
     t = time.perf_counter()
     model = load()
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kb("VmHWM")  # this process's own peak (ru_maxrss also counts the parent's)
     print((peak - base) * 1024, seconds)
 """)
 

@@ -91,10 +91,13 @@ class ShortConv(nn.Module):
         self.out_proj = nn.Linear(h, h, bias=config.conv_bias)
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if ctx.token_mask is not None:
-            x = x * ctx.token_mask[..., None].to(x.dtype)
         B, C, xx = self.in_proj(x).chunk(3, dim=-1)       # each [b, t, h]
-        bx = (B * xx).transpose(1, 2)                      # [b, h, t]
+        bx = B * xx
+        if ctx.token_mask is not None:
+            # Padding contributes nothing to the window (with conv_bias, in_proj(0) != 0, so the
+            # mask goes after the projection: a padded row equals the same prompt run alone).
+            bx = bx * ctx.token_mask[..., None].to(bx.dtype)
+        bx = bx.transpose(1, 2)                            # [b, h, t]
         weight = self.conv.weight                          # [h, 1, k]
         window = ctx.state.conv[self.layer_idx] if ctx.state is not None else None
         if window is None:
