@@ -1,0 +1,511 @@
+"""Continuous batching: many concurrent requests share one running batch.
+
+One background thread owns the model and an `LFM2State` with `max_concurrent` rows (slots).
+Every step it
+
+1. drops cancelled requests, freeing their slots at once;
+2. prefills waiting requests, FIFO, up to `prefill_chunk` prompt tokens while other streams
+   are running (a long prompt takes several steps, so running streams stall for at most one
+   chunk). Prefill runs in a batch-1 side state; a finished prompt is copied (`copy_row`) into
+   one free slot per choice (`n` choices share one prefill);
+3. runs ONE batched forward over all running sequences (rows at different lengths: the state
+   writes each row's K/V at its own slot), samples one token per row with that row's own
+   parameters, RNG and penalty history (`sampling.BatchSampler`: one sampler row per
+   sequence, independent of the state row it occupies), and hands each token to its request.
+
+Running sequences always occupy the lowest slots `[0, running)`: when one ends, the last row
+is moved into its hole. The decode forward runs on a zero-copy view of those rows, so a
+half-empty batch costs what a small batch costs.
+
+Consumers get a `RequestHandle`: an (async or sync) iterator of `TokenEvent`, `FinishEvent`
+and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and stop strings are
+matched here (held back until they can no longer start a stop string, and never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ContextLengthError, GenerationError
+from .metrics import ServingMetrics
+from .sampling import BatchSampler, SamplingParams, derived_seed
+from .state import LFM2State
+
+log = logging.getLogger("lfmkit.engine")
+
+
+class EngineOverloadedError(GenerationError):
+    """Too many requests are waiting (HTTP 429), or the engine is stopped (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0, stopped: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.stopped = stopped
+
+
+@dataclass
+class EngineConfig:
+    max_concurrent: int = 8         # batch slots = sequences decoded together
+    max_queued: int = 64            # requests allowed to wait for a slot; beyond: 429
+    max_length: int | None = None   # tokens per slot (prompt + completion); None: min(context, 4096)
+    prefill_chunk: int = 256        # prompt tokens prefilled per step while streams are running
+
+    def validate(self) -> None:
+        for name in ("max_concurrent", "prefill_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise GenerationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queued < 0:
+            raise GenerationError(f"max_queued must be >= 0, got {self.max_queued}")
+        if self.max_length is not None and self.max_length < 2:
+            raise GenerationError(f"max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of choice `index`; `text` is the newly visible text (may be empty)."""
+    index: int
+    token_id: int
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class FinishEvent:
+    """Choice `index` ended. `reason`: "stop", "length" or "cancelled"; `text`: held-back text."""
+    index: int
+    reason: str
+    text: str = ""
+    completion_tokens: int = 0
+
+
+@dataclass
+class ErrorEvent:
+    """The request failed inside the engine (not the client's fault); no more events follow."""
+    message: str
+
+
+class RequestHandle:
+    """What `Engine.submit` returns: iterate (async if a loop was given, else sync); `cancel()`."""
+
+    def __init__(self, request_id: str, n: int, prompt_tokens: int,
+                 loop: asyncio.AbstractEventLoop | None):
+        self.request_id = request_id
+        self.n = n
+        self.prompt_tokens = prompt_tokens
+        self.created = time.perf_counter()
+        self.cancelled = False
+        self._loop = loop
+        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
+        self._wake = None
+        self._open = n                  # choices whose FinishEvent the consumer has not seen
+
+    def _push(self, event) -> None:
+        """Deliver an event (called from the engine thread)."""
+        if self._loop is None:
+            self._queue.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:            # the event loop is closed: nobody is listening
+            self.cancelled = True
+
+    def _seen(self, event) -> None:
+        if isinstance(event, ErrorEvent):
+            self._open = 0
+        elif isinstance(event, FinishEvent):
+            self._open -= 1
+
+    def __iter__(self):
+        while self._open > 0:
+            event = self._queue.get()
+            self._seen(event)
+            yield event
+
+    async def __aiter__(self):
+        while self._open > 0:
+            event = await self._queue.get()
+            self._seen(event)
+            yield event
+
+    def cancel(self) -> None:
+        """Stop generating for this request; its slots are freed at the engine's next step."""
+        if not self.cancelled:
+            self.cancelled = True
+            if self._wake is not None:
+                self._wake()
+
+
+class StopMatcher:
+    """Incremental text for one sequence, with stop strings cut out and never sent.
+
+    Text that could still turn into a stop string is held back until it cannot.
+    """
+
+    def __init__(self, decoder, stop: list[str]):
+        self.decoder = decoder
+        self.stop = [s for s in stop if s]
+        self.longest = max((len(s) for s in self.stop), default=0)
+        self.pending = ""
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Feed one token: (text safe to send now, whether a stop string was hit)."""
+        return self._release(self.decoder.push(token_id), final=False)
+
+    def flush(self) -> str:
+        text, _ = self._release(self.decoder.flush(), final=True)
+        return text
+
+    def _release(self, new: str, final: bool) -> tuple[str, bool]:
+        self.pending += new
+        if not self.stop:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        if final:
+            out, self.pending = self.pending, ""
+            return out, False
+        hold = max((k for s in self.stop for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+
+@dataclass
+class _Request:
+    handle: RequestHandle
+    prompt: list[int]
+    params: SamplingParams
+    max_new: int                    # completion tokens allowed per choice
+    skip_special_tokens: bool
+    prefilled: int = 0
+    open: int = 0                   # choices still generating
+
+
+@dataclass
+class _Sequence:
+    """One choice of a request, living in one batch slot."""
+    request: _Request
+    index: int
+    slot: int
+    text: StopMatcher | None
+    sampler_slot: int               # its row in the BatchSampler (stable while it lives)
+    tokens: list[int] = field(default_factory=list)
+    last_time: float = 0.0
+
+
+class Engine:
+    """Continuous-batching generation over one model (see the module docstring)."""
+
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None,
+                 metrics: ServingMetrics | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = cfg = config or EngineConfig()
+        cfg.validate()
+        self.max_length = cfg.max_length or min(model.config.max_position_embeddings, 4096)
+        self.eos_ids = set(model.config.eos_token_ids)
+        if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+            self.eos_ids.add(int(tokenizer.eos_token_id))
+        self.vocab_size = model.config.vocab_size
+        self.state: LFM2State = model.new_state(cfg.max_concurrent, self.max_length)
+        self._side: LFM2State = model.new_state(1, self.max_length)
+        self.sampler = BatchSampler(self.vocab_size, cfg.max_concurrent, device=model.device)
+        self._free_sampler_slots = list(range(cfg.max_concurrent - 1, -1, -1))
+        self.metrics = metrics or ServingMetrics()
+        self.metrics.queue_depth.bind(self.queue_depth)
+        self.metrics.running.bind(self.active_sequences)
+        self.metrics.slots.set(cfg.max_concurrent)
+        self._ids = itertools.count()
+        self._cv = threading.Condition()
+        self._waiting: deque[_Request] = deque()   # guarded by _cv
+        self._running: list[_Sequence] = []         # _running[i].slot == i; engine thread only
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    # ---- public API ----------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="lfmkit-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the loop thread; requests still waiting or running get an ErrorEvent."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for req in waiting:
+            req.handle._push(ErrorEvent("the server is shutting down"))
+        for req in {id(s.request): s.request for s in self._running}.values():
+            req.handle._push(ErrorEvent("the server is shutting down"))
+        self._running = []
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def queue_depth(self) -> int:
+        """Requests accepted but not yet generating (waiting for a slot or being prefilled)."""
+        return len(self._waiting)
+
+    def active_sequences(self) -> int:
+        """Sequences holding a batch slot."""
+        return len(self._running)
+
+    def check_request(self, prompt: list[int], params: SamplingParams) -> int:
+        """Raise if the request can never run here; return its completion-token limit."""
+        params.validate()
+        if not prompt:
+            raise GenerationError("the prompt is empty: give at least one token")
+        bad = next((t for t in prompt if not 0 <= int(t) < self.vocab_size), None)
+        if bad is not None:
+            raise GenerationError(f"prompt token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        room = self.max_length - len(prompt)
+        if room < 1:
+            raise ContextLengthError(
+                f"this model's maximum context length is {self.max_length} tokens, but the prompt has "
+                f"{len(prompt)} tokens, leaving no room for the completion")
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ContextLengthError(
+                f"this model's maximum context length is {self.max_length} tokens, but {len(prompt)} prompt "
+                f"tokens plus max_tokens={params.max_tokens} need {len(prompt) + params.max_tokens}")
+        n = params.n or 1
+        if n > self.config.max_concurrent:
+            raise GenerationError(f"n={n} is more than this server's {self.config.max_concurrent} "
+                                  f"concurrent sequences (--max-concurrent)")
+        return room if params.max_tokens is None else int(params.max_tokens)
+
+    def submit(self, prompt: list[int], params: SamplingParams, *,
+               loop: asyncio.AbstractEventLoop | None = None, request_id: str | None = None,
+               skip_special_tokens: bool = True) -> RequestHandle:
+        """Queue a request; events arrive on the returned handle (async iteration if `loop`).
+
+        Raises ContextLengthError / GenerationError for a request that can never run here and
+        EngineOverloadedError when the queue is full or the engine is not running.
+        """
+        max_new = self.check_request(prompt, params)
+        if not self.running:
+            raise EngineOverloadedError("the engine is not running", retry_after=5.0, stopped=True)
+        n = params.n or 1
+        handle = RequestHandle(request_id or f"req-{next(self._ids)}", n, len(prompt), loop)
+        handle._wake = self._wake
+        req = _Request(handle, [int(t) for t in prompt], params, max_new, skip_special_tokens, open=n)
+        with self._cv:
+            if len(self._waiting) >= self.config.max_queued + self._free_slots():
+                self.metrics.rejected.inc()
+                raise EngineOverloadedError(
+                    f"the server is busy: {len(self._waiting)} requests are waiting for a slot "
+                    f"(limit {self.config.max_queued}); retry later",
+                    retry_after=self._retry_after())
+            self._waiting.append(req)
+            self._cv.notify_all()
+        return handle
+
+    def _free_slots(self) -> int:
+        return max(0, self.config.max_concurrent - len(self._running))
+
+    def _retry_after(self) -> float:
+        """A rough wait: the mean time per request so far, at least one second."""
+        h = self.metrics.request_latency
+        return max(1.0, h.total / h.count) if h.count else 1.0
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cv:
+                while not (self._stopping or self._waiting or self._running):
+                    self._cv.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # never let one bad step kill the server
+                log.exception("engine step failed")
+                self._fail_all(f"internal error during generation ({type(exc).__name__})")
+
+    def step(self) -> None:
+        """One scheduling step: drop cancelled work, prefill within budget, one decode forward."""
+        self.steps += 1
+        self._drop_cancelled()
+        budget = self.config.prefill_chunk if self._running else max(self.config.prefill_chunk, 2048)
+        while budget > 0:
+            with self._cv:
+                req = self._waiting[0] if self._waiting else None
+            if req is None or (req.prefilled == 0 and req.handle.n > self._free_slots()):
+                break  # nothing to do, or not enough free slots yet (FIFO: no overtaking)
+            budget -= self._prefill(req, budget)
+        if self._running:
+            self._decode()
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            gone = [r for r in self._waiting if r.handle.cancelled]
+            for req in gone:
+                self._waiting.remove(req)
+        for req in gone:
+            if req.prefilled:
+                self._side.reset()
+            for index in range(req.handle.n):
+                req.handle._push(FinishEvent(index, "cancelled"))
+        for seq in [s for s in self._running if s.request.handle.cancelled]:
+            self._finish(seq, "cancelled")
+
+    def _prefill(self, req: _Request, budget: int) -> int:
+        """Prefill up to `budget` prompt tokens of `req`; start its sequences when done."""
+        chunk = req.prompt[req.prefilled: req.prefilled + budget]
+        ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
+        logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+        req.prefilled += len(chunk)
+        self.metrics.prompt_tokens.inc(len(chunk))
+        if req.prefilled < len(req.prompt):
+            return len(chunk)
+        with self._cv:
+            self._waiting.popleft()
+        seqs = []
+        for index in range(req.handle.n):
+            slot = len(self._running)
+            self.state.copy_row(self._side, 0, slot)
+            text = None
+            if self.tokenizer is not None:
+                decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
+                text = StopMatcher(decoder, list(req.params.stop or []))
+            sampler_slot = self._free_sampler_slots.pop()
+            self.sampler.add_row(sampler_slot, req.params, req.prompt,
+                                 seed=derived_seed(req.params.seed, index))
+            seq = _Sequence(req, index, slot, text, sampler_slot)
+            self._running.append(seq)
+            seqs.append(seq)
+        self._side.reset()
+        self._emit(seqs, logits[None].expand(len(seqs), -1))
+        return len(chunk)
+
+    def _decode(self) -> None:
+        seqs = list(self._running)
+        ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.model.device)
+        lengths = [len(s.request.prompt) + len(s.tokens) - 1 for s in seqs]
+        logits = self.model(ids, state=_rows_view(self.state, len(seqs), lengths), logits_to_keep=1)[:, -1]
+        self._emit(seqs, logits)
+
+    def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""
+        out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
+        tokens = out.tokens.tolist()
+        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
+        tops = None
+        if out.top_ids is not None:
+            tops = [list(zip(ids, lps)) for ids, lps in zip(out.top_ids.tolist(), out.top_logprobs.tolist())]
+        now = time.perf_counter()
+        for i, seq in enumerate(seqs):
+            handle = seq.request.handle
+            if handle.cancelled:
+                continue                                  # freed at the next step
+            tok = tokens[i]
+            if not seq.tokens:
+                self.metrics.ttft.observe(now - handle.created)
+            else:
+                self.metrics.token_latency.observe(now - seq.last_time)
+            seq.last_time = now
+            self.metrics.generation_tokens.inc()
+            seq.tokens.append(tok)
+            params = seq.request.params
+            reason, text = None, ""
+            if (tok in self.eos_ids and not params.ignore_eos) \
+                    or tok in (params.stop_token_ids or ()):
+                reason = "stop"
+            elif seq.text is not None:
+                text, hit = seq.text.push(tok)
+                if hit:
+                    reason = "stop"
+            if reason is None and len(seq.tokens) >= seq.request.max_new:
+                reason = "length"
+            lp, top = None, None
+            if params.wants_logprobs and logprobs is not None:
+                lp = logprobs[i]
+                top = tops[i][: params.top_logprobs] if tops is not None and params.top_logprobs else None
+            handle._push(TokenEvent(seq.index, tok, text, lp, top))
+            if reason is not None:
+                self._finish(seq, reason)
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        req = seq.request
+        tail = ""
+        if reason != "cancelled" and seq.text is not None:
+            tail = seq.text.flush()
+        self.metrics.finished.inc(reason=reason)
+        req.handle._push(FinishEvent(seq.index, reason, tail, len(seq.tokens)))
+        req.open -= 1
+        if req.open == 0 and reason != "cancelled":
+            self.metrics.request_latency.observe(time.perf_counter() - req.handle.created)
+        self._release(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free a sequence's slot at once, moving the last running row into the hole."""
+        slot, last = seq.slot, len(self._running) - 1
+        if self._running[slot] is not seq:
+            return
+        if slot != last:
+            mover = self._running[last]
+            self.state.copy_row(self.state, last, slot)
+            mover.slot = slot
+            self._running[slot] = mover
+        self._running.pop()
+        self.state.reset(rows=[last])
+        self.sampler.remove_row(seq.sampler_slot)
+        self._free_sampler_slots.append(seq.sampler_slot)
+
+    def _fail_all(self, message: str) -> None:
+        failed = {id(s.request): s.request for s in self._running}
+        with self._cv:
+            if self._waiting and self._waiting[0].prefilled:
+                req = self._waiting.popleft()
+                failed[id(req)] = req
+        for req in failed.values():
+            req.handle._push(ErrorEvent(message))
+        for seq in self._running:
+            self.sampler.remove_row(seq.sampler_slot)
+        self._running = []
+        self._free_sampler_slots = list(range(self.config.max_concurrent - 1, -1, -1))
+        self.state.reset()
+        self._side.reset()
+
+
+def _rows_view(state: LFM2State, n: int, lengths: list[int]) -> LFM2State:
+    """A zero-copy `LFM2State` over rows [0, n) of `state`: every write lands in `state`."""
+    view = LFM2State.__new__(LFM2State)
+    view.__dict__.update(state.__dict__)
+    view.batch_size = n
+    view.conv = [c[:n] if c is not None else None for c in state.conv]
+    view.keys = [k[:n] if k is not None else None for k in state.keys]
+    view.values = [v[:n] if v is not None else None for v in state.values]
+    view.lengths, view.positions, view.valid = state.lengths[:n], state.positions[:n], state.valid[:n]
+    view._uniform_length = lengths[0] if all(x == lengths[0] for x in lengths) else None
+    return view
+
+
+__all__ = ["Engine", "EngineConfig", "EngineOverloadedError", "RequestHandle", "TokenEvent",
+           "FinishEvent", "ErrorEvent", "StopMatcher"]
