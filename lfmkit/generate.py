@@ -1,0 +1,550 @@
+"""Generation: prefill once, then one-token decode steps on a preallocated `LFM2State`.
+
+    result = generate(model, "Once upon a time", tokenizer=tok, params=SamplingParams(max_tokens=64))
+    result.text, result.token_ids, result.finish_reason, result.usage
+
+    for chunk in stream_generate(model, [{"role": "user", "content": "Hi"}], tokenizer=tok):
+        print(chunk.text, end="")                # chunk.events: reasoning / tool-call events
+
+A prompt is text (encoded with a leading bos), a conversation (a list of message dicts,
+rendered with the chat template), or token ids (a list of ints or a 1-D tensor). A list of
+prompts is a batch: rows are left-padded to one length, run together, and each row stops on its
+own; every row's tokens are those it would get alone. With `n > 1` the n completions of a
+prompt share its prefill (the prefilled row is copied into n state rows) and draw from their
+own generators (seed, seed-derived for the others).
+
+Stopping: eos (config.json, generation_config.json and the tokenizer's eos; not with
+`ignore_eos`), `stop_token_ids`, `stop` strings (text that might begin a stop string is held
+back, and the stop string itself is never returned) and `max_tokens`. `token_ids` holds every
+generated token, a final stop token included; `text` leaves stop tokens and stop strings out.
+
+Context: a prompt plus `max_tokens` that does not fit the model's context (or the state passed
+in) raises `ContextLengthError` with the numbers, unless `truncate=True`, which drops the oldest
+prompt tokens to make room.
+
+Per step the loop does one forward of [rows, 1] tokens, one batched sample and one `tolist()`;
+finished rows are moved out of the running block (the last running row takes their place), so
+a batch gets cheaper as its rows finish.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .errors import ContextLengthError, GenerationError
+from .sampling import BatchSampler, SamplingParams, derived_seed, generation_config_eos
+from .state import LFM2State
+
+FINISH_STOP = "stop"         # eos, a stop token or a stop string
+FINISH_LENGTH = "length"     # max_tokens reached
+FINISH_ABORT = "abort"       # the caller asked to stop (should_stop returned True)
+
+
+# ---- results ---------------------------------------------------------------------------------
+@dataclass
+class TokenLogprob:
+    """The logprob of one generated token under the model, and of the likeliest alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)   # (token id, logprob), best first
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_tokens: int = 0     # prompt tokens this call actually ran through the model
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class GenerationResult:
+    """One completion: its tokens, text, why it stopped, and what it cost."""
+
+    token_ids: list[int]
+    text: str | None
+    finish_reason: str                      # "stop" | "length" | "abort"
+    prompt_ids: list[int]
+    usage: Usage
+    stop_reason: int | str | None = None    # the stop token id or stop string that ended it
+    logprobs: list[TokenLogprob] | None = None
+    index: int = 0                          # which of the prompt's n completions
+    prompt_index: int = 0                   # which prompt of the batch
+
+    @functools.cached_property
+    def message(self):
+        """The text parsed as an assistant message (content, reasoning, tool calls)."""
+        from .chat import parse_assistant_message
+
+        return parse_assistant_message(self.text or "")
+
+
+@dataclass
+class GenerationChunk:
+    """What one decode step added to a streamed completion."""
+
+    text: str                               # newly visible text (may be empty)
+    token_ids: list[int]                    # the token(s) this step produced
+    events: list = field(default_factory=list)   # lfmkit.chat.StreamParser events for `text`
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    result: GenerationResult | None = None  # set on the last chunk
+
+
+# ---- stop strings ----------------------------------------------------------------------------
+class StopStringMatcher:
+    """Finds stop strings in streamed text, holding back text that may be the start of one.
+
+    `push(piece)` returns (text safe to show, stopped?); after a stop, the stop string and
+    everything after it are dropped. Work per piece is bounded by the longest stop string.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self._held = ""
+        self.matched: str | None = None
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        if not self.stops:
+            return piece, False
+        buf = self._held + piece
+        best = None
+        for s in self.stops:
+            i = buf.find(s)
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, s)
+        if best is not None:
+            self._held = ""
+            self.matched = best[1]
+            return buf[:best[0]], True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        self._held = buf[len(buf) - hold:] if hold else ""
+        return buf[:len(buf) - hold], False
+
+    def flush(self) -> str:
+        out, self._held = self._held, ""
+        return out
+
+
+# ---- per-row bookkeeping ---------------------------------------------------------------------
+class _Row:
+    """One sequence being generated: its tokens, text, stop checks and logprobs."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
+                 tokenizer, prompt_index: int, index: int, prefill_tokens: int):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.stop_ids = stop_ids
+        self.prompt_index = prompt_index
+        self.index = index
+        self.prefill_tokens = prefill_tokens
+        self.token_ids: list[int] = []
+        self.pieces: list[str] = []
+        self.logprobs: list[TokenLogprob] | None = [] if params.wants_logprobs else None
+        self.decoder = tokenizer.incremental_decoder() if tokenizer is not None else None
+        self.matcher = StopStringMatcher(params.stop)
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+
+    def accept(self, token: int, logprob: TokenLogprob | None) -> str:
+        """Take one sampled token; return the text it makes visible. Sets finish_reason when done."""
+        self.token_ids.append(token)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
+        text = ""
+        if token in self.stop_ids:
+            self.finish_reason, self.stop_reason = FINISH_STOP, token
+            return self._close(text)
+        if self.decoder is not None:
+            text, stopped = self.matcher.push(self.decoder.push(token))
+            if stopped:
+                self.finish_reason, self.stop_reason = FINISH_STOP, self.matcher.matched
+                self.pieces.append(text)
+                return text
+        if len(self.token_ids) >= self.params.max_tokens:
+            self.finish_reason = FINISH_LENGTH
+            return self._close(text)
+        self.pieces.append(text)
+        return text
+
+    def abort(self) -> str:
+        self.finish_reason = FINISH_ABORT
+        return self._close("")
+
+    def _close(self, text: str) -> str:
+        """The stream ended without a stop string: release what was held back."""
+        if self.decoder is not None:
+            tail, stopped = self.matcher.push(self.decoder.flush())
+            text += tail
+            if stopped:
+                self.finish_reason, self.stop_reason = FINISH_STOP, self.matcher.matched
+            else:
+                text += self.matcher.flush()
+        self.pieces.append(text)
+        return text
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(
+            token_ids=list(self.token_ids),
+            text="".join(self.pieces) if self.decoder is not None else None,
+            finish_reason=self.finish_reason or FINISH_ABORT,
+            prompt_ids=self.prompt_ids,
+            usage=Usage(len(self.prompt_ids), len(self.token_ids), self.prefill_tokens),
+            stop_reason=self.stop_reason,
+            logprobs=self.logprobs,
+            index=self.index,
+            prompt_index=self.prompt_index,
+        )
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+def _is_single_prompt(prompts: Any) -> bool:
+    if isinstance(prompts, str):
+        return True
+    if isinstance(prompts, torch.Tensor):
+        return prompts.dim() == 1
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise GenerationError("prompt: empty list (give text, token ids or messages)")
+        first = prompts[0]
+        return isinstance(first, (int, dict)) or (hasattr(first, "__index__") and not isinstance(first, (list, tuple, str, torch.Tensor)))
+    raise GenerationError(f"prompt: expected text, token ids or messages, got {type(prompts).__name__}")
+
+
+def encode_prompt(prompt: Any, tokenizer, tools=None, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids for one prompt: ids as given, text with a leading bos, messages via the template."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dim() != 1:
+            raise GenerationError(f"prompt: a token-id tensor must be 1-D, got shape {tuple(prompt.shape)}")
+        return [int(t) for t in prompt.tolist()]
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise GenerationError("prompt: text needs a tokenizer (pass tokenizer=...)")
+        bos = tokenizer.bos_token
+        return tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
+    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
+        if tokenizer is None:
+            raise GenerationError("prompt: messages need a tokenizer with a chat template (pass tokenizer=...)")
+        text = tokenizer.apply_chat_template(list(prompt), tools=tools, add_generation_prompt=True,
+                                             **(chat_template_kwargs or {}))
+        return tokenizer.encode(text)
+    if isinstance(prompt, (list, tuple)):
+        ids = []
+        for t in prompt:
+            if isinstance(t, bool) or not hasattr(t, "__index__"):
+                raise GenerationError(f"prompt: token ids must be integers, got {t!r}")
+            ids.append(int(t))
+        return ids
+    raise GenerationError(f"prompt: expected text, token ids or messages, got {type(prompt).__name__}")
+
+
+@functools.lru_cache(maxsize=16)
+def _generation_config_eos(path: str | None) -> tuple[int, ...]:
+    return tuple(generation_config_eos(path)) if path else ()
+
+
+def eos_token_ids(model, tokenizer=None) -> set[int]:
+    """Every id that ends a completion: config.json, generation_config.json, the tokenizer."""
+    ids = set(model.config.eos_token_ids)
+    ids.update(_generation_config_eos(getattr(model, "source_path", None)))
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def load_tokenizer_for(model):
+    """The tokenizer shipped with a loaded checkpoint (None when it has none)."""
+    from .errors import TokenizerError
+    from .tokenizer import Tokenizer
+
+    path = getattr(model, "source_path", None)
+    if path is None:
+        return None
+    try:
+        return Tokenizer.from_pretrained(path)
+    except TokenizerError:
+        return None
+
+
+def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncate: bool,
+                   limit: int, what: str, index: int | None) -> list[int]:
+    """The prompt, or its newest tokens when truncating; ContextLengthError when it cannot fit."""
+    who = "prompt" if index is None else f"prompt {index}"
+    if not prompt_ids:
+        raise GenerationError(f"{who}: no tokens")
+    need = len(prompt_ids) + params.max_tokens
+    if need <= limit:
+        return prompt_ids
+    if truncate and params.max_tokens < limit:
+        return prompt_ids[len(prompt_ids) - (limit - params.max_tokens):]
+    raise ContextLengthError(
+        f"{who} has {len(prompt_ids)} tokens and max_tokens is {params.max_tokens}: {need} tokens do not fit "
+        f"{what} of {limit} tokens (shorten the prompt, lower max_tokens, or pass truncate=True)")
+
+
+def _rows_view(state: LFM2State, n: int) -> LFM2State:
+    """The first n rows of a state, sharing its memory (all rows at one length)."""
+    if n == state.batch_size:
+        return state
+    view = LFM2State.__new__(LFM2State)
+    view.__dict__.update(state.__dict__)
+    view.batch_size = n
+    view.conv = [c[:n] if c is not None else None for c in state.conv]
+    view.keys = [k[:n] if k is not None else None for k in state.keys]
+    view.values = [v[:n] if v is not None else None for v in state.values]
+    view.lengths, view.positions, view.valid = state.lengths[:n], state.positions[:n], state.valid[:n]
+    return view
+
+
+def _move_row(state: LFM2State, src: int, dst: int) -> None:
+    """Copy row src over row dst of the same state (conv windows, K/V, counters)."""
+    n = state.max_filled()
+    for c in state.conv:
+        if c is not None:
+            c[dst].copy_(c[src])
+    for group in (state.keys, state.values):
+        for t in group:
+            if t is not None:
+                t[dst, :, :n].copy_(t[src, :, :n])
+    state.valid[dst, :n] = state.valid[src, :n]
+    state.lengths[dst] = state.lengths[src]
+    state.positions[dst] = state.positions[src]
+
+
+def _logprob_entries(out, n: int, wanted: list[bool]) -> list[TokenLogprob | None]:
+    if out.logprobs is None:
+        return [None] * n
+    lp = out.logprobs.tolist()
+    toks = out.tokens.tolist()
+    tops_ids = out.top_ids.tolist() if out.top_ids is not None else None
+    tops_lp = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+    entries: list[TokenLogprob | None] = []
+    for i in range(n):
+        if not wanted[i]:
+            entries.append(None)
+            continue
+        top = list(zip(tops_ids[i], tops_lp[i])) if tops_ids is not None else []
+        entries.append(TokenLogprob(toks[i], lp[i], top))
+    return entries
+
+
+# ---- the decode loop -------------------------------------------------------------------------
+@torch.no_grad()
+def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row], sampler: BatchSampler,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[list[tuple[_Row, str, int]]]:
+    """Sample and feed tokens until every row has finished.
+
+    `logits` [len(rows), V] are the prefill's last-position logits; row i of the state and
+    slot i of the sampler belong to rows[i]. Yields, per step, (row, new text, token) for each
+    row that got a token. A finished row's last token is never fed to the model; the running
+    rows are kept in the first state rows (a finished row's place is taken by the last one).
+    """
+    running = list(range(len(rows)))          # running[i]: the row (and sampler slot) in state row i
+    step_ids = torch.empty(len(rows), 1, dtype=torch.long, device=logits.device)
+    wanted = [r.params.wants_logprobs for r in rows]
+    while True:
+        if should_stop is not None and should_stop():
+            yield [(rows[r], rows[r].abort(), -1) for r in running]
+            return
+        out = sampler.sample(logits, running)
+        tokens = out.tokens.tolist()
+        entries = _logprob_entries(out, len(running), [wanted[r] for r in running])
+        step = []
+        for i, r in enumerate(running):
+            text = rows[r].accept(tokens[i], entries[i])
+            step.append((rows[r], text, tokens[i]))
+        yield step
+        done = [i for i, r in enumerate(running) if rows[r].finish_reason is not None]
+        if len(done) == len(running):
+            return
+        if done:
+            # Fill each finished row's place with the last running row (highest place first).
+            keep = out.tokens
+            for i in reversed(done):
+                last = len(running) - 1
+                if i != last:
+                    _move_row(state, last, i)
+                    keep[i] = keep[last]
+                    running[i] = running[last]
+                running.pop()
+            state = _rows_view(state, len(running))
+            step_ids = step_ids[: len(running)]
+            step_ids[:, 0].copy_(keep[: len(running)])
+        else:
+            step_ids[:, 0].copy_(out.tokens)
+        logits = model(step_ids, state=state)[:, -1]
+
+
+@torch.no_grad()
+def prefill(model, state: LFM2State, prompts: list[list[int]], pad_id: int | None = None,
+            chunk_size: int | None = None) -> torch.Tensor:
+    """Run left-padded prompts (one per state row) into the state; return last logits [B, V]."""
+    device = model.device
+    width = max(len(p) for p in prompts)
+    pad = model.config.pad_token_id if pad_id is None else pad_id
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    uniform = all(len(p) == width for p in prompts)
+    step = chunk_size or width
+    logits = None
+    for start in range(0, width, step):
+        part_mask = None if uniform else mask[:, start:start + step]
+        logits = model(ids[:, start:start + step], part_mask, state=state, logits_to_keep=1)
+    return logits[:, -1]
+
+
+def _stop_ids(model, tokenizer, params: SamplingParams) -> frozenset[int]:
+    ids = set(params.stop_token_ids)
+    if not params.ignore_eos:
+        ids |= eos_token_ids(model, tokenizer)
+    return frozenset(ids)
+
+
+def _prepare(model, prompts, params, tokenizer, tools, chat_template_kwargs, overrides):
+    single = _is_single_prompt(prompts)
+    prompt_list = [prompts] if single else list(prompts)
+    if params is None:
+        params = SamplingParams.for_model(model, **overrides)
+    elif overrides:
+        params = params.replace(**overrides) if isinstance(params, SamplingParams) else params
+    params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompt_list)
+    if len(params_list) != len(prompt_list):
+        raise GenerationError(f"params: {len(params_list)} SamplingParams for {len(prompt_list)} prompts")
+    for p in params_list:
+        if not isinstance(p, SamplingParams):
+            raise GenerationError(f"params: expected SamplingParams, got {type(p).__name__}")
+        p.validate()
+    needs_text = any(isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], dict))
+                     for p in prompt_list) or any(p.stop for p in params_list)
+    if tokenizer is None and needs_text:
+        tokenizer = load_tokenizer_for(model)
+        if tokenizer is None:
+            raise GenerationError("text prompts, messages and stop strings need a tokenizer, and the model's "
+                                  "checkpoint has none: pass tokenizer=...")
+    ids = [encode_prompt(p, tokenizer, tools, chat_template_kwargs) for p in prompt_list]
+    return single, ids, params_list, tokenizer
+
+
+def _start(model, prompts, params, tokenizer, *, tools=None, chat_template_kwargs=None, truncate=False,
+           max_length=None, prefill_chunk=None, **overrides):
+    """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler)."""
+    single, ids, params_list, tokenizer = _prepare(model, prompts, params, tokenizer, tools,
+                                                   chat_template_kwargs, overrides)
+    context = model.config.max_position_embeddings
+    for i, (p, sp) in enumerate(zip(ids, params_list)):
+        ids[i] = _context_check(model, p, sp, truncate, context, "the model's context",
+                                None if single else i)
+    width = max(len(p) for p in ids)
+    need = width + max(sp.max_tokens for sp in params_list)
+    if max_length is not None and need > max_length:
+        raise ContextLengthError(f"the longest prompt ({width} tokens) plus max_tokens "
+                                 f"({need - width}) needs {need} tokens; max_length is {max_length}")
+    vocab = model.config.vocab_size
+    for i, p in enumerate(ids):
+        bad = [t for t in p if not 0 <= t < vocab]
+        if bad:
+            raise GenerationError(f"prompt{'' if single else f' {i}'}: token id {bad[0]} is outside the "
+                                  f"model's vocabulary (size {vocab})")
+    n_rows = sum(sp.n for sp in params_list)
+    state = model.new_state(batch_size=n_rows, max_length=max_length or need)
+    sampler = BatchSampler(vocab, n_rows, device=model.device)
+    rows: list[_Row] = []
+    for i, (p, sp) in enumerate(zip(ids, params_list)):
+        stop_ids = _stop_ids(model, tokenizer, sp)
+        for k in range(sp.n):
+            sampler.add_row(len(rows), sp, p, seed=derived_seed(sp.seed, k))
+            rows.append(_Row(p, sp, stop_ids, tokenizer, i, k, len(p) if k == 0 else 0))
+    if n_rows == len(ids):
+        logits = prefill(model, state, ids, chunk_size=prefill_chunk)
+    else:
+        # n > 1: prefill each prompt once into a side state, then copy it into its n rows.
+        side = model.new_state(batch_size=len(ids), max_length=width)
+        first = prefill(model, side, ids, chunk_size=prefill_chunk)
+        owner = [r.prompt_index for r in rows]
+        for row, src in enumerate(owner):
+            state.copy_row(side, src, row)
+        logits = first[torch.tensor(owner, device=first.device)]
+        del side
+    return single, rows, state, logits, sampler
+
+
+def generate(model, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             tokenizer=None, tools=None, chat_template_kwargs: dict | None = None, truncate: bool = False,
+             max_length: int | None = None, prefill_chunk: int | None = None,
+             should_stop: Callable[[], bool] | None = None, **overrides):
+    """Generate completions for one prompt or a batch.
+
+    Returns one `GenerationResult` for a single prompt with n == 1, else a list (prompt-major:
+    all n completions of prompt 0, then of prompt 1, ...). `params` defaults to the checkpoint's
+    generation_config.json / the model card; keyword overrides (max_tokens=..., seed=...) apply
+    on top. `params` may also be one SamplingParams per prompt.
+    """
+    single, rows, state, logits, sampler = _start(
+        model, prompts, params, tokenizer, tools=tools, chat_template_kwargs=chat_template_kwargs,
+        truncate=truncate, max_length=max_length, prefill_chunk=prefill_chunk, **overrides)
+    for _ in decode_rows(model, state, logits, rows, sampler, should_stop):
+        pass
+    results = [r.result() for r in rows]
+    return results[0] if single and len(results) == 1 else results
+
+
+def stream_generate(model, prompt, params: SamplingParams | None = None, *, tokenizer=None, tools=None,
+                    chat_template_kwargs: dict | None = None, truncate: bool = False,
+                    max_length: int | None = None, prefill_chunk: int | None = None, parse: bool = True,
+                    should_stop: Callable[[], bool] | None = None, **overrides) -> Iterator[GenerationChunk]:
+    """Stream one completion of one prompt: a `GenerationChunk` per decode step.
+
+    Each chunk carries the newly visible text and, with `parse=True` and a tokenizer, the
+    `lfmkit.chat.StreamParser` events for it (reasoning, content, tool calls). The last chunk
+    has `finish_reason` and the whole `result`.
+    """
+    if not _is_single_prompt(prompt):
+        raise GenerationError("stream_generate takes one prompt; use generate() for a batch")
+    single, rows, state, logits, sampler = _start(
+        model, prompt, params, tokenizer, tools=tools, chat_template_kwargs=chat_template_kwargs,
+        truncate=truncate, max_length=max_length, prefill_chunk=prefill_chunk, **overrides)
+    if len(rows) != 1:
+        raise GenerationError("stream_generate streams one completion: 'n' must be 1")
+    yield from stream_rows(model, state, logits, rows[0], sampler, parse=parse, should_stop=should_stop)
+
+
+def stream_rows(model, state, logits, row: _Row, sampler, parse: bool = True,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[GenerationChunk]:
+    """The streaming form of `decode_rows` for one row (used by stream_generate and ChatSession)."""
+    parser = None
+    if parse and row.decoder is not None:
+        from .chat import StreamParser
+
+        parser = StreamParser()
+    for step in decode_rows(model, state, logits, [row], sampler, should_stop):
+        for r, text, token in step:
+            events = parser.feed(text) if parser is not None and text else []
+            chunk = GenerationChunk(text=text, token_ids=[token] if token >= 0 else [], events=events,
+                                    logprobs=[r.logprobs[-1]] if r.logprobs and token >= 0 else [])
+            if r.finish_reason is not None:
+                if parser is not None:
+                    chunk.events = chunk.events + parser.finish()
+                chunk.finish_reason = r.finish_reason
+                chunk.result = r.result()
+            yield chunk
+
+
+__all__ = ["generate", "stream_generate", "GenerationResult", "GenerationChunk", "TokenLogprob", "Usage",
+           "StopStringMatcher", "prefill", "decode_rows", "eos_token_ids", "encode_prompt"]
