@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ContextLengthError, GenerationError
+from .errors import ContextLengthError, GenerationError, TokenizerError
 from .metrics import ServingMetrics
 from .sampling import BatchSampler, SamplingParams, derived_seed
 from .state import LFM2State
@@ -158,8 +158,15 @@ class StopMatcher:
         self.pending = ""
 
     def push(self, token_id: int) -> tuple[str, bool]:
-        """Feed one token: (text safe to send now, whether a stop string was hit)."""
-        return self._release(self.decoder.push(token_id), final=False)
+        """Feed one token: (text safe to send now, whether a stop string was hit).
+
+        A model may have more ids than its tokenizer (padded vocabularies): such an id has no text.
+        """
+        try:
+            new = self.decoder.push(token_id)
+        except TokenizerError:
+            new = ""
+        return self._release(new, final=False)
 
     def flush(self) -> str:
         text, _ = self._release(self.decoder.flush(), final=True)
