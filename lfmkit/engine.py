@@ -37,6 +37,7 @@ import torch
 
 from .errors import ContextLengthError, GenerationError, TokenizerError
 from .metrics import ServingMetrics
+from .generate import StopStringMatcher, eos_token_ids
 from .sampling import BatchSampler, SamplingParams, derived_seed
 from .state import LFM2State
 
@@ -145,17 +146,13 @@ class RequestHandle:
                 self._wake()
 
 
-class StopMatcher:
-    """Incremental text for one sequence, with stop strings cut out and never sent.
-
-    Text that could still turn into a stop string is held back until it cannot.
-    """
+class TextStream:
+    """Incremental text of one sequence, with stop strings cut out (`generate.StopStringMatcher`:
+    text that could still become a stop string is held back, and a stop string is never sent)."""
 
     def __init__(self, decoder, stop: list[str]):
         self.decoder = decoder
-        self.stop = [s for s in stop if s]
-        self.longest = max((len(s) for s in self.stop), default=0)
-        self.pending = ""
+        self.matcher = StopStringMatcher(stop)
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Feed one token: (text safe to send now, whether a stop string was hit).
@@ -166,28 +163,12 @@ class StopMatcher:
             new = self.decoder.push(token_id)
         except TokenizerError:
             new = ""
-        return self._release(new, final=False)
+        return self.matcher.push(new)
 
     def flush(self) -> str:
-        text, _ = self._release(self.decoder.flush(), final=True)
-        return text
-
-    def _release(self, new: str, final: bool) -> tuple[str, bool]:
-        self.pending += new
-        if not self.stop:
-            out, self.pending = self.pending, ""
-            return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        if final:
-            out, self.pending = self.pending, ""
-            return out, False
-        hold = max((k for s in self.stop for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
+        """At the end: the held-back text (a partial character or a partial stop string)."""
+        text, hit = self.matcher.push(self.decoder.flush())
+        return text if hit else text + self.matcher.flush()
 
 
 @dataclass
@@ -207,7 +188,7 @@ class _Sequence:
     request: _Request
     index: int
     slot: int
-    text: StopMatcher | None
+    text: TextStream | None
     sampler_slot: int               # its row in the BatchSampler (stable while it lives)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
@@ -223,9 +204,7 @@ class Engine:
         self.config = cfg = config or EngineConfig()
         cfg.validate()
         self.max_length = cfg.max_length or min(model.config.max_position_embeddings, 4096)
-        self.eos_ids = set(model.config.eos_token_ids)
-        if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
-            self.eos_ids.add(int(tokenizer.eos_token_id))
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.config.vocab_size
         self.state: LFM2State = model.new_state(cfg.max_concurrent, self.max_length)
         self._side: LFM2State = model.new_state(1, self.max_length)
@@ -400,7 +379,7 @@ class Engine:
             text = None
             if self.tokenizer is not None:
                 decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
-                text = StopMatcher(decoder, list(req.params.stop or []))
+                text = TextStream(decoder, list(req.params.stop or []))
             sampler_slot = self._free_sampler_slots.pop()
             self.sampler.add_row(sampler_slot, req.params, req.prompt,
                                  seed=derived_seed(req.params.seed, index))
@@ -515,4 +494,4 @@ def _rows_view(state: LFM2State, n: int, lengths: list[int]) -> LFM2State:
 
 
 __all__ = ["Engine", "EngineConfig", "EngineOverloadedError", "RequestHandle", "TokenEvent",
-           "FinishEvent", "ErrorEvent", "StopMatcher"]
+           "FinishEvent", "ErrorEvent", "TextStream"]

@@ -324,14 +324,16 @@ def model_list(model_id: str, created: int, max_model_len: int) -> dict[str, Any
                                         "owned_by": "lfmkit", "max_model_len": max_model_len}]}
 
 
-def chat_chunk(rid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
+def chat_chunk(rid: str, created: int, model: str, choices: list[dict], **extra: Any) -> dict:
+    """One `chat.completion.chunk`; `extra` adds fields such as `usage`."""
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices, "usage": usage_}
+            "system_fingerprint": None, "choices": choices, **extra}
 
 
-def completion_chunk(rid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
+def completion_chunk(rid: str, created: int, model: str, choices: list[dict], **extra: Any) -> dict:
+    """One streamed `text_completion` chunk; `extra` adds fields such as `usage`."""
     return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices, "usage": usage_}
+            "system_fingerprint": None, "choices": choices, **extra}
 
 
 __all__ = ["RequestError", "error_body", "ChatCompletionRequest", "CompletionRequest", "Message", "Tool",

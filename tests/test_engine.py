@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lfmkit import LFM2
 from lfmkit.engine import (Engine, EngineConfig, EngineOverloadedError, ErrorEvent, FinishEvent,
-                           StopMatcher, TokenEvent)
+                           TextStream, TokenEvent)
 from lfmkit.errors import ContextLengthError, GenerationError
 from lfmkit.sampling import SamplingParams
 from lfmkit.tokenizer import Tokenizer
@@ -212,7 +212,7 @@ class _ListDecoder:
 @given(pieces=st.lists(st.text(alphabet="ab\n", max_size=3), min_size=1, max_size=12),
        stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), min_size=1, max_size=3))
 def test_stop_matcher_never_leaks_a_stop_string(pieces, stops):
-    matcher = StopMatcher(_ListDecoder(pieces), stops)
+    matcher = TextStream(_ListDecoder(pieces), stops)
     out, hit = "", False
     for i in range(len(pieces)):
         text, hit = matcher.push(i)
