@@ -178,11 +178,14 @@ class Tokenizer:
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text for `ids`; bytes that do not form valid UTF-8 become U+FFFD."""
+        """Text for `ids`; bytes that do not form valid UTF-8 become U+FFFD.
+
+        Ids past the vocabulary (a model's padded embedding rows) decode to nothing, as in
+        transformers; negative ids are an error.
+        """
         ids = [int(i) for i in ids]
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise TokenizerError(f"decode: token id {i} is outside the vocabulary (size {self.vocab_size})")
+        if ids and min(ids) < 0:
+            raise TokenizerError(f"decode: token id {min(ids)} is negative")
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def incremental_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
@@ -272,9 +275,8 @@ class IncrementalDecoder:
     def push(self, token_id: int) -> str:
         """Add one token; return the newly completed text."""
         token_id = int(token_id)
-        if not 0 <= token_id < self._tokenizer.vocab_size:
-            raise TokenizerError(f"token id {token_id} is outside the vocabulary "
-                                 f"(size {self._tokenizer.vocab_size})")
+        if token_id < 0:
+            raise TokenizerError(f"token id {token_id} is negative")
         self._ids.append(token_id)
         text = self._window_text()
         complete = not text.endswith(REPLACEMENT)
