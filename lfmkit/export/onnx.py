@@ -1,0 +1,300 @@
+"""ONNX export: one graph that runs prefill and decode steps with explicit state in and out.
+
+The graph's interface is the one of the ONNX Runtime loop on the LFM2 model cards (and of the
+onnx-community exports): inputs `input_ids`, `attention_mask`, `position_ids` (int64), then per
+layer in order `past_conv.{i}` [batch, hidden, conv_L_cache] (conv layers) or
+`past_key_values.{i}.key` / `.value` [batch, kv_heads, past_len, head_dim] (attention layers);
+outputs `logits` [batch, seq, vocab], then `present_conv.{i}` / `present.{i}.key` / `.value`.
+
+Semantics (what the loop feeds): `attention_mask` covers past + new tokens (0 = padding),
+`position_ids` give each new token's RoPE position. Padded tokens are zeroed before the
+convolution and masked out as keys, so left-padded rows compute what they would alone.
+
+We trace a purpose-written step module (`OnnxStep`) that reuses the model's own weights and
+norms with TorchScript's exporter (torch.onnx.export(dynamo=False)): no onnxscript needed,
+and every op it emits (MatMul, Conv, Softmax, Concat, ...) runs on ONNX Runtime's CPU provider.
+The weight-quantised variant is made with ONNX Runtime's own tools: MatMulNBits int4
+(block 32, model_q4.onnx) or dynamic int8 (model_int8.onnx).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ATTENTION
+from ..errors import ExportError
+
+MODEL_FILE = "model.onnx"
+QUANTIZED_FILES = {"q4": "model_q4.onnx", "int8": "model_int8.onnx"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
+
+
+def io_names(config) -> tuple[list[str], list[str]]:
+    """The graph's input and output names, in order."""
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    outputs = ["logits"]
+    for i, t in enumerate(config.layer_types):
+        if t == ATTENTION:
+            inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+            outputs += [f"present.{i}.key", f"present.{i}.value"]
+        else:
+            inputs.append(f"past_conv.{i}")
+            outputs.append(f"present_conv.{i}")
+    return inputs, outputs
+
+
+class OnnxStep(nn.Module):
+    """One forward step of an LFM2 with the state passed in and returned (traceable)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.cfg = cfg
+        hd = cfg.head_size
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.scale = hd ** -0.5
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        cfg = self.cfg
+        core = self.model.model
+        T = input_ids.shape[1]
+        S = attention_mask.shape[1]
+        x = core.embed_tokens(input_ids)
+        new_mask = attention_mask[:, S - T:].to(x.dtype)                        # [B, T]
+        freqs = position_ids[..., None].to(torch.float32) * self.inv_freq      # [B, T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]                        # [B, 1, T, hd]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        bias = None
+        if cfg.attention_layers:
+            key_idx = torch.arange(S, device=x.device)
+            query_idx = torch.arange(T, device=x.device) + (S - T)
+            allowed = (key_idx[None, :] <= query_idx[:, None])[None] & attention_mask[:, None, :].bool()
+            zero = torch.zeros((), dtype=x.dtype)
+            bias = torch.where(allowed, zero, torch.finfo(x.dtype).min)[:, None]   # [B, 1, T, S]
+        presents = []
+        k = 0
+        for i, layer in enumerate(core.layers):
+            h = layer.operator_norm(x)
+            if cfg.layer_types[i] == ATTENTION:
+                out, pk, pv = self._attention(layer.self_attn, h, past[k], past[k + 1], cos, sin, bias)
+                presents += [pk, pv]
+                k += 2
+            else:
+                out, pc = self._conv(layer.conv, h, past[k], new_mask)
+                presents.append(pc)
+                k += 1
+            h = x + out
+            x = h + layer.feed_forward(layer.ffn_norm(h))
+        logits = self.model.lm_head(core.embedding_norm(x))
+        return (logits, *presents)
+
+    def _conv(self, conv, h, past_conv, new_mask):
+        b_gate, c_gate, xx = conv.in_proj(h).chunk(3, dim=-1)
+        bx = (b_gate * xx * new_mask[..., None]).transpose(1, 2)               # [B, H, T]
+        full = torch.cat((past_conv.to(bx.dtype), bx), dim=-1)                 # [B, H, L + T]
+        present = full[:, :, -self.cfg.conv_L_cache:]
+        y = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])  # [B, H, T + L - k + 1]
+        y = y[:, :, y.shape[2] - bx.shape[2]:]
+        return conv.out_proj(c_gate * y.transpose(1, 2)), present
+
+    def _attention(self, attn, h, past_k, past_v, cos, sin, bias):
+        from ..model import rotate_half
+
+        b, t, _ = h.shape
+        nh, nkv, hd = attn.n_heads, attn.n_kv, attn.head_dim
+        q = attn.q_layernorm(attn.q_proj(h).view(b, t, nh, hd)).transpose(1, 2)
+        k = attn.k_layernorm(attn.k_proj(h).view(b, t, nkv, hd)).transpose(1, 2)
+        v = attn.v_proj(h).view(b, t, nkv, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = torch.cat((past_k.to(k.dtype), k), dim=2)
+        v = torch.cat((past_v.to(v.dtype), v), dim=2)
+        kk, vv = k, v
+        if nh != nkv:
+            rep = nh // nkv
+            kk = k[:, :, None].expand(-1, -1, rep, -1, -1).reshape(b, nh, -1, hd)
+            vv = v[:, :, None].expand(-1, -1, rep, -1, -1).reshape(b, nh, -1, hd)
+        scores = torch.matmul(q, kk.transpose(-1, -2)) * self.scale + bias
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs, vv).transpose(1, 2).reshape(b, t, nh * hd)
+        return attn.out_proj(out), k, v
+
+
+def check_exportable(model, quantize: str | None) -> None:
+    """Raise ExportError for what this exporter cannot write."""
+    if quantize not in (None, *QUANTIZED_FILES):
+        raise ExportError(f"unsupported ONNX quantisation {quantize!r}; choose one of "
+                          f"{', '.join(QUANTIZED_FILES)} or none")
+    for name, p in model.state_dict().items():
+        if not torch.is_floating_point(p):
+            raise ExportError(f"tensor '{name}' is {p.dtype}, not floating point: export the float model "
+                              f"(ONNX weight quantisation is done by --quantize)")
+    for name, m in model.named_modules():
+        if type(m).__name__ not in _KNOWN_MODULES:
+            raise ExportError(f"module '{name}' ({type(m).__name__}) is not part of the LFM2 architecture "
+                              f"this exporter writes; export the plain float model")
+    cfg = model.config
+    if cfg.conv_L_cache < 1:
+        raise ExportError(f"config field 'conv_L_cache' must be at least 1, got {cfg.conv_L_cache}")
+
+
+_KNOWN_MODULES = {"LFM2", "Backbone", "Embedding", "ModuleList", "Block", "Attention", "ShortConv",
+                  "FeedForward", "RMSNorm", "Linear", "Conv1d"}
+
+
+def _example_inputs(cfg, batch: int = 2, seq: int = 3, past: int = 2):
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    pos = torch.arange(past, past + seq).expand(batch, seq).contiguous()
+    states = []
+    for t in cfg.layer_types:
+        if t == ATTENTION:
+            shape = (batch, cfg.num_key_value_heads, past, cfg.head_size)
+            states += [torch.zeros(shape), torch.zeros(shape)]
+        else:
+            states.append(torch.zeros(batch, cfg.hidden_size, cfg.conv_L_cache))
+    return (ids, mask, pos, *states)
+
+
+def _dynamic_axes(cfg) -> dict[str, dict[int, str]]:
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total_seq"},
+            "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    for i, t in enumerate(cfg.layer_types):
+        if t == ATTENTION:
+            for kv in ("key", "value"):
+                axes[f"past_key_values.{i}.{kv}"] = {0: "batch", 2: "past_seq"}
+                axes[f"present.{i}.{kv}"] = {0: "batch", 2: "total_seq"}
+        else:
+            axes[f"past_conv.{i}"] = {0: "batch"}
+            axes[f"present_conv.{i}"] = {0: "batch"}
+    return axes
+
+
+def _save_with_external_data(proto, path: Path) -> None:
+    import onnx
+
+    data = path.with_name(path.name + "_data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def _check_quantizer(kind: str | None) -> None:
+    """Fail before the (long) export when the requested quantiser cannot be imported."""
+    try:
+        if kind == "q4":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # noqa: F401
+        elif kind == "int8":
+            from onnxruntime.quantization import quantize_dynamic  # noqa: F401
+    except ImportError as exc:
+        extra = " (pip install onnx-ir)" if "onnx_ir" in str(exc) else ""
+        raise ExportError(f"--quantize {kind}: ONNX Runtime's quantiser is not importable: {exc}{extra}; "
+                          f"or choose --quantize int8 / none") from None
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """ONNX Runtime's quantisers log every node at INFO and advise pre-processing on the root logger."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _quantize(src: Path, kind: str, out: Path) -> None:
+    import onnx
+
+    if kind == "q4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=32, is_symmetric=True)
+        q.process()
+        _save_with_external_data(q.model.model, out)
+    else:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        data = out.with_name(out.name + "_data")
+        data.unlink(missing_ok=True)
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+        _save_with_external_data(onnx.load(str(out)), out)  # one data file named like the model
+
+
+def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
+                tokenizer_dir: str | os.PathLike | None = None, opset: int = 17) -> list[Path]:
+    """Write model.onnx (+ model.onnx_data), the quantised variant, config.json and tokenizer files.
+
+    model: an LFM2 (its weights are exported in float32) or a checkpoint path to load.
+    Returns the files written.
+    """
+    if not hasattr(model, "config"):
+        from ..checkpoint import load_model
+
+        src = model
+        model = load_model(src, dtype="float32")
+        if tokenizer_dir is None and Path(str(src)).is_dir():
+            tokenizer_dir = src
+    check_exportable(model, quantize)
+    _check_quantizer(quantize)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else (
+        Path(model.source_path) if getattr(model, "source_path", None) and Path(model.source_path).is_dir()
+        else None)
+    if tok_dir is None or not (tok_dir / "tokenizer.json").is_file():
+        where = f"{tok_dir}: no tokenizer.json" if tok_dir is not None else "the model has no tokenizer folder"
+        raise ExportError(f"{where}; the ONNX folder needs the tokenizer files next to model.onnx "
+                          f"(pass tokenizer_dir= / --tokenizer DIR)")
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+    import onnx
+
+    cfg = model.config
+    # a float32 copy when needed: the caller's model is left as it is
+    float_model = copy.deepcopy(model).float().eval() if model.dtype != torch.float32 else model.eval()
+    step = OnnxStep(float_model).eval()
+    inputs, outputs = io_names(cfg)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="lfmkit-onnx-") as tmp:
+        raw = Path(tmp) / MODEL_FILE
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(step, _example_inputs(cfg), str(raw), dynamo=False, input_names=inputs,
+                              output_names=outputs, dynamic_axes=_dynamic_axes(cfg), opset_version=opset,
+                              do_constant_folding=True)
+        proto = onnx.load(str(raw))
+        final = out / MODEL_FILE
+        _save_with_external_data(proto, final)
+        del proto
+        written += [final, out / (MODEL_FILE + "_data")]
+        if quantize:
+            qpath = out / QUANTIZED_FILES[quantize]
+            with _quiet_logs():
+                _quantize(final, quantize, qpath)
+            written += [qpath, qpath.with_name(qpath.name + "_data")]
+    cfg.copy(torch_dtype="float32").save_pretrained(out)
+    written.append(out / "config.json")
+    for name in TOKENIZER_FILES:
+        src = tok_dir / name
+        if src.is_file() and src.resolve() != (out / name).resolve():
+            shutil.copyfile(src, out / name)
+            written.append(out / name)
+    return [w for w in written if w.exists()]
