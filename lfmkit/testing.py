@@ -101,3 +101,22 @@ def build_test_tokenizer(directory, vocab_size: int = 512) -> Path:
     special_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
     (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
     return directory
+
+
+def main(argv=None) -> int:
+    """`python -m lfmkit.testing DIR [--vocab-size N]`: write the test tokenizer into DIR."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lfmkit.testing",
+                                     description="Build the small LFM2-style test tokenizer (no downloads).")
+    parser.add_argument("directory", help="folder to write tokenizer.json, tokenizer_config.json, "
+                                          "special_tokens_map.json into (created if needed)")
+    parser.add_argument("--vocab-size", type=int, default=512, help="total ids, added tokens included (default 512)")
+    args = parser.parse_args(argv)
+    path = build_test_tokenizer(args.directory, vocab_size=args.vocab_size)
+    print(f"wrote a {args.vocab_size}-id test tokenizer to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -221,3 +221,11 @@ def test_loads_from_a_checkpoint_directory(tmp_path):
     path, _ = make_checkpoint(tmp_path / "ckpt", with_tokenizer=True)
     t = Tokenizer.from_pretrained(path)
     assert t.vocab_size == 512 and t.path == path
+
+
+def test_build_script(tmp_path, capsys):
+    from lfmkit.testing import main
+
+    assert main([str(tmp_path / "out"), "--vocab-size", "320"]) == 0
+    assert "320-id test tokenizer" in capsys.readouterr().out
+    assert Tokenizer.from_pretrained(tmp_path / "out").vocab_size == 320
