@@ -39,8 +39,11 @@ Tool calls are recognised in the answer only.
 from __future__ import annotations
 
 import ast
+import io
 import json
+import keyword
 import math
+import tokenize
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,17 +249,57 @@ def _parse_call_list(block: str) -> list[ToolCall]:
             items = data if isinstance(data, list) else [data]
             if all(isinstance(item, dict) for item in items):
                 return [_call_from_mapping(item, raw=None) for item in items]
+    renamed: dict[str, str] = {}
     try:
         tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        detail = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
-        raise _Reject(f"not a Python call list ({detail})") from None
+    except SyntaxError as exc:
+        # Parameters named like Python keywords (`convert(from="USD", to="EUR")`) are written
+        # that way by LFM2's template; rename them for the parser, then back.
+        text, renamed = _rename_keyword_arguments(text)
+        try:
+            tree = ast.parse(text, mode="eval") if renamed else None
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+            tree = None
+        if tree is None:
+            raise _Reject(f"not a Python call list ({exc.msg})") from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        raise _Reject(f"not a Python call list ({type(exc).__name__})") from None
     body = tree.body
     items = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
     try:
-        return [_call_from_node(item) for item in items]
+        calls = [_call_from_node(item) for item in items]
     except RecursionError:
         raise _Reject("tool-call text nests too deeply") from None
+    if renamed:
+        for call in calls:
+            call.arguments = {renamed.get(k, k): v for k, v in call.arguments.items()}
+    return calls
+
+
+def _rename_keyword_arguments(text: str) -> tuple[str, dict[str, str]]:
+    """Replace `(kw=` / `, kw=` where kw is a Python keyword by a placeholder name (lexing only)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return text, {}
+    line_starts = [0]
+    for line in text.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
+                                                       tokenize.INDENT, tokenize.DEDENT)]
+    edits, renamed = [], {}
+    for prev, tok, nxt in zip(significant, significant[1:], significant[2:]):
+        if (tok.type == tokenize.NAME and keyword.iskeyword(tok.string) and prev.string in ("(", ",")
+                and nxt.type == tokenize.OP and nxt.string == "="):
+            placeholder = f"lfmkit_keyword_{tok.string}"
+            while placeholder in text:
+                placeholder += "_"
+            renamed[placeholder] = tok.string
+            start = line_starts[tok.start[0] - 1] + tok.start[1]
+            edits.append((start, start + len(tok.string), placeholder))
+    for start, end, placeholder in reversed(edits):
+        text = text[:start] + placeholder + text[end:]
+    return text, renamed
 
 
 # ---- public API ----------------------------------------------------------------------------
@@ -325,7 +368,7 @@ def format_tool_calls(calls, markers: bool = True) -> str:
     for call in calls:
         if isinstance(call, dict):
             call = ToolCall.from_openai(call)
-        for key in call.arguments:
+        for key in call.arguments:  # keywords (from=...) are fine: the parser reads them back
             if not (isinstance(key, str) and key.isidentifier()):
                 raise ToolCallParseError(f"argument name {key!r} of {call.name} is not a Python identifier",
                                          raw=repr(call.arguments))

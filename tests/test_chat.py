@@ -45,6 +45,12 @@ GOOD = [
     (f'{S}[{{"name": "f", "arguments": {{}}}}]{E}', [("f", {})]),
     (f'{S}[f(a=1)]{E} and {S}[g(b="2")]{E}', [("f", {"a": 1}), ("g", {"b": "2"})]),
     (f'{S}[f(a=1)]', [("f", {"a": 1})]),  # generation stopped before the end marker
+    # parameters named like Python keywords, as LFM2's template writes them
+    ('[convert(from="USD", to="EUR", amount=3)]', [("convert", {"from": "USD", "to": "EUR", "amount": 3})]),
+    ('[f(s="东京 from=", class=[1], lambda={"if": None})]', [("f", {"s": "东京 from=", "class": [1], "lambda": {"if": None}})]),
+    ('[获取天气(城市="北京")]', [("获取天气", {"城市": "北京"})]),
+    ("[f(a=1,), ]", [("f", {"a": 1})]),
+    ("[f(\n  a=1,\n  b='x'\n)]", [("f", {"a": 1, "b": "x"})]),
 ]
 
 # Each must raise ToolCallParseError, never run anything, never raise anything else.
@@ -73,6 +79,9 @@ HOSTILE = [
     "[f(a={**x})]",
     "[f(a={None: 1})]",
     "[f(a=1, a=2)]",
+    "[f(from)]",
+    "[f(from=1, from=2)]",
+    "[f(a=1) for f in x]",
     "[f(a=g(b=1))]",
     "[f()()]",
     "[f()[0](a=1)]",
@@ -154,10 +163,12 @@ json_values = st.recursive(
     max_leaves=8)
 NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
 identifiers = st.builds(lambda a, b: a + b, st.sampled_from(NAME_START),
-                        st.text(NAME_START + "0123456789", max_size=8)).filter(
-    lambda s: s not in {"True", "False", "None"} and not keyword.iskeyword(s))
-tool_calls = st.builds(ToolCall, name=st.lists(identifiers, min_size=1, max_size=2).map(".".join),
-                       arguments=st.dictionaries(identifiers, json_values, max_size=4))
+                        st.text(NAME_START + "0123456789", max_size=8))
+tool_calls = st.builds(ToolCall, name=st.lists(identifiers.filter(lambda s: not keyword.iskeyword(s)),
+                                               min_size=1, max_size=2).map(".".join),
+                       # argument names may be Python keywords (from=..., class=...)
+                       arguments=st.dictionaries(identifiers | st.sampled_from(keyword.kwlist), json_values,
+                                                 max_size=4))
 
 
 @settings(max_examples=150, deadline=None)
