@@ -82,8 +82,11 @@ class ToolCall:
     @classmethod
     def from_openai(cls, entry: dict) -> "ToolCall":
         """From an OpenAI `tool_calls[]` entry (or a bare {"name", "arguments"} dict)."""
-        call = _call_from_mapping(entry, raw=json.dumps(entry, ensure_ascii=False, default=str))
-        return cls(call.name, call.arguments, entry.get("id") if isinstance(entry, dict) else None)
+        try:
+            call = _call_from_mapping(entry)
+        except _Reject as exc:
+            raise ToolCallParseError(str(exc), raw=json.dumps(entry, ensure_ascii=False, default=str)) from None
+        return cls(call.name, call.arguments, entry.get("id"))
 
 
 @dataclass
@@ -184,35 +187,28 @@ def _call_from_node(node: ast.AST) -> ToolCall:
             arguments[keyword.arg] = _literal(keyword.value)
         return ToolCall(name, arguments)
     if isinstance(node, ast.Dict):
-        return _call_from_mapping(_literal(node), raw=None)
+        return _call_from_mapping(_literal(node))
     raise _Reject(f"{type(node).__name__} is not a function call")
 
 
-def _call_from_mapping(entry: Any, raw: str | None) -> ToolCall:
+def _call_from_mapping(entry: Any) -> ToolCall:
     """A JSON-style call: {"name", "arguments"|"parameters"} or {"function": {...}}."""
     if not isinstance(entry, dict):
-        raise _Reject("a JSON-style call must be an object") if raw is None else \
-            ToolCallParseError("a JSON-style call must be an object", raw=raw)
+        raise _Reject("a JSON-style call must be an object")
     fn = entry.get("function") if isinstance(entry.get("function"), dict) else entry
     name = fn.get("name")
     arguments = fn.get("arguments", fn.get("parameters", {}))
-    try:
-        if not isinstance(name, str) or not name:
-            raise _Reject("a JSON-style call needs a non-empty string 'name'")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                raise _Reject(f"arguments of {name} are not valid JSON") from None
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            raise _Reject(f"arguments of {name} must be an object")
-        _check_json_ready(arguments)
-    except _Reject as exc:
-        if raw is None:
-            raise
-        raise ToolCallParseError(str(exc), raw=raw) from None
+    if not isinstance(name, str) or not name:
+        raise _Reject("a JSON-style call needs a non-empty string 'name'")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
+            raise _Reject(f"arguments of {name} are not valid JSON") from None
+    arguments = {} if arguments is None else arguments
+    if not isinstance(arguments, dict):
+        raise _Reject(f"arguments of {name} must be an object")
+    _check_json_ready(arguments)
     return ToolCall(name, arguments)
 
 
@@ -248,7 +244,7 @@ def _parse_call_list(block: str) -> list[ToolCall]:
         if data is not None:
             items = data if isinstance(data, list) else [data]
             if all(isinstance(item, dict) for item in items):
-                return [_call_from_mapping(item, raw=None) for item in items]
+                return [_call_from_mapping(item) for item in items]
     renamed: dict[str, str] = {}
     try:
         tree = ast.parse(text, mode="eval")
@@ -540,19 +536,11 @@ class StreamParser:
     def _emit_block(self, block: str, events: list[Event], terminated: bool) -> None:
         try:
             calls = _parse_call_list(block)
-        except _Reject as exc:
+        except Exception as exc:  # noqa: BLE001 - _Reject, or anything else: model output never crashes us
+            detail = str(exc) if isinstance(exc, _Reject) else f"{type(exc).__name__}: {exc}"
             raw = TOOL_CALL_START + block + (TOOL_CALL_END if terminated else "")
-            message = f"cannot parse tool call: {exc}: {block.strip()[:200]!r}"
-            if self._error is None:
-                self._error = message
-            events.append(ToolCallError(message, raw))
-            self._emit_content(raw, events)
-            return
-        except Exception as exc:  # noqa: BLE001 - never let model output crash the stream
-            raw = TOOL_CALL_START + block + (TOOL_CALL_END if terminated else "")
-            message = f"cannot parse tool call: {type(exc).__name__}: {exc}"
-            if self._error is None:
-                self._error = message
+            message = f"cannot parse tool call: {detail}: {block.strip()[:200]!r}"
+            self._error = self._error or message
             events.append(ToolCallError(message, raw))
             self._emit_content(raw, events)
             return
