@@ -324,9 +324,16 @@ def render_chat_template(source: str, messages, tools=None, documents=None, add_
             if isinstance(tool, dict):
                 schemas.append(tool)
             elif callable(tool):
-                from transformers.utils import get_json_schema  # optional: only for Python callables
+                try:  # optional: only for Python functions, described from their signature and docstring
+                    from transformers.utils import get_json_schema
 
-                schemas.append(get_json_schema(tool))
+                    schemas.append(get_json_schema(tool))
+                except ImportError:
+                    raise TokenizerError(f"tools[{i}] is a function; describing it needs transformers "
+                                         f"installed, or pass its JSON schema instead") from None
+                except Exception as exc:  # noqa: BLE001 - transformers raises its own types
+                    raise TokenizerError(f"tools[{i}]: cannot describe function {getattr(tool, '__name__', tool)!r}: "
+                                         f"{exc}") from None
             else:
                 raise TokenizerError(f"tools[{i}] must be a JSON schema dict, got {type(tool).__name__}")
         tools = plain_data(schemas)

@@ -331,3 +331,20 @@ def test_render_function_is_usable_without_a_tokenizer():
     text = render_chat_template(LFM2_CHAT_TEMPLATE, [{"role": "user", "content": "hi"}],
                                 add_generation_prompt=True, special_tokens={"bos_token": "<s>"})
     assert text == "<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_python_functions_as_tools_like_transformers(tok, hf):
+    def get_weather(location: str, unit: str = "celsius"):
+        """Get the weather.
+
+        Args:
+            location: The city.
+            unit: celsius or fahrenheit.
+        """
+
+    messages = [{"role": "user", "content": "Weather?"}]
+    ours = tok.apply_chat_template(messages, tools=[get_weather], add_generation_prompt=True)
+    assert ours == hf.apply_chat_template(messages, tools=[get_weather], add_generation_prompt=True, tokenize=False)
+    assert '"name": "get_weather"' in ours
+    with pytest.raises(TokenizerError, match="tools\\[0\\]"):
+        tok.apply_chat_template(messages, tools=[lambda x: x])
