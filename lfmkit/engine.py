@@ -153,6 +153,7 @@ class TextStream:
     def __init__(self, decoder, stop: list[str]):
         self.decoder = decoder
         self.matcher = StopStringMatcher(stop)
+        self.stopped = False
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Feed one token: (text safe to send now, whether a stop string was hit).
@@ -163,12 +164,16 @@ class TextStream:
             new = self.decoder.push(token_id)
         except TokenizerError:
             new = ""
-        return self.matcher.push(new)
+        text, self.stopped = self.matcher.push(new)
+        return text, self.stopped
 
     def flush(self) -> str:
-        """At the end: the held-back text (a partial character or a partial stop string)."""
-        text, hit = self.matcher.push(self.decoder.flush())
-        return text if hit else text + self.matcher.flush()
+        """At the end: the held-back text (a partial character or a partial stop string);
+        nothing after a stop string."""
+        if self.stopped:
+            return ""
+        text, self.stopped = self.matcher.push(self.decoder.flush())
+        return text if self.stopped else text + self.matcher.flush()
 
 
 @dataclass

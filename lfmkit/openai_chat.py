@@ -22,7 +22,8 @@ from typing import Any
 
 from .chat import (ContentDelta, ReasoningDelta, StreamParser, ToolCallEvent, format_tool_calls,
                    parse_assistant_message, split_reasoning)
-from .errors import TokenizerError
+from .errors import LFMKitError, TokenizerError
+from .generate import encode_prompt as generate_encode_prompt
 from .openai_schema import ChatCompletionRequest, NamedToolChoice, RequestError
 
 TOOL_CALL_START = "<|tool_call_start|>"
@@ -75,15 +76,18 @@ def build_chat_prompt(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
-    """A /v1/completions prompt (text or token ids) as token ids."""
+    """A /v1/completions prompt as token ids: ids as given; text with a leading bos, as
+    `lfmkit.generate` (and llama.cpp) encode it."""
     if isinstance(prompt, list):
         return [int(t) for t in prompt]
     if tokenizer is None:
         raise RequestError("this server has no tokenizer: send 'prompt' as token ids", param="prompt")
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise RequestError("'prompt' encodes to no tokens", param="prompt")
-    return ids
+    if not prompt:
+        raise RequestError("'prompt' must not be empty", param="prompt")
+    try:
+        return generate_encode_prompt(prompt, tokenizer)
+    except LFMKitError as exc:
+        raise RequestError(f"invalid parameter 'prompt': {exc}", param="prompt") from None
 
 
 def _token_text(tokenizer, token_id: int) -> str:
@@ -189,11 +193,9 @@ class ChatOutput:
 class CompletionOutput:
     """One /v1/completions choice, with the legacy logprobs shape."""
 
-    def __init__(self, tokenizer, echo_ids: list[int] | None):
+    def __init__(self, tokenizer, echo: str = ""):
         self.tokenizer = tokenizer
-        self.text = ""
-        if echo_ids and tokenizer is not None:
-            self.text = tokenizer.decode(echo_ids, skip_special_tokens=False)
+        self.text = echo
         self.finish_reason: str | None = None
         self.completion_tokens = 0
         self.logprobs: dict[str, list] | None = None

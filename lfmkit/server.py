@@ -235,8 +235,8 @@ def create_app(context: ServerContext) -> FastAPI:
                 h.cancel()
             raise
         rid, created = new_id("cmpl"), now()
-        outputs = [[CompletionOutput(context.tokenizer, ids if req.echo else None) for _ in range(req.n)]
-                   for ids in prompts]
+        outputs = [[CompletionOutput(context.tokenizer, _echo_text(context.tokenizer, p) if req.echo else "")
+                    for _ in range(req.n)] for p in req.prompts()]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(handles, _completion_chunks(context, handles, outputs, rid, created, include_usage))
@@ -248,6 +248,16 @@ def create_app(context: ServerContext) -> FastAPI:
                 "usage": usage(sum(h.prompt_tokens for h in handles), completion)}
 
     return app
+
+
+def _echo_text(tokenizer, prompt) -> str:
+    """The prompt as /v1/completions echoes it: the text as sent, or token ids decoded."""
+    if isinstance(prompt, str):
+        return prompt
+    try:
+        return tokenizer.decode(prompt) if tokenizer is not None else ""
+    except LFMKitError:
+        return ""
 
 
 async def _watch_disconnect(request: Request, handles: list[RequestHandle]) -> None:
