@@ -428,6 +428,7 @@ class StreamParser:
         self._reasoning: list[str] | None = [] if in_reasoning else None
         self._calls: list[ToolCall] = []
         self._error: str | None = None
+        self._block: list[str] = []       # TOOL state: the call block read so far
 
     @property
     def message(self) -> AssistantMessage:
@@ -458,7 +459,7 @@ class StreamParser:
         elif state == self._CONTENT:
             self._emit_content(buffer, events)
         elif state == self._TOOL:
-            self._emit_block(buffer, events, terminated=False)
+            self._emit_block("".join(self._block) + buffer, events, terminated=False)
         self._state = self._DONE
         return events
 
@@ -507,9 +508,13 @@ class StreamParser:
             return False
         if self._state == self._TOOL:
             end = buffer.find(TOOL_CALL_END)
-            if end < 0:
+            if end < 0:  # park all but a possible partial end marker: long blocks stay linear
+                keep = _partial_suffix(buffer, (TOOL_CALL_END,))
+                self._block.append(buffer[:len(buffer) - keep])
+                self._buffer = buffer[len(buffer) - keep:]
                 return False
-            self._emit_block(buffer[:end], events, terminated=True)
+            block, self._block = "".join(self._block) + buffer[:end], []
+            self._emit_block(block, events, terminated=True)
             self._buffer = buffer[end + len(TOOL_CALL_END):]
             self._state = self._CONTENT
             return True
