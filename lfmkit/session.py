@@ -255,7 +255,7 @@ class ChatSession:
     def save(self, path: str | os.PathLike) -> None:
         """Write the conversation (messages, tools, exact tokens) as JSON."""
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False, indent=2)
+            json.dump(self.to_dict(), f, ensure_ascii=False)
             f.write("\n")
 
     def load(self, path: str | os.PathLike) -> None:
