@@ -116,13 +116,13 @@ def read_vocab(tokenizer_dir: str | Path, vocab_size: int,
     pad = special_id("pad_token", pad_token_id)
     bos_text = by_id.get(bos) if bos is not None else None
     eos_text = by_id.get(eos) if eos is not None else None
+    # What encoding actually does decides: transformers and lfmkit follow tokenizer.json's
+    # post-processor when there is one, whatever tokenizer_config.json's add_*_token say.
     post = data.get("post_processor")
-    add_bos = config.get("add_bos_token")
-    if add_bos is None:
-        add_bos = _template_adds(post, bos_text)
-    add_eos = config.get("add_eos_token")
-    if add_eos is None:
-        add_eos = _template_adds(post, eos_text)
+    if post:
+        add_bos, add_eos = _template_adds(post, bos_text), _template_adds(post, eos_text)
+    else:
+        add_bos, add_eos = config.get("add_bos_token", False), config.get("add_eos_token", False)
 
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": ..., "template": ...}]
