@@ -55,8 +55,21 @@ def io_names(config) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def _rms_norm(x, weight, eps: float):
+    # Spelled out (opset 17 has no RMSNormalization): x * rsqrt(mean(x^2) + eps) * weight.
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _linear(x, module):
+    return F.linear(x, module.weight, getattr(module, "bias", None))
+
+
 class OnnxStep(nn.Module):
-    """One forward step of an LFM2 with the state passed in and returned (traceable)."""
+    """One forward step of an LFM2 with the state passed in and returned (traceable).
+
+    It reads the model's parameters (Hugging Face names) and spells every op out itself, so the
+    graph does not depend on how lfmkit's own modules are optimised for PyTorch.
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -70,10 +83,11 @@ class OnnxStep(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         cfg = self.cfg
+        eps = cfg.norm_eps
         core = self.model.model
         T = input_ids.shape[1]
         S = attention_mask.shape[1]
-        x = core.embed_tokens(input_ids)
+        x = F.embedding(input_ids, core.embed_tokens.weight)
         new_mask = attention_mask[:, S - T:].to(x.dtype)                        # [B, T]
         freqs = position_ids[..., None].to(torch.float32) * self.inv_freq      # [B, T, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]                        # [B, 1, T, hd]
@@ -88,7 +102,7 @@ class OnnxStep(nn.Module):
         presents = []
         k = 0
         for i, layer in enumerate(core.layers):
-            h = layer.operator_norm(x)
+            h = _rms_norm(x, layer.operator_norm.weight, eps)
             if cfg.layer_types[i] == ATTENTION:
                 out, pk, pv = self._attention(layer.self_attn, h, past[k], past[k + 1], cos, sin, bias)
                 presents += [pk, pv]
@@ -98,27 +112,32 @@ class OnnxStep(nn.Module):
                 presents.append(pc)
                 k += 1
             h = x + out
-            x = h + layer.feed_forward(layer.ffn_norm(h))
-        logits = self.model.lm_head(core.embedding_norm(x))
+            ff = layer.feed_forward
+            hn = _rms_norm(h, layer.ffn_norm.weight, eps)
+            x = h + _linear(F.silu(_linear(hn, ff.w1)) * _linear(hn, ff.w3), ff.w2)
+        x = _rms_norm(x, core.embedding_norm.weight, eps)
+        logits = F.linear(x, self.model.lm_head.weight)
         return (logits, *presents)
 
     def _conv(self, conv, h, past_conv, new_mask):
-        b_gate, c_gate, xx = conv.in_proj(h).chunk(3, dim=-1)
+        b_gate, c_gate, xx = _linear(h, conv.in_proj).chunk(3, dim=-1)
         bx = (b_gate * xx * new_mask[..., None]).transpose(1, 2)               # [B, H, T]
         full = torch.cat((past_conv.to(bx.dtype), bx), dim=-1)                 # [B, H, L + T]
         present = full[:, :, -self.cfg.conv_L_cache:]
         y = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])  # [B, H, T + L - k + 1]
         y = y[:, :, y.shape[2] - bx.shape[2]:]
-        return conv.out_proj(c_gate * y.transpose(1, 2)), present
+        return _linear(c_gate * y.transpose(1, 2), conv.out_proj), present
 
     def _attention(self, attn, h, past_k, past_v, cos, sin, bias):
         from ..model import rotate_half
 
         b, t, _ = h.shape
-        nh, nkv, hd = attn.n_heads, attn.n_kv, attn.head_dim
-        q = attn.q_layernorm(attn.q_proj(h).view(b, t, nh, hd)).transpose(1, 2)
-        k = attn.k_layernorm(attn.k_proj(h).view(b, t, nkv, hd)).transpose(1, 2)
-        v = attn.v_proj(h).view(b, t, nkv, hd).transpose(1, 2)
+        cfg = self.cfg
+        nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
+        eps = cfg.norm_eps
+        q = _rms_norm(_linear(h, attn.q_proj).view(b, t, nh, hd), attn.q_layernorm.weight, eps).transpose(1, 2)
+        k = _rms_norm(_linear(h, attn.k_proj).view(b, t, nkv, hd), attn.k_layernorm.weight, eps).transpose(1, 2)
+        v = _linear(h, attn.v_proj).view(b, t, nkv, hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k = torch.cat((past_k.to(k.dtype), k), dim=2)
@@ -131,7 +150,7 @@ class OnnxStep(nn.Module):
         scores = torch.matmul(q, kk.transpose(-1, -2)) * self.scale + bias
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs, vv).transpose(1, 2).reshape(b, t, nh * hd)
-        return attn.out_proj(out), k, v
+        return _linear(out, attn.out_proj), k, v
 
 
 def check_exportable(model, quantize: str | None) -> None:
@@ -143,17 +162,18 @@ def check_exportable(model, quantize: str | None) -> None:
         if not torch.is_floating_point(p):
             raise ExportError(f"tensor '{name}' is {p.dtype}, not floating point: export the float model "
                               f"(ONNX weight quantisation is done by --quantize)")
-    for name, m in model.named_modules():
-        if type(m).__name__ not in _KNOWN_MODULES:
-            raise ExportError(f"module '{name}' ({type(m).__name__}) is not part of the LFM2 architecture "
-                              f"this exporter writes; export the plain float model")
+    from .gguf import gguf_name  # the Hugging Face parameter names of the architecture
+
+    for name in model.state_dict():
+        try:
+            gguf_name(name)
+        except KeyError:
+            if not name.endswith(".bias"):  # conv_bias models carry biases; the graph handles them
+                raise ExportError(f"tensor '{name}' is not part of the LFM2 architecture this exporter "
+                                  f"writes; export the plain float model") from None
     cfg = model.config
     if cfg.conv_L_cache < 1:
         raise ExportError(f"config field 'conv_L_cache' must be at least 1, got {cfg.conv_L_cache}")
-
-
-_KNOWN_MODULES = {"LFM2", "Backbone", "Embedding", "ModuleList", "Block", "Attention", "ShortConv",
-                  "FeedForward", "RMSNorm", "Linear", "Conv1d"}
 
 
 def _example_inputs(cfg, batch: int = 2, seq: int = 3, past: int = 2):
@@ -253,6 +273,9 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
             tokenizer_dir = src
     check_exportable(model, quantize)
     _check_quantizer(quantize)
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else (
         Path(model.source_path) if getattr(model, "source_path", None) and Path(model.source_path).is_dir()
         else None)
@@ -260,9 +283,6 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
         where = f"{tok_dir}: no tokenizer.json" if tok_dir is not None else "the model has no tokenizer folder"
         raise ExportError(f"{where}; the ONNX folder needs the tokenizer files next to model.onnx "
                           f"(pass tokenizer_dir= / --tokenizer DIR)")
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
     import onnx
