@@ -306,3 +306,30 @@ def test_cli_export_gguf(small, tmp_path, capsys):
     assert read_gguf_config(out).hidden_size == 48
     assert main(["export", "gguf", str(tmp_path / "missing"), str(out)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+TEXTS = ["Hello world", "12345 and 3.14159, 2023-11-20", "What's the capital of France?\n\nIt's Paris!!!",
+         "  leading spaces\tand\ttabs\r\n", "東京は日本の首都です。 北京是中国的首都。", "Emoji: 🙂 🚀 ✨ — “quotes”",
+         "I'LL DO IT, you'd've, they're", "def add(a, b):\n    return a + b\n",
+         "<|im_start|>user\nhi<|im_end|>\n<think>x</think>", "a\n\n\nb   \n c", "x==y!=z;;;\n\n"]
+
+
+def test_tokenizer_read_back_from_gguf_tokenizes_like_llama_cpp(exported, tmp_path):
+    from lfmkit.export.gguf import extract_tokenizer
+    from lfmkit.generate import load_tokenizer_for
+    from lfmkit.tokenizer import Tokenizer
+
+    d, model, files = exported
+    llm = llama(files["q8_0"])
+    back = Tokenizer.from_pretrained(extract_tokenizer(files["q8_0"], tmp_path / "tok"))
+    for text in TEXTS:
+        assert back.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True), text
+    assert back.encode("hi", add_special_tokens=True)[0] == 1
+    original = Tokenizer.from_pretrained(d)
+    assert back.chat_template == original.chat_template
+    assert (back.bos_token_id, back.eos_token_id, back.pad_token_id) == (1, 7, 0)
+    # LFM2.from_pretrained("x.gguf") finds that tokenizer, so `lfmkit run x.gguf` works.
+    loaded = load_tokenizer_for(LFM2.from_pretrained(str(files["q4_0"])))
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    assert loaded.apply_chat_template(msgs, add_generation_prompt=True) == \
+        original.apply_chat_template(msgs, add_generation_prompt=True)

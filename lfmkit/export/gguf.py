@@ -29,7 +29,7 @@ import torch
 from ..config import ATTENTION, CONV, LFM2Config
 from ..errors import CheckpointError, ExportError
 from . import ggml_quant
-from .gguf_vocab import read_vocab
+from .gguf_vocab import GGUFVocab, read_vocab, write_tokenizer
 
 ARCH = "lfm2"
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
@@ -417,8 +417,60 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
         raise CheckpointError(f"{path}: missing tensors: " + ", ".join(gguf_name(m) for m in missing[:8]))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.source_path = str(path)
+    model.gguf_path = str(path)
+    # source_path is where lfmkit looks for tokenizer files: the tokenizer embedded in the file,
+    # written out as a Hugging Face tokenizer folder (tokenizes exactly as llama.cpp does).
+    vocab = read_gguf_vocab(path, reader)
+    model.source_path = str(_tokenizer_folder(vocab, config.max_position_embeddings)) if vocab else None
     return model.eval()
+
+
+_TOKENIZER_DIRS: list = []
+
+
+def _tokenizer_folder(vocab: GGUFVocab, context: int) -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="lfmkit-gguf-tokenizer-"))
+    if not _TOKENIZER_DIRS:
+        atexit.register(lambda: [shutil.rmtree(x, ignore_errors=True) for x in _TOKENIZER_DIRS])
+    _TOKENIZER_DIRS.append(d)
+    return write_tokenizer(vocab, d, model_max_length=context)
+
+
+def read_gguf_vocab(path: str | os.PathLike, reader=None) -> GGUFVocab | None:
+    """The tokenizer stored in a GGUF file (None when it has none)."""
+    reader = reader or _open(path)
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    if not tokens:
+        return None
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "gpt2":
+        raise CheckpointError(f"{path}: tokenizer model {model!r} is not supported (LFM2 uses 'gpt2' BPE)")
+    types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+
+    def opt_int(key):
+        v = _field(reader, key)
+        return int(v) if v is not None else None
+
+    return GGUFVocab(tokens=list(tokens), token_types=[int(t) for t in types],
+                     merges=list(_field(reader, "tokenizer.ggml.merges") or []),
+                     bos_token_id=opt_int("tokenizer.ggml.bos_token_id"),
+                     eos_token_id=opt_int("tokenizer.ggml.eos_token_id"),
+                     pad_token_id=opt_int("tokenizer.ggml.padding_token_id"),
+                     add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+                     add_eos=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+                     chat_template=_field(reader, "tokenizer.chat_template"))
+
+
+def extract_tokenizer(path: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Write the GGUF file's tokenizer as tokenizer.json + tokenizer_config.json into `directory`."""
+    vocab = read_gguf_vocab(path)
+    if vocab is None:
+        raise CheckpointError(f"{path}: the GGUF file carries no tokenizer")
+    return write_tokenizer(vocab, directory, model_max_length=read_gguf_config(path).max_position_embeddings)
 
 
 def gguf_summary(path: str | os.PathLike) -> dict:

@@ -134,3 +134,54 @@ def read_vocab(tokenizer_dir: str | Path, vocab_size: int,
     return GGUFVocab(tokens=tokens, token_types=types, merges=merges, bos_token_id=bos,
                      eos_token_id=eos, pad_token_id=pad, add_bos=bool(add_bos), add_eos=bool(add_eos),
                      chat_template=template if isinstance(template, str) else None)
+
+
+# ---- the way back: a Hugging Face tokenizer folder from GGUF metadata ---------------------------
+# LFM2's pre-tokenizer split (the regex llama.cpp selects for tokenizer.ggml.pre = "lfm2"): words
+# with at most one leading non-letter, numbers in runs of up to three digits, punctuation runs,
+# newlines, spaces.
+LFM2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def write_tokenizer(vocab: GGUFVocab, directory: str | Path, model_max_length: int | None = None) -> Path:
+    """Write tokenizer.json + tokenizer_config.json that tokenize like llama.cpp does with `vocab`."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    table = {t: i for i, (t, kind) in enumerate(zip(vocab.tokens, vocab.token_types)) if kind != UNUSED}
+    merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+    tok = Tokenizer(models.BPE(vocab=table, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LFM2_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = [AddedToken(t, special=True, normalized=False)
+                for t, kind in zip(vocab.tokens, vocab.token_types) if kind == CONTROL]
+    users = [AddedToken(t, special=False, normalized=False)
+             for t, kind in zip(vocab.tokens, vocab.token_types) if kind == USER_DEFINED]
+    tok.add_special_tokens(specials)
+    tok.add_tokens(users)
+
+    def text(i):
+        return vocab.tokens[i] if i is not None and 0 <= i < len(vocab.tokens) else None
+
+    bos, eos, pad = text(vocab.bos_token_id), text(vocab.eos_token_id), text(vocab.pad_token_id)
+    if vocab.add_bos and bos is not None:
+        single = f"{bos} $A" + (f" {eos}" if vocab.add_eos and eos else "")
+        pair = f"{bos} $A {bos} $B" + (f" {eos}" if vocab.add_eos and eos else "")
+        special = [(bos, vocab.bos_token_id)] + ([(eos, vocab.eos_token_id)] if vocab.add_eos and eos else [])
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    tok.save(str(d / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
+              "add_bos_token": vocab.add_bos, "add_eos_token": vocab.add_eos,
+              "clean_up_tokenization_spaces": False}
+    if model_max_length:
+        config["model_max_length"] = model_max_length
+    if vocab.chat_template:
+        config["chat_template"] = vocab.chat_template
+    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+    return d
