@@ -49,6 +49,7 @@ from .errors import GenerationError
 # The model card's recommended sampling settings for every LFM2 checkpoint.
 MODEL_CARD_DEFAULTS = {"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05}
 MAX_TOP_LOGPROBS = 20
+NUCLEUS_CANDIDATES = 1024   # top_p looks at the likeliest 1024 tokens first (exact: falls back to all)
 GENERATION_CONFIG = "generation_config.json"
 
 
@@ -250,14 +251,16 @@ class _Plan:
     all_greedy: bool
     any_greedy: bool
     greedy_mask: torch.Tensor | None
-    penalties: bool
-    rep: torch.Tensor | None                  # [B, 1]
+    penalties: bool                           # some row has a penalty: keep histories
+    rep: torch.Tensor | None                  # [B, 1]; None when no row uses it
     presence: torch.Tensor | None
     frequency: torch.Tensor | None
     temperature: torch.Tensor | None          # [B, 1], 1 for greedy rows
     top_k: torch.Tensor | None                # [B, 1] long, V when off; None when no row uses it
     top_p: torch.Tensor | None                # [B, 1]; None when no row uses it
     min_p: torch.Tensor | None                # [B, 1]; None when no row uses it
+    candidates: int                           # tokens top_k / top_p look at first (V: all)
+    p_only: torch.Tensor | None               # [B, 1] bool: sampled rows with top_p and no top_k
     top_logprobs: int
     logprobs: bool
 
@@ -346,19 +349,35 @@ class BatchSampler:
             slots=slot_list, index=index, greedy=greedy, all_greedy=all(greedy), any_greedy=any(greedy),
             greedy_mask=col(greedy, torch.bool)[:, 0] if any(greedy) and not all(greedy) else None,
             penalties=penalties,
-            rep=col([p.repetition_penalty for p in params]) if penalties else None,
-            presence=col([p.presence_penalty for p in params]) if penalties else None,
-            frequency=col([p.frequency_penalty for p in params]) if penalties else None,
+            rep=col([p.repetition_penalty for p in params]) if any(p.repetition_penalty != 1.0 for p in params) else None,
+            presence=col([p.presence_penalty for p in params]) if any(p.presence_penalty for p in params) else None,
+            frequency=col([p.frequency_penalty for p in params]) if any(p.frequency_penalty for p in params) else None,
             temperature=col([p.temperature if p.temperature > 0 else 1.0 for p in params]) if sampled else None,
             top_k=(col([p.top_k if p.top_k > 0 else self.vocab_size for p in params], torch.long)
                    if any(0 < p.top_k < self.vocab_size for p in sampled) else None),
             top_p=col([p.top_p if p.top_p < 1.0 else 2.0 for p in params]) if any(p.top_p < 1.0 for p in sampled) else None,
             min_p=col([p.min_p for p in params]) if any(p.min_p > 0.0 for p in sampled) else None,
+            candidates=self._candidates(sampled),
+            p_only=(col([not p.is_greedy and p.top_k == 0 and p.top_p < 1.0 for p in params], torch.bool)
+                    if any(p.top_k == 0 and p.top_p < 1.0 for p in sampled) else None),
             top_logprobs=max(p.top_logprobs for p in params),
             logprobs=any(p.wants_logprobs for p in params),
         )
         self._plans[key] = plan
         return plan
+
+    def _candidates(self, sampled: list[SamplingParams]) -> int:
+        """How many top tokens the top_k / top_p filters need to look at (V when unbounded)."""
+        V = self.vocab_size
+        need = 0
+        for p in sampled:
+            if 0 < p.top_k < V:
+                need = max(need, p.top_k)
+            elif p.top_p < 1.0:
+                need = max(need, NUCLEUS_CANDIDATES)   # checked: falls back to V if too few
+            else:
+                return V                               # a row that keeps the whole vocabulary
+        return min(need, V) if need else V
 
     # ---- sampling ------------------------------------------------------------------------
     @torch.no_grad()
@@ -390,12 +409,14 @@ class BatchSampler:
     def processed_logits(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Float32 logits after the penalties (a new tensor; the input is not modified)."""
         x = logits.to(torch.float32, copy=True)
-        if plan.penalties:
-            seen = self._seen[plan.index]
-            counts = self._counts[plan.index]
+        if plan.rep is not None:
+            # seen tokens: divide positive logits by the penalty, multiply negative ones by it
             rep = plan.rep
-            x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
-            x -= counts * plan.frequency + (counts > 0).to(x.dtype) * plan.presence
+            x = torch.where(self._seen[plan.index], torch.where(x > 0, x / rep, x * rep), x)
+        if plan.frequency is not None:
+            x -= self._counts[plan.index] * plan.frequency
+        if plan.presence is not None:
+            x -= (self._counts[plan.index] > 0).to(x.dtype) * plan.presence
         return x
 
     def _probabilities(self, x: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -406,14 +427,36 @@ class BatchSampler:
             if plan.min_p is not None:
                 probs = probs.masked_fill(probs < plan.min_p * probs.amax(-1, keepdim=True), 0.0)
             return probs, None
-        sorted_x, order = x.sort(dim=-1, descending=True)
+        if plan.candidates < x.shape[-1]:
+            got = self._filtered(x, plan, plan.candidates)
+            if got is not None:
+                return got
+        return self._filtered(x, plan, x.shape[-1])
+
+    def _filtered(self, x: torch.Tensor, plan: _Plan, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """top_k / top_p / min_p over the k likeliest tokens (k = V: a full sort).
+
+        With k < V, returns None when some top_p-only row's nucleus does not close within the
+        k candidates (the caller then sorts the whole vocabulary), so the result is always exact.
+        """
+        if k < x.shape[-1]:
+            vals, order = x.topk(k, dim=-1)
+        else:
+            vals, order = x.sort(dim=-1, descending=True)
         if plan.top_k is not None:
-            rank = torch.arange(x.shape[-1], device=x.device)
-            sorted_x = sorted_x.masked_fill(rank[None] >= plan.top_k, float("-inf"))
-        probs = torch.softmax(sorted_x, dim=-1)
+            rank = torch.arange(k, device=x.device)
+            vals = vals.masked_fill(rank[None] >= plan.top_k, float("-inf"))
+        lse = torch.logsumexp(vals, dim=-1, keepdim=True)
+        if plan.p_only is not None and k < x.shape[-1]:
+            # rows with top_p but no top_k: probabilities of the whole vocabulary
+            lse = torch.where(plan.p_only, torch.logsumexp(x, dim=-1, keepdim=True), lse)
+        probs = (vals - lse).exp()
         if plan.top_p is not None:
-            before = probs.cumsum(-1) - probs
-            drop = before >= plan.top_p
+            cum = probs.cumsum(-1)
+            if plan.p_only is not None and k < x.shape[-1]:
+                if bool((plan.p_only & (cum[:, -1:] < plan.top_p)).any()):
+                    return None
+            drop = (cum - probs) >= plan.top_p
             drop[:, 0] = False
             probs = probs.masked_fill(drop, 0.0)
         if plan.min_p is not None:
@@ -456,7 +499,7 @@ class BatchSampler:
             probs, order = self._probabilities(x, plan)
             probs = probs / probs.sum(-1, keepdim=True)
             if order is not None:
-                probs = torch.zeros_like(probs).scatter_(1, order, probs)
+                probs = torch.zeros_like(x).scatter_(1, order, probs)
             mask = torch.tensor(plan.greedy, device=x.device)[:, None]
             out = torch.where(mask, out, probs)
         return out

@@ -236,3 +236,43 @@ def test_zero_probability_tokens_are_never_drawn():
     logits = torch.tensor([0.0, float("-inf"), 0.0, float("-inf")])
     freq = frequencies(plain(), draws=500, logits=logits)
     assert freq[1] == 0 and freq[3] == 0 and math.isclose(float(freq.sum()), 1.0)
+
+
+def reference_distribution(logits, p: SamplingParams):
+    """Straightforward full-vocabulary version of the filters, for comparison."""
+    x = logits.double() / p.temperature
+    probs = torch.softmax(x, -1)
+    order = probs.argsort(descending=True)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if p.top_k:
+        keep[order[p.top_k:]] = False
+    q = torch.where(keep, probs, 0.0)
+    q = q / q.sum()
+    if p.top_p < 1:
+        sq = q[order]
+        before = sq.cumsum(0) - sq
+        drop = before >= p.top_p
+        drop[0] = False
+        keep[order[drop]] = False
+        q = torch.where(keep, q, 0.0)
+    if p.min_p:
+        keep &= q >= p.min_p * q.max()
+        q = torch.where(keep, q, 0.0)
+    return (q / q.sum()).float()
+
+
+@pytest.mark.parametrize("scale", [0.3, 6.0])  # flat (nucleus needs > 1024 tokens) and peaked logits
+def test_large_vocabulary_filters_match_a_full_sort(scale):
+    torch.manual_seed(11)
+    V = 3000
+    logits = torch.randn(5, V) * scale
+    params = [plain(top_p=0.9), plain(top_k=100, top_p=0.8), plain(top_k=2000), plain(top_p=0.5, min_p=0.05),
+              plain(temperature=0.7, top_p=0.95)]
+    s = BatchSampler(V, 5)
+    for i, p in enumerate(params):
+        s.add_row(i, p)
+    got = s.distribution(logits)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(got[i], reference_distribution(logits[i], p), atol=1e-5, rtol=1e-4)
+    tokens = s.sample(logits).tokens
+    assert all(got[i, t] > 0 for i, t in enumerate(tokens.tolist()))
