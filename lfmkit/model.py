@@ -17,8 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import qkernel
 from .config import ATTENTION, LFM2Config
 from .state import LFM2State
+
+FUSED_MAX_ROWS = 64   # up to this many token rows, small ops run in qkernel's fused C loops
+
+
+def _fused(*tensors: torch.Tensor):
+    """qkernel's library if every tensor is a contiguous float32 CPU tensor, else None."""
+    for t in tensors:
+        if t.dtype is not torch.float32 or not t.is_contiguous() or t.is_cuda:
+            return None
+    return qkernel.load()
 
 
 class RMSNorm(nn.Module):
@@ -30,6 +41,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            rows = x.numel() // x.shape[-1]
+            lib = _fused(x, self.weight) if rows <= FUSED_MAX_ROWS else None
+            if lib is not None:
+                out = torch.empty_like(x)
+                lib.lfm_rmsnorm(x.data_ptr(), self.weight.data_ptr(), rows, x.shape[-1], self.eps, out.data_ptr())
+                return out
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one op, same math
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -50,11 +69,38 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: tor
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           causal: bool) -> torch.Tensor:
+    """Softmax attention, q [b, H, t, d], k/v [b, KV, S, d], mask [b, 1, t, S] bool (True = keep).
+
+    A few query rows (decode) use two batched matmuls over the grouped heads, which on CPU is
+    much faster than the fused kernels with a mask; longer inputs use PyTorch's SDPA.
+    """
+    b, h, t, d = q.shape
+    kv = k.shape[1]
+    if t <= 4 and not causal:
+        g = h // kv
+        qg = q.reshape(b, kv, g * t, d) * (d ** -0.5)
+        scores = torch.matmul(qg, k.transpose(-1, -2))               # [b, kv, g*t, S]
+        if mask is not None:
+            m = mask.expand(b, 1, t, mask.shape[-1]).repeat(1, 1, g, 1) if g > 1 else mask
+            scores = scores.masked_fill(~m, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)           # [b, kv, g*t, d]
+        return out.reshape(b, h, t, d)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=kv != h)
+
+
 @dataclass
 class StepContext:
     """What every layer of one forward call shares: positions, masks and state slots."""
 
-    cos: torch.Tensor                      # [B, T, head_dim]
+    cos: torch.Tensor                      # [B or 1, 1, T, head_dim] (broadcasts over heads)
     sin: torch.Tensor
     token_mask: torch.Tensor | None        # [B, T] float/bool, 1 = real token; None = all real
     attn_mask: torch.Tensor | None         # [B, 1, T, S] bool; None = plain causal over T
@@ -72,8 +118,19 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(hidden, ff, bias=False)
         self.w3 = nn.Linear(hidden, ff, bias=False)
         self.w2 = nn.Linear(ff, hidden, bias=False)
+        self.w13 = None   # set by quant.py: w1 and w3 fused into one matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gu = self.w13(x)
+            rows, f = gu.numel() // gu.shape[-1], gu.shape[-1] // 2
+            lib = _fused(gu) if rows <= FUSED_MAX_ROWS else None
+            if lib is not None:
+                h = torch.empty(*gu.shape[:-1], f, dtype=gu.dtype)
+                lib.lfm_silu_mul(gu.data_ptr(), rows, f, h.data_ptr())
+                return self.w2(h)
+            gate, up = gu.chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -91,7 +148,19 @@ class ShortConv(nn.Module):
         self.out_proj = nn.Linear(h, h, bias=config.conv_bias)
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        B, C, xx = self.in_proj(x).chunk(3, dim=-1)       # each [b, t, h]
+        bcx = self.in_proj(x)
+        if ctx.state is not None and x.shape[1] == 1 and ctx.token_mask is None:
+            window = ctx.state.conv[self.layer_idx]
+            bias = self.conv.bias
+            lib = _fused(bcx, window, self.conv.weight, *([bias] if bias is not None else []))
+            if lib is not None:   # decode step in one fused loop (shift window, dot, gate)
+                b, _, h3 = bcx.shape
+                y = torch.empty(b, 1, h3 // 3, dtype=bcx.dtype)
+                lib.lfm_conv_step(bcx.data_ptr(), h3, window.data_ptr(), self.conv.weight.data_ptr(),
+                                  bias.data_ptr() if bias is not None else None, b, h3 // 3, self.kernel,
+                                  y.data_ptr())
+                return self.out_proj(y)
+        B, C, xx = bcx.chunk(3, dim=-1)       # each [b, t, h]
         bx = B * xx
         if ctx.token_mask is not None:
             # Padding contributes nothing to the window (with conv_bias, in_proj(0) != 0, so the
@@ -133,16 +202,22 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
         self.q_layernorm = RMSNorm(self.head_dim, config.norm_eps)
         self.k_layernorm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qkv = None   # set by quant.py: q, k, v projections fused into one matrix
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_layernorm(self.q_proj(x).view(b, t, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_layernorm(self.k_proj(x).view(b, t, self.n_kv, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = ctx.cos[:, None], ctx.sin[:, None]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if self.qkv is not None:
+            nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+            q, k, v = self.qkv(x).split((nq, nk, nk), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_layernorm(q.reshape(b, t, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_layernorm(k.reshape(b, t, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = v.reshape(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, ctx.cos, ctx.sin)
+        k = apply_rope(k, ctx.cos, ctx.sin)
         state = ctx.state
+        causal = t > 1
         if state is not None:
             kbuf, vbuf = state.keys[self.layer_idx], state.values[self.layer_idx]
             if ctx.start is not None:
@@ -152,14 +227,18 @@ class Attention(nn.Module):
                 rows = torch.arange(b, device=x.device)[:, None]
                 kbuf[rows, :, ctx.slots] = k.transpose(1, 2).to(kbuf.dtype)
                 vbuf[rows, :, ctx.slots] = v.transpose(1, 2).to(vbuf.dtype)
-            k = kbuf[:, :, : ctx.kv_end].to(q.dtype)
-            v = vbuf[:, :, : ctx.kv_end].to(q.dtype)
-        if ctx.attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1,
-                                                 enable_gqa=self.n_kv != self.n_heads)
+            if ctx.kv_end > t or ctx.attn_mask is not None:  # else the chunk alone is the context
+                k = kbuf[:, :, : ctx.kv_end].to(q.dtype)
+                v = vbuf[:, :, : ctx.kv_end].to(q.dtype)
+                causal = False if ctx.attn_mask is not None or t == 1 else causal
+        if causal and ctx.attn_mask is None and k.shape[2] != t:
+            # A chunk after a prefix, no padding: query i sees keys up to prefix + i.
+            prefix = k.shape[2] - t
+            keys = torch.arange(k.shape[2], device=x.device)
+            mask = (keys[None, :] <= prefix + torch.arange(t, device=x.device)[:, None])[None, None]
+            out = attend(q, k, v, mask, causal=False)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
-                                                 enable_gqa=self.n_kv != self.n_heads)
+            out = attend(q, k, v, ctx.attn_mask, causal=causal and ctx.attn_mask is None)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -274,8 +353,7 @@ class LFM2(nn.Module):
         for layer in self.model.layers:
             x = layer(x, ctx)
         if state is not None:
-            n_real = (ctx.token_mask.sum(-1).long() if ctx.token_mask is not None
-                      else torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device))
+            n_real = ctx.token_mask.sum(-1).long() if ctx.token_mask is not None else x.shape[1]
             state.advance(x.shape[1], n_real)
         x = self.model.embedding_norm(x)
         if logits_to_keep:
@@ -283,6 +361,23 @@ class LFM2(nn.Module):
         if return_hidden:
             return x
         return self.lm_head(x)
+
+    def prefill(self, input_ids: torch.Tensor, state: LFM2State, attention_mask: torch.Tensor | None = None,
+                chunk_size: int = 512) -> torch.Tensor:
+        """Run a prompt into `state` in chunks of `chunk_size` tokens; logits of the last position
+        [batch, 1, vocab]. Chunking bounds the activation memory of long prompts while every
+        chunk is still one large matrix multiply per weight."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        t = input_ids.shape[1]
+        if t == 0:
+            raise ValueError("prefill needs at least one token")
+        logits = None
+        for a in range(0, t, chunk_size):
+            b = min(t, a + chunk_size)
+            mask = attention_mask[:, a:b] if attention_mask is not None else None
+            logits = self(input_ids[:, a:b], attention_mask=mask, state=state, logits_to_keep=1)
+        return logits
 
     def _context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                  state: LFM2State | None) -> StepContext:
@@ -297,6 +392,13 @@ class LFM2(nn.Module):
             mask = attention_mask.to(device=device, dtype=torch.bool)
             if bool(mask.all()):
                 mask = None
+        if state is not None:
+            if state.batch_size != b:
+                raise ValueError(f"state has {state.batch_size} rows but input_ids has {b}")
+            if mask is None and state.is_dense():
+                return self._dense_context(state, t)
+            if mask is not None:
+                state.mark_padded()
         if mask is None:
             rel = torch.arange(t, device=device).expand(b, t)
         else:
@@ -310,6 +412,7 @@ class LFM2(nn.Module):
             positions = rel
         dtype = self.model.embedding_norm.weight.dtype
         cos, sin = rope_tables(positions, cfg.head_size, cfg.rope_theta, dtype)
+        cos, sin = cos[:, None], sin[:, None]
         token_mask = mask
 
         if state is None:
@@ -342,6 +445,28 @@ class LFM2(nn.Module):
             attn_mask = allowed[:, None]
         return StepContext(cos, sin, token_mask, attn_mask, state=state, start=start, slots=slots,
                            kv_end=kv_end)
+
+    def _dense_context(self, state: LFM2State, t: int) -> StepContext:
+        """The fast path: every row at the same length, no padding anywhere, so positions are
+        the slot numbers, RoPE comes from a cached table, and attention needs no mask."""
+        start = state.uniform_length()
+        state.check_room(t)
+        state.valid[:, start: start + t] = True
+        cos, sin = self._rope_cache(start + t)
+        return StepContext(cos[start: start + t], sin[start: start + t], None, None, state=state,
+                           start=start, kv_end=start + t)
+
+    def _rope_cache(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables for positions [0, n) with n >= length, grown by doubling."""
+        cache = getattr(self, "_rope", None)
+        dtype = self.model.embedding_norm.weight.dtype
+        if cache is None or cache[0].shape[0] < length or cache[0].dtype != dtype or cache[0].device != self.device:
+            n = max(256, 1 << (max(length, 1) - 1).bit_length())
+            positions = torch.arange(n, device=self.device)[None]
+            cos, sin = rope_tables(positions, self.config.head_size, self.config.rope_theta, dtype)
+            cache = (cos[0], sin[0])
+            object.__setattr__(self, "_rope", cache)   # a plain attribute, not a buffer
+        return cache
 
 
 def count_flops_per_token(config: LFM2Config, context: int = 0) -> int:

@@ -62,6 +62,10 @@ class LFM2State:
         # Python mirror of lengths when all rows are equal (the common case): avoids a
         # device sync per layer per step. None when rows differ.
         self._uniform_length: int | None = 0
+        # True while, in every row, every slot below its length holds a real token (so
+        # positions == lengths): with uniform lengths the model then takes its fast path
+        # (no masks, RoPE from a table). Any padded write clears it; _resync recomputes it.
+        self._dense = True
 
     # ---- sizes ---------------------------------------------------------------------------
     @property
@@ -104,7 +108,14 @@ class LFM2State:
                 f"{self.max_filled()} are used and {new_tokens} more were given"
             )
 
-    def advance(self, n_slots: int, n_real: torch.Tensor) -> None:
+    def is_dense(self) -> bool:
+        """All rows at the same length, every slot a real token (no padding, no ragged rows)."""
+        return self._dense and self._uniform_length is not None
+
+    def mark_padded(self) -> None:
+        self._dense = False
+
+    def advance(self, n_slots: int, n_real: torch.Tensor | int) -> None:
         """Record that every row got `n_slots` new slots, `n_real[b]` of them real tokens."""
         self.lengths += n_slots
         self.positions += n_real
@@ -114,6 +125,8 @@ class LFM2State:
     def _resync(self) -> None:
         first = int(self.lengths[0])
         self._uniform_length = first if bool((self.lengths == first).all()) else None
+        self._dense = bool((self.positions == self.lengths).all()) and all(
+            bool(self.valid[r, : int(n)].all()) for r, n in enumerate(self.lengths.tolist()))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def reset(self, rows: list[int] | torch.Tensor | None = None) -> None:
@@ -126,6 +139,7 @@ class LFM2State:
             self.positions.zero_()
             self.valid.zero_()
             self._uniform_length = 0
+            self._dense = True
             return
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         for c in self.conv:
