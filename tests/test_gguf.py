@@ -333,3 +333,25 @@ def test_tokenizer_read_back_from_gguf_tokenizes_like_llama_cpp(exported, tmp_pa
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     assert loaded.apply_chat_template(msgs, add_generation_prompt=True) == \
         original.apply_chat_template(msgs, add_generation_prompt=True)
+
+
+def test_cli_converts_a_gguf_file_to_another_type_and_to_onnx(exported, tmp_path, capsys):
+    from lfmkit.cli import main
+
+    d, model, files = exported
+    out = tmp_path / "re.gguf"
+    assert main(["export", "gguf", str(files["f16"]), str(out), "--type", "q8_0"]) == 0
+    np.testing.assert_allclose(lfmkit_logits(load_gguf_model(out), PROMPT), lfmkit_logits(model, PROMPT), atol=0.5)
+    assert load_gguf_model(out).config.layer_types == model.config.layer_types
+    assert main(["export", "onnx", str(files["f16"]), str(tmp_path / "onnx"), "--quantize", "none"]) == 0
+    assert {"model.onnx", "model.onnx_data", "tokenizer.json", "config.json"} <= {
+        p.name for p in (tmp_path / "onnx").iterdir()}
+
+
+def test_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path):
+    from lfmkit.testing import build_test_tokenizer
+
+    d, _ = make_checkpoint(tmp_path / "ck", layout="1.2b", seed=1, vocab_size=320)
+    build_test_tokenizer(d, vocab_size=512)
+    with pytest.raises(ExportError, match="does not fit the model's vocab_size 320"):
+        write_gguf(LFM2.from_pretrained(d), tmp_path / "x.gguf")

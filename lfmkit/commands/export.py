@@ -69,11 +69,11 @@ def register(sub) -> None:
     o.set_defaults(func=run_onnx)
 
 
-def _load(model: str):
+def _load(model: str, dtype: str | None = None):
     from ..checkpoint import load_model, resolve_model_path
 
     path = resolve_model_path(model)
-    return load_model(path, dtype="float32"), path
+    return load_model(path, dtype=dtype), path
 
 
 def _mib(n: int) -> str:
@@ -99,7 +99,7 @@ def run_onnx(args) -> int:
     from ..export.onnx import export_onnx
 
     t0 = time.perf_counter()
-    model, path = _load(args.model)
+    model, path = _load(args.model, dtype="float32")
     tokenizer = args.tokenizer or (path if path.is_dir() else None)
     written = export_onnx(model, args.outdir, quantize=None if args.quantize == "none" else args.quantize,
                           tokenizer_dir=tokenizer, opset=args.opset)
