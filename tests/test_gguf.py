@@ -355,3 +355,27 @@ def test_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path):
     build_test_tokenizer(d, vocab_size=512)
     with pytest.raises(ExportError, match="does not fit the model's vocab_size 320"):
         write_gguf(LFM2.from_pretrained(d), tmp_path / "x.gguf")
+
+
+def test_q4_0_file_quantised_to_lfmkit_int4_keeps_the_files_codes(exported):
+    """Q4_0 and lfmkit's int4 share the rule (group 32, f16 scale, largest weight -> -8): a q4_0
+    GGUF loaded and quantised with lfmkit.quantize holds exactly the file's weights."""
+    from lfmkit.export.gguf import iter_gguf_weights
+    from lfmkit.quant import QuantLinear, quantize
+
+    d, model, files = exported
+    m = quantize(load_gguf_model(files["q4_0"]), "int4")
+    stored = {w.name: w for w in iter_gguf_weights(files["q4_0"])}
+    checked = 0
+    for name, mod in m.named_modules():
+        if not isinstance(mod, QuantLinear) or name == "lm_head":
+            continue
+        parent, _, leaf = name.rpartition(".")
+        parts = {"qkv": ["q_proj", "k_proj", "v_proj"], "w13": ["w1", "w3"]}.get(leaf, [leaf])
+        if leaf == "table":      # the tied embedding: q8_0 in the file, so int4 rounds it again
+            continue
+        expected = torch.cat([stored[f"{parent}.{p}.weight"].to_tensor() for p in parts])
+        assert all(stored[f"{parent}.{p}.weight"].type == "q4_0" for p in parts)
+        torch.testing.assert_close(mod.dequantize(torch.float32), expected, rtol=0, atol=0)
+        checked += 1
+    assert checked >= 3 * m.config.num_hidden_layers - 1
