@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from checkpoints import make_checkpoint
@@ -215,3 +217,25 @@ def test_bad_prompts_and_params_are_named(ckpt):
         generate(model, [1, 2], temperature=-1)
     with pytest.raises(GenerationError, match="one prompt"):
         next(stream_generate(model, [[1, 2], [3]], GREEDY))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="abc<>/", max_size=40), stops=st.lists(st.text(alphabet="abc<>/", min_size=1, max_size=4),
+                                                                     min_size=1, max_size=3),
+       cuts=st.lists(st.integers(0, 40), max_size=8))
+def test_stop_string_matcher_equals_cutting_the_whole_text(text, stops, cuts):
+    """Streamed in any pieces, the visible text is the whole text cut at the first stop string."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    first = min(i for i, _ in hits) if hits else None
+    bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
+    m = StopStringMatcher(stops)
+    shown, stopped = "", False
+    for a, b in zip(bounds, bounds[1:]):
+        piece, stopped = m.push(text[a:b])
+        shown += piece
+        if stopped:
+            break
+    if not stopped:
+        shown += m.flush()
+    assert stopped == (first is not None)
+    assert shown == (text[:first] if first is not None else text)
