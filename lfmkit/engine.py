@@ -4,10 +4,11 @@ One background thread owns the model and an `LFM2State` with `max_concurrent` ro
 Every step it
 
 1. drops cancelled requests, freeing their slots at once;
-2. prefills waiting requests, FIFO, up to `prefill_chunk` prompt tokens while other streams
-   are running (a long prompt takes several steps, so running streams stall for at most one
-   chunk). Prefill runs in a batch-1 side state; a finished prompt is copied (`copy_row`) into
-   one free slot per choice (`n` choices share one prefill);
+2. prefills waiting requests in arrival order, at most `prefill_chunk` prompt tokens per step
+   while other streams are running (so they stall for at most one chunk). Short prompts are
+   prefilled together in ONE left-padded forward straight into free rows; a prompt longer than
+   the budget is prefilled chunk by chunk in a batch-1 side state over several steps and then
+   copied (`LFM2State.copy_row`) into a free row. `n` choices share one prefill (row copies);
 3. runs ONE batched forward over all running sequences (rows at different lengths: the state
    writes each row's K/V at its own slot), samples one token per row with that row's own
    parameters, RNG and penalty history (`sampling.BatchSampler`: one sampler row per
@@ -58,7 +59,7 @@ class EngineConfig:
     max_concurrent: int = 8         # batch slots = sequences decoded together
     max_queued: int = 64            # requests allowed to wait for a slot; beyond: 429
     max_length: int | None = None   # tokens per slot (prompt + completion); None: min(context, 4096)
-    prefill_chunk: int = 256        # prompt tokens prefilled per step while streams are running
+    prefill_chunk: int = 128        # prompt tokens prefilled per step while streams are running
 
     def validate(self) -> None:
         for name in ("max_concurrent", "prefill_chunk"):
@@ -195,6 +196,8 @@ class _Sequence:
     slot: int
     text: TextStream | None
     sampler_slot: int               # its row in the BatchSampler (stable while it lives)
+    filled: int                     # state slots its row uses (prompt, left padding, tokens fed)
+    padding: int = 0                # left-padding slots in its row (not real tokens)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
 
@@ -346,12 +349,34 @@ class Engine:
         budget = self.config.prefill_chunk if self._running else max(self.config.prefill_chunk, 2048)
         while budget > 0:
             with self._cv:
-                req = self._waiting[0] if self._waiting else None
-            if req is None or (req.prefilled == 0 and req.handle.n > self._free_slots()):
-                break  # nothing to do, or not enough free slots yet (FIFO: no overtaking)
-            budget -= self._prefill(req, budget)
+                head = self._waiting[0] if self._waiting else None
+            if head is None:
+                break
+            if head.prefilled or len(head.prompt) > budget:
+                # A long prompt: chunk by chunk in the side state, FIFO (nobody overtakes it).
+                if not head.prefilled and head.handle.n > self._free_slots():
+                    break
+                budget -= self._prefill_chunk(head, budget)
+                continue
+            group = self._take_group(budget)
+            if not group:
+                break              # not enough free slots yet
+            budget -= self._prefill_group(group)
         if self._running:
             self._decode()
+
+    def _take_group(self, budget: int) -> list[_Request]:
+        """Waiting requests (from the front) whose left-padded prompts fit `budget` together."""
+        group: list[_Request] = []
+        longest, slots = 0, self._free_slots()
+        with self._cv:
+            for req in self._waiting:
+                size = max(longest, len(req.prompt)) * (len(group) + 1)
+                if req.prefilled or size > budget or req.handle.n > slots:
+                    break
+                group.append(req)
+                longest, slots = max(longest, len(req.prompt)), slots - req.handle.n
+        return group
 
     def _drop_cancelled(self) -> None:
         with self._cv:
@@ -366,8 +391,39 @@ class Engine:
         for seq in [s for s in self._running if s.request.handle.cancelled]:
             self._finish(seq, "cancelled")
 
-    def _prefill(self, req: _Request, budget: int) -> int:
-        """Prefill up to `budget` prompt tokens of `req`; start its sequences when done."""
+    def _prefill_group(self, group: list[_Request]) -> int:
+        """Prefill several whole prompts in ONE forward, left-padded, straight into free rows."""
+        first, k = len(self._running), len(group)
+        width = max(len(r.prompt) for r in group)
+        ids = torch.zeros(k, width, dtype=torch.long)
+        mask = torch.zeros(k, width, dtype=torch.long)
+        for i, req in enumerate(group):
+            ids[i, width - len(req.prompt):] = torch.tensor(req.prompt)
+            mask[i, width - len(req.prompt):] = 1
+        device = self.model.device
+        view = _rows_view(self.state, first, first + k, [0] * k, dense=True)
+        logits = self.model(ids.to(device), attention_mask=mask.to(device) if not bool(mask.all()) else None,
+                            state=view, logits_to_keep=1)[:, -1]
+        with self._cv:
+            for _ in group:
+                self._waiting.popleft()
+        self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in group))
+        seqs = [self._start_sequence(req, 0, width) for req in group]          # rows first .. first+k-1
+        if any(len(r.prompt) != width for r in group):
+            for seq in seqs:
+                seq.padding = width - len(seq.request.prompt)
+        rows = list(range(k))
+        for i, req in enumerate(group):
+            for index in range(1, req.handle.n):                               # more choices: copies
+                self.state.copy_row(self.state, first + i, len(self._running))
+                seqs.append(self._start_sequence(req, index, width))
+                seqs[-1].padding = seqs[i].padding
+                rows.append(i)
+        self._emit(seqs, logits[rows])
+        return k * width
+
+    def _prefill_chunk(self, req: _Request, budget: int) -> int:
+        """Prefill up to `budget` prompt tokens of a long prompt; start its sequences when done."""
         chunk = req.prompt[req.prefilled: req.prefilled + budget]
         ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
         logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
@@ -379,27 +435,32 @@ class Engine:
             self._waiting.popleft()
         seqs = []
         for index in range(req.handle.n):
-            slot = len(self._running)
-            self.state.copy_row(self._side, 0, slot)
-            text = None
-            if self.tokenizer is not None:
-                decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
-                text = TextStream(decoder, list(req.params.stop or []))
-            sampler_slot = self._free_sampler_slots.pop()
-            self.sampler.add_row(sampler_slot, req.params, req.prompt,
-                                 seed=derived_seed(req.params.seed, index))
-            seq = _Sequence(req, index, slot, text, sampler_slot)
-            self._running.append(seq)
-            seqs.append(seq)
+            self.state.copy_row(self._side, 0, len(self._running))
+            seqs.append(self._start_sequence(req, index, len(req.prompt)))
         self._side.reset()
         self._emit(seqs, logits[None].expand(len(seqs), -1))
         return len(chunk)
 
+    def _start_sequence(self, req: _Request, index: int, filled: int) -> _Sequence:
+        """Register choice `index` of `req` in the next running slot (its state row is ready)."""
+        text = None
+        if self.tokenizer is not None:
+            decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
+            text = TextStream(decoder, list(req.params.stop or []))
+        sampler_slot = self._free_sampler_slots.pop()
+        self.sampler.add_row(sampler_slot, req.params, req.prompt, seed=derived_seed(req.params.seed, index))
+        seq = _Sequence(req, index, len(self._running), text, sampler_slot, filled)
+        self._running.append(seq)
+        return seq
+
     def _decode(self) -> None:
         seqs = list(self._running)
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.model.device)
-        lengths = [len(s.request.prompt) + len(s.tokens) - 1 for s in seqs]
-        logits = self.model(ids, state=_rows_view(self.state, len(seqs), lengths), logits_to_keep=1)[:, -1]
+        view = _rows_view(self.state, 0, len(seqs), [s.filled for s in seqs],
+                          dense=not any(s.padding for s in seqs))
+        logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
+        for s in seqs:
+            s.filled += 1
         self._emit(seqs, logits)
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
@@ -485,16 +546,22 @@ class Engine:
         self._side.reset()
 
 
-def _rows_view(state: LFM2State, n: int, lengths: list[int]) -> LFM2State:
-    """A zero-copy `LFM2State` over rows [0, n) of `state`: every write lands in `state`."""
+def _rows_view(state: LFM2State, start: int, stop: int, lengths: list[int], dense: bool) -> LFM2State:
+    """A zero-copy `LFM2State` over rows [start, stop) of `state`: every write lands in `state`.
+
+    `lengths` are those rows' fill levels and `dense` whether none of them holds padding (the
+    engine knows both, so no device sync is needed; see LFM2State._dense).
+    """
     view = LFM2State.__new__(LFM2State)
     view.__dict__.update(state.__dict__)
-    view.batch_size = n
-    view.conv = [c[:n] if c is not None else None for c in state.conv]
-    view.keys = [k[:n] if k is not None else None for k in state.keys]
-    view.values = [v[:n] if v is not None else None for v in state.values]
-    view.lengths, view.positions, view.valid = state.lengths[:n], state.positions[:n], state.valid[:n]
+    view.batch_size = stop - start
+    view.conv = [c[start:stop] if c is not None else None for c in state.conv]
+    view.keys = [k[start:stop] if k is not None else None for k in state.keys]
+    view.values = [v[start:stop] if v is not None else None for v in state.values]
+    view.lengths, view.positions = state.lengths[start:stop], state.positions[start:stop]
+    view.valid = state.valid[start:stop]
     view._uniform_length = lengths[0] if all(x == lengths[0] for x in lengths) else None
+    view._dense = dense
     return view
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -101,6 +102,27 @@ def test_n_choices_share_the_prefill_and_seeds_repeat(model):
     assert first == again
     assert len({tuple(v) for v in first.values()}) > 1      # different seeds per choice
     assert greedy[0] == greedy[1]
+
+
+def test_padded_group_prefill_with_n_choices(model, checkpoint):
+    """Prompts of different lengths prefilled together (left-padded) with n=2 copies each."""
+    ref = checkpoint[1]
+    engine = Engine(model, None, EngineConfig(max_concurrent=6, max_length=64))
+    engine._stopping = False
+    handles = []
+    with engine._cv:                      # queue all three before the loop's first step
+        engine._thread = threading.Thread(target=engine._loop, daemon=True)
+        engine._thread.start()
+        for p in (PROMPTS[1], PROMPTS[2], PROMPTS[0]):
+            handles.append(engine.submit(p, SamplingParams.greedy(max_tokens=6, n=2, ignore_eos=True)))
+    try:
+        got = [tokens_of(h) for h in handles]
+    finally:
+        engine.stop()
+    for p, out in zip((PROMPTS[1], PROMPTS[2], PROMPTS[0]), got):
+        want = reference_greedy(ref, p, 6)
+        assert out == {0: want, 1: want}
+    assert engine.steps <= 7                      # one prefill step for all three, then decode
 
 
 def test_logprobs_are_the_model_distribution(model):

@@ -19,22 +19,22 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--served-model-name", default=None,
-                   help="the model name clients send in 'model' (default: MODEL as given)")
+                   help="the model name clients send in 'model' (unset: MODEL as given)")
     p.add_argument("--api-key", default=os.environ.get("LFMKIT_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $LFMKIT_API_KEY; none = open)")
+                   help="require 'Authorization: Bearer KEY' on /v1/* (unset: $LFMKIT_API_KEY, else open)")
     p.add_argument("--max-concurrent", type=int, default=8,
                    help="sequences decoded together (batch slots); more requests wait in the queue")
     p.add_argument("--max-queued", type=int, default=64,
                    help="requests allowed to wait for a slot; beyond that: HTTP 429 with Retry-After")
     p.add_argument("--max-model-len", type=int, default=None,
-                   help="tokens per sequence, prompt + completion (default: min(model context, 4096)); "
+                   help="tokens per sequence, prompt + completion (unset: min(model context, 4096)); "
                         "memory for the K/V state is reserved for max-concurrent sequences of this length")
-    p.add_argument("--prefill-chunk", type=int, default=256,
+    p.add_argument("--prefill-chunk", type=int, default=128,
                    help="prompt tokens prefilled per step while other streams decode (smaller: "
                         "smoother streams, larger: faster time to first token)")
     p.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level")
     p.set_defaults(func=run)
