@@ -220,7 +220,9 @@ def _is_single_prompt(prompts: Any) -> bool:
         if not prompts:
             raise GenerationError("prompt: empty list (give text, token ids or messages)")
         first = prompts[0]
-        return isinstance(first, (int, dict)) or (hasattr(first, "__index__") and not isinstance(first, (list, tuple, str, torch.Tensor)))
+        if isinstance(first, (list, tuple, str, torch.Tensor)):
+            return False          # a batch of prompts
+        return True               # token ids (ints, numpy ints) or message dicts
     raise GenerationError(f"prompt: expected text, token ids or messages, got {type(prompts).__name__}")
 
 
