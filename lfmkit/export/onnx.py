@@ -20,7 +20,6 @@ The weight-quantised variant is made with ONNX Runtime's own tools: MatMulNBits 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import shutil
@@ -213,6 +212,76 @@ def _save_with_external_data(proto, path: Path) -> None:
                     location=data.name, size_threshold=1024)
 
 
+ALIGN = 4096
+
+
+def _attach_weights(proto, weights: dict[str, torch.Tensor], declared: set[str], data_path: Path) -> None:
+    """Turn the graph's parameter inputs into float32 initializers stored in `data_path`.
+
+    The graph was exported without parameters, so each weight is written once, straight from the
+    model, one tensor at a time (memory stays near the size of the largest tensor). A weight
+    read only through Transpose(perm 1,0) (every linear) is stored transposed instead, which is
+    what constant folding would have done and what MatMul / MatMulNBits want.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto
+
+    graph = proto.graph
+    params = [i.name for i in graph.input if i.name not in declared]
+    missing = [p for p in params if p not in weights]
+    if missing:
+        raise ExportError(f"ONNX export: graph inputs {missing[:4]} are not model parameters")
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_transpose_2d(node) -> bool:
+        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+        return node.op_type == "Transpose" and (not perm or perm[0] == [1, 0])
+
+    offset = 0
+    initializers = []
+    dropped = set()
+    with open(data_path, "wb") as f:
+        def store(name: str, tensor: torch.Tensor) -> None:
+            nonlocal offset
+            arr = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+            pad = (-offset) % ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+            t = TensorProto(name=name, dims=list(arr.shape), data_type=TensorProto.FLOAT)
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+            offset += arr.nbytes
+            initializers.append(t)
+
+        for name in params:
+            tensor = weights[name]
+            users = consumers.get(name, [])
+            direct = False
+            for node in users:
+                if tensor.dim() == 2 and is_transpose_2d(node):
+                    store(node.output[0], tensor.t())
+                    dropped.add(id(node))
+                else:
+                    direct = True
+            if direct:
+                store(name, tensor)
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    inputs = [i for i in graph.input if i.name in declared]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(initializers)
+    onnx.save_model(proto, str(data_path.with_name(data_path.name[: -len("_data")])))
+
+
 def _check_quantizer(kind: str | None) -> None:
     """Fail before the (long) export when the requested quantiser cannot be imported."""
     try:
@@ -288,9 +357,21 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
     import onnx
 
     cfg = model.config
-    # a float32 copy when needed: the caller's model is left as it is
-    float_model = copy.deepcopy(model).float().eval() if model.dtype != torch.float32 else model.eval()
-    step = OnnxStep(float_model).eval()
+    # Trace a float32 twin with uninitialised weights: the graph is exported without parameters
+    # and the real weights are written afterwards, one tensor at a time, from the model itself.
+    # Each twin weight is one number broadcast to its shape (no memory), a different number for
+    # each, since the exporter merges parameters that compare equal.
+    with torch.device("meta"):
+        twin = type(model)(cfg)
+    for i, (name, p) in enumerate(list(twin.named_parameters())):
+        module_name, _, attr = name.rpartition(".")
+        value = torch.full((1,) * p.dim(), float(i + 1)).expand(p.shape)
+        setattr(twin.get_submodule(module_name), attr, nn.Parameter(value, requires_grad=False))
+    if cfg.tie_word_embeddings:
+        twin.lm_head.weight = twin.model.embed_tokens.weight
+    twin.eval()
+    step = OnnxStep(twin).eval()
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
     inputs, outputs = io_names(cfg)
     written = []
     with tempfile.TemporaryDirectory(prefix="lfmkit-onnx-") as tmp:
@@ -299,10 +380,11 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
             warnings.simplefilter("ignore")
             torch.onnx.export(step, _example_inputs(cfg), str(raw), dynamo=False, input_names=inputs,
                               output_names=outputs, dynamic_axes=_dynamic_axes(cfg), opset_version=opset,
-                              do_constant_folding=True)
+                              do_constant_folding=False, export_params=False)
+        del twin, step
         proto = onnx.load(str(raw))
         final = out / MODEL_FILE
-        _save_with_external_data(proto, final)
+        _attach_weights(proto, weights, set(inputs), out / (MODEL_FILE + "_data"))
         del proto
         written += [final, out / (MODEL_FILE + "_data")]
         if quantize:
