@@ -10,9 +10,12 @@ Semantics (what the loop feeds): `attention_mask` covers past + new tokens (0 = 
 `position_ids` give each new token's RoPE position. Padded tokens are zeroed before the
 convolution and masked out as keys, so left-padded rows compute what they would alone.
 
-We trace a purpose-written step module (`OnnxStep`) that reuses the model's own weights and
-norms with TorchScript's exporter (torch.onnx.export(dynamo=False)): no onnxscript needed,
-and every op it emits (MatMul, Conv, Softmax, Concat, ...) runs on ONNX Runtime's CPU provider.
+We trace a purpose-written step module (`OnnxStep`, every op spelled out from the parameters)
+with TorchScript's exporter (torch.onnx.export(dynamo=False)): no onnxscript needed, and every
+op it emits (MatMul, Conv, Softmax, Concat, ...) runs on ONNX Runtime's CPU provider. The graph
+is traced on a zero-memory twin and exported without parameters; the real weights are then
+written one tensor at a time into model.onnx_data, so exporting needs little memory beyond the
+model itself (350M: 15 s, 3.6 GB peak RSS with the 1.4 GB float32 model loaded).
 The weight-quantised variant is made with ONNX Runtime's own tools: MatMulNBits int4
 (block 32, model_q4.onnx) or dynamic int8 (model_int8.onnx).
 """
