@@ -2,8 +2,8 @@
 
 For each concurrency level it starts N clients at once; each streams `--requests` completions
 of exactly `--max-tokens` tokens (eos ignored) and the script reports total throughput, the
-decode throughput (tokens after the first, over the time from the first first-token to the
-last token), time to first token and per-token / per-request latency percentiles. The run is
+decode throughput while all N are decoding (tokens that arrive between the last first token and
+the first last token, over that window), time to first token and per-token / per-request latency percentiles. The run is
 bounded: fixed token counts, per-request timeouts and a wall-clock limit.
 
 The server is either one you started (`--url`), or one this script starts in a subprocess:
@@ -108,13 +108,19 @@ async def run_level(url: str, model: str, clients: int, requests: int, prompt: s
     ttft = [s.first_token - s.sent for s in ok]
     itl = [b - a for s in ok for a, b in zip(s.token_times, s.token_times[1:])]
     latency = [s.done - s.sent for s in ok]
-    decode_window = (max(s.token_times[-1] for s in ok) - min(s.first_token for s in ok)) if ok else float("nan")
-    decode_tokens = sum(max(0, len(s.token_times) - 1) for s in ok)
+    # Decode throughput while every client is decoding: tokens that arrived between the last
+    # first token and the first last token (so prefill and stragglers are left out).
+    decode_tok_s = float("nan")
+    if ok:
+        t0, t1 = max(s.first_token for s in ok), min(s.token_times[-1] for s in ok)
+        arrived = sum(1 for s in ok for t in s.token_times if t0 < t <= t1)
+        if t1 > t0 and arrived:
+            decode_tok_s = arrived / (t1 - t0)
     return {
         "clients": clients, "requests": len(results), "ok": len(ok), "errors": errors[:3],
         "completion_tokens": total_tokens, "wall_s": wall,
         "throughput_tok_s": total_tokens / wall if wall > 0 else float("nan"),
-        "decode_tok_s": decode_tokens / decode_window if decode_window and decode_window > 0 else float("nan"),
+        "decode_tok_s": decode_tok_s,
         "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
         "token_latency_p50_s": percentile(itl, 50), "token_latency_p99_s": percentile(itl, 99),
         "request_latency_p50_s": percentile(latency, 50), "request_latency_p99_s": percentile(latency, 99),
@@ -145,6 +151,8 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
            "--max-model-len", str(args.max_model_len), "--dtype", args.dtype, "--log-level", "warning"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.quantize:
+        cmd += ["--quantize", args.quantize]
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + args.startup_timeout
@@ -177,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-model-len", type=int, default=1024, help="server context per sequence")
     p.add_argument("--dtype", default="float32", help="server weights dtype")
     p.add_argument("--threads", type=int, default=None, help="server torch threads")
+    p.add_argument("--quantize", default=None, choices=("int8", "int4"), help="server weight quantization")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per request")
     p.add_argument("--startup-timeout", type=float, default=300, help="seconds allowed for the server to start")
     p.add_argument("--warmup", type=int, default=1, help="warm-up requests before measuring")

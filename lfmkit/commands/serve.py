@@ -33,6 +33,8 @@ def register(sub) -> None:
                    help="prompt tokens prefilled per step while other streams decode (smaller: "
                         "smoother streams, larger: faster time to first token)")
     p.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")
+    p.add_argument("--quantize", default=None, choices=("int8", "int4"),
+                   help="weight-only quantization at load (lfmkit.quant): smaller and faster decode on CPU")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
@@ -59,6 +61,10 @@ def build_context(args):
         torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
     model = LFM2.from_pretrained(path, dtype=args.dtype, device=args.device).eval()
+    if args.quantize:
+        from ..quant import quantize
+
+        quantize(model, args.quantize)
     tokenizer = Tokenizer.from_pretrained(path)
     config = EngineConfig(max_concurrent=args.max_concurrent, max_queued=args.max_queued,
                           max_length=args.max_model_len, prefill_chunk=args.prefill_chunk)
