@@ -7,7 +7,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models: one thread avoids OpenMP spin-waiting, which on a shared 2-core machine made
+# tiny forwards 100x slower; speed is measured in benchmarks/, not here.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
