@@ -45,6 +45,10 @@ _LAZY = {
     "GenerationResult": "generate",
     "ChatSession": "session",
     "quantize": "quant",
+    "load_quantized": "quant",
+    "write_gguf": "export.gguf",
+    "load_gguf_model": "export.gguf",
+    "export_onnx": "export.onnx",
 }
 
 
