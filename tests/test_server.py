@@ -423,3 +423,37 @@ def test_api_key(checkpoint, model, tokenizer):
         out = s.client(api_key="sekret").completions.create(model=MODEL, prompt="x", max_tokens=2)
         assert out.usage.completion_tokens >= 1
         assert httpx.get(s.url + "/health").status_code == 200     # health stays open for probes
+
+
+# ---- fuzzing: nothing a client sends is a 5xx ---------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=6)
+_fields = {
+    "model": st.one_of(st.just(MODEL), _json),
+    "messages": st.one_of(st.just(OK_MSG), st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]), "content": _json}), max_size=2), _json),
+    "prompt": st.one_of(st.just("Hi"), st.lists(st.integers(-5, 600), max_size=4), _json),
+    "max_tokens": st.one_of(st.integers(-2, 3), _json),
+    "n": st.one_of(st.integers(-1, 3), _json),
+    "temperature": _json, "top_p": _json, "top_k": _json, "min_p": _json, "seed": _json, "stop": _json,
+    "logprobs": _json, "top_logprobs": _json, "stream": st.booleans(), "tools": _json, "tool_choice": _json,
+    "stream_options": _json, "presence_penalty": _json, "echo": _json,
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(path=st.sampled_from([CHAT, COMP]), body=st.fixed_dictionaries({}, optional=_fields))
+def test_fuzzed_requests_never_get_5xx(server, path, body):
+    body.setdefault("max_tokens", 2)
+    if not isinstance(body["max_tokens"], int) or body["max_tokens"] > 3:
+        body["max_tokens"] = 2
+    r = httpx.post(server.url + path, json=body, timeout=30)
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
