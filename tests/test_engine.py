@@ -255,3 +255,32 @@ def test_stop_matcher_never_leaks_a_stop_string(pieces, stops):
     assert out == expected
     assert hit == bool(cuts)
     assert not any(s in out for s in stops)
+
+
+class _AlwaysAlive:
+    def is_alive(self):
+        return True
+
+
+def _drain(handle) -> list:
+    out = []
+    while not handle._queue.empty():
+        out.append(handle._queue.get())
+    return out
+
+
+def test_long_prefill_is_interleaved_with_running_streams(model):
+    """A 20-token prompt arriving mid-stream is prefilled 4 tokens per step, and the running
+    stream gets one token at every one of those steps (driven step by step, no thread)."""
+    engine = Engine(model, None, EngineConfig(max_concurrent=2, max_length=64, prefill_chunk=4))
+    engine._thread = _AlwaysAlive()           # we call step() ourselves
+    running = engine.submit(PROMPTS[0], SamplingParams.greedy(max_tokens=30, ignore_eos=True))
+    engine.step()
+    assert len(_drain(running)) == 2          # first token from the prefill, one decode step
+    late = engine.submit(list(range(1, 21)), SamplingParams.greedy(max_tokens=3, ignore_eos=True))
+    for step in range(5):
+        engine.step()
+        assert [type(e) for e in _drain(running)] == [TokenEvent]      # never stalled
+        got = _drain(late)
+        assert (len(got) > 0) == (step == 4)  # the late prompt's first token after 20/4 steps
+    assert engine.queue_depth() == 0 and engine.active_sequences() == 2
