@@ -74,6 +74,14 @@ def build_context(args):
 
 
 def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        from ..errors import LFMKitError
+
+        raise LFMKitError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
+                          f"pip install 'lfmkit[serve]'") from None
     from ..server import run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
