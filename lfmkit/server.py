@@ -29,6 +29,7 @@ from .sampling import SamplingParams
 log = logging.getLogger("lfmkit.server")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+MAX_BODY_BYTES = 32 * 2**20   # a request body larger than this is refused (413) before it is read
 
 
 class EngineFailure(Exception):
@@ -135,6 +136,13 @@ class GuardMiddleware:
                 await response(scope, receive, counting_send)
                 metrics.requests.inc(endpoint=endpoint, status="401")
                 return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            response = _error(413, f"the request body must be at most {MAX_BODY_BYTES} bytes",
+                              code="request_too_large")
+            await response(scope, receive, counting_send)
+            metrics.requests.inc(endpoint=endpoint, status="413")
+            return
         try:
             await self.app(scope, receive, counting_send)
         except Exception:

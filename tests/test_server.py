@@ -377,6 +377,14 @@ def test_bad_requests_get_openai_errors(server, path, body, status, param):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
+def test_oversized_body_is_refused_unread(server, monkeypatch):
+    import lfmkit.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_BODY_BYTES", 1000)
+    r = httpx.post(server.url + COMP, content=json.dumps({"model": MODEL, "prompt": "x" * 2000}))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 def test_unknown_route_and_method(server):
     r = httpx.get(server.url + "/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
