@@ -8,20 +8,11 @@ import sys
 
 import pexpect
 import pytest
-import torch
 
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, ChatSession, SamplingParams, Tokenizer
 from lfmkit.commands.chat import ChatApp, Style
 from test_session import ScriptedModel
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

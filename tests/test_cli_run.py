@@ -6,20 +6,11 @@ import sys
 
 import pexpect
 import pytest
-import torch
 
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, SamplingParams, Tokenizer
 from lfmkit.cli import main
 from lfmkit.generate import generate
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,6 @@ GREEDY = SamplingParams.greedy(max_tokens=24, ignore_eos=True)
 PROMPTS = [[1, 5, 9, 33, 200, 17], [1, 44], [1, 300, 301, 302, 303, 9, 9, 9, 100, 101, 102], [1, 77, 78, 79]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread than on two busy ones (thread hand-off dominates)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path, ref = make_checkpoint(tmp_path_factory.mktemp("gen"), layout="small", seed=3, with_tokenizer=True)

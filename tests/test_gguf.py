@@ -25,15 +25,6 @@ from lfmkit.model import LFM2
 PROMPT = [1, 6, 300, 301, 302, 7, 400, 401, 402, 403, 50, 60, 70, 80]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def lfmkit_logits(model, ids):
     with torch.no_grad():
         return model(torch.tensor([ids]))[0].float().numpy()

@@ -19,14 +19,6 @@ from lfmkit.model import LFM2
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quantizer() -> str:
     try:
         import onnx_ir  # noqa: F401  (needed by ONNX Runtime's MatMulNBits quantiser)

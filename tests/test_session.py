@@ -11,14 +11,6 @@ GREEDY = SamplingParams.greedy(max_tokens=10)
 TURNS = ["Hello! How are you today?", "What is the capital of France?", "Tell me a story about a robot."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path, _ = make_checkpoint(tmp_path_factory.mktemp("sess"), layout="small", seed=5, with_tokenizer=True)
