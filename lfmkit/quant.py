@@ -36,7 +36,7 @@ from .errors import ConfigError
 
 MODES = ("fp32", "bf16", "int8", "int4")
 SMALL_BATCH = 16          # rows up to which the matrix-vector kernels beat dequant + GEMM
-CHUNK_ROWS = 4096         # rows quantized at a time while loading (bounds temporary memory)
+CHUNK_ROWS = 1024         # rows quantized at a time while loading (bounds temporary memory)
 
 
 def check_mode(mode: str | None) -> str:
@@ -398,7 +398,18 @@ def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32) -> 
     if missing:
         raise CheckpointError(f"{resolved}: missing tensors: {', '.join(missing[:8])}")
     model.source_path = str(resolved)
+    _release_freed_memory()
     return model.eval()
+
+
+def _release_freed_memory() -> None:
+    """Hand the quantization temporaries back to the OS (glibc keeps freed heap otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: int = 0,
@@ -425,6 +436,7 @@ def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: 
             for r0 in range(0, mod.out_features, CHUNK_ROWS):
                 r1 = min(mod.out_features, r0 + CHUNK_ROWS)
                 mod.set_weight(torch.randn(r1 - r0, mod.in_features, generator=g) * std, slice(r0, r1))
+    _release_freed_memory()
     return model.eval()
 
 
