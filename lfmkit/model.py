@@ -306,8 +306,16 @@ class LFM2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, **kwargs) -> "LFM2":
-        """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file)."""
+                        device: torch.device | str | None = None, quant: str | None = None,
+                        **kwargs) -> "LFM2":
+        """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file).
+
+        quant: "int8" or "int4" quantizes while loading (CPU; see lfmkit/quant.py).
+        """
+        if quant is not None and str(quant).lower() in ("int8", "int4", "q8", "q4"):
+            from .quant import load_quantized
+
+            return load_quantized(path, str(quant).lower())
         from .checkpoint import load_model  # checkpoint builds on this module
 
         return load_model(path, dtype=dtype, device=device, **kwargs)

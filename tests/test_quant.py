@@ -160,3 +160,11 @@ def test_quantized_model_is_smaller_and_tied_head_shared(tiny):
     q4, q8 = load_quantized(path, "int4"), load_quantized(path, "int8")
     assert weight_bytes(q4) < weight_bytes(q8) < weight_bytes(ref)
     assert q4.lm_head is q4.model.embed_tokens.table
+
+
+def test_from_pretrained_quant_argument_loads_quantized(tiny):
+    path, _ = tiny
+    model = LFM2.from_pretrained(path, quant="int4")
+    assert isinstance(model.lm_head, QuantLinear) and model.lm_head.bits == 4
+    ids = long_prompt(8)
+    assert torch.equal(model(ids), load_quantized(path, "int4")(ids))
