@@ -24,7 +24,6 @@ everything falls back to dequantize + `F.linear` in PyTorch.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -262,6 +261,23 @@ def _fusion_groups(model: nn.Module) -> list[tuple[str, str, list[tuple[str, nn.
                 groups.append((pname, fused, list(zip(parts, mods))))
     return groups
 
+def _install_fused(model: nn.Module, bits: int, group_size: int):
+    """Replace each fusion group by one empty QuantLinear; yield (part name, part linear,
+    fused QuantLinear, the part's row range) so the caller fills or maps the rows."""
+    for pname, fused, parts in _fusion_groups(model):
+        k = parts[0][1].in_features
+        if not fits(k, bits, group_size):
+            continue
+        parent = model.get_submodule(pname)
+        q = QuantLinear(k, sum(m.out_features for _, m in parts), bits, group_size)
+        row = 0
+        for name, lin in parts:
+            yield f"{pname}.{name}", lin, q, slice(row, row + lin.out_features)
+            row += lin.out_features
+            delattr(parent, name)
+        setattr(parent, fused, q)
+
+
 
 def quantize(model: nn.Module, mode: str = "int8", group_size: int = 32) -> nn.Module:
     """Quantize a loaded LFM2 in place (every linear + the tied embedding/head); returns it.
@@ -279,18 +295,8 @@ def quantize(model: nn.Module, mode: str = "int8", group_size: int = 32) -> nn.M
     bits = _bits(mode)
     tied = getattr(model.config, "tie_word_embeddings", False)
     with torch.no_grad():
-        for pname, fused, parts in _fusion_groups(model):
-            k = parts[0][1].in_features
-            if not fits(k, bits, group_size):
-                continue
-            parent = model.get_submodule(pname)
-            q = QuantLinear(k, sum(m.out_features for _, m in parts), bits, group_size)
-            row = 0
-            for name, lin in parts:
-                q.set_weight(lin.weight, slice(row, row + lin.out_features))
-                row += lin.out_features
-                delattr(parent, name)
-            setattr(parent, fused, q)
+        for _, lin, q, rows in _install_fused(model, bits, group_size):
+            q.set_weight(lin.weight, rows)
         for name in _linear_names(model):
             lin = model.get_submodule(name)
             if (tied and name == "lm_head") or not fits(lin.in_features, bits, group_size):
@@ -315,18 +321,8 @@ def _skeleton(config: LFM2Config, mode: str, group_size: int) -> tuple[nn.Module
         model = LFM2(config)
     bits = _bits(mode)
     targets: dict[str, tuple[QuantLinear, slice]] = {}
-    for pname, fused, parts in _fusion_groups(model):
-        k = parts[0][1].in_features
-        if not fits(k, bits, group_size):
-            continue
-        parent = model.get_submodule(pname)
-        q = QuantLinear(k, sum(m.out_features for _, m in parts), bits, group_size)
-        row = 0
-        for name, lin in parts:
-            targets[f"{pname}.{name}.weight"] = (q, slice(row, row + lin.out_features))
-            row += lin.out_features
-            delattr(parent, name)
-        setattr(parent, fused, q)
+    for name, _, q, rows in _install_fused(model, bits, group_size):
+        targets[f"{name}.weight"] = (q, rows)
     for name in _linear_names(model):
         lin = model.get_submodule(name)
         if (config.tie_word_embeddings and name == "lm_head") or not fits(lin.in_features, bits, group_size):
