@@ -19,3 +19,25 @@ def tiny_checkpoint(tmp_path_factory):
 
     path, ref = make_checkpoint(tmp_path_factory.mktemp("tiny"), layout="small", seed=1)
     return path, ref
+
+
+# The test tokenizer (lfmkit.testing), ours and transformers' view of it, for the chat tests.
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory):
+    from lfmkit.testing import build_test_tokenizer
+
+    return build_test_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tok(tok_dir):
+    from lfmkit.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(tok_dir)
+
+
+@pytest.fixture(scope="session")
+def hf(tok_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tok_dir)

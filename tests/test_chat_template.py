@@ -9,7 +9,6 @@ import pytest
 
 from lfmkit import TokenizerError
 from lfmkit.chat_template import LFM2_CHAT_TEMPLATE, render_chat_template
-from lfmkit.testing import build_test_tokenizer
 from lfmkit.tokenizer import Tokenizer
 
 SEED = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "seeds", "002_*.txt")) + \
@@ -48,23 +47,6 @@ def seed_text() -> str:
     start = text.index("<|startoftext|><|im_start|>system\nList of tools:")
     end = text.index("2023-11-20.<|im_end|>\n", start) + len("2023-11-20.<|im_end|>\n")
     return text[start:end]
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return build_test_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return Tokenizer.from_pretrained(tok_dir)
-
-
-@pytest.fixture(scope="module")
-def hf(tok_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tok_dir)
 
 
 # ---- the seed contract ------------------------------------------------------------------

@@ -13,23 +13,6 @@ FIXTURE_SETTINGS = settings(max_examples=150, deadline=None,
                             suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return build_test_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return Tokenizer.from_pretrained(tok_dir)
-
-
-@pytest.fixture(scope="module")
-def hf(tok_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tok_dir)
-
-
 SAMPLES = [
     "",
     "Hello world!",
