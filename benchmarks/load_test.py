@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,21 +240,10 @@ def main(argv=None) -> int:
 
 
 def machine() -> str:
-    try:
-        import torch
+    """The CPU and threads, described as `lfmkit bench` describes them (threads: this client's)."""
+    from lfmkit.bench import machine_description
 
-        threads = torch.get_num_threads()
-    except ImportError:
-        threads = "?"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, client torch threads {threads}, Python {platform.python_version()}"
+    return f"{machine_description()}, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":
