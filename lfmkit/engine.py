@@ -401,7 +401,7 @@ class Engine:
             ids[i, width - len(req.prompt):] = torch.tensor(req.prompt)
             mask[i, width - len(req.prompt):] = 1
         device = self.model.device
-        view = _rows_view(self.state, first, first + k, [0] * k, dense=True)
+        view = self.state.rows(first, first + k, [0] * k, dense=True)
         logits = self.model(ids.to(device), attention_mask=mask.to(device) if not bool(mask.all()) else None,
                             state=view, logits_to_keep=1)[:, -1]
         with self._cv:
@@ -456,8 +456,8 @@ class Engine:
     def _decode(self) -> None:
         seqs = list(self._running)
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.model.device)
-        view = _rows_view(self.state, 0, len(seqs), [s.filled for s in seqs],
-                          dense=not any(s.padding for s in seqs))
+        view = self.state.rows(0, len(seqs), [s.filled for s in seqs],
+                               dense=not any(s.padding for s in seqs))
         logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
         for s in seqs:
             s.filled += 1
@@ -544,25 +544,6 @@ class Engine:
         self._free_sampler_slots = list(range(self.config.max_concurrent - 1, -1, -1))
         self.state.reset()
         self._side.reset()
-
-
-def _rows_view(state: LFM2State, start: int, stop: int, lengths: list[int], dense: bool) -> LFM2State:
-    """A zero-copy `LFM2State` over rows [start, stop) of `state`: every write lands in `state`.
-
-    `lengths` are those rows' fill levels and `dense` whether none of them holds padding (the
-    engine knows both, so no device sync is needed; see LFM2State._dense).
-    """
-    view = LFM2State.__new__(LFM2State)
-    view.__dict__.update(state.__dict__)
-    view.batch_size = stop - start
-    view.conv = [c[start:stop] if c is not None else None for c in state.conv]
-    view.keys = [k[start:stop] if k is not None else None for k in state.keys]
-    view.values = [v[start:stop] if v is not None else None for v in state.values]
-    view.lengths, view.positions = state.lengths[start:stop], state.positions[start:stop]
-    view.valid = state.valid[start:stop]
-    view._uniform_length = lengths[0] if all(x == lengths[0] for x in lengths) else None
-    view._dense = dense
-    return view
 
 
 __all__ = ["Engine", "EngineConfig", "EngineOverloadedError", "RequestHandle", "TokenEvent",

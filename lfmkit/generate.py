@@ -297,35 +297,6 @@ def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncat
         f"{what} of {limit} tokens (shorten the prompt, lower max_tokens, or pass truncate=True)")
 
 
-def _rows_view(state: LFM2State, n: int) -> LFM2State:
-    """The first n rows of a state, sharing its memory (all rows at one length)."""
-    if n == state.batch_size:
-        return state
-    view = LFM2State.__new__(LFM2State)
-    view.__dict__.update(state.__dict__)
-    view.batch_size = n
-    view.conv = [c[:n] if c is not None else None for c in state.conv]
-    view.keys = [k[:n] if k is not None else None for k in state.keys]
-    view.values = [v[:n] if v is not None else None for v in state.values]
-    view.lengths, view.positions, view.valid = state.lengths[:n], state.positions[:n], state.valid[:n]
-    return view
-
-
-def _move_row(state: LFM2State, src: int, dst: int) -> None:
-    """Copy row src over row dst of the same state (conv windows, K/V, counters)."""
-    n = state.max_filled()
-    for c in state.conv:
-        if c is not None:
-            c[dst].copy_(c[src])
-    for group in (state.keys, state.values):
-        for t in group:
-            if t is not None:
-                t[dst, :, :n].copy_(t[src, :, :n])
-    state.valid[dst, :n] = state.valid[src, :n]
-    state.lengths[dst] = state.lengths[src]
-    state.positions[dst] = state.positions[src]
-
-
 def _logprob_entries(out, n: int, wanted: list[bool]) -> list[TokenLogprob | None]:
     if out.logprobs is None:
         return [None] * n
@@ -378,11 +349,11 @@ def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row],
             for i in reversed(done):
                 last = len(running) - 1
                 if i != last:
-                    _move_row(state, last, i)
+                    state.copy_row(state, last, i)
                     keep[i] = keep[last]
                     running[i] = running[last]
                 running.pop()
-            state = _rows_view(state, len(running))
+            state = state.rows(0, len(running))
             step_ids = step_ids[: len(running)]
             step_ids[:, 0].copy_(keep[: len(running)])
         else:

@@ -201,6 +201,31 @@ class LFM2State:
         self.positions[dst_row] = src.positions[src_row]
         self._resync()
 
+    def rows(self, start: int, stop: int, lengths: list[int] | None = None,
+             dense: bool | None = None) -> "LFM2State":
+        """A zero-copy state over rows [start, stop): every write lands in this state.
+
+        Batches shrink or split this way without copying K/V (finished rows leave a generate
+        batch; the engine runs only its occupied slots). `lengths` (the rows' fill levels) and
+        `dense` (no row holds padding) spare a device sync when the caller knows them; otherwise
+        the view keeps this state's flags, which is exact when all rows share one length.
+        """
+        if (start, stop) == (0, self.batch_size) and lengths is None and dense is None:
+            return self
+        view = LFM2State.__new__(LFM2State)
+        view.__dict__.update(self.__dict__)
+        view.batch_size = stop - start
+        view.conv = [c[start:stop] if c is not None else None for c in self.conv]
+        view.keys = [k[start:stop] if k is not None else None for k in self.keys]
+        view.values = [v[start:stop] if v is not None else None for v in self.values]
+        view.lengths, view.positions = self.lengths[start:stop], self.positions[start:stop]
+        view.valid = self.valid[start:stop]
+        if lengths is not None:
+            view._uniform_length = lengths[0] if all(x == lengths[0] for x in lengths) else None
+        if dense is not None:
+            view._dense = dense
+        return view
+
     def to(self, device=None, dtype=None) -> "LFM2State":
         device = torch.device(device) if device is not None else self.device
         dtype = dtype or self.dtype

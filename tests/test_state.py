@@ -87,3 +87,21 @@ def test_bfloat16_state_with_float32_model(model):
     ids = torch.tensor([[3, 4, 5, 6]])
     stepped = torch.cat([model(ids[:, :2], state=st)] + [model(ids[:, t: t + 1], state=st) for t in (2, 3)], 1)
     torch.testing.assert_close(stepped, model(ids), rtol=0.05, atol=0.05)
+
+
+@torch.no_grad()
+def test_rows_view_decodes_in_place_like_the_full_batch(model):
+    ids = torch.randint(0, 128, (3, 6), generator=torch.Generator().manual_seed(2))
+    full = model.new_state(3, 32)
+    model(ids, state=full)
+    sub = model.new_state(3, 32)
+    model(ids, state=sub)
+    view = sub.rows(1, 3)
+    assert view.batch_size == 2 and view.keys[1].data_ptr() != sub.keys[1].data_ptr()
+    step = torch.tensor([[5], [9], [11]])
+    expected = model(step, state=full)[1:]
+    got = model(step[1:], state=view)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert sub.lengths.tolist() == [6, 7, 7]        # the view's writes landed in the parent
+    assert torch.equal(sub.keys[1][1:, :, :7], full.keys[1][1:, :, :7])
+    assert sub.rows(0, 3) is sub
