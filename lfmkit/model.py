@@ -320,6 +320,12 @@ class LFM2(nn.Module):
 
         return load_model(path, dtype=dtype, device=device, **kwargs)
 
+    def _apply(self, fn, recurse=True):
+        fused = self.__dict__.get("fused_decode")
+        if fused is not None:
+            fused.reset()   # tensors may have moved or changed dtype: gather the pointers again
+        return super()._apply(fn, recurse)
+
     def save_pretrained(self, directory: str, **kwargs) -> None:
         """Write config.json + model.safetensors (Hugging Face layout, loadable by transformers)."""
         from .checkpoint import save_model
@@ -356,6 +362,12 @@ class LFM2(nn.Module):
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
+        fused = self.__dict__.get("fused_decode")   # attached by quant.py for quantized models
+        if (fused is not None and state is not None and attention_mask is None and input_ids.shape[1] == 1
+                and not return_hidden and state.batch_size == input_ids.shape[0]):
+            logits = fused(input_ids, state)
+            if logits is not None:
+                return logits
         ctx = self._context(input_ids, attention_mask, state)
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:

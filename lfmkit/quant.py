@@ -24,6 +24,7 @@ everything falls back to dequantize + `F.linear` in PyTorch.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,18 @@ def _scratch(m: int, k: int) -> tuple[int, int, int]:
 
 
 # ---- modules -----------------------------------------------------------------------------------
+class KernelSpec(NamedTuple):
+    """What qkernel needs to multiply by one quantized weight (see csrc/kernels.cpp)."""
+
+    w: int        # weight codes
+    s: int        # scales
+    wsum: int     # int8: weight sums per activation block, else 0
+    K: int
+    N: int
+    bits: int
+    ab: int       # activation block: int8 256 (or 32 for narrow widths), int4 32
+
+
 class QuantLinear(nn.Module):
     """A bias-free linear layer with int8 or int4 weights; float activations in and out."""
 
@@ -146,6 +159,8 @@ class QuantLinear(nn.Module):
         q, s = quantize_int8(weight) if self.bits == 8 else quantize_int4(weight, self.group_size)
         self.qweight[rows].copy_(q)
         self.scales[rows].copy_(s)
+        self.__dict__["_fast"] = None   # int8 kernels cache weight sums: recompute them
+        self.__dict__.pop("_wsum", None)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         """The float weight this layer multiplies by, [out_features, in_features]."""
@@ -182,20 +197,39 @@ class QuantLinear(nn.Module):
             x = x.float().contiguous()
         xq, xs, xsum = _scratch(m, k)
         out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-        fn, wp, sp = fast
-        fn(x.data_ptr(), m, k, wp, sp, n, out.data_ptr(), xq, xs, xsum)
+        fn, args = fast
+        fn(x.data_ptr(), m, k, *args, n, out.data_ptr(), xq, xs, xsum)
         return out
 
     def _prepare(self):
-        """(C function, weight pointer, scale pointer) for the kernel path, or False."""
-        lib = qkernel.load()
-        if lib is None or not self._kernel_ok():
+        """(C function, its weight arguments) for the kernel path, or False."""
+        spec = self.kernel_spec()
+        if spec is None:
             fast = False
+        elif self.bits == 4:
+            fast = (qkernel.load().lfm_q4_linear, (spec.w, spec.s))
         else:
-            fast = (lib.lfm_q8_linear if self.bits == 8 else lib.lfm_q4_linear,
-                    self.qweight.data_ptr(), self.scales.data_ptr())
+            fast = (qkernel.load().lfm_q8_linear, (spec.ab, spec.w, spec.s, spec.wsum))
         self.__dict__["_fast"] = fast
         return fast
+
+    def kernel_spec(self) -> "KernelSpec | None":
+        """Pointers and sizes for qkernel (None when the kernels cannot run this layer).
+
+        int8 multiplies activations quantized in blocks of 256 values where the width allows
+        (else 32); its kernel needs the weight sums per such block (see csrc/kernels.cpp)."""
+        if qkernel.load() is None or not self._kernel_ok():
+            return None
+        wsum_ptr, ab = 0, 32
+        if self.bits == 8:
+            ab = 256 if self.in_features % 256 == 0 else 32
+            wsum = self.__dict__.get("_wsum")
+            if wsum is None or wsum.shape != (self.out_features, self.in_features // ab):
+                wsum = self.qweight.view(self.out_features, -1, ab).sum(-1, dtype=torch.int32).contiguous()
+                self.__dict__["_wsum"] = wsum   # kept with the layer, outside the state dict
+            wsum_ptr = wsum.data_ptr()
+        return KernelSpec(self.qweight.data_ptr(), self.scales.data_ptr(), wsum_ptr, self.in_features,
+                          self.out_features, self.bits, ab)
 
     def _apply(self, fn, recurse=True):
         self.__dict__["_fast"] = None   # buffers may move: look the pointers up again
@@ -309,7 +343,14 @@ def quantize(model: nn.Module, mode: str = "int8", group_size: int = 32) -> nn.M
             if tied:
                 model.lm_head = table
     model.quant_mode = mode
+    _attach_fused_decode(model)
     return model
+
+
+def _attach_fused_decode(model: nn.Module) -> None:
+    from .decode_step import attach   # builds on this module
+
+    attach(model)
 
 
 def _skeleton(config: LFM2Config, mode: str, group_size: int) -> tuple[nn.Module, dict]:
@@ -337,6 +378,7 @@ def _skeleton(config: LFM2Config, mode: str, group_size: int) -> tuple[nn.Module
         if config.tie_word_embeddings:
             model.lm_head = table
     model.quant_mode = mode
+    _attach_fused_decode(model)
     return model, targets
 
 

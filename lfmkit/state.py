@@ -115,6 +115,16 @@ class LFM2State:
     def mark_padded(self) -> None:
         self._dense = False
 
+    def padding_free(self) -> bool:
+        """Every slot below each row's length holds a real token (rows may differ in length)."""
+        return self._dense
+
+    def counted_externally(self, n_slots: int) -> None:
+        """A fused kernel advanced `lengths`, `positions` and `valid` in place by `n_slots` real
+        tokens per row; keep the Python mirror of the common length in step."""
+        if self._uniform_length is not None:
+            self._uniform_length += n_slots
+
     def advance(self, n_slots: int, n_real: torch.Tensor | int) -> None:
         """Record that every row got `n_slots` new slots, `n_real[b]` of them real tokens."""
         self.lengths += n_slots

@@ -14,9 +14,10 @@ from lfmkit.quant import (QuantLinear, dequantize_int4, load_quantized, logit_ag
 needs_kernels = pytest.mark.skipif(qkernel.load() is None, reason=f"no C++ kernels: {qkernel.build_error}")
 
 
-def act_quantized(x: torch.Tensor) -> torch.Tensor:
-    """x as the kernels see it: int8 in blocks of 32 with one absmax/127 scale per block."""
-    b = x.reshape(*x.shape[:-1], -1, 32)
+def act_quantized(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """x as the kernels see it: int8 in blocks with one absmax/127 scale per block (int4: 32
+    values; int8: 256 where the width allows, else 32)."""
+    b = x.reshape(*x.shape[:-1], -1, block)
     s = b.abs().amax(-1, keepdim=True) / 127
     return (torch.round(b / s.clamp(min=1e-30)) * s).reshape(x.shape)
 
@@ -47,13 +48,15 @@ def test_quantize_dequantize_error_is_bounded_by_half_a_step(bits):
 @needs_kernels
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [1, 3, 8, 13])
-def test_kernel_equals_dequantized_reference(bits, rows):
+@pytest.mark.parametrize("width", [512, 320])
+def test_kernel_equals_dequantized_reference(bits, rows, width):
     g = torch.Generator().manual_seed(rows)
-    lin = QuantLinear.from_float(torch.randn(72, 512, generator=g) * 0.05, bits)
-    x = torch.randn(rows, 512, generator=g)
+    lin = QuantLinear.from_float(torch.randn(72, width, generator=g) * 0.05, bits)
+    x = torch.randn(rows, width, generator=g)
     ours = lin(x)
     # exact reference: the same int8 activations times the dequantized weights
-    exact = F.linear(act_quantized(x), lin.dequantize())
+    block = 256 if bits == 8 and width % 256 == 0 else 32
+    exact = F.linear(act_quantized(x, block), lin.dequantize())
     assert torch.allclose(ours, exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
     # and close to the float activations
     loose = F.linear(x, lin.dequantize())

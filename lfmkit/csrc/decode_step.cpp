@@ -1,0 +1,231 @@
+// One whole decode step of a quantized LFM2 in a single call (see lfmkit/decode_step.py).
+//
+// At batch 1 a token costs a few milliseconds of weight streaming, and driving ~65 kernel
+// calls plus ~300 small PyTorch ops from Python costs as much again: every call wakes the
+// OpenMP workers anew and pays dispatch. Here the layers run inside one parallel region:
+// the matrix-vector products share rows across threads (`omp for`), the small per-token
+// work (norms, the conv window, RoPE, K/V writes) runs on one thread (`omp single`), and
+// attention splits over (row, head). The math is the module path's, op for op.
+
+typedef struct {
+    const void* w;          // int8 [N, K] or packed int4 [N, K/2]
+    const void* s;          // float [N] (int8) or fp16 [N, K/32] (int4)
+    const int32_t* wsum;    // int8: weight sums per activation block (VNNI), else unused
+    int64_t K, N, bits, ab; // ab: activation block (int8: 256 or 32; int4: 32)
+} LfmLinear;
+
+typedef struct {
+    int64_t is_attn;
+    const float* op_norm;
+    const float* ffn_norm;
+    LfmLinear mix;          // conv: in_proj [3h, h]; attention: q, k, v fused
+    LfmLinear out;          // out_proj
+    LfmLinear w13;          // w1 and w3 fused [2f, h]
+    LfmLinear w2;           // [h, f]
+    const float* conv_w;    // [h, L] (conv layers)
+    const float* q_norm;    // [d] (attention layers)
+    const float* k_norm;
+} LfmLayer;
+
+typedef struct {
+    int64_t n_layers, hidden, ff, n_heads, n_kv, head_dim, conv_L, vocab;
+    float eps;
+    const LfmLayer* layers;
+    const float* final_norm;
+    LfmLinear embed;        // the embedding table (rows = token ids)
+    LfmLinear head;         // the output head (the same table when tied)
+} LfmModel;
+
+typedef struct {
+    float* const* a;        // per layer: conv window [B, h, L] or K [B, KV, S, d]
+    float* const* b;        // per layer: V [B, KV, S, d] (attention layers)
+    int64_t max_len;        // S
+    int64_t* lengths;       // [B] slots used (== positions: the state holds no padding)
+    int64_t* positions;     // [B]
+    uint8_t* valid;         // [B, S]
+} LfmStateView;
+
+static inline int64_t lin_width(const LfmLinear* L) { return L->K; }
+
+// quantize B rows of activations for L (one thread)
+static void quant_for(const LfmLinear* L, const float* x, int64_t B, int8_t* xq, float* xs, int32_t* xsum) {
+    lfm_quantize_act(x, B, L->K, L->ab, L->bits == 8 ? lfm_has_vnni() : 0, xq, xs, xsum);
+}
+
+// out [B, N] = x @ W^T for the activations quant_for prepared (threads share the rows)
+static void linear_for(const LfmLinear* L, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t B,
+                       float* out) {
+    if (L->bits == 4)
+        q4_gemm_for(xq, xs, xsum, B, L->K, (const uint8_t*)L->w, (const uint16_t*)L->s, L->N, out);
+    else
+        q8_gemm_for(xq, xs, B, L->K, L->ab, (const int8_t*)L->w, (const float*)L->s, L->wsum, L->N, out);
+}
+
+// one row of the table as float (the embedding lookup)
+static void table_row(const LfmLinear* L, int64_t id, float* out) {
+    const int64_t K = L->K;
+    if (L->bits == 8) {
+        const int8_t* w = (const int8_t*)L->w + id * K;
+        float s = ((const float*)L->s)[id];
+        for (int64_t i = 0; i < K; i++) out[i] = (float)w[i] * s;
+        return;
+    }
+    const uint8_t* w = (const uint8_t*)L->w + id * (K / 2);
+    const uint16_t* sc = (const uint16_t*)L->s + id * (K / 32);
+    for (int64_t b = 0; b < K / 32; b += 2) {
+        float sa = _cvtsh_ss(sc[b]), sb = _cvtsh_ss(sc[b + 1]);
+        for (int i = 0; i < 32; i++) {
+            out[b * 32 + i] = (float)((w[b * 16 + i] & 15) - 8) * sa;
+            out[b * 32 + 32 + i] = (float)((w[b * 16 + i] >> 4) - 8) * sb;
+        }
+    }
+}
+
+// x * cos + rotate_half(x) * sin for one head of width d
+static void rope(float* x, const float* c, const float* s, int64_t d) {
+    const int64_t half = d / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float a = x[i], b = x[i + half];
+        x[i] = a * c[i] - b * s[i];
+        x[i + half] = b * c[i + half] + a * s[i + half];
+    }
+}
+
+// q [d] against keys k [n, d] and values v [n, d] -> out [d]; scores: scratch [n]
+static void attend_one(const float* q, const float* k, const float* v, int64_t n, int64_t d, float scale,
+                       float* scores, float* out) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        const float* kj = k + j * d;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < d; i++) acc += q[i] * kj[i];
+        scores[j] = acc * scale;
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    float total = 0.0f;
+    for (int64_t j = 0; j < n; j++) { scores[j] = expf(scores[j] - mx); total += scores[j]; }
+    const float inv = 1.0f / total;
+    for (int64_t i = 0; i < d; i++) out[i] = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float p = scores[j] * inv;
+        const float* vj = v + j * d;
+        for (int64_t i = 0; i < d; i++) out[i] += p * vj[i];
+    }
+}
+
+static int64_t max_width(const LfmModel* m) {
+    int64_t w = m->head.K;
+    for (int64_t l = 0; l < m->n_layers; l++) {
+        const LfmLayer* ly = m->layers + l;
+        const LfmLinear* ls[4] = {&ly->mix, &ly->out, &ly->w13, &ly->w2};
+        for (int i = 0; i < 4; i++) {
+            if (ls[i]->K > w) w = ls[i]->K;
+            if (ls[i]->N > w) w = ls[i]->N;
+        }
+    }
+    return w;
+}
+
+extern "C" {
+
+// bytes of scratch lfm_decode_step needs for B rows and a state of max_len slots
+int64_t lfm_decode_scratch_bytes(const LfmModel* m, int64_t B, int64_t max_len) {
+    const int64_t w = max_width(m);
+    return 4 * (B * m->hidden * 2 + B * w * 2 + B * m->n_heads * max_len)   // x, o, xn, big, scores
+           + B * w + 8 * (B * w / 32 + 1) + 256;                              // xq, xs, xsum, alignment
+}
+
+// Run tokens ids [B] through the model at each row's next slot; logits [B, vocab].
+// cos/sin: RoPE tables [>= max position + 1, head_dim]. The state is updated in place
+// (conv windows, K/V, valid, lengths, positions).
+void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const int64_t* ids,
+                     const float* cos_t, const float* sin_t, void* scratch, float* logits) {
+    const int64_t h = m->hidden, H = m->n_heads, KV = m->n_kv, d = m->head_dim, L = m->conv_L, S = st->max_len;
+    const int64_t w = max_width(m), group = H / KV, qkv = (H + 2 * KV) * d;
+    const float scale = 1.0f / sqrtf((float)d);
+    float* x = (float*)scratch;                 // [B, h] the residual stream
+    float* o = x + B * h;                       // [B, h] a sublayer's output
+    float* xn = o + B * h;                      // [B, w] normed input / inner activations
+    float* big = xn + B * w;                    // [B, w] wide projections
+    float* scores = big + B * w;                // [B * H, S]
+    int8_t* xq = (int8_t*)(scores + B * H * S);
+    float* xs = (float*)(((uintptr_t)(xq + B * w) + 63) & ~(uintptr_t)63);
+    int32_t* xsum = (int32_t*)(xs + B * w / 32 + 1);
+
+    for (int64_t r = 0; r < B; r++) table_row(&m->embed, ids[r], x + r * h);
+
+    #pragma omp parallel
+    {
+        for (int64_t li = 0; li < m->n_layers; li++) {
+            const LfmLayer* ly = m->layers + li;
+            #pragma omp single
+            {
+                lfm_rmsnorm(x, ly->op_norm, B, h, m->eps, xn);
+                quant_for(&ly->mix, xn, B, xq, xs, xsum);
+            }
+            linear_for(&ly->mix, xq, xs, xsum, B, big);
+            if (!ly->is_attn) {
+                #pragma omp single
+                {
+                    lfm_conv_step(big, 3 * h, st->a[li], ly->conv_w, NULL, B, h, L, xn);
+                    quant_for(&ly->out, xn, B, xq, xs, xsum);
+                }
+            } else {
+                #pragma omp single
+                for (int64_t r = 0; r < B; r++) {
+                    float* q = big + r * qkv;
+                    float* k = q + H * d;
+                    const float* v = k + KV * d;
+                    const int64_t pos = st->positions[r], slot = st->lengths[r];
+                    lfm_rmsnorm(q, ly->q_norm, H, d, m->eps, q);
+                    lfm_rmsnorm(k, ly->k_norm, KV, d, m->eps, k);
+                    for (int64_t hh = 0; hh < H; hh++) rope(q + hh * d, cos_t + pos * d, sin_t + pos * d, d);
+                    for (int64_t g = 0; g < KV; g++) {
+                        rope(k + g * d, cos_t + pos * d, sin_t + pos * d, d);
+                        const int64_t at = ((r * KV + g) * S + slot) * d;
+                        memcpy(st->a[li] + at, k + g * d, d * sizeof(float));
+                        memcpy(st->b[li] + at, v + g * d, d * sizeof(float));
+                    }
+                }
+                #pragma omp for schedule(static)
+                for (int64_t t = 0; t < B * H; t++) {
+                    const int64_t r = t / H, hh = t % H, g = hh / group;
+                    const int64_t base = (r * KV + g) * S * d;
+                    attend_one(big + r * qkv + hh * d, st->a[li] + base, st->b[li] + base, st->lengths[r] + 1, d,
+                               scale, scores + t * S, xn + r * H * d + hh * d);
+                }
+                #pragma omp single
+                quant_for(&ly->out, xn, B, xq, xs, xsum);
+            }
+            linear_for(&ly->out, xq, xs, xsum, B, o);
+            #pragma omp single
+            {
+                for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
+                lfm_rmsnorm(x, ly->ffn_norm, B, h, m->eps, xn);
+                quant_for(&ly->w13, xn, B, xq, xs, xsum);
+            }
+            linear_for(&ly->w13, xq, xs, xsum, B, big);
+            #pragma omp single
+            {
+                lfm_silu_mul(big, B, m->ff, xn);
+                quant_for(&ly->w2, xn, B, xq, xs, xsum);
+            }
+            linear_for(&ly->w2, xq, xs, xsum, B, o);
+            #pragma omp single
+            for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
+        }
+        #pragma omp single
+        {
+            lfm_rmsnorm(x, m->final_norm, B, h, m->eps, xn);
+            quant_for(&m->head, xn, B, xq, xs, xsum);
+        }
+        linear_for(&m->head, xq, xs, xsum, B, logits);
+    }
+    for (int64_t r = 0; r < B; r++) {
+        st->valid[r * S + st->lengths[r]] = 1;
+        st->lengths[r] += 1;
+        st->positions[r] += 1;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,355 @@
+// lfmkit's CPU kernels for quantized linears (see lfmkit/qkernel.py for how they are built).
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+// Weights stream from memory once per token; the hardware prefetcher alone leaves about a
+// quarter of the bandwidth unused, so each kernel asks for the bytes this far ahead.
+#ifndef PREFETCH
+#define PREFETCH 2048
+#endif
+
+// ---------------------------------------------------------------- helpers
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    u += 0x7FFF + ((u >> 16) & 1);          // round to nearest even
+    return (uint16_t)(u >> 16);
+}
+
+// unsigned a (u8) times signed b (s8), 32 pairs -> 8 int32 lanes (no saturation for a <= 127)
+static inline __m256i dot_u8s8(__m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+// signed times signed via the sign trick
+static inline __m256i dot_s8s8(__m256i a, __m256i b) {
+    return dot_u8s8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+static inline float hsum_ps(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0x4E));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
+    return _mm_cvtsi128_si32(lo);
+}
+
+extern "C" {
+
+int lfm_has_vnni(void) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// x [M, K] float -> xq [M, K] int8 (or uint8 x+128 when offset), xs [M, K/ab] float
+// (absmax / 127 per block of ab = 32 or 256 values), xsum [M, K/32] int32 (sums of the
+// signed codes per 32, for the int4 kernel's -8 correction)
+void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offset, int8_t* xq, float* xs,
+                      int32_t* xsum) {
+    const int64_t nab = K / ab, per = ab / 32;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < M * nab; i++) {
+        const float* src = x + i * ab;
+        __m256 m = _mm256_setzero_ps();
+        for (int64_t c = 0; c < ab; c += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + c)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f;
+        xs[i] = d;
+        __m256 inv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+        for (int64_t q = 0; q < per; q++) {
+            const float* s32 = src + q * 32;
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 8), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 16), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 24), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            xsum[i * per + q] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            if (offset) p = _mm256_xor_si256(p, flip);
+            _mm256_storeu_si256((__m256i*)(xq + i * ab + q * 32), p);
+        }
+    }
+}
+
+}  // extern "C"
+
+// int4 weights: 32 bytes per pair of blocks (64 columns): low nibbles = first 32 columns,
+// high nibbles = next 32, stored +8 as unsigned. fp16 scale per block of 32. Activations in
+// blocks of 32. Each block's integer dot product is scaled in its own lanes (one convert and
+// one FMA per block, no horizontal sums inside the loop); the -8 offset is corrected once per
+// eight blocks from the activation block sums.
+// out[j, n] = sum_b scale[n, b] * xs[j, b] * (sum_i nib[n, b, i] * xq[j, b, i] - 8 * xsum[j, b])
+template <int MT>
+static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+    const int64_t nb = K / 32, nsb = nb / 8;
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    alignas(32) float cs[MT][8];
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t* wp = w + n * (K / 2);
+        const uint16_t* sp = ws + n * nb;
+        __m256 acc0[MT], acc1[MT], corr[MT];
+        float tail[MT];
+        for (int j = 0; j < MT; j++) {
+            acc0[j] = _mm256_setzero_ps(); acc1[j] = _mm256_setzero_ps(); corr[j] = _mm256_setzero_ps(); tail[j] = 0.0f;
+        }
+        for (int64_t s = 0; s < nsb; s++) {
+            _mm_prefetch((const char*)(wp + s * 128 + PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wp + s * 128 + PREFETCH + 64), _MM_HINT_T0);
+            __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sp + s * 8)));
+            for (int j = 0; j < MT; j++) {
+                __m256 c = _mm256_mul_ps(sw, _mm256_loadu_ps(xs + j * nb + s * 8));
+                _mm256_store_ps(cs[j], c);
+                corr[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(
+                    _mm256_loadu_si256((const __m256i*)(xsum + j * nb + s * 8))), c, corr[j]);
+            }
+            for (int p = 0; p < 4; p++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + s * 128 + p * 32));
+                __m256i lo = _mm256_and_si256(raw, mask);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                for (int j = 0; j < MT; j++) {
+                    const int8_t* xp = xq + j * K + s * 256 + p * 64;
+                    __m256i d0 = dot_u8s8(lo, _mm256_loadu_si256((const __m256i*)xp));
+                    __m256i d1 = dot_u8s8(hi, _mm256_loadu_si256((const __m256i*)(xp + 32)));
+                    acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&cs[j][2 * p]), acc0[j]);
+                    acc1[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&cs[j][2 * p + 1]), acc1[j]);
+                }
+            }
+        }
+        for (int64_t b = nsb * 8; b < nb; b += 2) {   // leftover pairs of blocks
+            __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + b * 16));
+            __m256i wa = _mm256_and_si256(raw, mask), wb = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            float sa = _cvtsh_ss(sp[b]), sb = _cvtsh_ss(sp[b + 1]);
+            for (int j = 0; j < MT; j++) {
+                const int8_t* xp = xq + j * K + b * 32;
+                int da = hsum_epi32(dot_u8s8(wa, _mm256_loadu_si256((const __m256i*)xp))) - 8 * xsum[j * nb + b];
+                int db = hsum_epi32(dot_u8s8(wb, _mm256_loadu_si256((const __m256i*)(xp + 32)))) - 8 * xsum[j * nb + b + 1];
+                tail[j] += sa * xs[j * nb + b] * (float)da + sb * xs[j * nb + b + 1] * (float)db;
+            }
+        }
+        for (int j = 0; j < MT; j++)
+            out[j * N + n] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) - 8.0f * hsum_ps(corr[j]) + tail[j];
+    }
+}
+
+// int8 weights [N, K] with one float scale per row; activations in blocks of ab (32 or 256)
+// values with one scale each, so the inner loop over a block is pure integer dot products.
+// With VNNI the activations come offset to unsigned (x + 128) so `vpdpbusd` takes the signed
+// weights straight from memory; the offset is removed per row with the weight block sums
+// wsum[n, b]. Without VNNI, signed times signed uses the sign trick.
+template <int MT>
+static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out) {
+    const int64_t nab = K / ab, chunks = ab / 32;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t* wp = w + n * K;
+        __m256 acc[MT];
+        for (int j = 0; j < MT; j++) acc[j] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nab; b++) {
+            for (int64_t o = 0; o < ab; o += 64) _mm_prefetch((const char*)(wp + b * ab + o + PREFETCH), _MM_HINT_T0);
+            __m256i ia[MT], ib[MT];
+            for (int j = 0; j < MT; j++) { ia[j] = _mm256_setzero_si256(); ib[j] = _mm256_setzero_si256(); }
+            int64_t c = 0;
+            for (; c + 2 <= chunks; c += 2) {
+                __m256i w0 = _mm256_loadu_si256((const __m256i*)(wp + b * ab + c * 32));
+                __m256i w1 = _mm256_loadu_si256((const __m256i*)(wp + b * ab + c * 32 + 32));
+                for (int j = 0; j < MT; j++) {
+                    const int8_t* xp = xq + j * K + b * ab + c * 32;
+                    __m256i x0 = _mm256_loadu_si256((const __m256i*)xp), x1 = _mm256_loadu_si256((const __m256i*)(xp + 32));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
+                    ib[j] = _mm256_dpbusd_epi32(ib[j], x1, w1);
+#else
+                    ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
+                    ib[j] = _mm256_add_epi32(ib[j], dot_s8s8(w1, x1));
+#endif
+                }
+            }
+            if (c < chunks) {   // ab == 32: one chunk per block
+                __m256i w0 = _mm256_loadu_si256((const __m256i*)(wp + b * ab + c * 32));
+                for (int j = 0; j < MT; j++) {
+                    __m256i x0 = _mm256_loadu_si256((const __m256i*)(xq + j * K + b * ab + c * 32));
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
+#else
+                    ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
+#endif
+                }
+            }
+            for (int j = 0; j < MT; j++)
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ia[j], ib[j])),
+                                         _mm256_broadcast_ss(xs + j * nab + b), acc[j]);
+        }
+        for (int j = 0; j < MT; j++) {
+            float total = hsum_ps(acc[j]);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+            float corr = 0.0f;
+            for (int64_t b = 0; b < nab; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
+            total -= 128.0f * corr;
+#endif
+            out[j * N + n] = total * ws[n];
+        }
+    }
+}
+
+#define ROWS_PER_TASK 8
+#define M_TILE 4
+
+// The row loops below are orphaned `omp for` loops: called inside a parallel region (the
+// decode step) the threads share the rows; the exported wrappers open a region of their own.
+static void q4_gemm_for(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
+                        const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, nb = K / 32;
+    #pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+        int64_t m = 0;
+        for (; m + M_TILE <= M; m += M_TILE)
+            q4_rows<M_TILE>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
+        switch (M - m) {
+            case 3: q4_rows<3>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            case 2: q4_rows<2>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            case 1: q4_rows<1>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            default: break;
+        }
+    }
+}
+
+static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_t ab, const int8_t* w,
+                        const float* ws, const int32_t* wsum, int64_t N, float* out) {
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, nab = K / ab;
+    #pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+        int64_t m = 0;
+        for (; m + M_TILE <= M; m += M_TILE)
+            q8_rows<M_TILE>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N);
+        switch (M - m) {
+            case 3: q8_rows<3>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            case 2: q8_rows<2>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            case 1: q8_rows<1>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            default: break;
+        }
+    }
+}
+
+extern "C" {
+
+// out [M, N] float; w [N, K/2] uint8; ws [N, K/32] fp16 bits; xq from lfm_quantize_act(ab=32)
+void lfm_q4_gemm(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
+                 const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
+    #pragma omp parallel
+    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out);
+}
+
+// out [M, N] float; w [N, K] int8; ws [N] float; wsum [N, K/ab] int32 (VNNI only)
+void lfm_q8_gemm(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_t ab, const int8_t* w,
+                 const float* ws, const int32_t* wsum, int64_t N, float* out) {
+    #pragma omp parallel
+    q8_gemm_for(xq, xs, M, K, ab, w, ws, wsum, N, out);
+}
+
+// one call per linear: quantize x [M, K] into the scratch buffers, then multiply
+void lfm_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* ws, int64_t N,
+                   float* out, int8_t* xq, float* xs, int32_t* xsum) {
+    lfm_quantize_act(x, M, K, 32, 0, xq, xs, xsum);
+    lfm_q4_gemm(xq, xs, xsum, M, K, w, ws, N, out);
+}
+
+// ab: activation block (256 when K allows, else 32); wsum [N, K/ab] from lfm_q8_block_sums
+void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_t* w, const float* ws,
+                   const int32_t* wsum, int64_t N, float* out, int8_t* xq, float* xs, int32_t* xsum) {
+    lfm_quantize_act(x, M, K, ab, lfm_has_vnni(), xq, xs, xsum);
+    lfm_q8_gemm(xq, xs, M, K, ab, w, ws, wsum, N, out);
+}
+
+// int4 (layout above) + fp16 scales -> bf16 [N, K]
+void lfm_q4_dequant_bf16(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, uint16_t* out) {
+    const int64_t nb = K / 32;
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t b = 0; b < nb; b += 2) {
+            float sa = _cvtsh_ss(ws[n * nb + b]), sb = _cvtsh_ss(ws[n * nb + b + 1]);
+            const uint8_t* p = w + n * (K / 2) + b * 16;
+            uint16_t* o = out + n * K + b * 32;
+            for (int i = 0; i < 32; i++) {
+                o[i] = f32_to_bf16((float)((p[i] & 15) - 8) * sa);
+                o[i + 32] = f32_to_bf16((float)((p[i] >> 4) - 8) * sb);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fused small ops (decode)
+// out = x * rsqrt(mean(x^2) + eps) * w, per row of length dim
+void lfm_rmsnorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float* xr = x + r * dim;
+        float* o = out + r * dim;
+        double ss = 0.0;
+        for (int64_t i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
+        float inv = 1.0f / sqrtf((float)(ss / dim) + eps);
+        for (int64_t i = 0; i < dim; i++) o[i] = (xr[i] * inv) * w[i];
+    }
+}
+
+// One decode step of the short convolution for b rows: bcx [b, 3h] = (B, C, x) from in_proj;
+// window [b, h, L] shifts left by one and takes B*x; out [b, h] = C * (sum_k window*w + bias).
+void lfm_conv_step(const float* bcx, int64_t row_stride, float* window, const float* w,
+                   const float* bias, int64_t b, int64_t h, int64_t L, float* out) {
+    for (int64_t r = 0; r < b; r++) {
+        const float* B = bcx + r * row_stride;
+        const float* C = B + h;
+        const float* X = B + 2 * h;
+        float* win = window + r * h * L;
+        float* o = out + r * h;
+        for (int64_t c = 0; c < h; c++) {
+            float* wc = win + c * L;
+            const float* kc = w + c * L;
+            for (int64_t k = 0; k + 1 < L; k++) wc[k] = wc[k + 1];
+            wc[L - 1] = B[c] * X[c];
+            float acc = 0.0f;
+            for (int64_t k = 0; k < L; k++) acc += wc[k] * kc[k];
+            if (bias) acc += bias[c];
+            o[c] = C[c] * acc;
+        }
+    }
+}
+
+// gu [m, 2f] = (gate, up) -> out [m, f] = silu(gate) * up
+void lfm_silu_mul(const float* gu, int64_t m, int64_t f, float* out) {
+    for (int64_t r = 0; r < m; r++) {
+        const float* g = gu + r * 2 * f;
+        const float* u = g + f;
+        float* o = out + r * f;
+        for (int64_t i = 0; i < f; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+// int8 [N, K] + float row scales -> bf16 [N, K]
+void lfm_q8_dequant_bf16(const int8_t* w, const float* ws, int64_t N, int64_t K, uint16_t* out) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float s = ws[n];
+        for (int64_t k = 0; k < K; k++) out[n * K + k] = f32_to_bf16((float)w[n * K + k] * s);
+    }
+}
+
+}  // extern "C"

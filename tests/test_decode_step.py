@@ -1,0 +1,135 @@
+"""The fused decode step (one C call per token) computes what the module path computes, updates
+the state the same way, and steps aside wherever it cannot run."""
+
+import pytest
+import torch
+
+from checkpoints import make_checkpoint
+from lfmkit import LFM2, generate, qkernel
+from lfmkit.decode_step import FusedDecode
+from lfmkit.quant import load_quantized, quantize
+
+pytestmark = pytest.mark.skipif(qkernel.load() is None, reason=f"no C++ kernels: {qkernel.build_error}")
+
+
+@pytest.fixture(scope="module", params=[64, 256], ids=["hidden64", "hidden256"])
+def ckpt(request, tmp_path_factory):
+    # hidden 256 takes the int8 kernels' 256-value activation blocks, hidden 64 the 32-value ones
+    path, _ = make_checkpoint(tmp_path_factory.mktemp("fused"), layout="small", seed=3,
+                              hidden_size=request.param, intermediate_size=3 * request.param,
+                              num_key_value_heads=2)
+    return path
+
+
+def module_path(model):
+    """The same model with the fused step detached (the per-module forward)."""
+    fused = model.__dict__.pop("fused_decode")
+    return fused
+
+
+def run_both(model, prompt_rows, steps, views=None):
+    """Decode `steps` greedy tokens twice from the same prefill: fused, then module path."""
+    results = []
+    for fused in (True, False):
+        saved = model.__dict__.get("fused_decode")
+        if not fused:
+            model.__dict__.pop("fused_decode")
+        try:
+            state = model.new_state(len(prompt_rows), max_length=64)
+            for r, row in enumerate(prompt_rows):
+                model.prefill(torch.tensor([row]), state.rows(r, r + 1, [0], dense=True))
+            lengths = [len(row) for row in prompt_rows]
+            view = state.rows(0, len(prompt_rows), lengths, dense=True)
+            tok = torch.tensor([[row[-1]] for row in prompt_rows])
+            logits = []
+            with torch.inference_mode():
+                for _ in range(steps):
+                    out = model(tok, state=view)
+                    logits.append(out)
+                    tok = out[:, -1].argmax(-1, keepdim=True)
+            results.append((torch.cat(logits, 1), state, view))
+        finally:
+            model.__dict__["fused_decode"] = saved
+    return results
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+@pytest.mark.parametrize("rows", [[list(range(5, 17))], [list(range(5, 17))] * 3,
+                                  [list(range(3, 10)), list(range(20, 33)), [7, 8]]],
+                         ids=["batch1", "batch3", "ragged"])
+def test_fused_step_equals_module_path(ckpt, mode, rows):
+    model = load_quantized(ckpt, mode)
+    assert model.fused_decode.available(), model.fused_decode.reason
+    (fused, s1, v1), (ref, s2, v2) = run_both(model, rows, steps=6)
+    # The first step agrees to float rounding. Later, one activation landing on the other side
+    # of an int8 rounding boundary (float sums in another order) shifts a logit by up to about
+    # 1/127 of its block, and that difference stays in the state: close, not equal.
+    scale = ref.abs().amax(-1, keepdim=True)
+    assert ((fused[:, 0] - ref[:, 0]).abs() <= 1e-5 * scale[:, 0]).all()
+    assert ((fused - ref).abs() <= 0.05 * scale).all()
+    assert torch.equal(fused.argmax(-1), ref.argmax(-1))
+    for a, b in zip(s1.conv + s1.keys + s1.values, s2.conv + s2.keys + s2.values):
+        if a is not None:
+            assert torch.allclose(a, b, atol=0.05 * b.abs().max().item())
+    assert torch.equal(s1.lengths, s2.lengths) and torch.equal(s1.positions, s2.positions)
+    assert torch.equal(s1.valid, s2.valid)
+    assert v1.uniform_length() == v2.uniform_length()
+
+
+def test_fused_step_is_thread_count_independent(ckpt):
+    model = load_quantized(ckpt, "int4")
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(run_both(model, [list(range(4, 20))] * 2, steps=4)[0][0])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_uses_fused_step_and_gives_module_path_tokens(ckpt):
+    model = load_quantized(ckpt, "int8")
+    calls = []
+    fused = model.fused_decode
+    original = fused.__call__
+
+    class Counting(FusedDecode):
+        def __call__(self, ids, state):
+            out = original(ids, state)
+            calls.append(out is not None)
+            return out
+
+    counted = Counting.__new__(Counting)
+    counted.__dict__.update(fused.__dict__)
+    model.__dict__["fused_decode"] = counted
+    prompt = list(range(10, 30))
+    with_fused = generate(model, prompt, max_tokens=12, temperature=0, ignore_eos=True).token_ids
+    assert calls and all(calls)
+    module_path(model)
+    plain = generate(model, prompt, max_tokens=12, temperature=0, ignore_eos=True).token_ids
+    assert with_fused == plain
+
+
+def test_steps_aside_for_padding_float_models_and_when_disabled(ckpt, monkeypatch):
+    model = load_quantized(ckpt, "int4")
+    state = model.new_state(2, max_length=32)
+    ids = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
+    model.prefill(ids, state, attention_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    assert not state.padding_free()
+    assert model.fused_decode(torch.tensor([[7], [8]]), state) is None   # left padding: module path
+    assert model(torch.tensor([[7], [8]]), state=state).shape[:2] == (2, 1)
+
+    assert "fused_decode" not in LFM2.from_pretrained(ckpt, dtype="float32").__dict__
+    monkeypatch.setenv("LFMKIT_NO_FUSED_DECODE", "1")
+    off = quantize(LFM2.from_pretrained(ckpt, dtype="float32"), "int8")
+    assert not off.fused_decode.available() and "LFMKIT_NO_FUSED_DECODE" in off.fused_decode.reason
+
+
+def test_moving_the_model_regathers_pointers(ckpt):
+    model = load_quantized(ckpt, "int8")
+    (before, _, _), _ = run_both(model, [list(range(6, 18))], steps=3)
+    model.to("cpu").float()   # _apply: the plan is rebuilt from the (same) tensors
+    (after, _, _), _ = run_both(model, [list(range(6, 18))], steps=3)
+    assert torch.equal(before, after)
