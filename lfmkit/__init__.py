@@ -22,6 +22,11 @@ from .config import LFM2Config
 from .model import LFM2
 from .state import LFM2State
 
+# `generate` is both a submodule and its main function. Importing the function eagerly binds
+# the name to the function for good; lazily, any `import lfmkit.generate` elsewhere would
+# leave the package attribute pointing at the module.
+from .generate import generate
+
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it
@@ -40,7 +45,6 @@ _LAZY = {
     "ToolCallEvent": "chat",
     "ToolCallError": "chat",
     "SamplingParams": "sampling",
-    "generate": "generate",
     "stream_generate": "generate",
     "GenerationResult": "generate",
     "ChatSession": "session",

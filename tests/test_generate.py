@@ -230,3 +230,14 @@ def test_stop_string_matcher_equals_cutting_the_whole_text(text, stops, cuts):
         shown += m.flush()
     assert stopped == (first is not None)
     assert shown == (text[:first] if first is not None else text)
+
+
+def test_package_generate_is_the_function_even_after_importing_the_submodule():
+    import importlib
+
+    import lfmkit
+
+    importlib.import_module("lfmkit.generate")
+    from lfmkit import generate as fn
+
+    assert callable(fn) and fn is lfmkit.generate and fn.__module__ == "lfmkit.generate"
