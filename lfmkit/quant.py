@@ -36,7 +36,8 @@ from .errors import ConfigError
 
 MODES = ("fp32", "bf16", "int8", "int4")
 SMALL_BATCH = 16          # rows up to which the matrix-vector kernels beat dequant + GEMM
-CHUNK_ROWS = 1024         # rows quantized at a time while loading (bounds temporary memory)
+CHUNK_ROWS = 128          # rows quantized at a time while loading (bounds temporary memory)
+PREFILL_TILE_BYTES = 8 << 20   # bf16 weight rows expanded at a time for a prefill GEMM
 
 
 def check_mode(mode: str | None) -> str:
@@ -162,18 +163,22 @@ class QuantLinear(nn.Module):
         self.__dict__["_fast"] = None   # int8 kernels cache weight sums: recompute them
         self.__dict__.pop("_wsum", None)
 
-    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        """The float weight this layer multiplies by, [out_features, in_features]."""
+    def dequantize(self, dtype=torch.float32, rows: slice | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """The float weight this layer multiplies by, [out_features, in_features] (or a range
+        of its rows; bfloat16 can be written into a given buffer)."""
         lib = qkernel.load()
         if dtype == torch.bfloat16 and self._kernel_ok() and lib is not None:
-            out = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
-            if self.bits == 8:
-                lib.lfm_q8_dequant_bf16(self.qweight.data_ptr(), self.scales.data_ptr(), self.out_features,
-                                        self.in_features, out.data_ptr())
-            else:
-                lib.lfm_q4_dequant_bf16(self.qweight.data_ptr(), self.scales.data_ptr(), self.out_features,
-                                        self.in_features, out.data_ptr())
+            r0, r1 = (rows.start, rows.stop) if rows is not None else (0, self.out_features)
+            if out is None:
+                out = torch.empty(r1 - r0, self.in_features, dtype=torch.bfloat16)
+            fn = lib.lfm_q8_dequant_bf16 if self.bits == 8 else lib.lfm_q4_dequant_bf16
+            fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features,
+               out.data_ptr())
             return out
+        if rows is not None:
+            q, s = self.qweight[rows], self.scales[rows]
+            return dequantize_int8(q, s, dtype) if self.bits == 8 else dequantize_int4(q, s, self.group_size, dtype)
         if self.bits == 8:
             return dequantize_int8(self.qweight, self.scales, dtype)
         return dequantize_int4(self.qweight, self.scales, self.group_size, dtype)
@@ -191,8 +196,7 @@ class QuantLinear(nn.Module):
         if not fast or x.device.type != "cpu":
             return F.linear(x, self.dequantize(x.dtype))
         if m > SMALL_BATCH:
-            w = self.dequantize(torch.bfloat16)
-            return F.linear(x.to(torch.bfloat16), w).to(x.dtype)
+            return self._prefill_linear(x)
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         xq, xs, xsum = _scratch(m, k)
@@ -200,6 +204,22 @@ class QuantLinear(nn.Module):
         fn, args = fast
         fn(x.data_ptr(), m, k, *args, n, out.data_ptr(), xq, xs, xsum)
         return out
+
+    def _prefill_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Many rows: a bf16 GEMM (AVX-512 BF16 / AMX via oneDNN) on the weights expanded a
+        tile of rows at a time, so the float copy never exceeds PREFILL_TILE_BYTES."""
+        k, n = self.in_features, self.out_features
+        xb = x.reshape(-1, k).to(torch.bfloat16)
+        tile = max(64, PREFILL_TILE_BYTES // (2 * k) // 64 * 64)
+        if tile >= n:
+            return F.linear(xb, self.dequantize(torch.bfloat16)).to(x.dtype).reshape(*x.shape[:-1], n)
+        out = torch.empty(xb.shape[0], n, dtype=x.dtype)
+        buf = torch.empty(tile, k, dtype=torch.bfloat16)
+        for r0 in range(0, n, tile):
+            r1 = min(n, r0 + tile)
+            w = self.dequantize(torch.bfloat16, slice(r0, r1), buf[: r1 - r0])
+            out[:, r0:r1] = F.linear(xb, w)
+        return out.reshape(*x.shape[:-1], n)
 
     def _prepare(self):
         """(C function, its weight arguments) for the kernel path, or False."""
