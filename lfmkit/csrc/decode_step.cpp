@@ -5,7 +5,7 @@
 // OpenMP workers anew and pays dispatch. Here the layers run inside one parallel region:
 // the matrix-vector products share rows across threads (`omp for`), the small per-token
 // work (norms, the conv window, RoPE, K/V writes) runs on one thread (`omp single`), and
-// attention splits over (row, head). The math is the module path's, op for op.
+// attention splits over (row, K/V head). The math is the module path's, op for op.
 
 typedef struct {
     const void* w;          // int8 [N, K] or packed int4 [N, K/2]
@@ -91,25 +91,43 @@ static void rope(float* x, const float* c, const float* s, int64_t d) {
     }
 }
 
-// q [d] against keys k [n, d] and values v [n, d] -> out [d]; scores: scratch [n]
-static void attend_one(const float* q, const float* k, const float* v, int64_t n, int64_t d, float scale,
-                       float* scores, float* out) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        const float* kj = k + j * d;
-        float acc = 0.0f;
-        for (int64_t i = 0; i < d; i++) acc += q[i] * kj[i];
-        scores[j] = acc * scale;
-        mx = scores[j] > mx ? scores[j] : mx;
+// a . b over d floats (two 8-lane accumulators; the tail, if any, in scalar)
+static inline float dot_f32(const float* a, const float* b, int64_t d) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < n; j++) { scores[j] = expf(scores[j] - mx); total += scores[j]; }
-    const float inv = 1.0f / total;
-    for (int64_t i = 0; i < d; i++) out[i] = 0.0f;
+    float acc = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < d; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+// The G query heads q [G, d] that share one K/V head, against keys k [n, d] and values
+// v [n, d] -> out [G, d]; scores: scratch [G, n]. Each key and value row is read once for
+// the whole group, which is what bounds a long-context step.
+static void attend_group(const float* q, int64_t G, const float* k, const float* v, int64_t n, int64_t d,
+                         float scale, float* scores, float* out) {
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t g = 0; g < G; g++) scores[g * n + j] = dot_f32(q + g * d, k + j * d, d) * scale;
+    for (int64_t g = 0; g < G; g++) {
+        float* sg = scores + g * n;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) mx = sg[j] > mx ? sg[j] : mx;
+        float total = 0.0f;
+        for (int64_t j = 0; j < n; j++) { sg[j] = expf(sg[j] - mx); total += sg[j]; }
+        const float inv = 1.0f / total;
+        for (int64_t j = 0; j < n; j++) sg[j] *= inv;
+    }
+    for (int64_t i = 0; i < G * d; i++) out[i] = 0.0f;
     for (int64_t j = 0; j < n; j++) {
-        const float p = scores[j] * inv;
         const float* vj = v + j * d;
-        for (int64_t i = 0; i < d; i++) out[i] += p * vj[i];
+        for (int64_t g = 0; g < G; g++) {
+            const float p = scores[g * n + j];
+            float* og = out + g * d;
+            for (int64_t i = 0; i < d; i++) og[i] += p * vj[i];
+        }
     }
 }
 
@@ -188,11 +206,10 @@ void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const
                     }
                 }
                 #pragma omp for schedule(static)
-                for (int64_t t = 0; t < B * H; t++) {
-                    const int64_t r = t / H, hh = t % H, g = hh / group;
-                    const int64_t base = (r * KV + g) * S * d;
-                    attend_one(big + r * qkv + hh * d, st->a[li] + base, st->b[li] + base, st->lengths[r] + 1, d,
-                               scale, scores + t * S, xn + r * H * d + hh * d);
+                for (int64_t t = 0; t < B * KV; t++) {
+                    const int64_t r = t / KV, g = t % KV, base = t * S * d;
+                    attend_group(big + r * qkv + g * group * d, group, st->a[li] + base, st->b[li] + base,
+                                 st->lengths[r] + 1, d, scale, scores + t * group * S, xn + (r * H + g * group) * d);
                 }
                 #pragma omp single
                 quant_for(&ly->out, xn, B, xq, xs, xsum);
