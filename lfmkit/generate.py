@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .errors import ContextLengthError, GenerationError
+from .model import PREFILL_CHUNK
 from .sampling import BatchSampler, SamplingParams, derived_seed, generation_config_eos
 from .state import LFM2State
 
@@ -375,7 +376,7 @@ def prefill(model, state: LFM2State, prompts: list[list[int]], pad_id: int | Non
         mask[i, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     uniform = all(len(p) == width for p in prompts)
-    step = chunk_size or width
+    step = chunk_size or PREFILL_CHUNK
     logits = None
     for start in range(0, width, step):
         part_mask = None if uniform else mask[:, start:start + step]

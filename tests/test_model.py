@@ -199,3 +199,34 @@ def test_cuda_matches_cpu(tmp_path, dtype):
     steps = [gpu(ids[:, :15].cuda(), attention_mask=mask[:, :15].cuda(), state=state)]
     steps += [gpu(ids[:, t: t + 1].cuda(), state=state) for t in range(15, 19)]
     assert rel_err(expected, torch.cat(steps, 1).float().cpu(), mask) < (1e-4 if dtype == torch.float32 else 0.05)
+
+
+def test_constructed_model_is_initialised_and_from_config_is_seeded():
+    from lfmkit import LFM2Config
+
+    cfg = LFM2Config.from_preset("lfm2-350m", num_hidden_layers=2, layer_types=["conv", "full_attention"],
+                                 vocab_size=256, hidden_size=128, block_ff_dim=384)
+    model = LFM2(cfg)   # no checkpoint: every weight still gets the documented init
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        if name.endswith("norm.weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif p.dim() >= 2:
+            assert 0.015 < p.std().item() < 0.025, name
+    a, b = LFM2.from_config(cfg, seed=3), LFM2.from_config(cfg, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_building_on_meta_does_not_import_the_compiler_stack():
+    """Loaders build the model on the meta device first; PyTorch's default random init there
+    would import dynamo/inductor/sympy (~70 MiB of resident memory and a second of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from lfmkit import LFM2, LFM2Config\n"
+            "with torch.device('meta'):\n"
+            "    LFM2(LFM2Config.from_preset('lfm2-350m'))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo'))[:3])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
