@@ -376,7 +376,7 @@ def prefill(model, state: LFM2State, prompts: list[list[int]], pad_id: int | Non
         mask[i, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     uniform = all(len(p) == width for p in prompts)
-    step = chunk_size or PREFILL_CHUNK
+    step = chunk_size or max(1, PREFILL_CHUNK // len(prompts))
     logits = None
     for start in range(0, width, step):
         part_mask = None if uniform else mask[:, start:start + step]

@@ -22,8 +22,8 @@ from .config import ATTENTION, LFM2Config
 from .state import LFM2State
 
 FUSED_MAX_ROWS = 64   # up to this many token rows, small ops run in qkernel's fused C loops
-# Prompt tokens per prefill pass. 256 rows already keep the bf16 GEMMs at full speed on CPU,
-# and halve the activation memory of 512 (1.2B int4: peak RSS 978 -> 937 MiB).
+# Token rows (batch x prompt tokens) per prefill pass. 256 rows already keep the bf16 GEMMs
+# at full speed on CPU, and halve the activation memory of 512 (1.2B int4: peak RSS 978 -> 937 MiB).
 PREFILL_CHUNK = 256
 
 
@@ -410,15 +410,17 @@ class LFM2(nn.Module):
         return self.lm_head(x)
 
     def prefill(self, input_ids: torch.Tensor, state: LFM2State, attention_mask: torch.Tensor | None = None,
-                chunk_size: int = PREFILL_CHUNK) -> torch.Tensor:
-        """Run a prompt into `state` in chunks of `chunk_size` tokens; logits of the last position
-        [batch, 1, vocab]. Chunking bounds the activation memory of long prompts while every
-        chunk is still one large matrix multiply per weight."""
+                chunk_size: int | None = None) -> torch.Tensor:
+        """Run a prompt into `state` in chunks of `chunk_size` tokens per row; logits of the last
+        position [batch, 1, vocab]. Chunking bounds the activation memory of long prompts while
+        every chunk is still one large matrix multiply per weight. The default takes
+        PREFILL_CHUNK token rows per pass across the batch (PREFILL_CHUNK // batch per row)."""
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         t = input_ids.shape[1]
         if t == 0:
             raise ValueError("prefill needs at least one token")
+        chunk_size = chunk_size or max(1, PREFILL_CHUNK // input_ids.shape[0])
         logits = None
         for a in range(0, t, chunk_size):
             b = min(t, a + chunk_size)
