@@ -140,6 +140,8 @@ class FusedDecode:
         ids = input_ids.reshape(b).to(torch.int64).contiguous()
         cos, sin = self.model._rope_cache(state.max_filled() + 1)
         view = self._state_view(state)
+        if view is None:
+            return None
         scratch = self._scratch.get((b, s))
         if scratch is None:
             n = lib.lfm_decode_scratch_bytes(ctypes.byref(cm), b, s)
@@ -151,18 +153,19 @@ class FusedDecode:
         return logits
 
     def _state_view(self, state: LFM2State):
-        """The C view of a state's buffers, cached on the state object (it never reallocates)."""
+        """The C view of a state's buffers, cached on the state object (it never reallocates);
+        None for buffers the C code cannot index (not contiguous)."""
         first = state.conv[0] if state.conv[0] is not None else state.keys[0]
         key = (id(self), first.data_ptr(), state.lengths.data_ptr(), state.valid.data_ptr(), state.max_length)
         cached = state.__dict__.get("_fused_view")   # clones and row views copy it: check the key
         if cached is not None and cached[0] == key:
             return cached[1]
+        for t in (*state.conv, *state.keys, *state.values, state.lengths, state.positions, state.valid):
+            if t is not None and not t.is_contiguous():
+                return None
         n = len(state.conv)
         a = (_p * n)(*[(c if c is not None else k).data_ptr() for c, k in zip(state.conv, state.keys)])
         bv = (_p * n)(*[v.data_ptr() if v is not None else 0 for v in state.values])
-        for t in (*state.conv, *state.keys, *state.values, state.lengths, state.positions, state.valid):
-            if t is not None and not t.is_contiguous():
-                raise ValueError("fused decode needs contiguous state buffers")
         view = (_StateView(ctypes.cast(a, ctypes.POINTER(_p)), ctypes.cast(bv, ctypes.POINTER(_p)),
                            state.max_length, state.lengths.data_ptr(), state.positions.data_ptr(),
                            state.valid.data_ptr()), a, bv)

@@ -121,6 +121,14 @@ def test_steps_aside_for_padding_float_models_and_when_disabled(ckpt, monkeypatc
     assert model.fused_decode(torch.tensor([[7], [8]]), state) is None   # left padding: module path
     assert model(torch.tensor([[7], [8]]), state=state).shape[:2] == (2, 1)
 
+    dense = model.new_state(1, max_length=32)
+    model.prefill(torch.tensor([[5, 6, 7]]), dense)
+    k = dense.keys[1]   # a layer's K buffer swapped for a non-contiguous one of the same values
+    dense.keys[1] = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not dense.keys[1].is_contiguous()
+    assert model.fused_decode(torch.tensor([[8]]), dense) is None   # the module path takes it
+    assert model(torch.tensor([[8]]), state=dense).shape[:2] == (1, 1)
+
     assert "fused_decode" not in LFM2.from_pretrained(ckpt, dtype="float32").__dict__
     monkeypatch.setenv("LFMKIT_NO_FUSED_DECODE", "1")
     off = quantize(LFM2.from_pretrained(ckpt, dtype="float32"), "int8")
