@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 import torch
 from torch import nn
@@ -71,13 +72,13 @@ class FusedDecode:
     def __init__(self, model: nn.Module):
         self.model = model
         self._plan: tuple | None = None      # (C model struct, the objects it points into)
-        self._scratch: dict[tuple[int, int], torch.Tensor] = {}
+        self._local = threading.local()      # scratch per thread: the C step runs without the GIL
         self.disabled = os.environ.get("LFMKIT_NO_FUSED_DECODE", "0") not in ("0", "")
         self.reason: str | None = "disabled by LFMKIT_NO_FUSED_DECODE" if self.disabled else None
 
     def reset(self) -> None:
         """Forget the gathered pointers (the model's tensors moved or changed dtype)."""
-        self._plan, self._scratch = None, {}
+        self._plan, self._local = None, threading.local()
         if not self.disabled:
             self.reason = None
 
@@ -142,10 +143,11 @@ class FusedDecode:
         view = self._state_view(state)
         if view is None:
             return None
-        scratch = self._scratch.get((b, s))
+        scratches = self._local.__dict__.setdefault("scratch", {})
+        scratch = scratches.get((b, s))
         if scratch is None:
             n = lib.lfm_decode_scratch_bytes(ctypes.byref(cm), b, s)
-            scratch = self._scratch[(b, s)] = torch.empty(n, dtype=torch.uint8)
+            scratch = scratches[(b, s)] = torch.empty(n, dtype=torch.uint8)
         logits = torch.empty(b, 1, self.model.config.vocab_size, dtype=torch.float32)
         lib.lfm_decode_step(ctypes.byref(cm), ctypes.byref(view[0]), b, ids.data_ptr(), cos.data_ptr(),
                             sin.data_ptr(), scratch.data_ptr(), logits.data_ptr())

@@ -24,6 +24,7 @@ everything falls back to dequantize + `F.linear` in PyTorch.
 from __future__ import annotations
 
 import os
+import threading
 from typing import NamedTuple
 
 import torch
@@ -97,17 +98,18 @@ def fits(in_features: int, bits: int, group_size: int = 32) -> bool:
     return in_features % 64 == 0 and in_features % group_size == 0 and group_size % 32 == 0
 
 
-_SCRATCH: dict[tuple[int, int], tuple] = {}
+_SCRATCH = threading.local()   # per thread: the kernels run without the GIL
 
 
 def _scratch(m: int, k: int) -> tuple[int, int, int]:
-    """Reused buffers for quantized activations (int8 values, block scales, block sums)."""
-    key = (m, k)
-    bufs = _SCRATCH.get(key)
+    """Reused buffers for quantized activations (int8 values, block scales, block sums), one
+    set per thread and shape, so models can run in several threads at once."""
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    bufs = cache.get((m, k))
     if bufs is None:
         tensors = (torch.empty(m * k, dtype=torch.int8), torch.empty(m * k // 32, dtype=torch.float32),
                    torch.empty(m * k // 32, dtype=torch.int32))
-        bufs = _SCRATCH[key] = (*(t.data_ptr() for t in tensors), tensors)
+        bufs = cache[(m, k)] = (*(t.data_ptr() for t in tensors), tensors)
     return bufs[0], bufs[1], bufs[2]
 
 

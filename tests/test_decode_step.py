@@ -141,3 +141,37 @@ def test_moving_the_model_regathers_pointers(ckpt):
     model.to("cpu").float()   # _apply: the plan is rebuilt from the (same) tensors
     (after, _, _), _ = run_both(model, [list(range(6, 18))], steps=3)
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("path", ["fused", "module"])
+def test_two_threads_decoding_one_model_get_their_own_results(ckpt, path):
+    """The kernels run without the GIL; each thread needs its own scratch buffers."""
+    import threading
+
+    model = load_quantized(ckpt, "int8")
+    if path == "module":
+        model.__dict__.pop("fused_decode")
+    prompts = [list(range(5, 17)), list(range(30, 41))]
+
+    def decode(prompt, steps=24):
+        state = model.new_state(1, max_length=64)
+        tok = model.prefill(torch.tensor([prompt]), state)[:, -1].argmax(-1, keepdim=True)
+        out = []
+        with torch.inference_mode():
+            for _ in range(steps):
+                logits = model(tok, state=state)
+                out.append(logits)
+                tok = logits[:, -1].argmax(-1, keepdim=True)
+        return torch.cat(out, 1)
+
+    alone = [decode(p) for p in prompts]
+    together: dict[int, torch.Tensor] = {}
+    for _ in range(3):
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, decode(prompts[i])))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(2):
+            assert torch.equal(together[i], alone[i])
