@@ -47,7 +47,7 @@ def test_quantize_dequantize_error_is_bounded_by_half_a_step(bits):
 
 @needs_kernels
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 13, 16])
 @pytest.mark.parametrize("width", [512, 320])
 def test_kernel_equals_dequantized_reference(bits, rows, width):
     g = torch.Generator().manual_seed(rows)

@@ -210,7 +210,11 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
 }
 
 #define ROWS_PER_TASK 8
+#if defined(__AVX512VL__)
+#define M_TILE 8          // 32 vector registers hold eight rows' accumulators
+#else
 #define M_TILE 4
+#endif
 
 // The row loops below are orphaned `omp for` loops: called inside a parallel region (the
 // decode step) the threads share the rows; the exported wrappers open a region of their own.
@@ -224,6 +228,10 @@ static void q4_gemm_for(const int8_t* xq, const float* xs, const int32_t* xsum, 
         for (; m + M_TILE <= M; m += M_TILE)
             q4_rows<M_TILE>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
         switch (M - m) {
+            case 7: q4_rows<7>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            case 6: q4_rows<6>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            case 5: q4_rows<5>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
+            case 4: q4_rows<4>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
             case 3: q4_rows<3>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
             case 2: q4_rows<2>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
             case 1: q4_rows<1>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
@@ -242,6 +250,10 @@ static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K,
         for (; m + M_TILE <= M; m += M_TILE)
             q8_rows<M_TILE>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N);
         switch (M - m) {
+            case 7: q8_rows<7>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            case 6: q8_rows<6>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            case 5: q8_rows<5>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
+            case 4: q8_rows<4>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
             case 3: q8_rows<3>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
             case 2: q8_rows<2>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
             case 1: q8_rows<1>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
