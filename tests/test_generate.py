@@ -46,6 +46,17 @@ def test_greedy_left_padded_batch_matches_transformers_and_each_prompt_alone(ckp
     assert batch == [generate(model, p, GREEDY).token_ids for p in PROMPTS]
 
 
+def test_chunked_padded_prefill_matches_transformers(ckpt, monkeypatch):
+    """The default prefill splits PREFILL_CHUNK token rows across the batch; with a small chunk
+    a left-padded batch takes many passes, some of them all padding for the short rows."""
+    import sys
+
+    _, ref, model, _ = ckpt
+    monkeypatch.setattr(sys.modules["lfmkit.generate"], "PREFILL_CHUNK", 8)   # 4 prompts: 2 tokens per row per pass
+    batch = [r.token_ids for r in generate(model, PROMPTS, GREEDY)]
+    assert batch == hf_greedy(ref, PROMPTS, 24)
+
+
 def test_greedy_1_2b_layout_batch_matches_transformers(tmp_path):
     path, ref = make_checkpoint(tmp_path, layout="1.2b", seed=4)
     model = LFM2.from_pretrained(path, dtype="float32")
