@@ -178,12 +178,8 @@ class QuantLinear(nn.Module):
             fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features,
                out.data_ptr())
             return out
-        if rows is not None:
-            q, s = self.qweight[rows], self.scales[rows]
-            return dequantize_int8(q, s, dtype) if self.bits == 8 else dequantize_int4(q, s, self.group_size, dtype)
-        if self.bits == 8:
-            return dequantize_int8(self.qweight, self.scales, dtype)
-        return dequantize_int4(self.qweight, self.scales, self.group_size, dtype)
+        q, s = (self.qweight, self.scales) if rows is None else (self.qweight[rows], self.scales[rows])
+        return dequantize_int8(q, s, dtype) if self.bits == 8 else dequantize_int4(q, s, self.group_size, dtype)
 
     @property
     def weight(self) -> torch.Tensor:  # for code that inspects .weight (dtype, device, shape)

@@ -27,7 +27,18 @@ def module_path(model):
     return fused
 
 
-def run_both(model, prompt_rows, steps, views=None):
+def greedy_steps(model, tok, state, steps):
+    """Feed `tok` [B, 1] and then each step's argmax for `steps` steps; the logits [B, steps, V]."""
+    logits = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            out = model(tok, state=state)
+            logits.append(out)
+            tok = out[:, -1].argmax(-1, keepdim=True)
+    return torch.cat(logits, 1)
+
+
+def run_both(model, prompt_rows, steps):
     """Decode `steps` greedy tokens twice from the same prefill: fused, then module path."""
     results = []
     for fused in (True, False):
@@ -41,13 +52,7 @@ def run_both(model, prompt_rows, steps, views=None):
             lengths = [len(row) for row in prompt_rows]
             view = state.rows(0, len(prompt_rows), lengths, dense=True)
             tok = torch.tensor([[row[-1]] for row in prompt_rows])
-            logits = []
-            with torch.inference_mode():
-                for _ in range(steps):
-                    out = model(tok, state=view)
-                    logits.append(out)
-                    tok = out[:, -1].argmax(-1, keepdim=True)
-            results.append((torch.cat(logits, 1), state, view))
+            results.append((greedy_steps(model, tok, view, steps), state, view))
         finally:
             model.__dict__["fused_decode"] = saved
     return results
@@ -150,19 +155,13 @@ def test_two_threads_decoding_one_model_get_their_own_results(ckpt, path):
 
     model = load_quantized(ckpt, "int8")
     if path == "module":
-        model.__dict__.pop("fused_decode")
+        module_path(model)
     prompts = [list(range(5, 17)), list(range(30, 41))]
 
     def decode(prompt, steps=24):
         state = model.new_state(1, max_length=64)
         tok = model.prefill(torch.tensor([prompt]), state)[:, -1].argmax(-1, keepdim=True)
-        out = []
-        with torch.inference_mode():
-            for _ in range(steps):
-                logits = model(tok, state=state)
-                out.append(logits)
-                tok = logits[:, -1].argmax(-1, keepdim=True)
-        return torch.cat(out, 1)
+        return greedy_steps(model, tok, state, steps)
 
     alone = [decode(p) for p in prompts]
     together: dict[int, torch.Tensor] = {}

@@ -45,8 +45,6 @@ typedef struct {
     uint8_t* valid;         // [B, S]
 } LfmStateView;
 
-static inline int64_t lin_width(const LfmLinear* L) { return L->K; }
-
 // quantize B rows of activations for L (one thread)
 static void quant_for(const LfmLinear* L, const float* x, int64_t B, int8_t* xq, float* xs, int32_t* xsum) {
     lfm_quantize_act(x, B, L->K, L->ab, L->bits == 8 ? lfm_has_vnni() : 0, xq, xs, xsum);
@@ -70,15 +68,8 @@ static void table_row(const LfmLinear* L, int64_t id, float* out) {
         for (int64_t i = 0; i < K; i++) out[i] = (float)w[i] * s;
         return;
     }
-    const uint8_t* w = (const uint8_t*)L->w + id * (K / 2);
-    const uint16_t* sc = (const uint16_t*)L->s + id * (K / 32);
-    for (int64_t b = 0; b < K / 32; b += 2) {
-        float sa = _cvtsh_ss(sc[b]), sb = _cvtsh_ss(sc[b + 1]);
-        for (int i = 0; i < 32; i++) {
-            out[b * 32 + i] = (float)((w[b * 16 + i] & 15) - 8) * sa;
-            out[b * 32 + 32 + i] = (float)((w[b * 16 + i] >> 4) - 8) * sb;
-        }
-    }
+    q4_row((const uint8_t*)L->w + id * (K / 2), (const uint16_t*)L->s + id * (K / 32), K,
+           [out](int64_t i, float v) { out[i] = v; });
 }
 
 // x * cos + rotate_half(x) * sin for one head of width d

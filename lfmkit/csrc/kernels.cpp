@@ -45,6 +45,20 @@ static inline int hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(lo);
 }
 
+// One row of int4 weights (layout below: +8 nibbles, two blocks of 32 per 32 bytes, an fp16
+// scale per block) as floats, handed over as put(column, value).
+template <class Put>
+static inline void q4_row(const uint8_t* w, const uint16_t* scales, int64_t K, Put put) {
+    for (int64_t b = 0; b < K / 32; b += 2) {
+        const float sa = _cvtsh_ss(scales[b]), sb = _cvtsh_ss(scales[b + 1]);
+        const uint8_t* p = w + b * 16;
+        for (int i = 0; i < 32; i++) {
+            put(b * 32 + i, (float)((p[i] & 15) - 8) * sa);
+            put(b * 32 + 32 + i, (float)((p[i] >> 4) - 8) * sb);
+        }
+    }
+}
+
 extern "C" {
 
 int lfm_has_vnni(void) {
@@ -285,7 +299,8 @@ void lfm_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const
     lfm_q4_gemm(xq, xs, xsum, M, K, w, ws, N, out);
 }
 
-// ab: activation block (256 when K allows, else 32); wsum [N, K/ab] from lfm_q8_block_sums
+// ab: activation block (256 when K allows, else 32); wsum [N, K/ab]: the weight sums per
+// activation block (QuantLinear.kernel_spec computes them)
 void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_t* w, const float* ws,
                    const int32_t* wsum, int64_t N, float* out, int8_t* xq, float* xs, int32_t* xsum) {
     lfm_quantize_act(x, M, K, ab, lfm_has_vnni(), xq, xs, xsum);
@@ -294,18 +309,10 @@ void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_
 
 // int4 (layout above) + fp16 scales -> bf16 [N, K]
 void lfm_q4_dequant_bf16(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, uint16_t* out) {
-    const int64_t nb = K / 32;
     #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-        for (int64_t b = 0; b < nb; b += 2) {
-            float sa = _cvtsh_ss(ws[n * nb + b]), sb = _cvtsh_ss(ws[n * nb + b + 1]);
-            const uint8_t* p = w + n * (K / 2) + b * 16;
-            uint16_t* o = out + n * K + b * 32;
-            for (int i = 0; i < 32; i++) {
-                o[i] = f32_to_bf16((float)((p[i] & 15) - 8) * sa);
-                o[i + 32] = f32_to_bf16((float)((p[i] >> 4) - 8) * sb);
-            }
-        }
+        uint16_t* o = out + n * K;
+        q4_row(w + n * (K / 2), ws + n * (K / 32), K, [o](int64_t i, float v) { o[i] = f32_to_bf16(v); });
     }
 }
 
