@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lfmkit import qkernel
+from lfmkit import kernels
 from lfmkit.bench import machine_description
 from lfmkit.quant import QuantLinear
 
@@ -47,7 +47,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     n, k, count = args.rows, args.cols, args.matrices
-    print(f"machine: {machine_description()}; kernels: {qkernel.describe()}; W [{n}, {k}], batch 1")
+    print(f"machine: {machine_description()}; kernels: {kernels.describe()}; W [{n}, {k}], batch 1")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, k, generator=g)
     xb = x.bfloat16()
@@ -82,7 +82,7 @@ def main() -> None:
         print(f"torch._weight_int4pack_mm_for_cpu: unavailable ({exc})")
     for bits in (8, 4):
         qs = [QuantLinear.from_float(w, bits) for w in ws]
-        report(f"lfmkit int{bits} ({qkernel.describe()})", qs[0].nbytes(), lambda: [q(x) for q in qs])
+        report(f"lfmkit int{bits} ({kernels.describe()})", qs[0].nbytes(), lambda: [q(x) for q in qs])
         del qs
     report_torchao(ws, xb, report)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lfmkit import LFM2Config
-from lfmkit.model import LFM2
+from lfmkit.model.lfm2 import LFM2
 
 DTYPE_TAG = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from lfmkit.bench import machine_description, resolve_target, write_random_checkpoint
-from lfmkit.checkpoint import load_model
-from lfmkit.quant import load_quantized
+from lfmkit import LFM2
+from lfmkit.loader import load_quantized
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def main() -> None:
     config, path, name = resolve_target(args.model)
     if path is None:
         path = write_random_checkpoint(config, Path(args.workdir) / name)
-    ref = load_model(path, dtype="float32")
+    ref = LFM2.from_pretrained(path, dtype="float32")
     ids = torch.randint(16, min(512, config.vocab_size), (1, args.tokens), generator=torch.Generator().manual_seed(7))
     ref_logits = ref(ids)[0].float()
     del ref

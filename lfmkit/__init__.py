@@ -1,8 +1,8 @@
 """lfmkit: run, chat with, serve, fine-tune and export the LFM2 hybrid language models.
 
-The core (config, model, state) is imported eagerly; the rest of the public surface is
-resolved on first use, so `import lfmkit` stays light and optional parts (server, export)
-cost nothing until touched.
+The core (config, the reference model, its state) is imported eagerly; the rest of the public
+surface is resolved on first use, so `import lfmkit` stays light and optional parts (server,
+export) cost nothing until touched. The package map is in the README ("What is where").
 """
 
 from importlib import import_module
@@ -19,41 +19,44 @@ from .errors import (
 )
 
 from .config import LFM2Config
-from .model import LFM2
-from .state import LFM2State
-
-# `generate` is both a submodule and its main function. Importing the function eagerly binds
-# the name to the function for good; lazily, any `import lfmkit.generate` elsewhere would
-# leave the package attribute pointing at the module.
-from .generate import generate
+from .model import LFM2, LFM2State
 
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY = {
-    "Tokenizer": "tokenizer",
-    "IncrementalDecoder": "tokenizer",
-    "ToolCall": "chat",
-    "parse_tool_calls": "chat",
-    "format_tool_calls": "chat",
-    "parse_assistant_message": "chat",
-    "split_reasoning": "chat",
-    "StreamParser": "chat",
-    "AssistantMessage": "chat",
-    "ContentDelta": "chat",
-    "ReasoningDelta": "chat",
-    "ToolCallEvent": "chat",
-    "ToolCallError": "chat",
-    "SamplingParams": "sampling",
-    "stream_generate": "generate",
-    "GenerationResult": "generate",
-    "ChatSession": "session",
-    "quantize": "quant",
-    "load_quantized": "quant",
+    "Tokenizer": "text.tokenizer",
+    "IncrementalDecoder": "text.tokenizer",
+    "ToolCall": "text.chat",
+    "parse_tool_calls": "text.chat",
+    "format_tool_calls": "text.chat",
+    "parse_assistant_message": "text.chat",
+    "split_reasoning": "text.chat",
+    "StreamParser": "text.chat",
+    "AssistantMessage": "text.chat",
+    "ContentDelta": "text.chat",
+    "ReasoningDelta": "text.chat",
+    "ToolCallEvent": "text.chat",
+    "ToolCallError": "text.chat",
+    "SamplingParams": "inference.sampling",
+    "generate": "inference.generate",
+    "stream_generate": "inference.generate",
+    "GenerationResult": "inference.generate",
+    "ChatSession": "inference.session",
+    "optimize": "fast",
+    "deoptimize": "fast",
+    "quantize": "fast",
+    "load": "loader",
+    "load_quantized": "loader",
+    "load_gguf_model": "loader",
+    "random_quantized": "loader",
     "write_gguf": "export.gguf",
-    "load_gguf_model": "export.gguf",
     "export_onnx": "export.onnx",
 }
+
+
+__all__ = ["LFMKitError", "ConfigError", "CheckpointError", "TokenizerError", "ToolCallParseError",
+           "GenerationError", "ContextLengthError", "ExportError", "LFM2Config", "LFM2", "LFM2State", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -105,7 +105,7 @@ def machine_description() -> str:
 def write_random_checkpoint(config: LFM2Config, directory: Path, seed: int = 0, std: float = 0.02) -> Path:
     """A bf16 safetensors checkpoint of random weights, written tensor by tensor (low memory),
     with the small test tokenizer (GGUF export needs one; vocab padded to the model's)."""
-    from .model import LFM2
+    from .model.lfm2 import LFM2
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.safetensors"
@@ -159,7 +159,6 @@ def _timed(fn) -> float:
 def measure_lfmkit(model, prompt: torch.Tensor, decode_tokens: int, batch: int, batch_tokens: int,
                    repeats: int = 2) -> dict:
     """Prefill, time to first token, decode at batch 1 and at `batch`, for an lfmkit model."""
-    cfg = model.config
     n = prompt.shape[-1]
     state = model.new_state(1, max_length=n + decode_tokens + 8)
     best_prefill, best_decode = float("inf"), float("inf")
@@ -243,7 +242,7 @@ def resolve_target(target: str) -> tuple[LFM2Config, Path | None, str]:
     """(config, checkpoint dir or None for a preset, display name)."""
     if target.lower() in PRESETS:
         return LFM2Config.from_preset(target), None, target.lower()
-    from .checkpoint import resolve_model_path
+    from .io.hub import resolve_model_path
 
     path = resolve_model_path(target)
     if not path.is_dir():
@@ -252,7 +251,7 @@ def resolve_target(target: str) -> tuple[LFM2Config, Path | None, str]:
 
 
 def load_lfmkit(config: LFM2Config, path: Path | None, mode: str):
-    from .quant import load_quantized, random_quantized
+    from .loader import load_quantized, random_quantized
 
     if path is None:
         return random_quantized(config, mode)
@@ -264,7 +263,8 @@ def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, d
           workdir: str | os.PathLike | None = None, transformers_tokens: int = 32, repeats: int = 2,
           log=print) -> list[BenchResult]:
     """Measure `target` in each quant mode (and, with compare, the other engines). See module doc."""
-    from .quant import check_mode, weight_bytes
+    from .fast.install import weight_bytes
+    from .quant.formats import check_mode
 
     if threads:
         torch.set_num_threads(threads)
@@ -320,9 +320,9 @@ def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, d
             gpath = path / f"bench-{gtype}.gguf"
             if not gpath.exists():
                 log(f"  writing {gpath.name}")
-                from .checkpoint import load_model
+                from .model.lfm2 import LFM2
 
-                float_model = load_model(path, dtype="bfloat16")
+                float_model = LFM2.from_pretrained(path, dtype="bfloat16")
                 write_gguf(float_model, gpath, type=gtype, tokenizer_dir=path)
                 del float_model
                 gc.collect()

@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"lfmkit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lfmkit.commands.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"lfmkit.commands.{name}").register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,9 +298,6 @@ class LFM2Config:
             "state_bytes_per_token_bf16": self.state_bytes_per_token(2),
             "state_fixed_bytes_bf16": self.state_fixed_bytes(2),
         }
-
-    def field_names(self) -> list[str]:
-        return [f.name for f in fields(self)]
 
     def copy(self, **changes: Any) -> "LFM2Config":
         return replace(self, **changes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .chat_template import LFM2_CHAT_TEMPLATE
+from .text.chat_template import LFM2_CHAT_TEMPLATE
 
 # LFM2's special tokens, in id order 0..13 (ids 2..5 are the text / fill-in-the-middle tokens).
 SPECIAL_TOKENS = (

@@ -31,7 +31,7 @@ def tok_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tok(tok_dir):
-    from lfmkit.tokenizer import Tokenizer
+    from lfmkit.text.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(tok_dir)
 

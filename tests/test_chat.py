@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lfmkit import (StreamParser, ToolCall, ToolCallParseError, format_tool_calls, parse_assistant_message,
                     parse_tool_calls, split_reasoning)
-from lfmkit.chat import AssistantMessage, ContentDelta, ReasoningDelta, ToolCallError, ToolCallEvent
+from lfmkit.text.chat import AssistantMessage, ContentDelta, ReasoningDelta, ToolCallError, ToolCallEvent
 
 S, E = "<|tool_call_start|>", "<|tool_call_end|>"
 

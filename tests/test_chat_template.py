@@ -8,8 +8,8 @@ import os
 import pytest
 
 from lfmkit import TokenizerError
-from lfmkit.chat_template import LFM2_CHAT_TEMPLATE, render_chat_template
-from lfmkit.tokenizer import Tokenizer
+from lfmkit.text.chat_template import LFM2_CHAT_TEMPLATE, render_chat_template
+from lfmkit.text.tokenizer import Tokenizer
 
 SEED = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "seeds", "002_*.txt")) + \
     glob.glob("/work/shared/seeds/002_*.txt")
@@ -176,7 +176,7 @@ def test_past_reasoning_is_dropped_but_last_kept(tok):
 
 
 def test_tool_call_arguments_render_as_python_literals(tok):
-    from lfmkit.chat import parse_tool_calls
+    from lfmkit.text.chat import parse_tool_calls
 
     messages = CONVERSATIONS["parallel-calls-dict-args"][0]
     text = tok.apply_chat_template(messages)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, CheckpointError, ConfigError, LFM2Config
-from lfmkit.checkpoint import resolve_model_path
+from lfmkit.io.hub import resolve_model_path
 
 
 @pytest.fixture()
@@ -201,7 +201,7 @@ def test_plain_missing_path_is_not_treated_as_hub_id(tmp_path):
 # ---- memory --------------------------------------------------------------------------------
 def write_random_checkpoint(config: LFM2Config, directory, dtype=torch.bfloat16):
     """A checkpoint at real size with random values, written without building a model."""
-    from lfmkit.model import LFM2 as Model
+    from lfmkit.model.lfm2 import LFM2 as Model
 
     with torch.device("meta"):
         meta = Model(config)

@@ -138,3 +138,23 @@ def test_reasoning_is_shown_apart_from_the_answer(ckpt):
     app, out, _ = app_for(tok, ["<think>Let me think step by step.</think>The capital of France is Paris."])
     app.turn("What is the capital of France?")
     assert out.text == "(thinking) Let me think step by step.\nThe capital of France is Paris.\n"
+
+
+def test_ctrl_c_while_a_command_runs_does_not_leave(ckpt, monkeypatch):
+    """SIGINT can land after a command's output was read but before the next prompt (the terminal
+    test sends Ctrl-C right after /info prints): the chat stays, with its hint, as at the prompt."""
+    _, _, tok = ckpt
+    app, out, _ = app_for(tok, ["hi"])
+    lines = iter(["/info", "/quit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
+    real, calls = app.command, []
+
+    def interrupted(line):
+        calls.append(line)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(line)
+
+    app.command = interrupted
+    assert app.loop() == 0
+    assert "[Ctrl-D or /quit to leave]" in out.text and calls == ["/info", "/quit"]

@@ -10,7 +10,7 @@ import pytest
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, SamplingParams, Tokenizer
 from lfmkit.cli import main
-from lfmkit.generate import generate
+from lfmkit.inference.generate import generate
 
 
 @pytest.fixture(scope="module")

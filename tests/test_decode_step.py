@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from checkpoints import make_checkpoint
-from lfmkit import LFM2, generate, qkernel
-from lfmkit.decode_step import FusedDecode
-from lfmkit.quant import load_quantized, quantize
+from lfmkit import LFM2, generate, kernels
+from lfmkit.fast.decode_step import FusedDecode
+from lfmkit.fast import quantize
+from lfmkit.loader import load_quantized
 
-pytestmark = pytest.mark.skipif(qkernel.load() is None, reason=f"no C++ kernels: {qkernel.build_error}")
+pytestmark = pytest.mark.skipif(kernels.load() is None, reason=f"no C++ kernels: {kernels.build_error}")
 
 
 @pytest.fixture(scope="module", params=[64, 256], ids=["hidden64", "hidden256"])

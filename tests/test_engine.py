@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfmkit import LFM2
-from lfmkit.engine import (Engine, EngineConfig, EngineOverloadedError, ErrorEvent, FinishEvent,
-                           TextStream, TokenEvent)
+from lfmkit.inference.completion import Completion
+from lfmkit.inference.engine import Engine, EngineConfig, EngineOverloadedError, ErrorEvent, FinishEvent, TokenEvent
 from lfmkit.errors import ContextLengthError, GenerationError
-from lfmkit.sampling import SamplingParams
-from lfmkit.tokenizer import Tokenizer
+from lfmkit.inference.sampling import SamplingParams
+from lfmkit.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +234,14 @@ class _ListDecoder:
 @given(pieces=st.lists(st.text(alphabet="ab\n", max_size=3), min_size=1, max_size=12),
        stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), min_size=1, max_size=3))
 def test_stop_matcher_never_leaks_a_stop_string(pieces, stops):
-    matcher = TextStream(_ListDecoder(pieces), stops)
+    completion = Completion(frozenset(), max_tokens=10**6, decoder=_ListDecoder(pieces), stop=stops)
     out, hit = "", False
     for i in range(len(pieces)):
-        text, hit = matcher.push(i)
-        out += text
+        out += completion.accept(i)
+        hit = completion.finish_reason is not None
         if hit:
             break
-    if not hit:
-        out += matcher.flush()
+    out += completion.flush()
     # Generation ends after the first token whose text completes a stop string; the output is
     # the text before the earliest stop string seen by then (or everything), never more.
     expected, seen = "".join(pieces), ""

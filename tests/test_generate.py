@@ -9,7 +9,7 @@ import torch
 
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, ContextLengthError, GenerationError, SamplingParams, Tokenizer
-from lfmkit.generate import StopStringMatcher, generate, stream_generate
+from lfmkit.inference.generate import StopStringMatcher, generate, stream_generate
 
 GREEDY = SamplingParams.greedy(max_tokens=24, ignore_eos=True)
 PROMPTS = [[1, 5, 9, 33, 200, 17], [1, 44], [1, 300, 301, 302, 303, 9, 9, 9, 100, 101, 102], [1, 77, 78, 79]]
@@ -52,7 +52,7 @@ def test_chunked_padded_prefill_matches_transformers(ckpt, monkeypatch):
     import sys
 
     _, ref, model, _ = ckpt
-    monkeypatch.setattr(sys.modules["lfmkit.generate"], "PREFILL_CHUNK", 8)   # 4 prompts: 2 tokens per row per pass
+    monkeypatch.setattr(sys.modules["lfmkit.model.lfm2"], "PREFILL_CHUNK", 8)   # 4 prompts: 2 tokens per row per pass
     batch = [r.token_ids for r in generate(model, PROMPTS, GREEDY)]
     assert batch == hf_greedy(ref, PROMPTS, 24)
 
@@ -226,10 +226,16 @@ def test_bad_prompts_and_params_are_named(ckpt):
                                                                      min_size=1, max_size=3),
        cuts=st.lists(st.integers(0, 40), max_size=8))
 def test_stop_string_matcher_equals_cutting_the_whole_text(text, stops, cuts):
-    """Streamed in any pieces, the visible text is the whole text cut at the first stop string."""
-    hits = [(text.find(s), s) for s in stops if s in text]
-    first = min(i for i, _ in hits) if hits else None
+    """Streamed in any pieces, the visible text is the text seen so far cut at its first stop
+    string, at the first piece that completes one (generation ends there: a stop string that
+    would have begun earlier but was not complete yet never gets the chance)."""
     bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
+    first = None
+    for b in bounds[1:]:
+        hits = [text[:b].find(s) for s in stops if s in text[:b]]
+        if hits:
+            first = min(hits)
+            break
     m = StopStringMatcher(stops)
     shown, stopped = "", False
     for a, b in zip(bounds, bounds[1:]):
@@ -248,7 +254,7 @@ def test_package_generate_is_the_function_even_after_importing_the_submodule():
 
     import lfmkit
 
-    importlib.import_module("lfmkit.generate")
+    importlib.import_module("lfmkit.inference.generate")
     from lfmkit import generate as fn
 
-    assert callable(fn) and fn is lfmkit.generate and fn.__module__ == "lfmkit.generate"
+    assert callable(fn) and fn is lfmkit.generate and fn.__module__ == "lfmkit.inference.generate"

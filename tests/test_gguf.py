@@ -18,9 +18,11 @@ from hypothesis.extra.numpy import arrays
 from checkpoints import make_checkpoint
 from lfmkit.config import ATTENTION
 from lfmkit.errors import CheckpointError, ExportError
-from lfmkit.export import ggml_quant
-from lfmkit.export.gguf import load_gguf_model, read_gguf_config, write_gguf
-from lfmkit.model import LFM2
+from lfmkit.io import ggml as ggml_quant
+from lfmkit.export.gguf import write_gguf
+from lfmkit.io.gguf import read_gguf_config
+from lfmkit.loader import load_gguf_model
+from lfmkit.model.lfm2 import LFM2
 
 PROMPT = [1, 6, 300, 301, 302, 7, 400, 401, 402, 403, 50, 60, 70, 80]
 
@@ -113,7 +115,7 @@ def test_llama_cpp_quantized_files_load_and_stay_close(exported):
 
 
 def test_llama_cpp_reads_tokenizer_and_chat_template(exported):
-    from lfmkit.tokenizer import Tokenizer
+    from lfmkit.text.tokenizer import Tokenizer
 
     d, model, files = exported
     llm = llama(files["q8_0"])
@@ -183,7 +185,7 @@ def test_gguf_loads_back_into_lfmkit(exported):
 
 
 def test_quantised_blocks_keep_their_codes(exported):
-    from lfmkit.export.gguf import iter_gguf_weights
+    from lfmkit.io.gguf import iter_gguf_weights
 
     d, model, files = exported
     w = model.model.layers[0].conv.in_proj.weight
@@ -306,9 +308,9 @@ TEXTS = ["Hello world", "12345 and 3.14159, 2023-11-20", "What's the capital of 
 
 
 def test_tokenizer_read_back_from_gguf_tokenizes_like_llama_cpp(exported, tmp_path):
-    from lfmkit.export.gguf import extract_tokenizer
-    from lfmkit.generate import load_tokenizer_for
-    from lfmkit.tokenizer import Tokenizer
+    from lfmkit.io.gguf import extract_tokenizer
+    from lfmkit.inference.generate import load_tokenizer_for
+    from lfmkit.text.tokenizer import Tokenizer
 
     d, model, files = exported
     llm = llama(files["q8_0"])
@@ -351,8 +353,9 @@ def test_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path):
 def test_q4_0_file_quantised_to_lfmkit_int4_keeps_the_files_codes(exported):
     """Q4_0 and lfmkit's int4 share the rule (group 32, f16 scale, largest weight -> -8): a q4_0
     GGUF loaded and quantised with lfmkit.quantize holds exactly the file's weights."""
-    from lfmkit.export.gguf import iter_gguf_weights
-    from lfmkit.quant import QuantLinear, quantize
+    from lfmkit.fast import quantize
+    from lfmkit.io.gguf import iter_gguf_weights
+    from lfmkit.quant import QuantLinear
 
     d, model, files = exported
     m = quantize(load_gguf_model(files["q4_0"]), "int4")
@@ -362,7 +365,7 @@ def test_q4_0_file_quantised_to_lfmkit_int4_keeps_the_files_codes(exported):
         if not isinstance(mod, QuantLinear) or name == "lm_head":
             continue
         parent, _, leaf = name.rpartition(".")
-        parts = {"qkv": ["q_proj", "k_proj", "v_proj"], "w13": ["w1", "w3"]}.get(leaf, [leaf])
+        parts = [leaf]   # every quantized layer keeps its Hugging Face name
         if leaf == "table":      # the tied embedding: q8_0 in the file, so int4 rounds it again
             continue
         expected = torch.cat([stored[f"{parent}.{p}.weight"].to_tensor() for p in parts])

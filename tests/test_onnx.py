@@ -14,7 +14,7 @@ import torch
 from checkpoints import make_checkpoint
 from lfmkit.errors import ExportError
 from lfmkit.export.onnx import export_onnx, io_names
-from lfmkit.model import LFM2
+from lfmkit.model.lfm2 import LFM2
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

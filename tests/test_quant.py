@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import make_checkpoint
-from lfmkit import LFM2, qkernel
+from lfmkit import LFM2, kernels
 from lfmkit.errors import ConfigError
-from lfmkit.quant import (QuantLinear, dequantize_int4, load_quantized, logit_agreement, quantize,
-                          quantize_int4, quantize_int8)
+from lfmkit.fast import logit_agreement, quantize
+from lfmkit.loader import load_quantized
+from lfmkit.quant import QuantLinear, dequantize_int4, quantize_int4, quantize_int8
 
-needs_kernels = pytest.mark.skipif(qkernel.load() is None, reason=f"no C++ kernels: {qkernel.build_error}")
+needs_kernels = pytest.mark.skipif(kernels.load() is None, reason=f"no C++ kernels: {kernels.build_error}")
 
 
 def act_quantized(x: torch.Tensor, block: int = 32) -> torch.Tensor:
@@ -77,7 +78,7 @@ def test_long_inputs_use_bf16_gemm_close_to_reference(bits):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_pure_pytorch_fallback_equals_dequantized_linear(bits, monkeypatch):
     lin = QuantLinear.from_float(torch.randn(24, 128) * 0.05, bits)
-    monkeypatch.setattr(qkernel, "load", lambda: None)
+    monkeypatch.setattr(kernels, "load", lambda: None)
     lin.__dict__["_fast"] = None
     x = torch.randn(3, 128)
     assert torch.equal(lin(x), F.linear(x, lin.dequantize()))
@@ -158,16 +159,18 @@ def test_quantized_prefill_then_decode_matches_full_forward(tiny, mode):
 
 def test_quantized_model_is_smaller_and_tied_head_shared(tiny):
     path, ref = tiny
-    from lfmkit.quant import weight_bytes
+    from lfmkit.fast import weight_bytes
 
     q4, q8 = load_quantized(path, "int4"), load_quantized(path, "int8")
     assert weight_bytes(q4) < weight_bytes(q8) < weight_bytes(ref)
     assert q4.lm_head is q4.model.embed_tokens.table
 
 
-def test_from_pretrained_quant_argument_loads_quantized(tiny):
+def test_load_with_quant_loads_quantized(tiny):
+    import lfmkit
+
     path, _ = tiny
-    model = LFM2.from_pretrained(path, quant="int4")
+    model = lfmkit.load(path, quant="int4")
     assert isinstance(model.lm_head, QuantLinear) and model.lm_head.bits == 4
     ids = long_prompt(8)
     assert torch.equal(model(ids), load_quantized(path, "int4")(ids))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lfmkit import GenerationError, SamplingParams
-from lfmkit.sampling import MODEL_CARD_DEFAULTS, BatchSampler, derived_seed
+from lfmkit.inference.sampling import MODEL_CARD_DEFAULTS, BatchSampler, derived_seed
 
 PROBS = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])          # a known distribution over 5 tokens
 LOGITS = PROBS.log()

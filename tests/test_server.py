@@ -14,14 +14,13 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 from lfmkit import LFM2
-from lfmkit.engine import Engine, EngineConfig
-from lfmkit.generate import generate
-from lfmkit.sampling import SamplingParams, generation_config_defaults
-from lfmkit.server import ServerContext, create_app
-from lfmkit.tokenizer import Tokenizer
+from lfmkit.inference.engine import Engine, EngineConfig
+from lfmkit.inference.generate import generate
+from lfmkit.inference.sampling import SamplingParams, generation_config_defaults
+from lfmkit.serve.app import ServerContext, create_app
+from lfmkit.text.tokenizer import Tokenizer
 
 MODEL = "tiny-lfm2"
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
@@ -378,7 +377,7 @@ def test_bad_requests_get_openai_errors(server, path, body, status, param):
 
 
 def test_oversized_body_is_refused_unread(server, monkeypatch):
-    import lfmkit.server as server_module
+    import lfmkit.serve.app as server_module
 
     monkeypatch.setattr(server_module, "MAX_BODY_BYTES", 1000)
     r = httpx.post(server.url + COMP, content=json.dumps({"model": MODEL, "prompt": "x" * 2000}))

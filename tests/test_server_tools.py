@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lfmkit import LFM2
-from lfmkit.tokenizer import Tokenizer
+from lfmkit.text.tokenizer import Tokenizer
 from test_server import MODEL, serve
 
 TOOLS = [{"type": "function", "function": {

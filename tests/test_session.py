@@ -5,7 +5,7 @@ import torch
 
 from checkpoints import make_checkpoint
 from lfmkit import LFM2, ChatSession, ContextLengthError, LFM2Config, LFM2State, SamplingParams, Tokenizer
-from lfmkit.generate import generate
+from lfmkit.inference.generate import generate
 
 GREEDY = SamplingParams.greedy(max_tokens=10)
 TURNS = ["Hello! How are you today?", "What is the capital of France?", "Tell me a story about a robot."]
@@ -156,6 +156,8 @@ class ScriptedModel(torch.nn.Module):
 
     def new_state(self, batch_size=1, max_length=None, dtype=None):
         return LFM2State(self.config, batch_size, max_length or 4096)
+
+    prefill = LFM2.prefill   # the chunk loop, over this forward
 
     def forward(self, input_ids, attention_mask=None, state=None, logits_to_keep=0):
         b, t = input_ids.shape

@@ -109,7 +109,7 @@ class ChatApp:
     # ---- one reply -------------------------------------------------------------------------
     def stream(self, chunks) -> object:
         """Print a streamed reply; return its GenerationResult."""
-        from ..chat import ContentDelta, ReasoningDelta, ToolCallError, ToolCallEvent, format_tool_calls
+        from ..text.chat import ContentDelta, ReasoningDelta, ToolCallError, ToolCallEvent, format_tool_calls
 
         result = None
         mode = None  # "reasoning" | "content"
@@ -238,8 +238,6 @@ class ChatApp:
         return True
 
     def loop(self) -> int:
-        from ..errors import LFMKitError
-
         interactive = sys.stdin.isatty()
         if interactive:
             try:
@@ -248,31 +246,37 @@ class ChatApp:
                 pass
             self.write(self.style.dim("Type a message, /help for commands, Ctrl-D to leave.\n"))
         while True:
+            # Ctrl-C never leaves the chat: at the prompt, while a command runs, or in the moment
+            # between a reply and the next prompt (a turn in progress stops the reply instead).
             try:
-                line = input(self.style.bold(">>> ") if interactive else "")
-            except EOFError:
-                if interactive:
-                    self.write("\n")
-                return 0
+                if not self.step(interactive):
+                    return 0
             except KeyboardInterrupt:
                 self.write(self.style.dim("\n[Ctrl-D or /quit to leave]\n"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                if line.startswith("/"):
-                    if not self.command(line.strip()):
-                        return 0
-                    continue
-                self.turn(line)
-            except LFMKitError as exc:
-                self.write(f"error: {exc}\n")
-            except OSError as exc:
-                self.write(f"error: {exc}\n")
+
+    def step(self, interactive: bool) -> bool:
+        """Read and handle one line; False to leave."""
+        from ..errors import LFMKitError
+
+        try:
+            line = input(self.style.bold(">>> ") if interactive else "")
+        except EOFError:
+            if interactive:
+                self.write("\n")
+            return False
+        if not line.strip():
+            return True
+        try:
+            if line.startswith("/"):
+                return self.command(line.strip())
+            self.turn(line)
+        except (LFMKitError, OSError) as exc:
+            self.write(f"error: {exc}\n")
+        return True
 
 
 def run(args) -> int:
-    from ..session import ChatSession
+    from ..inference.session import ChatSession
 
     tools = load_tools(args.tools) if args.tools else None
     model, tokenizer = load(args)

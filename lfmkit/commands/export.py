@@ -70,10 +70,11 @@ def register(sub) -> None:
 
 
 def _load(model: str, dtype: str | None = None):
-    from ..checkpoint import load_model, resolve_model_path
+    from ..io.hub import resolve_model_path
+    from ..model.lfm2 import LFM2
 
     path = resolve_model_path(model)
-    return load_model(path, dtype=dtype), path
+    return LFM2.from_pretrained(path, dtype=dtype), path
 
 
 def _mib(n: int) -> str:
@@ -81,7 +82,8 @@ def _mib(n: int) -> str:
 
 
 def run_gguf(args) -> int:
-    from ..export.gguf import gguf_summary, write_gguf
+    from ..export.gguf import write_gguf
+    from ..io.gguf import gguf_summary
 
     t0 = time.perf_counter()
     model, path = _load(args.model)

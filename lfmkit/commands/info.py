@@ -21,11 +21,11 @@ def load_config(model: str) -> tuple[LFM2Config, str]:
     """The config of a preset, a checkpoint directory, a Hub id or a GGUF file (weights not read)."""
     if model.lower() in PRESETS:
         return LFM2Config.from_preset(model), f"preset {model.lower()} (random weights)"
-    from ..checkpoint import resolve_model_path
+    from ..io.hub import resolve_model_path
 
     path = resolve_model_path(model)
     if path.is_file() and path.suffix == ".gguf":
-        from ..export.gguf import read_gguf_config
+        from ..io.gguf import read_gguf_config
 
         return read_gguf_config(path), str(path)
     return LFM2Config.from_pretrained(path), str(path)

@@ -71,8 +71,8 @@ def load(args):
     """The model and its tokenizer (None when the checkpoint ships none)."""
     import torch
 
-    from ..checkpoint import load_model
-    from ..generate import load_tokenizer_for
+    from ..loader import load as load_model
+    from ..inference.generate import load_tokenizer_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +83,7 @@ def load(args):
 
 
 def sampling_params(args, model):
-    from ..sampling import SamplingParams
+    from ..inference.sampling import SamplingParams
 
     names = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
              "frequency_penalty", "seed", "stop")
@@ -146,7 +146,7 @@ def _prompt(args, tokenizer):
 
 
 def run(args) -> int:
-    from ..generate import encode_prompt, stream_generate
+    from ..inference.generate import encode_prompt, stream_generate
 
     model, tokenizer = load(args)
     params = sampling_params(args, model)

@@ -46,25 +46,21 @@ def build_context(args):
     """Load the model and tokenizer and build the engine + server context (no network yet)."""
     import torch
 
-    from ..checkpoint import resolve_model_path
-    from ..engine import Engine, EngineConfig
+    from ..io.hub import resolve_model_path
+    from ..inference.engine import Engine, EngineConfig
     from ..errors import ConfigError
-    from ..metrics import ServingMetrics
-    from ..model import LFM2
-    from ..sampling import generation_config_defaults
-    from ..server import ServerContext
-    from ..tokenizer import Tokenizer
+    from ..inference.metrics import ServingMetrics
+    from ..loader import load
+    from ..inference.sampling import generation_config_defaults
+    from ..serve.app import ServerContext
+    from ..text.tokenizer import Tokenizer
 
     if args.port < 0 or args.port > 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if args.threads:
         torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
-    model = LFM2.from_pretrained(path, dtype=args.dtype, device=args.device).eval()
-    if args.quantize:
-        from ..quant import quantize
-
-        quantize(model, args.quantize)
+    model = load(path, quant=args.quantize or None, dtype=args.dtype, device=args.device)
     tokenizer = Tokenizer.from_pretrained(path)
     config = EngineConfig(max_concurrent=args.max_concurrent, max_queued=args.max_queued,
                           max_length=args.max_model_len, prefill_chunk=args.prefill_chunk)
@@ -82,7 +78,7 @@ def run(args) -> int:
 
         raise LFMKitError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
                           f"pip install 'lfmkit[serve]'") from None
-    from ..server import run_server
+    from ..serve.app import run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     context = build_context(args)

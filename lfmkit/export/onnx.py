@@ -131,7 +131,7 @@ class OnnxStep(nn.Module):
         return _linear(c_gate * y.transpose(1, 2), conv.out_proj), present
 
     def _attention(self, attn, h, past_k, past_v, cos, sin, bias):
-        from ..model import rotate_half
+        from ..model.lfm2 import rotate_half
 
         b, t, _ = h.shape
         cfg = self.cfg
@@ -164,7 +164,7 @@ def check_exportable(model, quantize: str | None) -> None:
         if not torch.is_floating_point(p):
             raise ExportError(f"tensor '{name}' is {p.dtype}, not floating point: export the float model "
                               f"(ONNX weight quantisation is done by --quantize)")
-    from .gguf import gguf_name  # the Hugging Face parameter names of the architecture
+    from ..io.gguf import gguf_name  # the Hugging Face parameter names of the architecture
 
     for name in model.state_dict():
         try:
@@ -337,10 +337,10 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
     Returns the files written.
     """
     if not hasattr(model, "config"):
-        from ..checkpoint import load_model
+        from ..model.lfm2 import LFM2
 
         src = model
-        model = load_model(src, dtype="float32")
+        model = LFM2.from_pretrained(src, dtype="float32")
         if tokenizer_dir is None and Path(str(src)).is_dir():
             tokenizer_dir = src
     check_exportable(model, quantize)

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import GenerationError
+from ..errors import GenerationError
 
 # The model card's recommended sampling settings for every LFM2 checkpoint.
 MODEL_CARD_DEFAULTS = {"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05}
@@ -505,12 +505,5 @@ class BatchSampler:
         return out
 
 
-def sample_once(logits: torch.Tensor, params: SamplingParams, history: Sequence[int] = ()) -> int:
-    """One token from a [V] logits vector (convenience for scripts; use BatchSampler in loops)."""
-    sampler = BatchSampler(logits.shape[-1], 1, device=logits.device)
-    sampler.add_row(0, params, history)
-    return int(sampler.sample(logits.reshape(1, -1)).tokens[0])
-
-
 __all__ = ["SamplingParams", "BatchSampler", "SampleOutput", "MODEL_CARD_DEFAULTS", "make_generator",
-           "derived_seed", "generation_config_defaults", "generation_config_eos", "sample_once"]
+           "derived_seed", "generation_config_defaults", "generation_config_eos"]

@@ -30,31 +30,19 @@ a batch gets cheaper as its rows finish.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import ContextLengthError, GenerationError
-from .model import PREFILL_CHUNK
-from .sampling import BatchSampler, SamplingParams, derived_seed, generation_config_eos
-from .state import LFM2State
-
-FINISH_STOP = "stop"         # eos, a stop token or a stop string
-FINISH_LENGTH = "length"     # max_tokens reached
-FINISH_ABORT = "abort"       # the caller asked to stop (should_stop returned True)
-
+from ..errors import ContextLengthError, GenerationError
+from .completion import (FINISH_ABORT, Completion, StopStringMatcher, TokenLogprob,
+                         left_padded, logprob_entries, stop_token_ids)
+from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
+from ..model.state import LFM2State
 
 # ---- results ---------------------------------------------------------------------------------
-@dataclass
-class TokenLogprob:
-    """The logprob of one generated token under the model, and of the likeliest alternatives."""
-
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)   # (token id, logprob), best first
-
-
 @dataclass
 class Usage:
     prompt_tokens: int
@@ -83,7 +71,7 @@ class GenerationResult:
     @functools.cached_property
     def message(self):
         """The text parsed as an assistant message (content, reasoning, tool calls)."""
-        from .chat import parse_assistant_message
+        from ..text.chat import parse_assistant_message
 
         return parse_assistant_message(self.text or "")
 
@@ -100,111 +88,58 @@ class GenerationChunk:
     result: GenerationResult | None = None  # set on the last chunk
 
 
-# ---- stop strings ----------------------------------------------------------------------------
-class StopStringMatcher:
-    """Finds stop strings in streamed text, holding back text that may be the start of one.
-
-    `push(piece)` returns (text safe to show, stopped?); after a stop, the stop string and
-    everything after it are dropped. Work per piece is bounded by the longest stop string.
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self._held = ""
-        self.matched: str | None = None
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        if not self.stops:
-            return piece, False
-        buf = self._held + piece
-        best = None
-        for s in self.stops:
-            i = buf.find(s)
-            if i >= 0 and (best is None or i < best[0]):
-                best = (i, s)
-        if best is not None:
-            self._held = ""
-            self.matched = best[1]
-            return buf[:best[0]], True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), hold, -1):
-                if buf.endswith(s[:k]):
-                    hold = k
-                    break
-        self._held = buf[len(buf) - hold:] if hold else ""
-        return buf[:len(buf) - hold], False
-
-    def flush(self) -> str:
-        out, self._held = self._held, ""
-        return out
-
-
 # ---- per-row bookkeeping ---------------------------------------------------------------------
 class _Row:
-    """One sequence being generated: its tokens, text, stop checks and logprobs."""
+    """One sequence being generated: its prompt, tokens, text and logprobs; the stop rule is a
+    `Completion` (completion.py), shared with the serving engine."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
                  tokenizer, prompt_index: int, index: int, prefill_tokens: int):
         self.prompt_ids = prompt_ids
         self.params = params
-        self.stop_ids = stop_ids
         self.prompt_index = prompt_index
         self.index = index
         self.prefill_tokens = prefill_tokens
         self.token_ids: list[int] = []
         self.pieces: list[str] = []
         self.logprobs: list[TokenLogprob] | None = [] if params.wants_logprobs else None
-        self.decoder = tokenizer.incremental_decoder() if tokenizer is not None else None
-        self.matcher = StopStringMatcher(params.stop)
-        self.finish_reason: str | None = None
-        self.stop_reason: int | str | None = None
+        decoder = tokenizer.incremental_decoder() if tokenizer is not None else None
+        self.completion = Completion(stop_ids, params.max_tokens, decoder, params.stop)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.completion.finish_reason
+
+    @property
+    def has_text(self) -> bool:
+        return self.completion.decoder is not None
 
     def accept(self, token: int, logprob: TokenLogprob | None) -> str:
-        """Take one sampled token; return the text it makes visible. Sets finish_reason when done."""
+        """Take one sampled token; return the text it makes visible (with the held-back tail
+        when it finishes the row)."""
         self.token_ids.append(token)
         if self.logprobs is not None and logprob is not None:
             self.logprobs.append(logprob)
-        text = ""
-        if token in self.stop_ids:
-            self.finish_reason, self.stop_reason = FINISH_STOP, token
-            return self._close(text)
-        if self.decoder is not None:
-            text, stopped = self.matcher.push(self.decoder.push(token))
-            if stopped:
-                self.finish_reason, self.stop_reason = FINISH_STOP, self.matcher.matched
-                self.pieces.append(text)
-                return text
-        if len(self.token_ids) >= self.params.max_tokens:
-            self.finish_reason = FINISH_LENGTH
-            return self._close(text)
+        text = self.completion.accept(token)
+        if self.completion.finish_reason is not None:
+            text += self.completion.flush()
         self.pieces.append(text)
         return text
 
     def abort(self) -> str:
-        self.finish_reason = FINISH_ABORT
-        return self._close("")
-
-    def _close(self, text: str) -> str:
-        """The stream ended without a stop string: release what was held back."""
-        if self.decoder is not None:
-            tail, stopped = self.matcher.push(self.decoder.flush())
-            text += tail
-            if stopped:
-                self.finish_reason, self.stop_reason = FINISH_STOP, self.matcher.matched
-            else:
-                text += self.matcher.flush()
+        self.completion.finish_reason = FINISH_ABORT
+        text = self.completion.flush()
         self.pieces.append(text)
         return text
 
     def result(self) -> GenerationResult:
         return GenerationResult(
             token_ids=list(self.token_ids),
-            text="".join(self.pieces) if self.decoder is not None else None,
+            text="".join(self.pieces) if self.has_text else None,
             finish_reason=self.finish_reason or FINISH_ABORT,
             prompt_ids=self.prompt_ids,
             usage=Usage(len(self.prompt_ids), len(self.token_ids), self.prefill_tokens),
-            stop_reason=self.stop_reason,
+            stop_reason=self.completion.stop_reason,
             logprobs=self.logprobs,
             index=self.index,
             prompt_index=self.prompt_index,
@@ -255,14 +190,21 @@ def encode_prompt(prompt: Any, tokenizer, tools=None, chat_template_kwargs: dict
 
 
 @functools.lru_cache(maxsize=16)
-def _generation_config_eos(path: str | None) -> tuple[int, ...]:
-    return tuple(generation_config_eos(path)) if path else ()
+def _generation_config_eos(path: str, mtime_ns: int) -> tuple[int, ...]:
+    return tuple(generation_config_eos(path))
 
 
 def eos_token_ids(model, tokenizer=None) -> set[int]:
     """Every id that ends a completion: config.json, generation_config.json, the tokenizer."""
     ids = set(model.config.eos_token_ids)
-    ids.update(_generation_config_eos(getattr(model, "source_path", None)))
+    path = getattr(model, "source_path", None)
+    if path:
+        try:   # read once per version of the file
+            mtime = (Path(path) / GENERATION_CONFIG).stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        if mtime:
+            ids.update(_generation_config_eos(str(path), mtime))
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
@@ -270,8 +212,8 @@ def eos_token_ids(model, tokenizer=None) -> set[int]:
 
 def load_tokenizer_for(model):
     """The tokenizer shipped with a loaded checkpoint (None when it has none)."""
-    from .errors import TokenizerError
-    from .tokenizer import Tokenizer
+    from ..errors import TokenizerError
+    from ..text.tokenizer import Tokenizer
 
     path = getattr(model, "source_path", None)
     if path is None:
@@ -298,23 +240,6 @@ def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncat
         f"{what} of {limit} tokens (shorten the prompt, lower max_tokens, or pass truncate=True)")
 
 
-def _logprob_entries(out, n: int, wanted: list[bool]) -> list[TokenLogprob | None]:
-    if out.logprobs is None:
-        return [None] * n
-    lp = out.logprobs.tolist()
-    toks = out.tokens.tolist()
-    tops_ids = out.top_ids.tolist() if out.top_ids is not None else None
-    tops_lp = out.top_logprobs.tolist() if out.top_logprobs is not None else None
-    entries: list[TokenLogprob | None] = []
-    for i in range(n):
-        if not wanted[i]:
-            entries.append(None)
-            continue
-        top = list(zip(tops_ids[i], tops_lp[i])) if tops_ids is not None else []
-        entries.append(TokenLogprob(toks[i], lp[i], top))
-    return entries
-
-
 # ---- the decode loop -------------------------------------------------------------------------
 @torch.no_grad()
 def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row], sampler: BatchSampler,
@@ -328,14 +253,13 @@ def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row],
     """
     running = list(range(len(rows)))          # running[i]: the row (and sampler slot) in state row i
     step_ids = torch.empty(len(rows), 1, dtype=torch.long, device=logits.device)
-    wanted = [r.params.wants_logprobs for r in rows]
     while True:
         if should_stop is not None and should_stop():
             yield [(rows[r], rows[r].abort(), -1) for r in running]
             return
         out = sampler.sample(logits, running)
         tokens = out.tokens.tolist()
-        entries = _logprob_entries(out, len(running), [wanted[r] for r in running])
+        entries = logprob_entries(out, [rows[r].params for r in running])
         step = []
         for i, r in enumerate(running):
             text = rows[r].accept(tokens[i], entries[i])
@@ -366,29 +290,10 @@ def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row],
 def prefill(model, state: LFM2State, prompts: list[list[int]], pad_id: int | None = None,
             chunk_size: int | None = None) -> torch.Tensor:
     """Run left-padded prompts (one per state row) into the state; return last logits [B, V]."""
+    ids, mask = left_padded(prompts, model.config.pad_token_id if pad_id is None else pad_id)
     device = model.device
-    width = max(len(p) for p in prompts)
-    pad = model.config.pad_token_id if pad_id is None else pad_id
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    uniform = all(len(p) == width for p in prompts)
-    step = chunk_size or max(1, PREFILL_CHUNK // len(prompts))
-    logits = None
-    for start in range(0, width, step):
-        part_mask = None if uniform else mask[:, start:start + step]
-        logits = model(ids[:, start:start + step], part_mask, state=state, logits_to_keep=1)
-    return logits[:, -1]
-
-
-def _stop_ids(model, tokenizer, params: SamplingParams) -> frozenset[int]:
-    ids = set(params.stop_token_ids)
-    if not params.ignore_eos:
-        ids |= eos_token_ids(model, tokenizer)
-    return frozenset(ids)
+    return model.prefill(ids.to(device), state, attention_mask=mask.to(device) if mask is not None else None,
+                         chunk_size=chunk_size)[:, -1]
 
 
 def _prepare(model, prompts, params, tokenizer, tools, chat_template_kwargs, overrides):
@@ -441,7 +346,7 @@ def _start(model, prompts, params, tokenizer, *, tools=None, chat_template_kwarg
     sampler = BatchSampler(vocab, n_rows, device=model.device)
     rows: list[_Row] = []
     for i, (p, sp) in enumerate(zip(ids, params_list)):
-        stop_ids = _stop_ids(model, tokenizer, sp)
+        stop_ids = stop_token_ids(sp, eos_token_ids(model, tokenizer))
         for k in range(sp.n):
             sampler.add_row(len(rows), sp, p, seed=derived_seed(sp.seed, k))
             rows.append(_Row(p, sp, stop_ids, tokenizer, i, k, len(p) if k == 0 else 0))
@@ -503,8 +408,8 @@ def stream_rows(model, state, logits, row: _Row, sampler, parse: bool = True,
                 should_stop: Callable[[], bool] | None = None) -> Iterator[GenerationChunk]:
     """The streaming form of `decode_rows` for one row (used by stream_generate and ChatSession)."""
     parser = None
-    if parse and row.decoder is not None:
-        from .chat import StreamParser
+    if parse and row.has_text:
+        from ..text.chat import StreamParser
 
         parser = StreamParser()
     for step in decode_rows(model, state, logits, [row], sampler, should_stop):

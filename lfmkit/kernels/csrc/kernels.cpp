@@ -1,4 +1,4 @@
-// lfmkit's CPU kernels for quantized linears (see lfmkit/qkernel.py for how they are built).
+// lfmkit's CPU kernels for quantized linears (see lfmkit/kernels.py for how they are built).
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>

@@ -7,6 +7,11 @@ Module and parameter names follow the Hugging Face checkpoint layout exactly
 `LFM2.forward(input_ids, attention_mask=None, state=None)` runs either a plain causal
 forward (training, scoring) or one step against an `LFM2State` (prefill of any length,
 chunked prefill, decode). RoPE positions count real tokens only, so left padding is exact.
+
+This is the reference: plain modules, trainable, equal to transformers' `Lfm2ForCausalLM` in
+values and gradients (tests/test_model.py, tests/test_gradients.py). Nothing here dispatches to
+our kernels: quantized linears, fused weights, the C small ops and the fused decode step are
+installed from outside, for inference, by `lfmkit.fast.optimize` (see lfmkit/fast/).
 """
 
 from __future__ import annotations
@@ -16,23 +21,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from . import qkernel
-from .config import ATTENTION, LFM2Config
+from ..config import ATTENTION, LFM2Config
+from .loading import load_model, save_model
 from .state import LFM2State
 
-FUSED_MAX_ROWS = 64   # up to this many token rows, small ops run in qkernel's fused C loops
 # Token rows (batch x prompt tokens) per prefill pass. 256 rows already keep the bf16 GEMMs
 # at full speed on CPU, and halve the activation memory of 512 (1.2B int4: peak RSS 978 -> 937 MiB).
 PREFILL_CHUNK = 256
-
-
-def _fused(*tensors: torch.Tensor):
-    """qkernel's library if every tensor is a contiguous float32 CPU tensor, else None."""
-    for t in tensors:
-        if t.dtype is not torch.float32 or not t.is_contiguous() or t.is_cuda:
-            return None
-    return qkernel.load()
 
 
 # Layers without PyTorch's default random init. Every weight is set afterwards, by
@@ -63,18 +60,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            rows = x.numel() // x.shape[-1]
-            lib = _fused(x, self.weight) if rows <= FUSED_MAX_ROWS else None
-            if lib is not None:
-                out = torch.empty_like(x)
-                lib.lfm_rmsnorm(x.data_ptr(), self.weight.data_ptr(), rows, x.shape[-1], self.eps, out.data_ptr())
-                return out
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one op, same math
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -140,23 +126,8 @@ class FeedForward(nn.Module):
         self.w1 = Linear(hidden, ff, bias=False)
         self.w3 = Linear(hidden, ff, bias=False)
         self.w2 = Linear(ff, hidden, bias=False)
-        self.w13 = None   # set by quant.py: w1 and w3 fused into one matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is not None:
-            gu = self.w13(x)
-            rows, f = gu.numel() // gu.shape[-1], gu.shape[-1] // 2
-            lib = _fused(gu) if rows <= FUSED_MAX_ROWS else None
-            if lib is not None:
-                h = torch.empty(*gu.shape[:-1], f, dtype=gu.dtype)
-                lib.lfm_silu_mul(gu.data_ptr(), rows, f, h.data_ptr())
-                return self.w2(h)
-            gate, up = gu.chunk(2, dim=-1)
-            if torch.is_grad_enabled() and gu.requires_grad:
-                return self.w2(F.silu(gate) * up)
-            # inference: gate and product in gu's own memory (a 512-row prefill of the 1.2B
-            # model would otherwise hold two more [512, 8192] float32 temporaries)
-            return self.w2(F.silu(gate, inplace=True).mul_(up))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -174,18 +145,10 @@ class ShortConv(nn.Module):
         self.out_proj = Linear(h, h, bias=config.conv_bias)
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        bcx = self.in_proj(x)
-        if ctx.state is not None and x.shape[1] == 1 and ctx.token_mask is None:
-            window = ctx.state.conv[self.layer_idx]
-            bias = self.conv.bias
-            lib = _fused(bcx, window, self.conv.weight, *([bias] if bias is not None else []))
-            if lib is not None:   # decode step in one fused loop (shift window, dot, gate)
-                b, _, h3 = bcx.shape
-                y = torch.empty(b, 1, h3 // 3, dtype=bcx.dtype)
-                lib.lfm_conv_step(bcx.data_ptr(), h3, window.data_ptr(), self.conv.weight.data_ptr(),
-                                  bias.data_ptr() if bias is not None else None, b, h3 // 3, self.kernel,
-                                  y.data_ptr())
-                return self.out_proj(y)
+        return self.out_proj(self.mix(self.in_proj(x), ctx))
+
+    def mix(self, bcx: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """C * conv(B * x) for in_proj's output [b, t, 3h]; reads and updates the conv window."""
         B, C, xx = bcx.chunk(3, dim=-1)       # each [b, t, h]
         bx = B * xx
         if ctx.token_mask is not None:
@@ -208,8 +171,7 @@ class ShortConv(nn.Module):
             full = torch.cat((window.to(bx.dtype), bx), dim=-1)   # [b, h, L + t]
             window.copy_(full[..., -window.shape[-1]:])
             y = F.conv1d(full, weight, self.conv.bias, groups=bx.shape[1])[..., -bx.shape[-1]:]
-        y = C * y.transpose(1, 2)
-        return self.out_proj(y)
+        return C * y.transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -228,15 +190,10 @@ class Attention(nn.Module):
         self.out_proj = Linear(self.n_heads * self.head_dim, h, bias=False)
         self.q_layernorm = RMSNorm(self.head_dim, config.norm_eps)
         self.k_layernorm = RMSNorm(self.head_dim, config.norm_eps)
-        self.qkv = None   # set by quant.py: q, k, v projections fused into one matrix
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         b, t, _ = x.shape
-        if self.qkv is not None:
-            nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-            q, k, v = self.qkv(x).split((nq, nk, nk), dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.project(x)
         q = self.q_layernorm(q.reshape(b, t, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_layernorm(k.reshape(b, t, self.n_kv, self.head_dim)).transpose(1, 2)
         v = v.reshape(b, t, self.n_kv, self.head_dim).transpose(1, 2)
@@ -266,6 +223,9 @@ class Attention(nn.Module):
         else:
             out = attend(q, k, v, ctx.attn_mask, causal=causal and ctx.attn_mask is None)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
 
 class Block(nn.Module):
@@ -333,31 +293,33 @@ class LFM2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, quant: str | None = None,
-                        **kwargs) -> "LFM2":
-        """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file).
+                        device: torch.device | str | None = None, **kwargs) -> "LFM2":
+        """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file) as the
+        reference model: float weights, trainable (parameters require grad, as in
+        transformers), in eval mode. For inference with quantized weights and our kernels use
+        `lfmkit.load(path, quant=..., fast=True)`.
 
-        quant: "int8" or "int4" quantizes while loading (CPU; see lfmkit/quant.py).
+        kwargs: revision, cache_dir (Hub ids), strict (False tolerates missing tensors).
         """
-        if quant is not None and str(quant).lower() in ("int8", "int4", "q8", "q4"):
-            from .quant import load_quantized
-
-            return load_quantized(path, str(quant).lower())
-        from .checkpoint import load_model  # checkpoint builds on this module
-
-        return load_model(path, dtype=dtype, device=device, **kwargs)
-
-    def _apply(self, fn, recurse=True):
-        fused = self.__dict__.get("fused_decode")
-        if fused is not None:
-            fused.reset()   # tensors may have moved or changed dtype: gather the pointers again
-        return super()._apply(fn, recurse)
+        return load_model(cls, path, dtype=dtype, device=device, **kwargs)
 
     def save_pretrained(self, directory: str, **kwargs) -> None:
-        """Write config.json + model.safetensors (Hugging Face layout, loadable by transformers)."""
-        from .checkpoint import save_model
+        """Write config.json + model.safetensors (Hugging Face layout, loadable by transformers).
 
+        kwargs: dtype (cast on write), max_shard_bytes (shards + index)."""
         save_model(self, directory, **kwargs)
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the head when the config ties them."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them
+        (stateless training forwards only): memory per layer drops to its input."""
+        self.gradient_checkpointing = enable
+
+    gradient_checkpointing = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -389,16 +351,14 @@ class LFM2(nn.Module):
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        fused = self.__dict__.get("fused_decode")   # attached by quant.py for quantized models
-        if (fused is not None and state is not None and attention_mask is None and input_ids.shape[1] == 1
-                and not return_hidden and state.batch_size == input_ids.shape[0]):
-            logits = fused(input_ids, state)
-            if logits is not None:
-                return logits
         ctx = self._context(input_ids, attention_mask, state)
         x = self.model.embed_tokens(input_ids)
+        recompute = self.gradient_checkpointing and state is None and torch.is_grad_enabled()
         for layer in self.model.layers:
-            x = layer(x, ctx)
+            if recompute:
+                x = checkpoint(layer, x, ctx, use_reentrant=False)
+            else:
+                x = layer(x, ctx)
         if state is not None:
             n_real = ctx.token_mask.sum(-1).long() if ctx.token_mask is not None else x.shape[1]
             state.advance(x.shape[1], n_real)
@@ -518,14 +478,5 @@ class LFM2(nn.Module):
         return cache
 
 
-def count_flops_per_token(config: LFM2Config, context: int = 0) -> int:
-    """Approximate forward FLOPs per token (2 per multiply-add) at a given context length."""
-    h = config.hidden_size
-    linear = 2 * (config.num_parameters() - config.vocab_size * h * (1 if config.tie_word_embeddings else 2))
-    head = 2 * config.vocab_size * h
-    attn = 4 * len(config.attention_layers) * config.num_attention_heads * config.head_size * context
-    return int(linear + head + attn)
-
-
-__all__ = ["LFM2", "RMSNorm", "ShortConv", "Attention", "FeedForward", "Block", "rope_tables",
-           "count_flops_per_token"]
+__all__ = ["LFM2", "RMSNorm", "ShortConv", "Attention", "FeedForward", "Block", "StepContext",
+           "rope_tables", "attend", "PREFILL_CHUNK"]

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import GenerationError
+from ..errors import GenerationError
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

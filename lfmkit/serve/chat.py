@@ -20,11 +20,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import (ContentDelta, ReasoningDelta, StreamParser, ToolCallEvent, format_tool_calls,
+from ..text.chat import (ContentDelta, ReasoningDelta, StreamParser, ToolCallEvent, format_tool_calls,
                    parse_assistant_message, split_reasoning)
-from .errors import LFMKitError, TokenizerError
-from .generate import encode_prompt as generate_encode_prompt
-from .openai_schema import ChatCompletionRequest, NamedToolChoice, RequestError
+from ..errors import LFMKitError, TokenizerError
+from ..inference.generate import encode_prompt as generate_encode_prompt
+from .schema import ChatCompletionRequest, NamedToolChoice, RequestError
 
 TOOL_CALL_START = "<|tool_call_start|>"
 

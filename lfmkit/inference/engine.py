@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ContextLengthError, GenerationError, TokenizerError
+from ..errors import ContextLengthError, GenerationError
 from .metrics import ServingMetrics
-from .generate import StopStringMatcher, eos_token_ids
+from .completion import Completion, logprob_entries, stop_token_ids
+from .generate import eos_token_ids, prefill
 from .sampling import BatchSampler, SamplingParams, derived_seed
-from .state import LFM2State
+from ..model.state import LFM2State
 
 log = logging.getLogger("lfmkit.engine")
 
@@ -147,36 +148,6 @@ class RequestHandle:
                 self._wake()
 
 
-class TextStream:
-    """Incremental text of one sequence, with stop strings cut out (`generate.StopStringMatcher`:
-    text that could still become a stop string is held back, and a stop string is never sent)."""
-
-    def __init__(self, decoder, stop: list[str]):
-        self.decoder = decoder
-        self.matcher = StopStringMatcher(stop)
-        self.stopped = False
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """Feed one token: (text safe to send now, whether a stop string was hit).
-
-        A model may have more ids than its tokenizer (padded vocabularies): such an id has no text.
-        """
-        try:
-            new = self.decoder.push(token_id)
-        except TokenizerError:
-            new = ""
-        text, self.stopped = self.matcher.push(new)
-        return text, self.stopped
-
-    def flush(self) -> str:
-        """At the end: the held-back text (a partial character or a partial stop string);
-        nothing after a stop string."""
-        if self.stopped:
-            return ""
-        text, self.stopped = self.matcher.push(self.decoder.flush())
-        return text if self.stopped else text + self.matcher.flush()
-
-
 @dataclass
 class _Request:
     handle: RequestHandle
@@ -194,7 +165,7 @@ class _Sequence:
     request: _Request
     index: int
     slot: int
-    text: TextStream | None
+    completion: Completion          # its stop rule and text (shared with generate)
     sampler_slot: int               # its row in the BatchSampler (stable while it lives)
     filled: int                     # state slots its row uses (prompt, left padding, tokens fed)
     padding: int = 0                # left-padding slots in its row (not real tokens)
@@ -395,15 +366,8 @@ class Engine:
         """Prefill several whole prompts in ONE forward, left-padded, straight into free rows."""
         first, k = len(self._running), len(group)
         width = max(len(r.prompt) for r in group)
-        ids = torch.zeros(k, width, dtype=torch.long)
-        mask = torch.zeros(k, width, dtype=torch.long)
-        for i, req in enumerate(group):
-            ids[i, width - len(req.prompt):] = torch.tensor(req.prompt)
-            mask[i, width - len(req.prompt):] = 1
-        device = self.model.device
         view = self.state.rows(first, first + k, [0] * k, dense=True)
-        logits = self.model(ids.to(device), attention_mask=mask.to(device) if not bool(mask.all()) else None,
-                            state=view, logits_to_keep=1)[:, -1]
+        logits = prefill(self.model, view, [r.prompt for r in group], pad_id=0, chunk_size=width)
         with self._cv:
             for _ in group:
                 self._waiting.popleft()
@@ -443,13 +407,14 @@ class Engine:
 
     def _start_sequence(self, req: _Request, index: int, filled: int) -> _Sequence:
         """Register choice `index` of `req` in the next running slot (its state row is ready)."""
-        text = None
+        decoder = None
         if self.tokenizer is not None:
             decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
-            text = TextStream(decoder, list(req.params.stop or []))
+        completion = Completion(stop_token_ids(req.params, self.eos_ids), req.max_new, decoder,
+                                list(req.params.stop or []))
         sampler_slot = self._free_sampler_slots.pop()
         self.sampler.add_row(sampler_slot, req.params, req.prompt, seed=derived_seed(req.params.seed, index))
-        seq = _Sequence(req, index, len(self._running), text, sampler_slot, filled)
+        seq = _Sequence(req, index, len(self._running), completion, sampler_slot, filled)
         self._running.append(seq)
         return seq
 
@@ -467,10 +432,7 @@ class Engine:
         """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""
         out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
         tokens = out.tokens.tolist()
-        logprobs = out.logprobs.tolist() if out.logprobs is not None else None
-        tops = None
-        if out.top_ids is not None:
-            tops = [list(zip(ids, lps)) for ids, lps in zip(out.top_ids.tolist(), out.top_logprobs.tolist())]
+        entries = logprob_entries(out, [s.request.params for s in seqs])
         now = time.perf_counter()
         for i, seq in enumerate(seqs):
             handle = seq.request.handle
@@ -484,30 +446,16 @@ class Engine:
             seq.last_time = now
             self.metrics.generation_tokens.inc()
             seq.tokens.append(tok)
-            params = seq.request.params
-            reason, text = None, ""
-            if (tok in self.eos_ids and not params.ignore_eos) \
-                    or tok in (params.stop_token_ids or ()):
-                reason = "stop"
-            elif seq.text is not None:
-                text, hit = seq.text.push(tok)
-                if hit:
-                    reason = "stop"
-            if reason is None and len(seq.tokens) >= seq.request.max_new:
-                reason = "length"
-            lp, top = None, None
-            if params.wants_logprobs and logprobs is not None:
-                lp = logprobs[i]
-                top = tops[i][: params.top_logprobs] if tops is not None and params.top_logprobs else None
-            handle._push(TokenEvent(seq.index, tok, text, lp, top))
-            if reason is not None:
-                self._finish(seq, reason)
+            text = seq.completion.accept(tok)
+            entry = entries[i]
+            handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
+                                    entry.top if entry and entry.top else None))
+            if seq.completion.finish_reason is not None:
+                self._finish(seq, seq.completion.finish_reason)
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         req = seq.request
-        tail = ""
-        if reason != "cancelled" and seq.text is not None:
-            tail = seq.text.flush()
+        tail = seq.completion.flush() if reason != "cancelled" else ""
         self.metrics.finished.inc(reason=reason)
         req.handle._push(FinishEvent(seq.index, reason, tail, len(seq.tokens)))
         req.open -= 1
@@ -547,4 +495,4 @@ class Engine:
 
 
 __all__ = ["Engine", "EngineConfig", "EngineOverloadedError", "RequestHandle", "TokenEvent",
-           "FinishEvent", "ErrorEvent", "TextStream"]
+           "FinishEvent", "ErrorEvent"]

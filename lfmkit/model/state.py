@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ATTENTION, LFM2Config
-from .errors import ContextLengthError
+from ..config import ATTENTION, LFM2Config
+from ..errors import ContextLengthError
 
 
 @dataclass

@@ -65,7 +65,7 @@ def _cache_dir() -> Path:
 def _build(compiler: str, code: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "qkernel.cpp"
+        src = Path(tmp) / "kernels.cpp"
         src.write_text(code)
         out = Path(tmp) / target.name
         proc = subprocess.run([compiler, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True,

@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Engine, EngineOverloadedError, ErrorEvent, FinishEvent, RequestHandle, TokenEvent
-from .errors import ContextLengthError, LFMKitError
-from .openai_chat import ChatOutput, CompletionOutput, build_chat_prompt, encode_prompt
-from .openai_schema import (ChatCompletionRequest, CompletionRequest, RequestError, chat_chunk,
+from ..inference.engine import Engine, EngineOverloadedError, ErrorEvent, RequestHandle, TokenEvent
+from ..errors import ContextLengthError, LFMKitError
+from .chat import ChatOutput, CompletionOutput, build_chat_prompt, encode_prompt
+from .schema import (ChatCompletionRequest, CompletionRequest, RequestError, chat_chunk,
                             completion_chunk, error_body, model_list, new_id, now, parse_request, usage)
-from .sampling import SamplingParams
+from ..inference.sampling import SamplingParams
 
 log = logging.getLogger("lfmkit.server")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .chat_template import LFM2_CHAT_TEMPLATE, render_chat_template
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -101,7 +101,7 @@ class Tokenizer:
         """Load from a checkpoint directory, a tokenizer.json file, or a Hub id (via checkpoint.py)."""
         directory = Path(os.path.expanduser(str(path)))
         if not directory.exists():
-            from .checkpoint import resolve_model_path  # Hub ids only; keeps torch out of the common path
+            from ..io.hub import resolve_model_path  # Hub ids only; keeps torch out of the common path
 
             directory = resolve_model_path(path, revision=revision)
         tokenizer_file = directory if directory.is_file() else directory / TOKENIZER_FILE

@@ -25,14 +25,13 @@ import copy
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-import torch
 
-from .errors import ContextLengthError, GenerationError
+from ..errors import ContextLengthError, GenerationError
 from .generate import GenerationChunk, GenerationResult, _Row, eos_token_ids, load_tokenizer_for, prefill, stream_rows
 from .sampling import BatchSampler, SamplingParams
-from .state import StateSnapshot
+from ..model.state import StateSnapshot
 
 DEFAULT_MAX_LENGTH = 8192
 

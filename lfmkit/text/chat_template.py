@@ -28,7 +28,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 # The LFM2 chat format. Whitespace is controlled with `-` markers throughout, so the text
 # renders the same with or without trim_blocks / lstrip_blocks.

@@ -5,9 +5,8 @@ and ~300 small PyTorch ops from Python used to cost about as much again (see BEN
 `FusedDecode` gathers, once, every pointer the step needs (quantized weights, norms, conv
 filters) into C structs, and `csrc/decode_step.cpp` runs the layers in one OpenMP region.
 
-`quant.quantize` and `quant.load_quantized` attach a `FusedDecode` to the model as
-`model.fused_decode`; `LFM2.forward` hands it single-token steps against a state with no
-padding, and it returns None (the module path runs instead) whenever it cannot take one:
+`lfmkit.fast.optimize` attaches a `FusedDecode` to the model as `model.fused_decode`;
+`FastLFM2.forward` hands it single-token steps against a state with no padding, and it returns None (the module path runs instead) whenever it cannot take one:
 no kernels, a float or biased layer, a state on another device or dtype, or
 `LFMKIT_NO_FUSED_DECODE=1`. Results equal the module path up to float rounding.
 """
@@ -21,9 +20,9 @@ import threading
 import torch
 from torch import nn
 
-from . import qkernel
-from .quant import KernelSpec, QuantEmbedding, QuantLinear
-from .state import LFM2State
+from .. import kernels
+from ..quant.linear import KernelSpec, QuantEmbedding, QuantLinear
+from ..model.state import LFM2State
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
 
@@ -56,8 +55,15 @@ def _linear(mod: nn.Module | None, keep: list) -> _Linear:
     spec: KernelSpec | None = mod.kernel_spec() if isinstance(mod, QuantLinear) else None
     if spec is None:
         raise _Unsupported(f"{type(mod).__name__} is not a kernel-backed quantized linear")
-    keep.append(mod.__dict__.get("_wsum"))   # the plan points into it
+    keep.append(mod)                          # the plan points into its buffers
+    keep.append(mod.__dict__.get("_wsum"))
     return _Linear(*spec)
+
+
+def _fused(module: nn.Module):
+    """The module's parts as one quantized matrix (see fast/modules.py), or None."""
+    fused = getattr(module, "fused", None)
+    return fused() if fused is not None else None
 
 
 def _f32(t: torch.Tensor | None) -> int:
@@ -95,9 +101,9 @@ class FusedDecode:
         return self._plan
 
     def _gather(self):
-        lib = qkernel.load()
+        lib = kernels.load()
         if lib is None:
-            raise _Unsupported(f"no kernels: {qkernel.build_error}")
+            raise _Unsupported(f"no kernels: {kernels.build_error}")
         m = self.model
         cfg = m.config
         if cfg.conv_bias or cfg.head_size % 2:
@@ -109,12 +115,12 @@ class FusedDecode:
             ly = layers[i]
             ly.op_norm, ly.ffn_norm = _f32(block.operator_norm.weight), _f32(block.ffn_norm.weight)
             fwd = block.feed_forward
-            ly.w13, ly.w2 = _linear(fwd.w13, keep), _linear(fwd.w2, keep)
+            ly.w13, ly.w2 = _linear(_fused(fwd), keep), _linear(fwd.w2, keep)
             ff = ly.w13.N // 2
             if block.is_attention:
                 att = block.self_attn
                 ly.is_attn = 1
-                ly.mix, ly.out = _linear(att.qkv, keep), _linear(att.out_proj, keep)
+                ly.mix, ly.out = _linear(_fused(att), keep), _linear(att.out_proj, keep)
                 ly.q_norm, ly.k_norm = _f32(att.q_layernorm.weight), _f32(att.k_layernorm.weight)
             else:
                 conv = block.conv
