@@ -189,8 +189,16 @@ class QuantLinear(nn.Module):
                           self.out_features, self.bits, ab)
 
     def _apply(self, fn, recurse=True):
+        """Moves (`.to(device)`) apply; dtype casts (`model.float()`, `.half()`) leave the layer as
+        it is: its scales' dtype is part of the quantized format."""
         self.__dict__["_fast"] = None   # buffers may move: look the pointers up again
-        return super()._apply(fn, recurse)
+        dtype, moved = self.scales.dtype, fn(self.scales)
+        if moved.device == self.scales.device and moved.dtype != dtype:
+            return self
+        super()._apply(fn, recurse)
+        if self.scales.dtype != dtype:
+            self.scales = self.scales.to(dtype)
+        return self
 
     def _kernel_ok(self) -> bool:
         return self.qweight.device.type == "cpu" and (self.bits == 8 or self.group_size == 32)
