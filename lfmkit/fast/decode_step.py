@@ -6,9 +6,9 @@ and ~300 small PyTorch ops from Python used to cost about as much again (see BEN
 filters) into C structs, and `csrc/decode_step.cpp` runs the layers in one OpenMP region.
 
 `lfmkit.fast.optimize` attaches a `FusedDecode` to the model as `model.fused_decode`;
-`FastLFM2.forward` hands it single-token steps against a state with no padding, and it returns None (the module path runs instead) whenever it cannot take one:
-no kernels, a float or biased layer, a state on another device or dtype, or
-`LFMKIT_NO_FUSED_DECODE=1`. Results equal the module path up to float rounding.
+`FastLFM2.forward` hands it single-token steps against a state with no padding, and it
+returns None (the module path runs instead) whenever it cannot take one: no kernels, a float
+or biased layer, a state on another device or dtype, or `LFMKIT_NO_FUSED_DECODE=1`. Results equal the module path up to float rounding.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..quant.linear import KernelSpec, QuantEmbedding, QuantLinear
 from ..model.state import LFM2State
+from ..quant.linear import KernelSpec, QuantEmbedding, QuantLinear
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
 

@@ -91,7 +91,7 @@ def open_checkpoint(path: str | os.PathLike, revision: str | None = None,
 
 
 def _open_gguf(path: Path) -> Checkpoint:
-    from . import gguf   # needs the `gguf` package (the export extra)
+    from . import gguf  # needs the `gguf` package (the export extra)
 
     reader = gguf.open_reader(path)
     config = gguf.read_gguf_config(path, reader)

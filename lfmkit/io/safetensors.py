@@ -11,7 +11,6 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -132,13 +131,6 @@ def checkpoint_files(directory: Path) -> list[Path]:
     if others:
         return others
     raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME} found")
-
-
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, SafetensorsFile]]:
-    for path in files:
-        st = SafetensorsFile(path)
-        for name in st.entries:
-            yield name, st
 
 
 # ---- saving ----------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ import os
 import torch
 
 from ..config import LFM2Config
+from ..errors import CheckpointError
+from ..fast.install import install_fast_modules, install_quantized_linears, optimize, quantize_rows
 from ..io.checkpoint import StoredTensor, load_tensors, open_checkpoint
 from ..model.lfm2 import LFM2
 from ..model.loading import expected_tensors, set_parameter
-from ..fast.install import install_fast_modules, install_quantized_linears, optimize, quantize_rows
 from ..quant.formats import check_mode
 
 
@@ -35,13 +36,15 @@ def load(path: str | os.PathLike, quant: str | None = None, dtype: torch.dtype |
          **kwargs) -> LFM2:
     """A model for inference from a directory, Hub id or .gguf file.
 
-    quant: None (float, in `dtype`), "int8" or "int4" (quantized while loading, CPU), "bf16".
+    quant: None (float, in `dtype`), "int8" or "int4" (quantized while loading; our kernels run
+    on the CPU, elsewhere the layers dequantize for each product), "bf16".
     fast: install the fast paths (kernels, fused decode); False gives the reference model.
     kwargs: revision, cache_dir (Hub ids).
     """
     mode = check_mode(quant) if quant is not None else None
     if mode in ("int8", "int4"):
-        return load_quantized(path, mode, group_size=group_size, fast=fast, **kwargs)
+        model = load_quantized(path, mode, group_size=group_size, fast=fast, **kwargs)
+        return model.to(device) if device is not None else model
     if mode in ("fp32", "bf16"):
         dtype = torch.float32 if mode == "fp32" else torch.bfloat16
     model = LFM2.from_pretrained(path, dtype=dtype, device=device, **kwargs)
@@ -51,8 +54,6 @@ def load(path: str | os.PathLike, quant: str | None = None, dtype: torch.dtype |
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                     device: torch.device | str | None = None) -> LFM2:
     """The reference model from a GGUF file (weights dequantised; float32, or bfloat16 for bf16 files)."""
-    from ..errors import CheckpointError
-
     if not str(path).endswith(".gguf"):
         raise CheckpointError(f"{path}: not a .gguf file")
     return LFM2.from_pretrained(path, dtype=dtype, device=device)
