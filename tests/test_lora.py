@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checkpoints import make_checkpoint
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Lfm2ForCausalLM
 
@@ -18,6 +20,7 @@ from lfmkit.quant import QuantLinear
 from lfmkit.train.lora import (
     DEFAULT_TARGETS,
     FrozenQuantLinear,
+    LoRAConfig,
     LoRALinear,
     apply_lora,
     has_lora,
@@ -190,6 +193,20 @@ def test_lora_gradients_equal_peft_on_the_same_weights_and_batch(ckpt, tmp_path)
         torch.testing.assert_close(grad, theirs_grads[name], rtol=0, atol=1e-4, msg=name)
 
 
+@settings(max_examples=40, deadline=None)
+@given(targets=st.lists(st.sampled_from(DEFAULT_TARGETS + ("conv.in_proj", "model.layers.1.self_attn.v_proj")),
+                        min_size=1, unique=True),
+       r=st.integers(1, 64), alpha=st.floats(0.01, 512, allow_nan=False), dropout=st.floats(0, 0.9),
+       rslora=st.booleans())
+def test_adapter_config_round_trips_through_peft_json(targets, r, alpha, dropout, rslora):
+    cfg = LoRAConfig(targets=targets, r=r, alpha=alpha, dropout=dropout, use_rslora=rslora)
+    back = LoRAConfig.from_peft(json.loads(json.dumps(cfg.to_peft("base"))), "adapter_config.json")
+    assert (set(back.targets), back.r, back.alpha, back.dropout, back.use_rslora) == \
+        (set(targets), r, alpha, dropout, rslora)
+    assert back.scaling == cfg.scaling
+    LoraConfig(**{k: v for k, v in cfg.to_peft("base").items() if k != "peft_type"})   # peft accepts it
+
+
 # ---- merging -------------------------------------------------------------------------------------
 def test_merge_lora_equals_the_unmerged_model_and_saves_a_plain_checkpoint(ckpt, tmp_path):
     model = random_adapters(apply_lora(ours(ckpt), targets=["in_proj", "q_proj", "w3"], r=4))
@@ -234,8 +251,10 @@ def test_adapter_tensors_that_do_not_fit_the_model_are_named(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match=r"lora_A.weight' has shape \[4, 48\], the model expects \[2, 48\]"):
         load_adapter(ours(ckpt), tmp_path / "a")
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["q_proj", "w1"]}))
+    model = ours(ckpt)
     with pytest.raises(CheckpointError, match="missing 'base_model.model.model.layers.0.feed_forward.w1"):
-        load_adapter(ours(ckpt), tmp_path / "a")
+        load_adapter(model, tmp_path / "a")
+    assert not has_lora(model)      # refused before anything changed
 
 
 # ---- QLoRA ---------------------------------------------------------------------------------------

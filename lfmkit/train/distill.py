@@ -187,6 +187,7 @@ class _ChunkedLoss(torch.autograd.Function):
                 grad_w += grads.pop(0)
             sums += torch.stack([p.detach().double() for p in parts])
         ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype if weight is not None else None
         total, kd, ce = (s.float() for s in sums)
         ctx.mark_non_differentiable(kd, ce)
         return total, kd, ce
@@ -195,7 +196,7 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, g_total, g_kd, g_ce):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * g_total.to(grad_h.dtype) if grad_h is not None else None
-        gw = grad_w * g_total if grad_w is not None else None
+        gw = (grad_w * g_total).to(ctx.weight_dtype) if grad_w is not None else None
         return gh, gw, None, None, None, None
 
 

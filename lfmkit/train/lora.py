@@ -321,27 +321,34 @@ def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Add the PEFT LoRA adapter in `directory` (ours or one peft wrote) to `model`, in place:
     `apply_lora` with the adapter's config, then its tensors by name. Missing, unexpected or
-    mis-shaped tensors are a CheckpointError naming the tensor."""
+    mis-shaped tensors are a CheckpointError naming the tensor, raised before the model changes."""
     config = read_adapter_config(directory)
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: not found (older PEFT .bin adapters are not read; re-save the "
                               f"adapter with safe_serialization=True)")
     stored = SafetensorsFile(weights)
-    apply_lora(model, config.targets, config.r, config.alpha, config.dropout, config.use_rslora)
-    expected = lora_state_dict(model)
+    if has_lora(model):
+        raise ConfigError("this model already has LoRA adapters (load the adapter into the base model)")
+    linears = wrappable_linears(model)
+    expected = {}
+    for name in resolve_targets(model, config.targets):
+        lin = linears[name]
+        expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (config.r, lin.in_features)
+        expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (lin.out_features, config.r)
     missing = sorted(set(expected) - set(stored.entries))
     unexpected = sorted(set(stored.entries) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
         raise CheckpointError(f"{weights}: tensors do not match the adapter config's targets ({what}; "
                               f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, shape in expected.items():
+        if stored.entries[name][1] != shape:
+            raise CheckpointError(f"{weights}: tensor '{name}' has shape {list(stored.entries[name][1])}, "
+                                  f"the model expects {list(shape)}")
+    apply_lora(model, config.targets, config.r, config.alpha, config.dropout, config.use_rslora)
     with torch.no_grad():
-        for name, param in expected.items():
-            shape = stored.entries[name][1]
-            if shape != tuple(param.shape):
-                raise CheckpointError(f"{weights}: tensor '{name}' has shape {list(shape)}, the model "
-                                      f"expects {list(param.shape)}")
+        for name, param in lora_state_dict(model).items():
             param.copy_(stored.read(name))
     return model
 
