@@ -257,6 +257,21 @@ def test_adapter_tensors_that_do_not_fit_the_model_are_named(ckpt, tmp_path):
     assert not has_lora(model)      # refused before anything changed
 
 
+@pytest.mark.parametrize("mode", [None, "int8"])
+def test_adapters_keep_working_when_the_fast_paths_are_installed_again(qckpt, mode):
+    model = random_adapters(apply_lora(optimize(ours(qckpt), quant=mode), targets=QLORA_TARGETS, r=4))
+    ids = ids_of(1, 7, seed=8)
+
+    def prefill_then_decode():
+        with torch.no_grad():
+            state = model.new_state(1, 16)
+            return torch.cat([model(ids[:, :6], state=state), model(ids[:, 6:], state=state)], dim=1)
+
+    reference = prefill_then_decode()
+    optimize(model)      # fast module classes and the fused decode step, over the wrapped layers
+    torch.testing.assert_close(prefill_then_decode(), reference, rtol=0, atol=1e-4)
+
+
 # ---- QLoRA ---------------------------------------------------------------------------------------
 def quantized_pair(path, mode):
     """A quantized model with random adapters, and a float model holding exactly the weights the

@@ -49,8 +49,6 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..io.safetensors import SafetensorsFile, parse_dtype
-from ..quant.linear import QuantLinear
-from .lora import LoRALinear
 
 CHUNK_TOKENS = 256         # student/teacher rows per chunk: [256, 65536] float32 is 64 MiB
 KINDS = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": None}   # kind -> beta (jsd: given)
@@ -208,15 +206,10 @@ class DistillOutput(NamedTuple):
 
 
 def _head_weight(head) -> torch.Tensor | None:
-    """The [vocab, H] matrix of a head given as a tensor, an nn.Linear, a LoRA-wrapped linear
-    (base + B @ A * scaling, differentiable in the adapters) or a quantized linear (frozen)."""
-    if head is None or isinstance(head, torch.Tensor):
-        return head
-    if isinstance(head, LoRALinear):
-        return _head_weight(head.base_layer).float() + head.delta_weight()
-    if isinstance(head, QuantLinear):
-        return head.dequantize(torch.float32)
-    return head.weight
+    """The [vocab, H] matrix of a head given as a tensor or a linear module: an nn.Linear, a
+    LoRALinear (base + B @ A * scaling, differentiable in the adapters) or a QuantLinear (its
+    dequantized, frozen weight) all expose it as `.weight`."""
+    return head if head is None or isinstance(head, torch.Tensor) else head.weight
 
 
 def chunked_distill_loss(student: torch.Tensor, targets: torch.Tensor | None, teacher, objective: Objective,

@@ -137,6 +137,12 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight this layer multiplies by, base + B @ A * scaling (float32, differentiable in
+        the adapters), for code that inspects `.weight` (as QuantLinear's dequantizing property)."""
+        return self.base_layer.weight.float() + self.delta_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         a = self.lora_A.weight
