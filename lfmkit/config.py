@@ -321,7 +321,7 @@ class LFM2Config:
         file = p / "config.json" if p.is_dir() else p
         if not file.is_file():
             raise ConfigError(f"{file}: missing config.json")
-        return cls.from_dict(read_json_object(file), source=str(file))
+        return cls.from_dict(read_json_object(file, ConfigError), source=str(file))
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json that both lfmkit and transformers' Lfm2ForCausalLM read as this model."""
