@@ -49,9 +49,10 @@ def json_type(value: Any) -> str:
 
 
 def shown(value: Any, limit: int = 60) -> str:
-    """`value` as JSON spells it (cut to `limit` characters), for one-line messages."""
+    """`value` as JSON spells it (a lone string quoted as elsewhere in lfmkit's messages, 'x'),
+    cut to `limit` characters, for one-line messages."""
     try:
-        text = json.dumps(value)
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
     except (TypeError, ValueError):   # not JSON data (a Python object passed in directly)
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -137,7 +137,7 @@ def test_state_sizes_show_the_hybrid_advantage():
 @pytest.mark.parametrize("change, message", [
     ({"layer_types": 5}, "field 'layer_types': expected a non-empty array of 'conv' / 'full_attention', got 5"),
     ({"layer_types": ["conv"] * 15 + [7]}, "field 'layer_types': entry 15 is 7; expected 'conv' or 'full_attention'"),
-    ({"rope_theta": "x"}, "field 'rope_theta': expected a positive finite number, got \"x\""),
+    ({"rope_theta": "x"}, "field 'rope_theta': expected a positive finite number, got 'x'"),
     ({"block_multiple_of": 0}, "field 'block_multiple_of': expected an integer from 1 to 1,048,576, got 0"),
     ({"hidden_size": 10**12}, "field 'hidden_size': expected an integer from 1 to 65,536, got 1000000000000"),
     ({"num_hidden_layers": True}, "field 'num_hidden_layers': expected an integer from 1 to 1,024, got true"),
@@ -149,7 +149,7 @@ def test_state_sizes_show_the_hybrid_advantage():
     ({"num_key_value_heads": 64}, "field 'num_key_value_heads': 64 does not divide num_attention_heads=32"),
     ({"norm_eps": float("nan")}, "field 'norm_eps': expected a positive finite number, got NaN"),
     ({"norm_eps": 0}, "field 'norm_eps': expected a positive finite number, got 0"),
-    ({"conv_bias": "false"}, "field 'conv_bias': expected true or false, got \"false\""),
+    ({"conv_bias": "false"}, "field 'conv_bias': expected true or false, got 'false'"),
     ({"torch_dtype": 16}, "field 'torch_dtype': expected one of bfloat16"),
     ({"eos_token_id": 65536}, "field 'eos_token_id': expected a token id from 0 to 65535 (vocab_size - 1), got 65536"),
     ({"eos_token_id": [7, -1]}, "field 'eos_token_id': entry 1 is -1; expected a token id from 0 to 65535"),
