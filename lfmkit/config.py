@@ -28,7 +28,8 @@ from .errors import ConfigError
 CONV = "conv"
 ATTENTION = "full_attention"
 SUPPORTED_MODEL_TYPES = ("lfm2",)
-DTYPE_NAMES = ("bfloat16", "float16", "float32", "float64", "bf16", "fp16", "fp32", "half", "float")
+# torch_dtype values a config.json may hold (io.safetensors maps them to torch dtypes; others load as float32).
+CONFIG_DTYPES = ("bfloat16", "float16", "float32", "float64", "bf16", "fp16", "fp32", "half", "float")
 
 # The largest value each size field accepts: far above any real language model, yet small
 # enough that every shape derived from them is a tensor torch can describe (a corrupt
@@ -45,7 +46,7 @@ SIZE_LIMITS = {
     "conv_L_cache": 1024,
     "max_position_embeddings": 1 << 24,
 }
-MAX_FFN_MULTIPLIER = 1024   # times block_ff_dim's limit still a finite float
+MAX_FFN_MULTIPLIER = 1024   # block_ffn_dim_multiplier's cap (its product with any block_ff_dim stays finite)
 BOOL_FIELDS = ("block_auto_adjust_ff_dim", "conv_bias", "tie_word_embeddings")
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -191,8 +192,8 @@ class LFM2Config:
         _need_positive("rope_theta", self.rope_theta)
         if self.block_ffn_dim_multiplier is not None:
             _need_positive("block_ffn_dim_multiplier", self.block_ffn_dim_multiplier, high=MAX_FFN_MULTIPLIER)
-        if self.torch_dtype not in DTYPE_NAMES:
-            raise _field_error("torch_dtype", f"expected one of {', '.join(DTYPE_NAMES)}, "
+        if self.torch_dtype not in CONFIG_DTYPES:
+            raise _field_error("torch_dtype", f"expected one of {', '.join(CONFIG_DTYPES)}, "
                                               f"got {shown(self.torch_dtype)}")
         if self.name is not None and not isinstance(self.name, str):
             raise _field_error("name", f"expected a string, got {shown(self.name)}")

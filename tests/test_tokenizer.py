@@ -232,17 +232,17 @@ def test_unparsable_files_are_named_with_the_parse_error(tmp_path, tok_dir):
     with pytest.raises(TokenizerError, match="tokenizer_config.json: eos_token must be a string or an object"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% if messages %}hi"}))
-    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: chat template: chat template does not compile: "
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: chat template does not compile: "
                                              r"Unexpected end of template.* \(line 1\)"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }\n")
-    with pytest.raises(TokenizerError, match=r"chat_template.jinja: chat template: chat template does not compile: "
+    with pytest.raises(TokenizerError, match=r"chat_template.jinja: chat template does not compile: "
                                              r"unexpected '}'"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink()
     named = [{"name": "default", "template": "ok"}, {"name": "tool_use", "template": "{%"}]
     (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": named}))
-    with pytest.raises(TokenizerError, match="chat_template.json: chat template 'tool_use': chat template does not"):
+    with pytest.raises(TokenizerError, match="chat_template.json: template 'tool_use': chat template does not compile"):
         Tokenizer.from_pretrained(tmp_path)
 
 

@@ -104,17 +104,17 @@ def _chat_templates(directory: Path, config: dict) -> str | dict[str, str] | Non
                 raise TokenizerError(f"{file}: chat_template entries need a 'name' and a 'template', "
                                      f"got {shown(entry)}")
             named[entry["name"]] = entry["template"]
-        sources = {f"chat template '{name}'": text for name, text in named.items()}
+        sources = {f"template '{name}': ": text for name, text in named.items()}
     elif isinstance(template, str):
-        sources = {"chat template": template}
+        sources = {"": template}
     else:
         raise TokenizerError(f"{file}: chat_template must be a string or a list of named templates, "
                              f"got {json_type(template)}")
-    for what, text in sources.items():
+    for which, text in sources.items():
         try:
             compile_template(text)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{file}: {what}: {exc}") from None
+        except TokenizerError as exc:   # "chat template does not compile: <jinja's message> (line N)"
+            raise TokenizerError(f"{file}: {which}{exc}") from None
     return named if isinstance(template, list) else template
 
 
