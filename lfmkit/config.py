@@ -5,21 +5,78 @@ Real checkpoints spell the same fields in several ways (`block_ff_dim` or `inter
 accepts all of them and `to_dict` writes a config.json that `transformers` loads as the same
 model. The dense all-attention presets (Qwen3 shapes) exist so benchmarks can compare the
 hybrid with a same-class transformer inside one engine.
+
+Every field is checked for its type and range, and the fields against each other, when a
+config is built (`validate`): a corrupt config.json fails with one `ConfigError` line naming
+the file, the field as the file spells it, what was expected and what it holds, never later
+in a model build or an allocation. Two spellings of one field that disagree are an error too
+(transformers would silently pick one, not always the one lfmkit would).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .checks import is_finite_number, is_int, json_type, read_json_object, shown
 from .errors import ConfigError
 
 CONV = "conv"
 ATTENTION = "full_attention"
 SUPPORTED_MODEL_TYPES = ("lfm2",)
+# torch_dtype values a config.json may hold (io.safetensors maps them to torch dtypes; others load as float32).
+CONFIG_DTYPES = ("bfloat16", "float16", "float32", "float64", "bf16", "fp16", "fp32", "half", "float")
+
+# The largest value each size field accepts: far above any real language model, yet small
+# enough that every shape derived from them is a tensor torch can describe (a corrupt
+# `hidden_size: 10**12` is refused here, not in an allocation).
+SIZE_LIMITS = {
+    "vocab_size": 1 << 21,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,
+    "block_ff_dim": 1 << 20,
+    "block_multiple_of": 1 << 20,
+    "conv_L_cache": 1024,
+    "max_position_embeddings": 1 << 24,
+}
+MAX_FFN_MULTIPLIER = 1024   # block_ffn_dim_multiplier's cap (its product with any block_ff_dim stays finite)
+BOOL_FIELDS = ("block_auto_adjust_ff_dim", "conv_bias", "tie_word_embeddings")
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+# Other config.json spellings of a field, as real checkpoints write them.
+ALIASES = {
+    "num_attention_heads": ("num_heads",),
+    "block_ff_dim": ("intermediate_size",),
+    "norm_eps": ("rms_norm_eps",),
+    "tie_word_embeddings": ("tie_embedding",),
+    "torch_dtype": ("dtype",),
+}
+
+
+def _field_error(name: str, detail: str) -> ConfigError:
+    """A ConfigError about one field; `from_dict` re-words it with the file's spelling."""
+    exc = ConfigError(f"config field '{name}': {detail}")
+    exc.field, exc.detail = name, detail
+    return exc
+
+
+def _need_size(name: str, value: Any, low: int = 1) -> None:
+    high = SIZE_LIMITS[name]
+    if not (is_int(value) and low <= value <= high):
+        raise _field_error(name, f"expected an integer from {low} to {high:,}, got {shown(value)}")
+
+
+def _need_positive(name: str, value: Any, high: float = math.inf) -> None:
+    if not (is_finite_number(value) and 0 < value <= high):
+        limit = f" up to {high:,}" if high < math.inf else ""
+        raise _field_error(name, f"expected a positive finite number{limit}, got {shown(value)}")
 
 
 @dataclass
@@ -49,7 +106,8 @@ class LFM2Config:
     name: str | None = None
 
     def __post_init__(self):
-        if not self.layer_types:
+        if isinstance(self.layer_types, list) and not self.layer_types:   # the default: all attention
+            _need_size("num_hidden_layers", self.num_hidden_layers)
             self.layer_types = [ATTENTION] * self.num_hidden_layers
         self.validate()
 
@@ -114,32 +172,72 @@ class LFM2Config:
 
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> None:
-        def need(cond: bool, fieldname: str, msg: str):
-            if not cond:
-                raise ConfigError(f"config field '{fieldname}': {msg}")
+        """Raise ConfigError naming the first field whose type, range or consistency is wrong."""
+        self._check_kinds()
+        self._check_shapes()
+        self._check_token_ids()
 
+    def _check_kinds(self) -> None:
+        """Each field on its own: the JSON type and range it must have."""
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"config field 'model_type': unsupported model type {self.model_type!r} "
-                f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "block_ff_dim", "conv_L_cache", "max_position_embeddings"):
+            raise _field_error("model_type", f"unsupported model type {shown(self.model_type)} "
+                                             f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})")
+        for name in SIZE_LIMITS:
+            if name != "head_dim" or self.head_dim is not None:
+                _need_size(name, getattr(self, name), low=2 if name == "head_dim" else 1)
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise _field_error(name, f"expected true or false, got {shown(getattr(self, name))}")
+        _need_positive("norm_eps", self.norm_eps)
+        _need_positive("rope_theta", self.rope_theta)
+        if self.block_ffn_dim_multiplier is not None:
+            _need_positive("block_ffn_dim_multiplier", self.block_ffn_dim_multiplier, high=MAX_FFN_MULTIPLIER)
+        if self.torch_dtype not in CONFIG_DTYPES:
+            raise _field_error("torch_dtype", f"expected one of {', '.join(CONFIG_DTYPES)}, "
+                                              f"got {shown(self.torch_dtype)}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise _field_error("name", f"expected a string, got {shown(self.name)}")
+        types = self.layer_types
+        if not isinstance(types, (list, tuple)):
+            raise _field_error("layer_types", f"expected an array of '{CONV}' / '{ATTENTION}', got {shown(types)}")
+        for i, t in enumerate(types):
+            if not isinstance(t, str) or t not in (CONV, ATTENTION):
+                raise _field_error("layer_types", f"entry {i} is {shown(t)}; expected '{CONV}' or '{ATTENTION}'")
+
+    def _check_shapes(self) -> None:
+        """The fields against each other: heads, layer count, the derived head and FFN sizes."""
+        heads, kv = self.num_attention_heads, self.num_key_value_heads
+        if heads % kv:
+            raise _field_error("num_key_value_heads", f"{kv} does not divide num_attention_heads={heads}")
+        if self.head_dim is None and self.hidden_size % heads:
+            raise _field_error("num_attention_heads", f"{heads} does not divide hidden_size={self.hidden_size}")
+        if self.head_size % 2:
+            raise _field_error("head_dim", f"must be even for RoPE, got {self.head_size}")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise _field_error("layer_types", f"has {len(self.layer_types)} entries but "
+                                              f"num_hidden_layers={self.num_hidden_layers}")
+        high = SIZE_LIMITS["block_ff_dim"]
+        if not 1 <= self.ff_dim <= high:
+            raise _field_error("block_ff_dim", f"{self.block_ff_dim} gives an FFN width of {self.ff_dim} after "
+                                               f"block_auto_adjust_ff_dim (2/3, times block_ffn_dim_multiplier, "
+                                               f"rounded up to block_multiple_of); expected 1 to {high:,}")
+
+    def _check_token_ids(self) -> None:
+        """bos / eos / pad: ids inside the vocabulary (eos: one id or a non-empty list)."""
+        expected = f"expected a token id from 0 to {self.vocab_size - 1} (vocab_size - 1)"
+        for name in TOKEN_ID_FIELDS:
             value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
-                 f"must be a positive integer, got {value!r}")
-        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-             f"{self.num_key_value_heads} does not divide num_attention_heads={self.num_attention_heads}")
-        if self.head_dim is None:
-            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}")
-        need(self.head_size % 2 == 0, "head_dim", f"must be even for RoPE, got {self.head_size}")
-        need(len(self.layer_types) == self.num_hidden_layers, "layer_types",
-             f"has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}")
-        bad = sorted({t for t in self.layer_types if t not in (CONV, ATTENTION)})
-        need(not bad, "layer_types", f"unknown layer type(s) {bad}; expected '{CONV}' or '{ATTENTION}'")
-        need(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
-        need(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+            if name == "eos_token_id" and isinstance(value, (list, tuple)):
+                if not value:
+                    raise _field_error(name, "expected a token id or a non-empty array of them, got []")
+                for i, token_id in enumerate(value):
+                    if not self._in_vocab(token_id):
+                        raise _field_error(name, f"entry {i} is {shown(token_id)}; {expected}")
+            elif not self._in_vocab(value):
+                raise _field_error(name, f"{expected}, got {shown(value)}")
+
+    def _in_vocab(self, token_id: Any) -> bool:
+        return is_int(token_id) and 0 <= token_id < self.vocab_size
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
@@ -152,89 +250,79 @@ class LFM2Config:
     # ---- config.json ---------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "LFM2Config":
-        """Build from any config.json variant seen in real LFM2 checkpoints."""
+        """Build from any config.json variant seen in real LFM2 checkpoints.
+
+        Every error is one ConfigError line: `<source>: field '<name as spelled>': <what is wrong>`.
+        """
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        d = dict(data)
-        model_type = d.get("model_type", "lfm2")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"{source}: field 'model_type': unsupported model type {model_type!r} "
-                f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
+            raise ConfigError(f"{source}: expected a JSON object, got {json_type(data)}")
+        spelled: dict[str, str] = {}   # field -> the key the data spells it with
+        try:
+            return cls._from_fields(data, spelled)
+        except ConfigError as exc:
+            name = getattr(exc, "field", None)
+            if name is None:
+                raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"{source}: field '{spelled.get(name, name)}': {exc.detail}") from None
 
-        def pick(*names, default=None, required=False):
-            for n in names:
-                if n in d and d[n] is not None:
-                    return d[n]
-            if required:
-                raise ConfigError(f"{source}: missing field '{names[0]}'")
-            return default
+    @classmethod
+    def _from_fields(cls, d: dict[str, Any], spelled: dict[str, str]) -> "LFM2Config":
+        def pick(name: str, default: Any = None, required: bool = False) -> Any:
+            """The field's value under any of its spellings (null counts as absent)."""
+            found = [(key, d[key]) for key in (name, *ALIASES.get(name, ())) if d.get(key) is not None]
+            if not found:
+                if required:
+                    also = "".join(f" (or '{alias}')" for alias in ALIASES.get(name, ()))
+                    raise ConfigError(f"missing field '{name}'{also}")
+                return default
+            _agree(found)
+            spelled[name] = found[0][0]
+            return found[0][1]
 
+        model_type = pick("model_type", default="lfm2")
+        if model_type not in SUPPORTED_MODEL_TYPES:   # before any other field: a llama config is not a bad LFM2
+            raise _field_error("model_type", f"unsupported model type {shown(model_type)} "
+                                             f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})")
         n_layers = pick("num_hidden_layers", required=True)
-        layer_types = pick("layer_types")
-        if layer_types is None:
-            idxs = pick("full_attn_idxs")
-            if idxs is None:
-                idxs = list(range(n_layers))  # the reference's default: all attention
-            if not isinstance(idxs, list) or not all(isinstance(i, int) for i in idxs):
-                raise ConfigError(f"{source}: field 'full_attn_idxs' must be a list of integers")
-            layer_types = [ATTENTION if i in idxs else CONV for i in range(n_layers)]
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_theta = pick("rope_theta", default=None)
-        if rope_theta is None:
-            rope_theta = rope.get("rope_theta", 1_000_000.0) if isinstance(rope, dict) else 1_000_000.0
-        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-            raise ConfigError(f"{source}: field 'rope_parameters.rope_type': only 'default' RoPE is supported, "
-                              f"got {rope.get('rope_type', rope.get('type'))!r}")
-        dtype = pick("torch_dtype", "dtype", default="bfloat16")
-        kwargs = dict(
+        _need_size("num_hidden_layers", n_layers)
+        heads = pick("num_attention_heads", required=True)
+        dtype = pick("torch_dtype", default="bfloat16")
+        multiplier = d.get("block_ffn_dim_multiplier", 1.0)   # an explicit null: no multiplier, no rounding
+        return _agrees_with_attention_indices(d, cls(
             vocab_size=pick("vocab_size", default=65536),
             hidden_size=pick("hidden_size", required=True),
             num_hidden_layers=n_layers,
-            num_attention_heads=pick("num_attention_heads", "num_heads", required=True),
-            num_key_value_heads=pick("num_key_value_heads", default=None),
-            head_dim=pick("head_dim", default=None),
-            block_ff_dim=pick("block_ff_dim", "intermediate_size", required=True),
+            num_attention_heads=heads,
+            num_key_value_heads=pick("num_key_value_heads", default=heads),
+            head_dim=pick("head_dim"),
+            block_ff_dim=pick("block_ff_dim", required=True),
             block_auto_adjust_ff_dim=pick("block_auto_adjust_ff_dim", default=True),
             block_multiple_of=pick("block_multiple_of", default=256),
-            block_ffn_dim_multiplier=d.get("block_ffn_dim_multiplier", 1.0),
-            layer_types=list(layer_types),
+            block_ffn_dim_multiplier=multiplier,
+            layer_types=_layer_types(d, n_layers),
             conv_L_cache=pick("conv_L_cache", default=3),
             conv_bias=pick("conv_bias", default=False),
-            norm_eps=pick("norm_eps", "rms_norm_eps", default=1e-5),
-            rope_theta=float(rope_theta),
+            norm_eps=pick("norm_eps", default=1e-5),
+            rope_theta=_rope_theta(d),
             max_position_embeddings=pick("max_position_embeddings", default=128_000),
-            tie_word_embeddings=pick("tie_word_embeddings", "tie_embedding", default=True),
+            tie_word_embeddings=pick("tie_word_embeddings", default=True),
             bos_token_id=pick("bos_token_id", default=1),
             eos_token_id=pick("eos_token_id", default=7),
             pad_token_id=pick("pad_token_id", default=0),
-            torch_dtype=str(dtype).replace("torch.", ""),
+            torch_dtype=dtype.replace("torch.", "") if isinstance(dtype, str) else dtype,
             model_type=model_type,
-        )
-        if kwargs["num_key_value_heads"] is None:
-            kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
-        try:
-            return cls(**kwargs)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        except TypeError as exc:  # e.g. comparing a string with an int
-            raise ConfigError(f"{source}: {exc}") from None
+        ))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "LFM2Config":
         """Read `config.json` from a checkpoint directory (or the file itself)."""
         p = Path(path)
-        file = p / "config.json" if p.is_dir() else p
         if not p.exists():
             raise ConfigError(f"{p}: no such file or directory")
+        file = p / "config.json" if p.is_dir() else p
         if not file.is_file():
             raise ConfigError(f"{file}: missing config.json")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{file}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, source=str(file))
+        return cls.from_dict(read_json_object(file, ConfigError), source=str(file))
 
     def to_dict(self) -> dict[str, Any]:
         """A config.json that both lfmkit and transformers' Lfm2ForCausalLM read as this model."""
@@ -304,6 +392,74 @@ class LFM2Config:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _agree(found: list[tuple[str, Any]]) -> None:
+    """Two spellings of one field in one file must hold the same value."""
+    (first, a), *rest = found
+    for key, b in rest:
+        if a != b or isinstance(a, bool) != isinstance(b, bool):
+            raise ConfigError(f"fields '{first}' ({shown(a)}) and '{key}' ({shown(b)}) disagree; "
+                              f"they are two spellings of one setting")
+
+
+def _attention_indices(d: dict[str, Any], n_layers: int) -> list[int]:
+    """`full_attn_idxs` checked: an array of layer indices in [0, n_layers)."""
+    idxs = d["full_attn_idxs"]
+    if not isinstance(idxs, list):
+        raise _field_error("full_attn_idxs", f"expected an array of layer indices, got {shown(idxs)}")
+    for i in idxs:
+        if not (is_int(i) and 0 <= i < n_layers):
+            raise _field_error("full_attn_idxs", f"entry {shown(i)} is not a layer index from 0 to "
+                                                 f"num_hidden_layers-1={n_layers - 1}")
+    return idxs
+
+
+def _agrees_with_attention_indices(d: dict[str, Any], config: LFM2Config) -> LFM2Config:
+    """A file with both `layer_types` and `full_attn_idxs` must mean the same layout by each."""
+    if d.get("layer_types") is not None and d.get("full_attn_idxs") is not None:
+        idxs = _attention_indices(d, config.num_hidden_layers)
+        if sorted(set(idxs)) != config.attention_layers:
+            raise _field_error("full_attn_idxs", f"{shown(idxs)} disagrees with layer_types "
+                                                 f"(attention at {config.attention_layers})")
+    return config
+
+
+def _layer_types(d: dict[str, Any], n_layers: int) -> list[str]:
+    """`layer_types`, else the layout `full_attn_idxs` names, else all attention (the reference's default)."""
+    types = d.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or not types:
+            raise _field_error("layer_types", f"expected a non-empty array of '{CONV}' / '{ATTENTION}', "
+                                              f"got {shown(types)}")
+        return list(types)
+    if d.get("full_attn_idxs") is None:
+        return [ATTENTION] * n_layers
+    idxs = set(_attention_indices(d, n_layers))
+    return [ATTENTION if i in idxs else CONV for i in range(n_layers)]
+
+
+def _rope_theta(d: dict[str, Any]) -> float:
+    """`rope_theta`, at the top level or inside `rope_parameters` / `rope_scaling` (default RoPE only)."""
+    rope_key, rope = "rope_parameters", {}
+    found = [(key, d[key]) for key in ("rope_parameters", "rope_scaling") if d.get(key) is not None]
+    if found:
+        _agree(found)
+        rope_key, rope = found[0]
+        if not isinstance(rope, dict):
+            raise _field_error(rope_key, f"expected an object, got {shown(rope)}")
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind not in ("default", None):
+            raise _field_error(f"{rope_key}.rope_type", f"only 'default' RoPE is supported, got {shown(kind)}")
+    thetas = [(key, value) for key, value in (("rope_theta", d.get("rope_theta")),
+                                              (f"{rope_key}.rope_theta", rope.get("rope_theta")))
+              if value is not None]
+    if not thetas:
+        return 1_000_000.0
+    _agree(thetas)
+    key, theta = thetas[0]
+    _need_positive(key, theta)
+    return float(theta)
 
 
 def _hybrid(hidden, layers, attn, heads, ff, auto=True) -> LFM2Config:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import textwrap
 
 import pytest
 import torch
+from checkpoints import make_checkpoint
 from safetensors.torch import load_file, save_file
 
-from checkpoints import make_checkpoint
 from lfmkit import LFM2, CheckpointError, ConfigError, LFM2Config
 from lfmkit.io.hub import resolve_model_path
 
@@ -84,6 +85,28 @@ def test_corrupt_header_names_the_file(ckpt, garbage):
     path, _ = ckpt
     (path / "model.safetensors").write_bytes(garbage)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: (not a safetensors|corrupt)"):
+        LFM2.from_pretrained(path)
+
+
+@pytest.mark.parametrize("garbage", [struct.pack("<Q", 2) + b"\xff\xfe", struct.pack("<Q", 20000) + b"[" * 20000])
+def test_header_that_is_not_utf8_or_nests_too_deep_names_the_file(ckpt, garbage):
+    path, _ = ckpt
+    (path / "model.safetensors").write_bytes(garbage)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt safetensors header"):
+        LFM2.from_pretrained(path)
+
+
+@pytest.mark.parametrize("index, message", [
+    (b"\xff{}", "not UTF-8 text"),
+    (b'{"weight_map": ', "not valid JSON"),
+    (b"[]", "expected a JSON object, got an array"),
+    (b'{"weight_map": ["model.safetensors"]}', "not a valid safetensors index ('weight_map' must map tensor names"),
+    (b'{"weight_map": {"model.norm.weight": 5}}', "not a valid safetensors index ('weight_map' must map tensor names"),
+])
+def test_corrupt_shard_index_names_the_file(ckpt, index, message):
+    path, _ = ckpt
+    (path / "model.safetensors.index.json").write_bytes(index)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json: " + re.escape(message)):
         LFM2.from_pretrained(path)
 
 

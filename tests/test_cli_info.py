@@ -1,12 +1,16 @@
 """`lfmkit info`: summaries for presets and checkpoints; bad input is one clear line, exit 2."""
 
+import io
 import json
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
-
 from checkpoints import make_checkpoint
+from hypothesis import HealthCheck, given, settings
+from test_config import REAL_STYLE, corrupt_config_json
+
 from lfmkit.cli import main
 
 
@@ -50,3 +54,30 @@ def test_info_bad_config_is_one_line(tmp_path):
 def test_help_lists_commands():
     code, out, _ = run_cli("--help")
     assert code == 0 and "info" in out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layer_types": 5}, "config.json: field 'layer_types': expected a non-empty array"),
+    ({"hidden_size": 10**12}, "config.json: field 'hidden_size': expected an integer from 1 to 65,536"),
+])
+def test_info_on_a_corrupt_config_is_one_line_in_a_real_process(tmp_path, change, message):
+    data = dict(REAL_STYLE, **change)
+    data.pop("full_attn_idxs")
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    code, out, err = run_cli("info", str(tmp_path))
+    assert (code, out) == (2, "") and err.count("\n") == 1 and message in err
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=corrupt_config_json())
+def test_info_on_any_corrupt_config_prints_its_facts_or_one_error_line_exit_2(tmp_path, raw):
+    (tmp_path / "config.json").write_bytes(raw)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["info", str(tmp_path)])
+    if code == 0:
+        assert err.getvalue() == "" and "parameters" in out.getvalue()
+    else:
+        assert code == 2 and out.getvalue() == ""
+        assert err.getvalue().startswith(f"lfmkit info: error: {tmp_path / 'config.json'}: ")
+        assert err.getvalue().count("\n") == 1

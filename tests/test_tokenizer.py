@@ -212,3 +212,114 @@ def test_build_script(tmp_path, capsys):
     assert main([str(tmp_path / "out"), "--vocab-size", "320"]) == 0
     assert "320-id test tokenizer" in capsys.readouterr().out
     assert Tokenizer.from_pretrained(tmp_path / "out").vocab_size == 320
+
+
+def test_unparsable_files_are_named_with_the_parse_error(tmp_path, tok_dir):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((tok_dir / name).read_bytes())
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {')
+    with pytest.raises(TokenizerError, match=r"tokenizer.json: not a usable tokenizer.json: EOF while parsing .* "
+                                             r"at line 1 column \d+"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"model": 5}')
+    with pytest.raises(TokenizerError, match="tokenizer.json: not a usable tokenizer.json: data did not match"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|im_end|>",')
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: not valid JSON \(Expecting property name"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": 7}))
+    with pytest.raises(TokenizerError, match="tokenizer_config.json: eos_token must be a string or an object"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% if messages %}hi"}))
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: chat template does not compile: "
+                                             r"Unexpected end of template.* \(line 1\)"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }\n")
+    with pytest.raises(TokenizerError, match=r"chat_template.jinja: chat template does not compile: "
+                                             r"unexpected '}'"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    named = [{"name": "default", "template": "ok"}, {"name": "tool_use", "template": "{%"}]
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": named}))
+    with pytest.raises(TokenizerError, match="chat_template.json: template 'tool_use': chat template does not compile"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_loaded_checkpoint_with_a_broken_tokenizer_says_so(tmp_path):
+    from checkpoints import make_checkpoint
+
+    from lfmkit import LFM2
+    from lfmkit.inference.generate import load_tokenizer_for
+
+    path, _ = make_checkpoint(tmp_path / "ckpt", with_tokenizer=True)
+    model = LFM2.from_pretrained(path)
+    assert load_tokenizer_for(model).vocab_size == 512
+    (path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match=f"{path / 'tokenizer.json'}: not a usable tokenizer.json"):
+        load_tokenizer_for(model)
+    (path / "tokenizer.json").unlink()
+    assert load_tokenizer_for(model) is None   # no tokenizer at all: not an error
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                      max_size=3),
+                           max_leaves=6)
+JINJA_PIECES = st.lists(st.sampled_from(["{%", "%}", "{{", "}}", "{#", "#}", " if ", " for m in messages ", " endif ",
+                                         " endfor ", "messages", "[0]", "|", "tojson", "(", ")", "'", "x", "\n"]),
+                        max_size=12).map("".join)
+
+
+def _corrupt(data, draw):
+    """`data` (parsed JSON) with one entry at a random depth replaced by a random JSON value, or deleted."""
+    while isinstance(data, (dict, list)) and data and draw(st.booleans()):
+        keys = sorted(data) if isinstance(data, dict) else range(len(data))
+        key = draw(st.sampled_from(list(keys)))
+        if not isinstance(data[key], (dict, list)) or not data[key]:
+            break
+        data = data[key]
+    if isinstance(data, dict) and data:
+        key = draw(st.sampled_from(sorted(data)))
+    elif isinstance(data, list) and data:
+        key = draw(st.integers(0, len(data) - 1))
+    else:
+        return
+    if draw(st.booleans()):
+        del data[key]
+    else:
+        data[key] = draw(JSON_VALUES)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_tokenizer_files_load_or_raise_one_tokenizer_error_line(tmp_path_factory, tok_dir, data):
+    directory = tmp_path_factory.mktemp("corrupt")
+    for name in TOKENIZER_FILES:
+        (directory / name).write_bytes((tok_dir / name).read_bytes())
+    name = data.draw(st.sampled_from(TOKENIZER_FILES + ("chat_template.jinja",)), label="file")
+    raw = (tok_dir / name).read_bytes() if name != "chat_template.jinja" else b"{{ messages }}"
+    how = data.draw(st.sampled_from(["truncate", "garbage", "json", "structure", "template"]), label="how")
+    if how == "truncate":
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+    elif how == "garbage":
+        raw = data.draw(st.binary(max_size=40))
+    elif how == "json":
+        raw = json.dumps(data.draw(JSON_VALUES)).encode()
+    elif how == "structure" and name != "chat_template.jinja":
+        parsed = json.loads(raw)
+        _corrupt(parsed, data.draw)
+        raw = json.dumps(parsed).encode()
+    else:   # a chat template of jinja-ish pieces, in its own file or in tokenizer_config.json & co.
+        raw = data.draw(JINJA_PIECES).encode()
+        if name != "chat_template.jinja":
+            raw = json.dumps(dict(json.loads((tok_dir / name).read_bytes()), chat_template=raw.decode())).encode()
+    (directory / name).write_bytes(raw)
+    try:
+        t = Tokenizer.from_pretrained(directory)
+    except TokenizerError as exc:
+        assert str(exc).startswith(f"{directory}/") and "\n" not in str(exc)
+        return
+    text = "Hello <|im_start|> world"
+    assert isinstance(t.decode(t.encode(text)), str)

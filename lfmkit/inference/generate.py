@@ -211,17 +211,12 @@ def eos_token_ids(model, tokenizer=None) -> set[int]:
 
 
 def load_tokenizer_for(model):
-    """The tokenizer shipped with a loaded checkpoint (None when it has none)."""
-    from ..errors import TokenizerError
+    """The tokenizer shipped with a loaded checkpoint (None when it has none; a TokenizerError
+    naming the file when it ships one that does not load)."""
     from ..text.tokenizer import Tokenizer
 
     path = getattr(model, "source_path", None)
-    if path is None:
-        return None
-    try:
-        return Tokenizer.from_pretrained(path)
-    except TokenizerError:
-        return None
+    return None if path is None else Tokenizer.from_checkpoint(path)
 
 
 def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncate: bool,

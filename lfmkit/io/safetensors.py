@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import read_json_object, shown
 from ..errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
@@ -58,7 +59,7 @@ class SafetensorsFile:
                 header = json.loads(f.read(n).decode("utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:   # not UTF-8, not JSON, a 5000-digit number, deep nesting
             raise CheckpointError(f"{self.path}: corrupt safetensors header ({exc})") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: corrupt safetensors header (not a JSON object)")
@@ -116,10 +117,10 @@ def checkpoint_files(directory: Path) -> list[Path]:
     index = directory / INDEX_NAME
     single = directory / WEIGHTS_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from None
+        weight_map = read_json_object(index, CheckpointError).get("weight_map")
+        if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+            raise CheckpointError(f"{index}: not a valid safetensors index ('weight_map' must map tensor names "
+                                  f"to shard file names, got {shown(weight_map)})")
         files = sorted({directory / f for f in weight_map.values()})
         for f in files:
             if not f.is_file():

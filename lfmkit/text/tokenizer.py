@@ -14,13 +14,13 @@ the pieces concatenate to exactly `decode(all ids)`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable
 
-from .chat_template import LFM2_CHAT_TEMPLATE, render_chat_template
+from ..checks import is_int, json_type, read_json_object, shown
 from ..errors import TokenizerError
+from .chat_template import LFM2_CHAT_TEMPLATE, compile_template, render_chat_template
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -32,46 +32,100 @@ REPLACEMENT = "\ufffd"
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TokenizerError(f"{path}: cannot read it as JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, TokenizerError)
 
 
-def _token_text(value) -> str | None:
-    """A named token as written in the configs: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
+def _token_text(value, file: Path, name: str) -> str | None:
+    """A named token as written in the configs: a string, an AddedToken dict, or null."""
+    text = value.get("content") if isinstance(value, dict) else value
+    if text is not None and not isinstance(text, str):
+        raise TokenizerError(f"{file}: {name} must be a string or an object with a string 'content', "
+                             f"got {shown(value)}")
+    return text
 
 
-def _chat_templates(directory: Path, config: dict) -> str | dict[str, str] | None:
-    """The checkpoint's chat template(s): chat_template.jinja > chat_template.json > tokenizer_config."""
+def _special_tokens(directory: Path, backend, config: dict) -> dict[str, str]:
+    """The named tokens (bos_token, eos_token, ...): tokenizer_config.json, else
+    special_tokens_map.json, else the bos/eos/pad ids of config.json (checkpoints without either)."""
+    sources = [(directory / CONFIG_FILE, config)]
+    if (directory / SPECIAL_MAP_FILE).is_file():
+        sources.append((directory / SPECIAL_MAP_FILE, _read_json(directory / SPECIAL_MAP_FILE)))
+    special = {}
+    for name in NAMED_TOKENS:
+        for file, data in sources:
+            text = _token_text(data.get(name), file, name)
+            if text:
+                if backend.token_to_id(text) is None:
+                    raise TokenizerError(f"{file}: {name} {text!r} is not in the vocabulary")
+                special[name] = text
+                break
+    model_config = directory / "config.json"
+    if model_config.is_file() and not all(k in special for k in ("bos_token", "eos_token", "pad_token")):
+        cfg = _read_json(model_config)
+        for name in ("bos_token", "eos_token", "pad_token"):
+            token_id = cfg.get(f"{name}_id")
+            if isinstance(token_id, list):
+                token_id = token_id[0] if token_id else None
+            if name not in special and is_int(token_id) and token_id >= 0:
+                text = backend.id_to_token(token_id)
+                if text is not None:
+                    special[name] = text
+    return special
+
+
+def _template_source(directory: Path, config: dict) -> tuple[Path, object]:
+    """Where the checkpoint's chat template is written, and what is written there:
+    chat_template.jinja > chat_template.json > tokenizer_config.json."""
     jinja_file = directory / TEMPLATE_FILE
     if jinja_file.is_file():
         try:
-            return jinja_file.read_text(encoding="utf-8")
+            return jinja_file, jinja_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise TokenizerError(f"{jinja_file}: cannot read it: {exc}") from None
     json_file = directory / TEMPLATE_JSON_FILE
-    template = _read_json(json_file).get("chat_template") if json_file.is_file() else None
+    if json_file.is_file():
+        template = _read_json(json_file).get("chat_template")
+        if template is not None:
+            return json_file, template
+    return directory / CONFIG_FILE, config.get("chat_template")
+
+
+def _chat_templates(directory: Path, config: dict) -> str | dict[str, str] | None:
+    """The checkpoint's chat template(s), each compiled here so that a broken one is reported
+    at load, naming its file, rather than at the first chat request."""
+    file, template = _template_source(directory, config)
     if template is None:
-        template = config.get("chat_template")
+        return None
     if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
         named = {}
         for entry in template:
             if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
                     and isinstance(entry.get("template"), str)):
-                raise TokenizerError(f"{directory}: chat_template entries need a 'name' and a 'template'")
+                raise TokenizerError(f"{file}: chat_template entries need a 'name' and a 'template', "
+                                     f"got {shown(entry)}")
             named[entry["name"]] = entry["template"]
-        return named
-    if template is not None and not isinstance(template, str):
-        raise TokenizerError(f"{directory / CONFIG_FILE}: chat_template must be a string, "
-                             f"got {type(template).__name__}")
-    return template
+        sources = {f"template '{name}': ": text for name, text in named.items()}
+    elif isinstance(template, str):
+        sources = {"": template}
+    else:
+        raise TokenizerError(f"{file}: chat_template must be a string or a list of named templates, "
+                             f"got {json_type(template)}")
+    for which, text in sources.items():
+        try:
+            compile_template(text)
+        except TokenizerError as exc:   # "chat template does not compile: <jinja's message> (line N)"
+            raise TokenizerError(f"{file}: {which}{exc}") from None
+    return named if isinstance(template, list) else template
+
+
+def _read_backend(file: Path):
+    """tokenizer.json through the `tokenizers` library; its parse error, with line and column, names the file."""
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        return Backend.from_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
+        raise TokenizerError(f"{file}: not a usable tokenizer.json: {exc}") from None
 
 
 class Tokenizer:
@@ -98,7 +152,10 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, revision: str | None = None) -> "Tokenizer":
-        """Load from a checkpoint directory, a tokenizer.json file, or a Hub id (via checkpoint.py)."""
+        """Load from a checkpoint directory, a tokenizer.json file, or a Hub id (via checkpoint.py).
+
+        Every file that is missing, does not parse or holds the wrong structure is a
+        TokenizerError naming the file (and the parser's complaint)."""
         directory = Path(os.path.expanduser(str(path)))
         if not directory.exists():
             from ..io.hub import resolve_model_path  # Hub ids only; keeps torch out of the common path
@@ -108,36 +165,20 @@ class Tokenizer:
         directory = tokenizer_file.parent
         if not tokenizer_file.is_file():
             raise TokenizerError(f"{tokenizer_file}: no such file (the checkpoint ships no tokenizer)")
-        from tokenizers import Tokenizer as Backend
-
-        try:
-            backend = Backend.from_file(str(tokenizer_file))
-        except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
-            raise TokenizerError(f"{tokenizer_file}: not a usable tokenizer.json: {exc}") from None
-
+        backend = _read_backend(tokenizer_file)
         config = _read_json(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
-        special_map = (_read_json(directory / SPECIAL_MAP_FILE)
-                       if (directory / SPECIAL_MAP_FILE).is_file() else {})
-        special = {}
-        for name in NAMED_TOKENS:
-            text = _token_text(config.get(name)) or _token_text(special_map.get(name))
-            if text is not None:
-                if backend.token_to_id(text) is None:
-                    raise TokenizerError(f"{directory / CONFIG_FILE}: {name} {text!r} is not in the vocabulary")
-                special[name] = text
-        # Checkpoints without tokenizer_config.json: fall back to the ids in config.json.
-        model_config = directory / "config.json"
-        if model_config.is_file() and not all(k in special for k in ("bos_token", "eos_token", "pad_token")):
-            cfg = _read_json(model_config)
-            for name in ("bos_token", "eos_token", "pad_token"):
-                token_id = cfg.get(f"{name}_id")
-                if isinstance(token_id, list):
-                    token_id = token_id[0] if token_id else None
-                if name not in special and isinstance(token_id, int):
-                    text = backend.id_to_token(token_id)
-                    if text is not None:
-                        special[name] = text
+        special = _special_tokens(directory, backend, config)
         return cls(backend, special, _chat_templates(directory, config), path=directory)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike) -> "Tokenizer | None":
+        """The tokenizer a checkpoint directory ships, or None when it has no tokenizer.json.
+
+        Unlike "absent", a tokenizer file that is there but broken is an error (naming the file),
+        not a silent None: a user who ships a tokenizer wants to hear that it does not load."""
+        if not (Path(directory) / TOKENIZER_FILE).exists():
+            return None
+        return cls.from_pretrained(directory)
 
     def _id_or_none(self, token: str | None) -> int | None:
         return None if token is None else self._backend.token_to_id(token)
