@@ -1,0 +1,1 @@
+"""Training-side tools that produce new checkpoints: fine-tuning, preference optimization, merging."""
