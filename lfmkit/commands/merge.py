@@ -48,19 +48,21 @@ def register(sub) -> None:
     p.add_argument("config", help="the merge config (mergekit's YAML format)")
     p.add_argument("output", help="the checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drop (default: 0)")
-    p.add_argument("--max-shard-size", type=parse_size, default="2GiB", metavar="SIZE",
-                   help="largest safetensors shard to write (default: 2GiB)")
+    p.add_argument("--max-shard-size", type=parse_size, metavar="SIZE",
+                   help="largest safetensors shard to write, and so the most output held in memory "
+                        "(default: 1GiB)")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in a non-empty OUTPUT")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..train.merge import merge
+    from ..train.merge import DEFAULT_MAX_SHARD_BYTES, merge
     from ..train.merge_config import load_merge_config
 
     start = time.perf_counter()
     cfg = load_merge_config(args.config)
-    out = merge(cfg, args.output, seed=args.seed, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+    out = merge(cfg, args.output, seed=args.seed, max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
+                overwrite=args.overwrite)
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     models = {s.model for seg in cfg.segments for s in seg.sources} | ({cfg.base_model} if cfg.base_model else set())
     print(f"merged {len(models)} models with {cfg.method.name} into {out} ({len(shards)} shard"

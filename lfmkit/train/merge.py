@@ -49,7 +49,7 @@ from ..text.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
 from .merge_config import MergeConfig, Segment, load_merge_config, resolve
 from .merge_methods import REQUIRED
 
-DEFAULT_MAX_SHARD_BYTES = 2 * 2**30
+DEFAULT_MAX_SHARD_BYTES = 2**30     # 1 GiB: the most output held before it is written
 CONFIG_COPY = "mergekit_config.yml"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 HEAD = "lm_head.weight"          # mergekit's "post" weight: merged with the last slice's sources
