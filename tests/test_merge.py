@@ -4,6 +4,7 @@ the result loads in transformers with the logits lfmkit computes; merging stream
 per input alive at a time); a bad config is one line naming the field."""
 
 import json
+import shutil
 import weakref
 import zlib
 
@@ -133,6 +134,7 @@ def documented_seed(seed, name):
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_equals_mergekit_with_the_documented_seed(method, models, tmp_path):
     pytest.importorskip("mergekit")
+    from mergekit.config import evaluate_setting as mergekit_evaluate
     from mergekit.merge_methods import registry
     from mergekit.merge_methods.base import TensorGroup
 
@@ -145,7 +147,7 @@ def test_dare_equals_mergekit_with_the_documented_seed(method, models, tmp_path)
     n_layers = 4
     for name, merged in ours.items():
         layer = int(name.split(".")[2]) if name.startswith("model.layers.") else 0
-        density2 = 0.3 + (0.8 - 0.3) * layer / (n_layers - 1)
+        density2 = mergekit_evaluate(name, [0.3, 0.8], layer / (n_layers - 1), validate=float)
         group = TensorGroup.from_tensors([x[name] for x in inputs], base_index=0)
         torch.manual_seed(documented_seed(7, name))
         (expected,) = registry.get(method)((group,), parameters={"weight": [0.7, 0.5], "density": [0.4, density2]})
@@ -252,6 +254,16 @@ def test_bad_slices_yaml_and_output_are_one_line(models, tmp_path, capsys):
          "is the input model"),
     ]
     (tmp_path / "broken.yaml").write_text("merge_method: ties\nmodels: [a, b\n")
+    other_vocab = tmp_path / "other-vocab"
+    shutil.copytree(models[2], other_vocab)
+    tok = json.loads((other_vocab / "tokenizer.json").read_text())
+    (a, i), (b, j) = list(tok["model"]["vocab"].items())[300:302]
+    tok["model"]["vocab"].update({a: j, b: i})
+    (other_vocab / "tokenizer.json").write_text(json.dumps(tok))
+    union = with_paths(CONFIGS["ties"], [models[0], models[1], other_vocab])
+    union["tokenizer_source"] = "union"
+    cases.append((write_yaml(tmp_path / "union.yaml", union), tmp_path / "o3",
+                  "union.yaml: tokenizer_source: " + str(other_vocab) + " has a different vocabulary"))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     cases.append((tmp_path / "self.yaml", tmp_path / "full", "exists and is not empty; pass --overwrite"))

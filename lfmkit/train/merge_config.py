@@ -183,8 +183,6 @@ def _slice_segments(slices: Any, base: str | None, method: Method, fail) -> tupl
 
 
 def _source(entry: Any, where: str, method: Method, fail, sliced: bool = False) -> Source:
-    if isinstance(entry, str) and not sliced:
-        entry = {"model": entry}
     allowed = ("model", "parameters", "layer_range") if sliced else ("model", "parameters")
     if not isinstance(entry, dict) or "model" not in entry:
         raise fail(where, "expected {model: PATH, parameters: {...}}")
