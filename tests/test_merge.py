@@ -70,6 +70,10 @@ CONFIGS = {
     "linear_unnormalized_bf16": {"merge_method": "linear", "models": [
         {"model": "M0", "parameters": {"weight": 0.7}}, {"model": "M1", "parameters": {"weight": [0.1, 0.9]}}],
         "parameters": {"normalize": False}, "dtype": "bfloat16"},
+    # mergekit ignores a parameter of another method, and a model's own value of a shared one
+    "linear_with_ignored_settings": {"merge_method": "linear", "models": [
+        {"model": "M0", "parameters": {"weight": 0.4, "density": 0.5}},
+        {"model": "M1", "parameters": {"weight": 0.6, "normalize": False}}], "chat_template": "auto"},
     "slerp": {"merge_method": "slerp", "base_model": "M0", "models": [{"model": "M0"}, {"model": "M1"}],
               "parameters": {"t": 0.3}},
     # mergekit's README SLERP example: the slices form, t a gradient per filter
@@ -115,7 +119,11 @@ def test_merge_equals_mergekit_tensor_by_tensor(name, models, mergekit_merge, tm
     config = with_paths(CONFIGS[name], models)
     theirs = tensors(mergekit_merge(config, tmp_path / "mergekit"))
     assert main(["merge", str(write_yaml(tmp_path / "merge.yaml", config)), str(tmp_path / "ours")]) == 0
-    assert f"with {config['merge_method']} into" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"with {config['merge_method']} into" in out
+    if name == "linear_with_ignored_settings":
+        assert "merge.yaml: models[0].parameters.density: ignored: not a parameter of linear" in err
+        assert "merge.yaml: models[1].parameters.normalize: ignored: 'normalize' applies to the whole merge" in err
     ours = tensors(tmp_path / "ours")
     assert ours.keys() == theirs.keys() and len(ours) == 40
     for key in theirs:
@@ -211,13 +219,12 @@ def test_merge_streams_one_tensor_per_input_at_a_time(models, tmp_path, monkeypa
     (lambda c: c["models"][1].update(model="WIDE"), "models[1]", "has shape [640, 48], but base_model"),
     (lambda c: c["models"][0]["parameters"].pop("weight"), "models[0]", "ties needs 'weight'"),
     (lambda c: c["models"][0]["parameters"].update(densty=0.5), "models[0].parameters.densty",
-     "not a parameter of ties"),
+     "not a parameter of any merge method (ties takes int8_mask, normalize, rescale, lambda, weight, density)"),
     (lambda c: c["models"][1]["parameters"].update(density="lots"), "models[1].parameters.density",
      "expected a float"),
     (lambda c: c["models"][1]["parameters"].update(density=1.5), "models[1].parameters.density",
      "between 0 and 1"),
-    (lambda c: c["models"][1]["parameters"].update(normalize=True), "models[1].parameters.normalize",
-     "top-level"),
+    (lambda c: c.update(chat_template="chatml"), "chat_template", "only `auto` is accepted"),
     (lambda c: c.update(paramters={}), "paramters", "unknown field"),
     (lambda c: c.pop("base_model") and c.pop("tokenizer_source"), "base_model", "ties needs a base_model"),
     (lambda c: c.pop("base_model"), "tokenizer_source", "'base' needs a base_model"),

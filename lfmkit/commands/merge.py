@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 
 HELP = """\
@@ -61,6 +62,8 @@ def run(args) -> int:
 
     start = time.perf_counter()
     cfg = load_merge_config(args.config)
+    for note in cfg.notes:
+        print(f"lfmkit merge: note: {note}", file=sys.stderr)
     out = merge(cfg, args.output, seed=args.seed, max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
                 overwrite=args.overwrite)
     shards = sorted(p.name for p in out.glob("*.safetensors"))

@@ -215,7 +215,7 @@ def _position(name: str, segments: tuple[Segment, ...], n_layers: int) -> tuple[
 
 def _tensor_plan(cfg: MergeConfig, seg: Segment, inputs: _Models, seg_inputs: list[_Input], base_index: int | None,
                  tensor: str, t: float) -> _Plan:
-    own = {id(inputs[s.model]): s.parameters for s in seg.sources}
+    own = {id(inputs[s.model]): s for s in seg.sources}      # an input's own entry in this segment
     params: dict[str, Any] = {}
     for p in cfg.method.params:
         if p.scope == "shared":
@@ -228,9 +228,10 @@ def _tensor_plan(cfg: MergeConfig, seg: Segment, inputs: _Models, seg_inputs: li
         for i, inp in enumerate(seg_inputs):
             if p.scope == "non_base" and i == base_index:
                 continue
-            value = resolve(p, [own.get(id(inp), {}), seg.parameters, cfg.parameters], tensor, t)
+            entry = own.get(id(inp))
+            value = resolve(p, [entry.parameters if entry else {}, seg.parameters, cfg.parameters], tensor, t)
             if value is REQUIRED:
-                raise cfg.error(inp.where.removesuffix(".model"),
+                raise cfg.error(entry.where if entry else inp.where,
                                 f"{cfg.method.name} needs '{p.name}' for {inp.name} (missing for tensor "
                                 f"{tensor}); set it in its parameters or the top-level ones")
             values.append(value)

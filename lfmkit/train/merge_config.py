@@ -37,11 +37,8 @@ from ..io.safetensors import parse_dtype
 from .merge_methods import METHODS, REQUIRED, Method, Param
 
 TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                  "tokenizer_source", "tokenizer"}
-NOT_SUPPORTED = {
-    "modules": "the `modules:` form (multi-module models) does not apply to LFM2; use `models:`",
-    "chat_template": "the merged model keeps its tokenizer source's chat template",
-}
+                  "tokenizer_source", "tokenizer", "chat_template"}
+NOT_SUPPORTED = {"modules": "the `modules:` form (multi-module models) does not apply to LFM2; use `models:`"}
 TRUE_WORDS, FALSE_WORDS = {"true", "yes", "on", "1", "t", "y"}, {"false", "no", "off", "0", "f", "n"}
 
 
@@ -77,6 +74,7 @@ class MergeConfig:
     tokenizer_source: str | None                 # None, "base", "union" or a model
     file: str                                    # the config's name in messages
     text: str = field(default="", repr=False)    # the YAML as written (saved with the merge)
+    notes: tuple[str, ...] = ()                  # settings read but ignored, as mergekit ignores them
 
     def error(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{self.file}: {where}: {message}")
@@ -107,10 +105,21 @@ def load_merge_config(config: str | os.PathLike | dict | MergeConfig) -> MergeCo
     return parse_merge_config(data, str(path), text)
 
 
-def parse_merge_config(data: Any, file: str, text: str = "") -> MergeConfig:
-    def fail(where: str, message: str) -> ConfigError:
-        return ConfigError(f"{file}: {where}: {message}")
+class _Problems:
+    """`fail(where, message)`: the ConfigError to raise; `fail.note(...)`: a setting ignored."""
 
+    def __init__(self, file: str):
+        self.file, self.notes = file, []
+
+    def __call__(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {where}: {message}")
+
+    def note(self, where: str, message: str) -> None:
+        self.notes.append(f"{self.file}: {where}: {message}")
+
+
+def parse_merge_config(data: Any, file: str, text: str = "") -> MergeConfig:
+    fail = _Problems(file)
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with merge_method and models, got {type(data).__name__}")
     for key in data:
@@ -135,7 +144,9 @@ def parse_merge_config(data: Any, file: str, text: str = "") -> MergeConfig:
     dtype = _dtype(data.get("dtype"), "dtype", fail)
     out_dtype = _dtype(data.get("out_dtype"), "out_dtype", fail)
     tokenizer_source = _tokenizer_source(data, base, fail)
-    return MergeConfig(method, segments, base, parameters, dtype, out_dtype, tokenizer_source, file, text)
+    _chat_template(data.get("chat_template"), fail)
+    return MergeConfig(method, segments, base, parameters, dtype, out_dtype, tokenizer_source, file, text,
+                       tuple(fail.notes))
 
 
 def _model_name(value: Any, where: str, fail, optional: bool = False) -> str | None:
@@ -200,21 +211,28 @@ def _source(entry: Any, where: str, method: Method, fail, sliced: bool = False) 
 
 def _parameters(value: Any, where: str, method: Method, fail, per_model: bool = False) -> dict[str, Any]:
     """A `parameters:` mapping, every setting checked against the method's parameter of that name.
-    A model's own parameters may not set the shared ones (mergekit would silently ignore them)."""
+    Like mergekit, a parameter of another method, and a model's own value of a parameter that
+    applies to the whole merge, are ignored (with a note); a name no method has is an error."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise fail(where, f"expected a mapping of parameter names to values, got {value!r}")
+    kept = {}
     for name, setting in value.items():
         p = method.param(name)
         if p is None:
+            if any(m.param(name) for m in METHODS.values()):
+                fail.note(f"{where}.{name}", f"ignored: not a parameter of {method.name}")
+                continue
             known = ", ".join(q.name for q in method.params)
-            raise fail(f"{where}.{name}", f"not a parameter of {method.name} (its parameters: {known})")
+            raise fail(f"{where}.{name}", f"not a parameter of any merge method ({method.name} takes {known})")
         if per_model and p.scope == "shared":
-            raise fail(f"{where}.{name}", f"'{name}' applies to the whole merge: set it in the top-level "
-                                          f"`parameters:` (or a slice's)")
+            fail.note(f"{where}.{name}", f"ignored: '{name}' applies to the whole merge; set it in the "
+                                         f"top-level `parameters:` (or a slice's)")
+            continue
         check_setting(setting, p, f"{where}.{name}", fail)
-    return dict(value)
+        kept[name] = setting
+    return kept
 
 
 def check_setting(setting: Any, p: Param, where: str, fail) -> None:
@@ -268,6 +286,15 @@ def coerce(value: Any, p: Param, fail=None) -> Any:
 
 def _plain(message: str) -> ConfigError:
     return ConfigError(message)
+
+
+def _chat_template(value: Any, fail) -> None:
+    if value is None:
+        return
+    if value != "auto":
+        raise fail("chat_template", "not supported by lfmkit merge: the merged model keeps its tokenizer "
+                                    "source's chat template (only `auto` is accepted)")
+    fail.note("chat_template", "auto: the tokenizer source's chat template is kept")
 
 
 def _dtype(value: Any, where: str, fail) -> torch.dtype | None:
