@@ -36,11 +36,10 @@ from torch import nn
 
 from ..config import ATTENTION
 from ..errors import ExportError
+from ..text.tokenizer import TOKENIZER_FILES
 
 MODEL_FILE = "model.onnx"
 QUANTIZED_FILES = {"q4": "model_q4.onnx", "int8": "model_int8.onnx"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
 
 
 def io_names(config) -> tuple[list[str], list[str]]:

@@ -135,42 +135,79 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 
 # ---- saving ----------------------------------------------------------------------------------
+class ShardWriter:
+    """Write a checkpoint's tensors as they come, one shard file at a time, in the Hugging Face
+    layout: model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json.
+
+    A shard is written (and its tensors released) as soon as the next tensor would take it past
+    `max_shard_bytes`, so a caller streaming tensors in holds at most one shard. Shards are
+    named `*.partial` until `close()` knows their count; on an error they are removed.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_shard_bytes: int | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._written: list[tuple[Path, list[str]]] = []
+        self._total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        n = tensor.numel() * tensor.element_size()
+        if self._pending and self.max_shard_bytes and self._pending_bytes + n > self.max_shard_bytes:
+            self._flush()
+        self._pending[name] = tensor
+        self._pending_bytes += n
+        self._total += n
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        path = self.directory / f"model-{len(self._written) + 1:05d}.safetensors.partial"
+        save_file(self._pending, str(path), metadata={"format": "pt"})
+        self._written.append((path, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> Path:
+        """Write the last shard, give every shard its final name (and the index), and return the directory."""
+        if self._pending or not self._written:
+            self._flush()
+        single, index = self.directory / WEIGHTS_NAME, self.directory / INDEX_NAME
+        if len(self._written) == 1:
+            self._written[0][0].replace(single)
+            index.unlink(missing_ok=True)
+            return self.directory
+        weight_map = {}
+        for i, (path, names) in enumerate(self._written, 1):
+            fname = f"model-{i:05d}-of-{len(self._written):05d}.safetensors"
+            path.replace(self.directory / fname)
+            weight_map.update(dict.fromkeys(names, fname))
+        index.write_text(json.dumps({"metadata": {"total_size": self._total}, "weight_map": weight_map}, indent=2),
+                         encoding="utf-8")
+        single.unlink(missing_ok=True)
+        return self.directory
+
+    def discard(self) -> None:
+        """Remove the shards written so far (after a failure part-way)."""
+        for path, _ in self._written:
+            path.unlink(missing_ok=True)
+        self._written, self._pending = [], {}
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
 def write_safetensors(tensors: dict[str, torch.Tensor], directory: str | os.PathLike,
                       max_shard_bytes: int | None = None) -> Path:
     """Write `tensors` as model.safetensors, or as shards of at most `max_shard_bytes` + index."""
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = _shard(tensors, max_shard_bytes)
-    metadata = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], str(out / WEIGHTS_NAME), metadata=metadata)
-        (out / INDEX_NAME).unlink(missing_ok=True)
-        return out
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / fname), metadata=metadata)
-        for name, t in shard.items():
-            weight_map[name] = fname
-            total += t.numel() * t.element_size()
-    (out / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                             indent=2), encoding="utf-8")
-    (out / WEIGHTS_NAME).unlink(missing_ok=True)
-    return out
-
-
-def _shard(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[str, torch.Tensor]]:
-    if not max_bytes:
-        return [tensors]
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        if shards[-1] and size + n > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += n
-    return shards
+    with ShardWriter(directory, max_shard_bytes) as writer:
+        for name, t in tensors.items():
+            writer.add(name, t)
+    return writer.directory

@@ -29,6 +29,10 @@ TEMPLATE_FILE = "chat_template.jinja"
 TEMPLATE_JSON_FILE = "chat_template.json"
 NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 REPLACEMENT = "\ufffd"
+# Every file a checkpoint folder may carry for its tokenizer and chat template (copied along by
+# the exporters and by `lfmkit merge`).
+TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_MAP_FILE, TEMPLATE_FILE, TEMPLATE_JSON_FILE,
+                   "generation_config.json", "vocab.json", "merges.txt")
 
 
 def _read_json(path: Path) -> dict:

@@ -1,2 +1,2 @@
-"""Fine-tuning: LoRA adapters in PEFT's format (lora.py) and knowledge-distillation losses with a
-teacher top-k cache (distill.py)."""
+"""Training-side tools that produce new checkpoints: LoRA adapters in PEFT's format (lora.py),
+knowledge-distillation losses with a teacher top-k cache (distill.py), merging (merge.py)."""
