@@ -71,7 +71,8 @@ def plot_loss(output: str | Path) -> Path | None:
     lr_ax.plot(steps, [r["learning_rate"] for r in records], color="tab:orange", linewidth=0.8, alpha=0.7,
                label="learning rate")
     lr_ax.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    lines = ax.get_lines() + lr_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
     fig.tight_layout()
     path = Path(output) / PLOT_FILE
     fig.savefig(path)
