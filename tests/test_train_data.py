@@ -5,12 +5,11 @@ Pythonic format, reasoning included), and every bad file or row names its file a
 import json
 
 import pytest
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, write_jsonl
 
 from lfmkit.errors import DataError
 from lfmkit.train.batching import DataPlan
-from lfmkit.train.data import (IGNORE_INDEX, DataOptions, DataSource, RowEncoder, load_source, read_rows,
-                               to_document)
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, write_jsonl
+from lfmkit.train.data import IGNORE_INDEX, DataOptions, DataSource, RowEncoder, load_source, read_rows, to_document
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,8 @@ def test_prompt_completion_trains_the_completion_and_eos(encoder, tok):
 def test_conversational_prompt_completion_trains_the_completion_turn(encoder, tok, hf):
     row = PROMPT_COMPLETIONS[1]
     _, ids, trained = encoder.encode(row)
-    assert ids == hf.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True)["input_ids"]
+    want = hf.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=True)
+    assert ids == want["input_ids"]
     assert trained_text(tok, ids, trained) == "It's a tiny nematode that lives in temperate soil.<|im_end|>\n"
 
 

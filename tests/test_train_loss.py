@@ -5,6 +5,7 @@ on the same tokens and mask, padded or packed; accumulation does not change the 
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
 
 from lfmkit import LFM2
 from lfmkit.text.tokenizer import Tokenizer
@@ -14,7 +15,6 @@ from lfmkit.train.data import IGNORE_INDEX
 from lfmkit.train.losses import CausalLMLoss, chunked_head_cross_entropy, linear_cross_entropy
 from lfmkit.train.sft import load_data, sft
 from lfmkit.train.trainer import Trainer
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
 
 
 def inputs(n=37, h=16, vocab=100, seed=0):

@@ -4,10 +4,10 @@ never overfills a row; the loss of a packed batch equals the loss of the same ba
 
 import pytest
 import torch
+from checkpoints import make_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoints import make_checkpoint
 from lfmkit import LFM2
 from lfmkit.train.batching import collate, pack_best_fit_decreasing
 from lfmkit.train.data import Document, to_document
@@ -104,7 +104,7 @@ def test_packed_and_padded_loss_of_the_same_batch_are_equal(model):
     (attention_mask) give the same summed loss and the same gradients."""
     vocab = model.config.vocab_size
     docs = []
-    for i, d in enumerate(documents(vocab, [7, 3, 12, 2, 5, 9])):
+    for d in documents(vocab, [7, 3, 12, 2, 5, 9]):
         trained = [j >= len(d) // 3 for j in range(len(d))]        # a prompt part without loss
         docs.append(to_document(d.tolist(), trained, max_length=64)[0])
     loss = CausalLMLoss(chunk_size=5)

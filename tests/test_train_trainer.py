@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
 
 from lfmkit import LFM2
 from lfmkit.errors import CheckpointError, ConfigError
@@ -22,7 +23,6 @@ from lfmkit.train.config import SFTConfig
 from lfmkit.train.losses import CausalLMLoss
 from lfmkit.train.metrics import read_metrics
 from lfmkit.train.sft import sft
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
 
 STEPS = 6
 

@@ -83,8 +83,9 @@ def run_sft(args) -> int:
 
     config = config_from_args(args)
     result = sft(config)
-    print(f"trained {result.steps} steps (this run: {len(result.losses)}"
-          + (f", resumed at step {result.resumed_from}" if result.resumed_from else "")
-          + f"); final loss {result.losses[-1]:.4f}" * bool(result.losses)
-          + f"; model and metrics in {result.output}")
+    ran = f"this run: {len(result.losses)}"
+    if result.resumed_from:
+        ran += f", resumed at step {result.resumed_from}"
+    last = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
+    print(f"trained {result.steps} steps ({ran}){last}; model and metrics in {result.output}")
     return 0

@@ -111,7 +111,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
         tensors = load_file(str(path / "trainable.safetensors"))
         optim_state = torch.load(path / "optimizer.pt", weights_only=True)
         sched_state = torch.load(path / "scheduler.pt", weights_only=True)
-        rng = torch.load(path / "rng.pt", weights_only=False)   # Python's RNG state is a plain tuple
+        rng = torch.load(path / "rng.pt", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
