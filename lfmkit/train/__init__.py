@@ -9,7 +9,19 @@ packing, the step plan, collation), `losses` (chunked cross-entropy; the loss pr
 LoRA (`lora`) and distillation losses (`distill`) plug into the same trainer.
 """
 
-from .config import SFTConfig
-from .sft import sft
+from importlib import import_module
 
-__all__ = ["SFTConfig", "sft"]
+# Resolved on first use, so that `lfmkit.train.config` (which the CLI imports to build its
+# parser) does not pull in torch and the model.
+_LAZY = {"SFTConfig": "config", "sft": "sft", "Trainer": "trainer", "TrainResult": "trainer"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lfmkit.train' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
