@@ -92,13 +92,15 @@ def test_every_format_reads_the_same_rows(tmp_path):
     assert rows_of(jsonl) == rows_of(tmp_path / "d.json") == rows_of(tmp_path / "d.txt") == rows
 
 
-def test_parquet_rows_with_nested_messages(tmp_path):
+def test_parquet_rows_with_nested_messages_and_mixed_kinds(tmp_path, encoder):
     pq = pytest.importorskip("pyarrow.parquet")
     pa = pytest.importorskip("pyarrow")
-    rows = [CHATS[0], CHATS[3]]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    rows = [CHATS[0], CHATS[3], PROMPT_COMPLETIONS[0], TEXTS[0]]
+    columns = sorted({k for r in rows for k in r})
+    pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), tmp_path / "d.parquet")
     got = rows_of(tmp_path / "d.parquet")
-    assert [r["messages"] for r in got] == [r["messages"] for r in rows]
+    assert [r["messages"] for r in got[:2]] == [r["messages"] for r in rows[:2]]
+    assert [encoder.encode(r) for r in got] == [encoder.encode(r) for r in rows]
 
 
 def test_datasets_directory_saved_to_disk(tmp_path, encoder):

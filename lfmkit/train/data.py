@@ -239,6 +239,7 @@ class RowEncoder:
     def encode(self, row) -> tuple[str, list[int], list[bool]]:
         if not isinstance(row, dict):
             raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
+        row = {k: v for k, v in row.items() if v is not None}    # columnar formats fill absent fields with None
         kind = self.kind(row)
         if kind == "chat":
             ids, trained = self.chat(_messages(row, "messages"), row.get("tools"),

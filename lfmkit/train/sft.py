@@ -26,7 +26,7 @@ from ..model import LFM2
 from ..text.tokenizer import Tokenizer, copy_tokenizer_files
 from .batching import DataPlan
 from .config import SFTConfig
-from .data import DataOptions, DataSource, load_sources, training_chat_template
+from .data import DataOptions, DataSource, load_sources
 from .trainer import Trainer, TrainResult, check_output
 
 LORA_MODULE = "lfmkit.train.lora"
@@ -95,7 +95,7 @@ def load_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True):
             raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
     options = DataOptions(max_length=config.max_length, assistant_only_loss=config.assistant_only_loss,
                           completion_only_loss=config.completion_only_loss,
-                          chat_template=template or training_chat_template(tokenizer))
+                          chat_template=template)
     docs, stats = load_sources(sources, tokenizer, options)
     if verbose:
         for s, src in zip(stats, sources):
