@@ -4,6 +4,7 @@ one-line errors (exit 2) for bad settings and bad data, and the LoRA pass-throug
 import importlib.machinery
 import importlib.util
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -137,3 +138,35 @@ def test_lora_flags_reach_apply_lora_and_save_adapter(files, monkeypatch):
     assert calls["options"] == {"r": 8, "alpha": 16.0, "dropout": 0.1, "targets": ["out_proj", "in_proj"]}
     out = files[0] / "lora"
     assert calls["saved"] == out and (out / "adapter_marker").is_file() and not (out / "model.safetensors").exists()
+
+
+def test_lora_sft_resumes_exactly_and_its_adapter_loads_in_peft(files):
+    """With the real lfmkit.train.lora (skipped where it is absent): LoRA through the CLI trains
+    only the adapters, a run resumed from its middle checkpoint gives the same losses, and the
+    PEFT adapter it writes gives lfmkit's logits in peft + transformers."""
+    lora = pytest.importorskip("lfmkit.train.lora")
+    peft = pytest.importorskip("peft")
+    from transformers import Lfm2ForCausalLM
+
+    from lfmkit import LFM2
+
+    root, model_dir = files[0], files[1]
+    flags = ["--max-steps", "4", "--batch-size", "4", "--grad-accum", "2", "--learning-rate", "5e-3", "--packing",
+             "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--lora-targets", "in_proj,out_proj,q_proj",
+             "--save-every", "2"]
+    assert main(base_args(files, "lora-full", *flags)) == 0
+    assert main(base_args(files, "lora-cut", *flags)) == 0
+    cut = root / "lora-cut"
+    shutil.rmtree(cut / "checkpoints" / "step-4")       # as if killed after step 4, checkpoint 2 standing
+    assert main(base_args(files, "lora-cut", *flags, "--resume")) == 0
+    full = root / "lora-full"
+    assert [r["loss"] for r in read_metrics(cut / "metrics.jsonl")] == \
+        [r["loss"] for r in read_metrics(full / "metrics.jsonl")]
+    assert (full / "adapter_config.json").is_file() and not (full / "model.safetensors").exists()
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    with torch.no_grad():
+        ours = lora.load_adapter(LFM2.from_pretrained(model_dir), full).eval()(ids)   # eval: no LoRA dropout
+        theirs = peft.PeftModel.from_pretrained(Lfm2ForCausalLM.from_pretrained(model_dir), str(full)).eval()(ids)
+        base = Lfm2ForCausalLM.from_pretrained(model_dir).eval()(ids).logits
+    torch.testing.assert_close(theirs.logits, ours, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base, ours, atol=1e-4)

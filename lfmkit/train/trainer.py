@@ -42,7 +42,7 @@ from .metrics import METRICS_FILE, MetricsLog, plot_loss
 
 CONFIG_FILE = "train_config.json"
 # Settings a resumed run may change without changing its losses.
-RESUME_FREE = frozenset({"resume", "save_every", "save_limit", "progress", "device", "save_dtype"})
+RESUME_FREE = frozenset({"resume", "output", "save_every", "save_limit", "progress", "device", "save_dtype"})
 
 
 class Schedule:
