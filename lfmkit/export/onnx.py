@@ -35,7 +35,7 @@ from torch import nn
 
 from ..config import ATTENTION
 from ..errors import ExportError
-from ..text.tokenizer import copy_tokenizer_files
+from ..text.tokenizer import TOKENIZER_FILES, copy_tokenizer_files  # noqa: F401 - TOKENIZER_FILES kept importable here
 
 MODEL_FILE = "model.onnx"
 QUANTIZED_FILES = {"q4": "model_q4.onnx", "int8": "model_int8.onnx"}
