@@ -11,6 +11,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     ContextLengthError,
+    DataError,
     ExportError,
     GenerationError,
     LFMKitError,
@@ -52,11 +53,13 @@ _LAZY = {
     "random_quantized": "loader",
     "write_gguf": "export.gguf",
     "export_onnx": "export.onnx",
+    "sft": "train.sft",
+    "SFTConfig": "train.config",
 }
 
 
 __all__ = ["LFMKitError", "ConfigError", "CheckpointError", "TokenizerError", "ToolCallParseError",
-           "GenerationError", "ContextLengthError", "ExportError", "LFM2Config", "LFM2", "LFM2State", *_LAZY]
+           "GenerationError", "ContextLengthError", "ExportError", "DataError", "LFM2Config", "LFM2", "LFM2State", *_LAZY]
 
 
 def __getattr__(name: str):

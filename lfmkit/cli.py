@@ -15,13 +15,13 @@ import sys
 from .errors import LFMKitError
 
 # (module under lfmkit.commands) in the order they appear in --help.
-COMMANDS = ("info", "run", "chat", "bench", "serve", "export", "merge", "merge_lora")
+COMMANDS = ("info", "run", "chat", "bench", "serve", "export", "train", "merge", "merge_lora")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lfmkit",
-        description="Run, chat with, serve, benchmark and export LFM2 hybrid language models.",
+        description="Run, chat with, serve, benchmark, export and fine-tune LFM2 hybrid language models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

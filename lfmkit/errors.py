@@ -40,3 +40,7 @@ class ContextLengthError(GenerationError):
 
 class ExportError(LFMKitError):
     """A model cannot be written in the requested export format."""
+
+
+class DataError(LFMKitError, ValueError):
+    """A training data file or one of its rows is unusable; the message names the file and line (or row)."""

@@ -330,3 +330,24 @@ def test_python_functions_as_tools_like_transformers(tok, hf):
     assert '"name": "get_weather"' in ours
     with pytest.raises(TokenizerError, match="tools\\[0\\]"):
         tok.apply_chat_template(messages, tools=[lambda x: x])
+
+
+def test_generation_spans_are_the_assistant_blocks_and_leave_the_text_unchanged():
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+    spans = []
+    text = render_chat_template(LFM2_CHAT_TEMPLATE, messages, special_tokens={"bos_token": "<s>"},
+                                generation_spans=spans)
+    assert text == render_chat_template(LFM2_CHAT_TEMPLATE, messages, special_tokens={"bos_token": "<s>"})
+    assert [text[a:b] for a, b in spans] == ["hello<|im_end|>\n", "see you<|im_end|>\n"]
+
+
+def test_a_generation_block_buffered_inside_a_macro_is_refused_not_misplaced():
+    source = ("{% macro turn(m) %}<{% generation %}{{ m.content }}{% endgeneration %}{% endmacro %}"
+              "{% for m in messages %}[{{ turn(m) }}]{% endfor %}")
+    messages = [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]
+    with pytest.raises(TokenizerError, match="generation"):
+        render_chat_template(source, messages, generation_spans=[])
+    spans = []    # a macro that is just the block: emitted where it renders, so located exactly
+    text = render_chat_template(source.replace("%}<{%", "%}{%"), messages, generation_spans=spans)
+    assert [text[a:b] for a, b in spans] == ["x", "y"]

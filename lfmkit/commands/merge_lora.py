@@ -4,7 +4,6 @@ a plain Hugging Face checkpoint (config.json, safetensors, tokenizer and chat te
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -32,9 +31,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export.onnx import TOKENIZER_FILES
     from ..io.hub import resolve_model_path
     from ..model.lfm2 import LFM2
+    from ..text.tokenizer import copy_tokenizer_files
     from ..train.lora import load_adapter, lora_layers, merge_lora
 
     t0 = time.perf_counter()
@@ -44,13 +43,8 @@ def run(args) -> int:
     merge_lora(model)
     out = Path(args.output)
     model.save_pretrained(out, dtype=dtype)
-    source = Path(model.source_path) if getattr(model, "source_path", None) else None
-    copied = []
-    for name in TOKENIZER_FILES if source is not None and source.is_dir() else ():
-        src = source / name
-        if src.is_file() and src.resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
-            copied.append(name)
+    source = getattr(model, "source_path", None)
+    copied = [p.name for p in copy_tokenizer_files(source, out)] if source and Path(source).is_dir() else []
     print(f"merged {layers} adapters of {args.adapter} into {args.base} -> {out} ({dtype}"
           f"{', tokenizer' if 'tokenizer.json' in copied else ''}) in {time.perf_counter() - t0:.1f}s")
     return 0

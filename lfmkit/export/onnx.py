@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -36,7 +35,7 @@ from torch import nn
 
 from ..config import ATTENTION
 from ..errors import ExportError
-from ..text.tokenizer import TOKENIZER_FILES
+from ..text.tokenizer import copy_tokenizer_files
 
 MODEL_FILE = "model.onnx"
 QUANTIZED_FILES = {"q4": "model_q4.onnx", "int8": "model_int8.onnx"}
@@ -396,9 +395,5 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
             written += [qpath, qpath.with_name(qpath.name + "_data")]
     cfg.copy(torch_dtype="float32").save_pretrained(out)
     written.append(out / "config.json")
-    for name in TOKENIZER_FILES:
-        src = tok_dir / name
-        if src.is_file() and src.resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
-            written.append(out / name)
+    written += copy_tokenizer_files(tok_dir, out)
     return [w for w in written if w.exists()]

@@ -126,16 +126,18 @@ class FastLFM2(LFM2):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: LFM2State | None = None, logits_to_keep: int = 0,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         fused = self.__dict__.get("fused_decode")
         if (fused is not None and state is not None and attention_mask is None and not return_hidden
+                and document_ids is None
                 and input_ids.dim() == 2 and input_ids.shape[1] == 1 and state.batch_size == input_ids.shape[0]
                 and not torch.is_grad_enabled()):
             logits = fused(input_ids, state)
             if logits is not None:
                 return logits
         return super().forward(input_ids, attention_mask=attention_mask, state=state,
-                               logits_to_keep=logits_to_keep, return_hidden=return_hidden)
+                               logits_to_keep=logits_to_keep, return_hidden=return_hidden,
+                               document_ids=document_ids)
 
     def _apply(self, fn, recurse=True):
         fused = self.__dict__.get("fused_decode")

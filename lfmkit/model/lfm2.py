@@ -8,6 +8,12 @@ Module and parameter names follow the Hugging Face checkpoint layout exactly
 forward (training, scoring) or one step against an `LFM2State` (prefill of any length,
 chunked prefill, decode). RoPE positions count real tokens only, so left padding is exact.
 
+Packed training rows: the stateless forward takes `document_ids` [batch, seq], a document
+index per token; each maximal run of equal ids is one document, and the row computes exactly
+what its documents compute run one by one: attention stays inside a document (block-diagonal
+causal mask), RoPE positions restart at 0 at each document, and the short convolution's window
+restarts too (the first `conv_L_cache - 1` outputs of a document see no B*x of the previous one).
+
 This is the reference: plain modules, trainable, equal to transformers' `Lfm2ForCausalLM` in
 values and gradients (tests/test_model.py, tests/test_gradients.py). Nothing here dispatches to
 our kernels: quantized linears, fused weights, the C small ops and the fused decode step are
@@ -116,6 +122,7 @@ class StepContext:
     start: int | None = None               # uniform write slot (all rows at the same length)
     slots: torch.Tensor | None = None      # [B, T] per-row write slots when rows differ
     kv_end: int = 0                        # keys to attend over: [0, kv_end)
+    doc_positions: torch.Tensor | None = None  # [B, T] position inside its document (packed rows)
 
 
 class FeedForward(nn.Module):
@@ -158,7 +165,9 @@ class ShortConv(nn.Module):
         bx = bx.transpose(1, 2)                            # [b, h, t]
         weight = self.conv.weight                          # [h, 1, k]
         window = ctx.state.conv[self.layer_idx] if ctx.state is not None else None
-        if window is None:
+        if ctx.doc_positions is not None:
+            y = self.packed_conv(bx, ctx.doc_positions)
+        elif window is None:
             y = F.conv1d(bx, weight, self.conv.bias, padding=self.kernel - 1, groups=bx.shape[1])
             y = y[..., : bx.shape[-1]]
         elif bx.shape[-1] == 1:
@@ -172,6 +181,21 @@ class ShortConv(nn.Module):
             window.copy_(full[..., -window.shape[-1]:])
             y = F.conv1d(full, weight, self.conv.bias, groups=bx.shape[1])[..., -bx.shape[-1]:]
         return C * y.transpose(1, 2)
+
+    def packed_conv(self, bx: torch.Tensor, doc_positions: torch.Tensor) -> torch.Tensor:
+        """The causal depthwise conv of `bx` [b, h, t] with the window restarting at every
+        document: y[t] = sum over lags j of w[k-1-j] * bx[t-j], taking lag j only where the token
+        is at least j into its document (documents are contiguous runs, so t-j is then inside it)."""
+        weight = self.conv.weight[:, 0, :]                 # [h, k]; column k-1 multiplies lag 0
+        t = bx.shape[-1]
+        y = bx * weight[:, -1:]
+        for lag in range(1, min(self.kernel, t)):
+            shifted = F.pad(bx[..., : t - lag], (lag, 0))
+            keep = (doc_positions >= lag)[:, None, :].to(bx.dtype)
+            y = y + shifted * keep * weight[:, self.kernel - 1 - lag, None]
+        if self.conv.bias is not None:
+            y = y + self.conv.bias[:, None]
+        return y
 
 
 class Attention(nn.Module):
@@ -342,16 +366,26 @@ class LFM2(nn.Module):
     # ---- forward -------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: LFM2State | None = None, logits_to_keep: int = 0,
-                return_hidden: bool = False) -> torch.Tensor:
-        """Logits [batch, seq, vocab] (only the last `logits_to_keep` positions if > 0).
+                return_hidden: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (only the last `logits_to_keep` positions if > 0), or with
+        `return_hidden` the final-norm hidden states [batch, seq, hidden] the head would read.
 
-        attention_mask: [batch, seq] with 1 for real tokens and 0 for (left) padding.
+        attention_mask: [batch, seq] with 1 for real tokens and 0 for padding.
         state: an `LFM2State` to read and update in place (prefill or decode), or None for a
         stateless causal forward.
+        document_ids: [batch, seq] integers for a packed row (stateless forward only, instead of
+        attention_mask): each maximal run of equal ids is a document that sees only itself, with
+        RoPE positions and the conv window restarting at its first token. Padding at the end of
+        a row is simply one more document (its outputs are unused).
         """
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        ctx = self._context(input_ids, attention_mask, state)
+            if document_ids is not None and document_ids.dim() == 1:
+                document_ids = document_ids[None]
+        if document_ids is not None:
+            ctx = self._packed_context(input_ids, document_ids, attention_mask, state)
+        else:
+            ctx = self._context(input_ids, attention_mask, state)
         x = self.model.embed_tokens(input_ids)
         recompute = self.gradient_checkpointing and state is None and torch.is_grad_enabled()
         for layer in self.model.layers:
@@ -454,6 +488,32 @@ class LFM2(nn.Module):
             attn_mask = allowed[:, None]
         return StepContext(cos, sin, token_mask, attn_mask, state=state, start=start, slots=slots,
                            kv_end=kv_end)
+
+    def _packed_context(self, input_ids: torch.Tensor, document_ids: torch.Tensor,
+                        attention_mask: torch.Tensor | None, state: LFM2State | None) -> StepContext:
+        """Positions and masks for packed rows: per-document RoPE positions, a block-diagonal
+        causal mask (None when every row is one document), and the positions the conv reads."""
+        if state is not None or attention_mask is not None:
+            raise ValueError("document_ids is for the stateless training forward: pass it without "
+                             "state and without attention_mask")
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids shape {tuple(document_ids.shape)} does not match "
+                             f"input_ids shape {tuple(input_ids.shape)}")
+        b, t = input_ids.shape
+        device = input_ids.device
+        docs = document_ids.to(device)
+        first = torch.ones(b, t, dtype=torch.bool, device=device)
+        first[:, 1:] = docs[:, 1:] != docs[:, :-1]          # a document starts here
+        index = torch.arange(t, device=device).expand(b, t)
+        starts = torch.where(first, index, torch.zeros_like(index)).cummax(-1).values
+        positions = index - starts
+        cos, sin = rope_tables(positions, self.config.head_size, self.config.rope_theta, self.dtype)
+        if not bool(first[:, 1:].any()):                    # one document per row: a plain forward
+            return StepContext(cos[:, None], sin[:, None], None, None)
+        run = first.long().cumsum(-1)                       # document number along the row
+        causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+        attn_mask = ((run[:, :, None] == run[:, None, :]) & causal)[:, None]
+        return StepContext(cos[:, None], sin[:, None], None, attn_mask, doc_positions=positions)
 
     def _dense_context(self, state: LFM2State, t: int) -> StepContext:
         """The fast path: every row at the same length, no padding anywhere, so positions are

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -153,6 +154,44 @@ LFM2_CHAT_TEMPLATE = r"""{{- bos_token -}}
 """
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+_TRACKER_VARIABLE = "_lfmkit_generation_tracker"
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def has_generation_blocks(source: str) -> bool:
+    """Whether a chat template marks assistant text with `{% generation %}` (what training masks need)."""
+    return bool(_GENERATION_TAG.search(source))
+
+
+class SpanTracker:
+    """Collects the text of each `{% generation %}` block and where the render emitted it.
+
+    The render runs through `template.generate()`; a block's text is found at the output length
+    reached when it was emitted (the same bookkeeping as transformers' AssistantTracker), and
+    checked there, so a block hidden in a macro or a `set` capture is an error, never a wrong span.
+    """
+
+    def __init__(self):
+        self.blocks: list[str] = []
+        self.spans: list[tuple[int, int]] = []
+
+    def render(self, template, variables: dict) -> str:
+        pieces: list[str] = []
+        length = 0
+        for piece in template.generate(**variables, **{_TRACKER_VARIABLE: self}):
+            while len(self.spans) < len(self.blocks):       # blocks emitted since the last piece
+                text = self.blocks[len(self.spans)]
+                self.spans.append((length, length + len(text)))
+            pieces.append(piece)
+            length += len(piece)
+        rendered = "".join(pieces)
+        while len(self.spans) < len(self.blocks):
+            self.spans.append((length, length + len(self.blocks[len(self.spans)])))
+        for (start, end), text in zip(self.spans, self.blocks):
+            if rendered[start:end] != text:
+                raise TokenizerError("chat template: a {% generation %} block is not emitted where it is "
+                                     "rendered (inside a macro or a captured block?); cannot mark assistant text")
+        return rendered
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
@@ -180,7 +219,8 @@ def compile_template(source: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationBlock(jinja2.ext.Extension):
-        """`{% generation %}…{% endgeneration %}` marks assistant text for training masks; renders its body."""
+        """`{% generation %}…{% endgeneration %}` marks assistant text for training masks; renders
+        its body, and reports it to the render's `SpanTracker` when there is one."""
 
         tags = {"generation"}
 
@@ -189,8 +229,13 @@ def compile_template(source: str):
             body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
             return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
-        def _render(self, caller):
-            return caller()
+        @jinja2.pass_context
+        def _render(self, context, caller):
+            text = caller()
+            tracker = context.get(_TRACKER_VARIABLE)
+            if isinstance(tracker, SpanTracker):
+                tracker.blocks.append(text)
+            return text
 
     class TemplateDict:
         """`dict(...)` without exposing the type itself to the template."""
@@ -304,11 +349,15 @@ def prepare_messages(messages, parse_tool_arguments: bool = True) -> list[dict]:
 
 def render_chat_template(source: str, messages, tools=None, documents=None, add_generation_prompt: bool = False,
                          continue_final_message: bool | str = False, special_tokens: Mapping[str, str] | None = None,
-                         parse_tool_arguments: bool = True, **kwargs) -> str:
+                         parse_tool_arguments: bool = True, generation_spans: list | None = None,
+                         **kwargs) -> str:
     """Render one conversation with template `source`, the way transformers' apply_chat_template does.
 
     `special_tokens` are the named tokens (bos_token, eos_token, pad_token, ...) exposed to the
-    template; `kwargs` are extra template variables and override them.
+    template; `kwargs` are extra template variables and override them. Pass a list as
+    `generation_spans` to receive the (start, end) character spans of the `{% generation %}`
+    blocks (the assistant text a training mask keeps, as transformers'
+    `return_assistant_tokens_mask` finds it).
     """
     import jinja2
 
@@ -363,9 +412,17 @@ def render_chat_template(source: str, messages, tools=None, documents=None, add_
             final_text = final
             for f in fields:
                 chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
+    if generation_spans is not None and continue_final_message:
+        raise TokenizerError("generation_spans and continue_final_message cannot both be set")
+    variables = dict(variables, messages=chat, tools=tools, documents=documents,
+                     add_generation_prompt=add_generation_prompt)
     try:
-        rendered = template.render(messages=chat, tools=tools, documents=documents,
-                                   add_generation_prompt=add_generation_prompt, **variables)
+        if generation_spans is None:
+            rendered = template.render(**variables)
+        else:
+            tracker = SpanTracker()
+            rendered = tracker.render(template, variables)
+            generation_spans.extend(tracker.spans)
     except jinja2.exceptions.TemplateError as exc:
         raise TokenizerError(f"chat template failed to render: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:

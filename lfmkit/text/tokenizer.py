@@ -30,9 +30,23 @@ TEMPLATE_JSON_FILE = "chat_template.json"
 NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 REPLACEMENT = "\ufffd"
 # Every file a checkpoint folder may carry for its tokenizer and chat template (copied along by
-# the exporters and by `lfmkit merge`).
+# the exporters, the trainer, `lfmkit merge` and `lfmkit merge-lora`).
 TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_MAP_FILE, TEMPLATE_FILE, TEMPLATE_JSON_FILE,
                    "generation_config.json", "vocab.json", "merges.txt")
+
+
+def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
+    """Copy the TOKENIZER_FILES present in `source` into `target`; the paths written."""
+    import shutil
+
+    src_dir, out_dir = Path(source), Path(target)
+    written = []
+    for name in TOKENIZER_FILES:
+        src = src_dir / name
+        if src.is_file() and src.resolve() != (out_dir / name).resolve():
+            shutil.copyfile(src, out_dir / name)
+            written.append(out_dir / name)
+    return written
 
 
 def _read_json(path: Path) -> dict:
@@ -219,6 +233,14 @@ class Tokenizer:
             raise TokenizerError(f"encode: text must be a str, got {type(text).__name__}")
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = False
+                            ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids for `text` and each token's (start, end) character span in it (an added bos spans (0, 0))."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode: text must be a str, got {type(text).__name__}")
+        encoding = self._backend.encode(text, add_special_tokens=add_special_tokens)
+        return encoding.ids, encoding.offsets
+
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
@@ -262,19 +284,23 @@ class Tokenizer:
     def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = False,
                             tokenize: bool = False, *, continue_final_message: bool | str = False,
                             chat_template: str | None = None, documents=None,
-                            parse_tool_arguments: bool = True, **kwargs) -> str | list[int]:
+                            parse_tool_arguments: bool = True, generation_spans: list | None = None,
+                            **kwargs) -> str | list[int]:
         """Render `messages` (OpenAI-style dicts) to the prompt text, or its ids with `tokenize=True`.
 
         Same result as transformers' `apply_chat_template` with the same template; `kwargs`
         become template variables (e.g. `keep_past_thinking=True`). JSON-string tool-call
-        arguments are parsed into dicts first unless `parse_tool_arguments=False`.
+        arguments are parsed into dicts first unless `parse_tool_arguments=False`. A list given
+        as `generation_spans` receives the character spans of the template's `{% generation %}`
+        blocks in the rendered text (see `render_chat_template`).
         """
         template = self._template_for(chat_template, tools)
         text = render_chat_template(template, messages, tools=tools, documents=documents,
                                     add_generation_prompt=add_generation_prompt,
                                     continue_final_message=continue_final_message,
                                     special_tokens=self.special_tokens,
-                                    parse_tool_arguments=parse_tool_arguments, **kwargs)
+                                    parse_tool_arguments=parse_tool_arguments,
+                                    generation_spans=generation_spans, **kwargs)
         return self.encode(text) if tokenize else text
 
     def __repr__(self) -> str:

@@ -1,0 +1,156 @@
+"""`sft(config)`: supervised fine-tuning of an LFM2 checkpoint, end to end.
+
+Loads the reference model (float32 master weights) and its tokenizer, reads and tokenizes the
+data (`data.py`), plans the steps (`batching.py`), lets `prepare_model(model)` adapt the model
+(LoRA: `lfmkit.train.lora.apply_lora` when `lora_r` is set), trains (`trainer.py`), and leaves
+in `output/`: the final model as a Hugging Face directory (config.json, model.safetensors, the
+tokenizer files and chat template), `metrics.jsonl`, `loss.png`, `train_config.json` and the
+checkpoints under `checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from ..model import LFM2
+from ..text.tokenizer import Tokenizer, copy_tokenizer_files
+from .batching import DataPlan
+from .config import SFTConfig
+from .data import DataOptions, DataSource, load_sources
+from .trainer import Trainer, TrainResult, check_output
+
+LORA_MODULE = "lfmkit.train.lora"
+
+
+def as_config(config: SFTConfig | dict | str | os.PathLike) -> SFTConfig:
+    """An SFTConfig from itself, a dict of settings, or a YAML file path."""
+    if isinstance(config, SFTConfig):
+        config.validate()
+        return config
+    if isinstance(config, dict):
+        return SFTConfig.from_dict(config)
+    return SFTConfig.from_yaml(config)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+
+
+def save_hf_model(model: nn.Module, output: Path, tokenizer_dir: str | None, dtype: str | None = None) -> Path:
+    """The final model in `output` as a Hugging Face directory: config.json and model.safetensors
+    (float32 unless `dtype`), plus the tokenizer files and chat template. Written beside the
+    run's other files through a temporary folder, each file replaced whole."""
+    tmp = output / ".final-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), dtype=dtype or model.dtype)
+    if tokenizer_dir:
+        copy_tokenizer_files(tokenizer_dir, tmp)
+    for f in tmp.iterdir():
+        os.replace(f, output / f.name)
+    tmp.rmdir()
+    return output
+
+
+def lora_hooks(config: SFTConfig) -> tuple[Callable | None, Callable | None]:
+    """(prepare_model, save_model) for LoRA when `lora_r` is set, from lfmkit.train.lora;
+    (None, None) otherwise. `save_model` is that module's `save_adapter(model, directory)`."""
+    if config.lora_r is None:
+        return None, None
+    if importlib.util.find_spec(LORA_MODULE) is None:
+        raise ConfigError("lora_r: LoRA training needs lfmkit.train.lora, which this installation does not have")
+    lora = importlib.import_module(LORA_MODULE)
+    options = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+               "targets": config.lora_targets}
+    options = {k: v for k, v in options.items() if v is not None}
+
+    def prepare(model):
+        return lora.apply_lora(model, **options)
+
+    return prepare, getattr(lora, "save_adapter", None)
+
+
+def load_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True):
+    """(documents per source, weights) for the config's data, with a one-line summary per source."""
+    sources = [DataSource.parse(spec) for spec in config.data]
+    template = None
+    if config.chat_template:
+        try:
+            template = Path(config.chat_template).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
+    options = DataOptions(max_length=config.max_length, assistant_only_loss=config.assistant_only_loss,
+                          completion_only_loss=config.completion_only_loss,
+                          chat_template=template)
+    docs, stats = load_sources(sources, tokenizer, options)
+    if verbose:
+        for s, src in zip(stats, sources):
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.kinds.items()))
+            print(f"data {s.path} (weight {src.weight:g}): {s.documents} documents ({kinds}), {s.tokens:,} tokens, "
+                  f"{s.trained_tokens:,} trained; {s.truncated} truncated to {config.max_length}, "
+                  f"{s.dropped} with nothing to train on", flush=True)
+    return docs, [s.weight for s in sources]
+
+
+def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+        save_model: Callable[[nn.Module, Path], None] | None = None, loss=None, verbose: bool = True) -> TrainResult:
+    """Fine-tune `config.model` on `config.data`; see the module docstring for what is written.
+
+    prepare_model: adapts the loaded model before training (freeze, wrap adapters); only the
+    parameters that still require grad are trained and checkpointed. Default: LoRA when the
+    config sets lora_r, else full fine-tuning.
+    save_model: writes the final model into the output directory; default: a Hugging Face
+    directory (or, with LoRA, the adapter module's save_adapter).
+    loss: the loss callable (losses.py protocol); default next-token cross-entropy.
+    """
+    config = as_config(config)
+    check_output(config)
+    device = resolve_device(config.device)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
+    tokenizer_dir = getattr(model, "source_path", None)
+    if not tokenizer_dir:
+        raise ConfigError(f"model: {config.model} ships no tokenizer, which training data needs")
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    docs, weights = load_data(config, tokenizer, verbose)
+    too_big = max(max(max(d.input_ids) for d in source) for source in docs)
+    if too_big >= model.config.vocab_size:
+        raise DataError(f"token id {too_big} is outside the model's vocabulary ({model.config.vocab_size}); "
+                        f"is the tokenizer the model's?")
+    plan = DataPlan(docs, weights, config.batch_size, config.max_length, config.packing, config.seed)
+
+    lora_prepare, lora_save = lora_hooks(config) if prepare_model is None else (None, None)
+    prepare_model = prepare_model or lora_prepare
+    save_model = save_model or lora_save
+    if prepare_model is not None:
+        torch.manual_seed(config.seed)          # adapter initialisation is part of the run's randomness
+        model = prepare_model(model) or model
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if save_model is None:
+        def save_model(m, out):
+            save_hf_model(m, out, tokenizer_dir, config.save_dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model)
+    if verbose:
+        print(f"training {trainer.total_steps} steps of {config.batch_size} sequences "
+              f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {device}", flush=True)
+    return trainer.train()
+
+
+__all__ = ["sft", "as_config", "save_hf_model", "lora_hooks", "load_data", "resolve_device"]

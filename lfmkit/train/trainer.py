@@ -1,0 +1,254 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, autocast, checkpoints.
+
+`Trainer(model, plan, config, pad_id, loss_fn=None, save_model=None).train()` runs optimizer
+steps `plan` describes. It trains the parameters that require grad (an adapter's `prepare_model`
+freezes the rest before the trainer sees the model), with any loss following the protocol of
+`losses.py` (a sum over trained tokens); `save_model(model, output_dir)` writes the final
+model (default: the caller's; the SFT recipe writes a Hugging Face directory, a LoRA recipe
+the PEFT adapter).
+
+The loss of a step is the sum over every trained token of the step, divided by their number
+across all micro-batches and processes (all-reduced when torch.distributed is initialized), so
+it is the mean over the global batch whatever the micro-batching. Each micro-batch's backward
+runs on sum * world_size / global_count: DDP averages gradients over processes, which the
+world_size factor undoes (transformers' `average_tokens_across_devices` does the same).
+
+Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
+checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
+produces bit for bit the losses an uninterrupted run produces from step k on (same machine,
+same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .batching import DataPlan, collate, micro_batches
+from .checkpoints import clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import SFTConfig
+from .losses import CausalLMLoss, LossOutput
+from .metrics import METRICS_FILE, MetricsLog, plot_loss
+
+CONFIG_FILE = "train_config.json"
+# Settings a resumed run may change without changing its losses.
+RESUME_FREE = frozenset({"resume", "output", "save_every", "save_limit", "progress", "device", "save_dtype"})
+
+
+class Schedule:
+    """Learning-rate multiplier of optimizer step `step`: linear warmup from 0 over `warmup`
+    steps, then linear or cosine decay to 0 at `total` (or constant) — transformers'
+    `get_linear_schedule_with_warmup` / `get_cosine_schedule_with_warmup` / constant_with_warmup."""
+
+    def __init__(self, kind: str, warmup: int, total: int):
+        self.kind, self.warmup, self.total = kind, warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        if self.kind == "constant":
+            return 1.0
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return max(0.0, 1.0 - progress)
+
+
+def build_optimizer(model: nn.Module, config: SFTConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases and norm weights (1-D) get no weight decay,
+    as transformers' Trainer groups them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: no parameter of the model requires grad")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
+                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world_size) when torch.distributed is initialized, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def check_output(config: SFTConfig) -> None:
+    """Refuse to start a fresh run over an earlier one (its metrics and checkpoints would mix)."""
+    out = Path(config.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output: {out} exists and is not a directory")
+    earlier = (out / CONFIG_FILE).exists() or (out / METRICS_FILE).exists() or latest_checkpoint(out)
+    if earlier and not config.resume:
+        raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it, or choose another --output")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run did: per-step losses of this invocation, where things are."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    output: Path | None = None
+    checkpoint: Path | None = None
+    resumed_from: int = 0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, plan: DataPlan, config: SFTConfig, pad_id: int,
+                 loss_fn: Callable[[nn.Module, object], LossOutput] | None = None,
+                 save_model: Callable[[nn.Module, Path], None] | None = None):
+        self.model = model
+        self.plan = plan
+        self.config = config
+        self.pad_id = pad_id
+        self.loss_fn = loss_fn or CausalLMLoss(config.loss_chunk_size)
+        self.save_model = save_model
+        self.output = Path(config.output)
+        self.rank, self.world = distributed()
+        if config.batch_size % (config.grad_accum * self.world):
+            raise ConfigError(f"batch_size ({config.batch_size}) must be a multiple of grad_accum x processes "
+                              f"({config.grad_accum} x {self.world})")
+        self.total_steps = config.max_steps or plan.total_steps(config.epochs)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(model, config)
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, Schedule(config.lr_scheduler, warmup, self.total_steps))
+
+    # ---- the run -------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        start = self._start()
+        result = TrainResult(steps=self.total_steps, output=self.output, resumed_from=start)
+        log = MetricsLog(self.output, resume_step=start) if self.rank == 0 else None
+        bar = self._progress(start)
+        self.model.train()
+        began = time.perf_counter()
+        try:
+            for step in range(start, self.total_steps):
+                record = self.step(step)
+                record["elapsed_s"] = round(time.perf_counter() - began, 3)
+                result.losses.append(record["loss"])
+                if log is not None:
+                    log.write(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                    bar.update(1)
+                done = step + 1
+                if self.config.save_every and (done % self.config.save_every == 0 or done == self.total_steps):
+                    result.checkpoint = self.save(done)
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        self.model.eval()
+        if self.rank == 0:
+            plot_loss(self.output)
+            if self.save_model is not None:
+                self.save_model(self.model, self.output)
+        return result
+
+    def step(self, step: int) -> dict:
+        """One optimizer step over the global batch of `step`; its metrics record."""
+        t0 = time.perf_counter()
+        epoch, rows = self.plan.step_rows(step)
+        batches = [collate(m, self.pad_id, self.plan.packing).to(self.model.device)
+                   for m in micro_batches(rows, self.config.grad_accum, self.rank, self.world)]
+        counts = torch.tensor([sum(b.trained_tokens for b in batches), sum(b.tokens for b in batches)],
+                              dtype=torch.float64, device=self.model.device)
+        n_trained, n_tokens = all_reduce_sum(counts).tolist()
+        scale = self.world / max(n_trained, 1.0)
+        sums = {"loss": torch.zeros((), dtype=torch.float64, device=self.model.device)}
+        for batch in batches:
+            with self._autocast():
+                out = self.loss_fn(self.model, batch)
+            (out.total * scale).backward()
+            sums["loss"] += out.total.detach().double()
+            for name, value in out.parts.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().double()
+        names = sorted(sums)
+        reduced = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], dtype=torch.float64,
+                                                              device=self.model.device) for n in names]))
+        means = {n: float(v) / max(n_trained, 1.0) for n, v in zip(names, reduced.tolist())}
+        clip = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        _, k = self.plan.locate(step)
+        return {"step": step + 1, "epoch": round(epoch + (k + 1) / self.plan.steps_in_epoch(epoch), 4),
+                **means, "learning_rate": lr, "grad_norm": grad_norm, "tokens": int(n_tokens),
+                "trained_tokens": int(n_trained), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1)}
+
+    # ---- pieces --------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.bf16:
+            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _progress(self, start: int):
+        if not self.config.progress or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=start, desc="train", unit="step", file=sys.stderr,
+                    dynamic_ncols=True)
+
+    def _start(self) -> int:
+        """The step to start from: 0, or the last complete checkpoint's with --resume."""
+        config_file = self.output / CONFIG_FILE
+        check_output(self.config)
+        if self.config.resume:
+            clean_temporary(self.output)
+            path = latest_checkpoint(self.output)
+            if path is not None:
+                state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+                self._check_same_run(state.get("config", {}), path)
+                return int(state["step"])
+        if self.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return 0
+
+    def _check_same_run(self, saved: dict, path: Path) -> None:
+        now = self.config.to_dict()
+        for key in sorted(set(saved) | set(now)):
+            if key not in RESUME_FREE and saved.get(key) != now.get(key):
+                raise ConfigError(f"cannot resume from {path}: {key} was {saved.get(key)!r} there, "
+                                  f"now {now.get(key)!r} (resuming must not change the run)")
+
+    def save(self, step: int) -> Path | None:
+        if self.rank != 0:
+            return None
+        epoch, _ = self.plan.locate(step - 1)
+        return save_checkpoint(self.output, step, self.model, self.optimizer, self.scheduler,
+                               {"epoch": epoch, "config": self.config.to_dict()}, keep=self.config.save_limit)
+
+
+__all__ = ["Trainer", "TrainResult", "check_output", "Schedule", "build_optimizer", "distributed", "all_reduce_sum",
+           "RESUME_FREE"]
