@@ -15,6 +15,7 @@ a worker thread (`ServerContext.prepare_chat` / `prepare_completions`), each bou
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 from typing import Any, AsyncIterator
 
@@ -23,7 +24,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..errors import ContextLengthError, LFMKitError
 from ..inference.engine import Engine, EngineOverloadedError, ErrorEvent, RequestHandle, TokenEvent
 from ..inference.sampling import SamplingParams
@@ -148,6 +148,13 @@ def _param_in(message: str, names) -> str | None:
     return next((k for k in names if f"'{k}'" in message or f"{k} " in message or f"{k}=" in message), None)
 
 
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("lfmkit")
+    except importlib.metadata.PackageNotFoundError:   # running from a source tree
+        return "0"
+
+
 def _request_body(schema: str) -> dict:
     """An `openapi_extra` entry: the route's JSON body is `schema` (routes read the body themselves)."""
     return {"requestBody": {"required": True, "content": {
@@ -164,7 +171,7 @@ _STREAMED = {200: {"description": "the completion (JSON), or with \"stream\": tr
 
 def create_app(context: ServerContext) -> FastAPI:
     """The FastAPI application; the caller owns (starts and stops) `context.engine`."""
-    app = FastAPI(title="lfmkit", version=__version__, docs_url=None, redoc_url=None,
+    app = FastAPI(title="lfmkit", version=_package_version(), docs_url=None, redoc_url=None,
                   default_response_class=JSONBody)
     app.state.ctx = context
     app.add_middleware(GuardMiddleware, context=context)
