@@ -129,3 +129,12 @@ def test_serve_bad_model_path_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lfmkit serve: error:") and "/nonexistent/model/dir" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_unreadable_api_key_file_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-key"
+    proc = subprocess.run([sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir", "--api-key-file",
+                           str(missing)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("lfmkit serve: error: --api-key-file") and str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr

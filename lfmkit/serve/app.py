@@ -181,7 +181,12 @@ def create_app(context: ServerContext) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                                  description="OpenAI-compatible API of an LFM2 model (lfmkit serve)")
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(request_schemas(context.model_name))
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                operation["responses"].pop("422", None)      # FastAPI's validation error: never sent here
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            components.update(request_schemas(context.model_name))
             app.openapi_schema = schema
         return app.openapi_schema
 
