@@ -61,7 +61,7 @@ def run_server(context: ServerContext, host: str = "127.0.0.1", port: int = 8000
         server.run()
     finally:
         context.engine.stop()
-        if in_main:
+        if in_main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
