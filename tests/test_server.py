@@ -310,6 +310,16 @@ def test_metrics_exposition(server, client):
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
 OK_MSG = [{"role": "user", "content": "hi"}]
+
+
+def nested(depth: int) -> list:
+    """A list nested `depth` levels deep."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 BAD_REQUESTS = [
     # (path, raw body or JSON, status, param)
     (CHAT, "{not json", 400, None),
@@ -358,6 +368,28 @@ BAD_REQUESTS = [
     (COMP, {"model": MODEL, "prompt": "x", "logprobs": 21}, 400, "logprobs"),
     (COMP, {"model": MODEL, "prompt": "x", "suffix": "y"}, 400, "suffix"),
     (COMP, {"model": MODEL, "prompt": {"a": 1}}, 400, "prompt"),
+    # integers beyond their range, as OpenAI bounds them
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "seed": 2**64 + 1}, 400, "seed"),
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "seed": -2**63 - 1}, 400, "seed"),
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "top_k": 10**20}, 400, "top_k"),
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "max_tokens": 2**40}, 400, "max_tokens"),
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "stop_token_ids": [2**63]}, 400, "stop_token_ids[0]"),
+    (COMP, {"model": MODEL, "prompt": [1, 2**64]}, 400, "prompt[1]"),
+    (COMP, {"model": MODEL, "prompt": [[1], []]}, 400, "prompt[1]"),
+    (COMP, {"model": MODEL, "prompt": ["a"] * 100}, 400, "prompt"),                   # > slots + queue
+    # a tool result must say which call it answers
+    (CHAT, {"model": MODEL, "messages": OK_MSG + [{"role": "tool", "content": "42"}]}, 400, "messages[1]"),
+    # JSON nesting: tool-call arguments and tool parameters are rendered recursively
+    (CHAT, {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+        "function": {"name": "f", "arguments": '{"a": ' + "[" * 189 + "]" * 189 + "}"}}]}] + OK_MSG},
+     400, "messages[0].tool_calls[0].function.arguments"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+        "function": {"name": "f", "arguments": '{"a": ' + "[" * 100000 + "]" * 100000 + "}"}}]}] + OK_MSG},
+     400, "messages[0].tool_calls[0].function.arguments"),
+    (CHAT, {"model": MODEL, "messages": OK_MSG, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": {"default": nested(70)}}}}}]},
+     400, "tools[0].function.parameters"),
+    (CHAT, '{"model": "%s", "messages": [], "extra": %s%s}' % (MODEL, "[" * 300, "]" * 300), 400, None),
 ]
 
 
@@ -377,9 +409,7 @@ def test_bad_requests_get_openai_errors(server, path, body, status, param):
 
 
 def test_oversized_body_is_refused_unread(server, monkeypatch):
-    import lfmkit.serve.app as server_module
-
-    monkeypatch.setattr(server_module, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(server.context, "max_body_bytes", 1000)
     r = httpx.post(server.url + COMP, content=json.dumps({"model": MODEL, "prompt": "x" * 2000}))
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
@@ -389,6 +419,7 @@ def test_unknown_route_and_method(server):
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     r = httpx.get(server.url + "/v1/chat/completions")
     assert r.status_code == 405 and "error" in r.json()
+    assert r.headers["allow"] == "POST"
 
 
 def test_openai_client_raises_typed_errors(client):

@@ -20,8 +20,12 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--served-model-name", default=None,
                    help="the model name clients send in 'model' (unset: MODEL as given)")
-    p.add_argument("--api-key", default=os.environ.get("LFMKIT_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/* (unset: $LFMKIT_API_KEY, else open)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' on /v1/* (visible in the process list: prefer "
+                          "--api-key-file or $LFMKIT_API_KEY; unset: $LFMKIT_API_KEY, else open)")
+    key.add_argument("--api-key-file", default=None, metavar="PATH",
+                     help="read the API key from PATH (its first line, surrounding whitespace stripped)")
     p.add_argument("--max-concurrent", type=int, default=8,
                    help="sequences decoded together (batch slots); more requests wait in the queue")
     p.add_argument("--max-queued", type=int, default=64,
@@ -37,26 +41,49 @@ def register(sub) -> None:
                    help="weight-only quantization at load (lfmkit.quant): smaller and faster decode on CPU")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM / Ctrl-C: stop accepting, let running requests finish this long, then end "
+                        "the rest (streams with an error event and [DONE])")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level")
     p.set_defaults(func=run)
+
+
+def api_key(args) -> str | None:
+    """The API key: --api-key or the first line of --api-key-file (one of them), else $LFMKIT_API_KEY."""
+    from ..errors import ConfigError
+
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--api-key-file {args.api_key_file}: cannot read the key "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if not key:
+            raise ConfigError(f"--api-key-file {args.api_key_file}: the file's first line is empty")
+        return key
+    return args.api_key or os.environ.get("LFMKIT_API_KEY") or None
 
 
 def build_context(args):
     """Load the model and tokenizer and build the engine + server context (no network yet)."""
     import torch
 
-    from ..io.hub import resolve_model_path
-    from ..inference.engine import Engine, EngineConfig
     from ..errors import ConfigError
+    from ..inference.engine import Engine, EngineConfig
     from ..inference.metrics import ServingMetrics
-    from ..loader import load
     from ..inference.sampling import generation_config_defaults
+    from ..io.hub import resolve_model_path
+    from ..loader import load
     from ..serve.app import ServerContext
     from ..text.tokenizer import Tokenizer
 
     if args.port < 0 or args.port > 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if not args.shutdown_grace >= 0:
+        raise ConfigError(f"--shutdown-grace must be >= 0 seconds, got {args.shutdown_grace}")
+    key = api_key(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     path = resolve_model_path(args.model)
@@ -66,7 +93,7 @@ def build_context(args):
                           max_length=args.max_model_len, prefill_chunk=args.prefill_chunk)
     engine = Engine(model, tokenizer, config, ServingMetrics())
     return ServerContext(engine, tokenizer, args.served_model_name or args.model,
-                         defaults=generation_config_defaults(path), api_key=args.api_key or None)
+                         defaults=generation_config_defaults(path), api_key=key)
 
 
 def run(args) -> int:
@@ -78,9 +105,9 @@ def run(args) -> int:
 
         raise LFMKitError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
                           f"pip install 'lfmkit[serve]'") from None
-    from ..serve.app import run_server
+    from ..serve.runner import run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     context = build_context(args)
-    run_server(context, host=args.host, port=args.port, log_level=args.log_level)
+    run_server(context, host=args.host, port=args.port, log_level=args.log_level, grace=args.shutdown_grace)
     return 0

@@ -1,62 +1,77 @@
 """The OpenAI-compatible HTTP API (FastAPI) over the continuous-batching engine.
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
-server-sent-event streaming), `GET /health`, `GET /metrics`. Every error a client can cause
-comes back in OpenAI's error shape with a 4xx status; anything unexpected is a 500 with a
-generic message (logged here, never sent as a traceback). A client that disconnects cancels
-its request, which frees its batch slots at the engine's next step.
+server-sent-event streaming), `GET /health`, `GET /metrics`, `GET /openapi.json` (the request
+bodies' JSON Schemas, rules across fields included). Every error a client can cause comes back
+in OpenAI's error shape with a 4xx status; anything unexpected is a 500 with a generic message
+(logged here, never sent as a traceback). A client that disconnects cancels its request, which
+frees its batch slots at the engine's next step.
+
+The event loop only moves bytes: parsing, validation, template rendering and tokenizing run in
+a worker thread (`ServerContext.prepare_chat` / `prepare_completions`), each bounded by
+`limits`, so `/health` and running streams keep answering while a large request is prepared.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
+import importlib.metadata
 import logging
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..inference.engine import Engine, EngineOverloadedError, ErrorEvent, RequestHandle, TokenEvent
 from ..errors import ContextLengthError, LFMKitError
-from .chat import ChatOutput, CompletionOutput, build_chat_prompt, encode_prompt
-from .schema import (ChatCompletionRequest, CompletionRequest, RequestError, chat_chunk,
-                            completion_chunk, error_body, model_list, new_id, now, parse_request, usage)
+from ..inference.engine import Engine, EngineOverloadedError, ErrorEvent, RequestHandle, TokenEvent
 from ..inference.sampling import SamplingParams
+from .chat import ChatOutput, ChatPrompt, CompletionOutput, build_chat_prompt, encode_prompt
+from .guard import GuardMiddleware, JSONBody, error_response, too_large
+from .limits import MAX_BODY_BYTES, BodyTooLarge, PromptBound, check_body_values
+from .schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    chat_chunk,
+    completion_chunk,
+    error_body,
+    model_list,
+    new_id,
+    now,
+    parse_request,
+    request_schemas,
+    to_json,
+    usage,
+)
 
 log = logging.getLogger("lfmkit.server")
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
-MAX_BODY_BYTES = 32 * 2**20   # a request body larger than this is refused (413) before it is read
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
 class EngineFailure(Exception):
     """The engine failed a request (its message is safe to show: it names no internals)."""
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, param, code), status_code=status, headers=headers)
-
-
 def _sse(payload: dict | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"),
-                                                               ensure_ascii=False)
-    return f"data: {data}\n\n"
+    return f"data: {payload if isinstance(payload, str) else to_json(payload)}\n\n"
 
 
 class ServerContext:
-    """What every route needs: the engine, the tokenizer, the served name, sampling defaults."""
+    """What every route needs: the engine, the tokenizer, the served name, sampling defaults, limits."""
 
     def __init__(self, engine: Engine, tokenizer, model_name: str, defaults: dict[str, Any] | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.defaults = dict(defaults or {})
         self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.bound = PromptBound(tokenizer, engine.max_length)
+        self.shutting_down = False      # set when the grace period is over (see runner.py)
         self.created = now()
 
     def check_model(self, name: str) -> None:
@@ -64,6 +79,34 @@ class ServerContext:
             raise RequestError(f"the model '{name}' does not exist; this server serves '{self.model_name}'",
                                param="model", status=404, type_="invalid_request_error",
                                code="model_not_found")
+
+    # ---- preparing a request (in a worker thread) ------------------------------------------
+    def prepare_chat(self, body: bytes) -> tuple[ChatCompletionRequest, ChatPrompt, SamplingParams]:
+        """Parse and validate a chat body, render and tokenize its prompt, resolve its sampling."""
+        check_body_values(body)
+        req: ChatCompletionRequest = parse_request(ChatCompletionRequest, body)
+        self.check_model(req.model)
+        prompt = build_chat_prompt(self.tokenizer, req, self.bound)
+        params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs,
+                                      req.top_logprobs or 0)
+        return req, prompt, params
+
+    def prepare_completions(self, body: bytes) -> tuple[CompletionRequest, list[list[int]], list[SamplingParams],
+                                                        list[str]]:
+        """Parse and validate a completions body: its prompts' ids, sampling and echo texts."""
+        check_body_values(body)
+        req: CompletionRequest = parse_request(CompletionRequest, body)
+        self.check_model(req.model)
+        prompts = req.prompts()
+        capacity = self.engine.config.max_concurrent + self.engine.config.max_queued
+        if len(prompts) > capacity:
+            raise RequestError(f"'prompt' holds {len(prompts)} prompts; this server takes at most {capacity} "
+                               f"requests at once", param="prompt")
+        ids = [encode_prompt(self.tokenizer, p, self.bound) for p in prompts]
+        params = [self.sampling_params(req, req.max_tokens, len(i), req.logprobs is not None, req.logprobs or 0)
+                  for i in ids]
+        echoes = [_echo_text(self.tokenizer, p) if req.echo else "" for p in prompts]
+        return req, ids, params, echoes
 
     def sampling_params(self, req, max_tokens: int | None, prompt_len: int, logprobs: bool,
                         top_logprobs: int) -> SamplingParams:
@@ -95,103 +138,98 @@ class ServerContext:
         except LFMKitError as exc:
             raise RequestError(str(exc), param=_param_in(str(exc), vars(params)) or param) from None
 
+    def failure_type(self) -> str:
+        """The error type of a request the engine ended: shutting down, or a failed step."""
+        return "service_unavailable" if self.shutting_down else "server_error"
+
 
 def _param_in(message: str, names) -> str | None:
     """The request parameter an error message names, if any."""
     return next((k for k in names if f"'{k}'" in message or f"{k} " in message or f"{k}=" in message), None)
 
 
-class GuardMiddleware:
-    """Pure ASGI middleware: Bearer auth on /v1/*, request counting, and a last-resort 500.
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("lfmkit")
+    except importlib.metadata.PackageNotFoundError:   # running from a source tree
+        return "0"
 
-    (Pure ASGI rather than BaseHTTPMiddleware so streaming and client disconnects pass
-    through untouched.)
-    """
 
-    def __init__(self, app, context: ServerContext):
-        self.app = app
-        self.context = context
+def _request_body(schema: str) -> dict:
+    """An `openapi_extra` entry: the route's JSON body is `schema` (routes read the body themselves)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        endpoint = path if path in ENDPOINTS else ("/v1/models" if path.startswith("/v1/models/") else "other")
-        metrics = self.context.engine.metrics
-        status = {"code": 500, "started": False}
 
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                status["code"], status["started"] = message["status"], True
-            await send(message)
-
-        key = self.context.api_key
-        if key and path.startswith("/v1/"):
-            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(token.encode(), key.encode()):
-                response = _error(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                  type_="authentication_error", code="invalid_api_key",
-                                  headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, counting_send)
-                metrics.requests.inc(endpoint=endpoint, status="401")
-                return
-        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            response = _error(413, f"the request body must be at most {MAX_BODY_BYTES} bytes",
-                              code="request_too_large")
-            await response(scope, receive, counting_send)
-            metrics.requests.inc(endpoint=endpoint, status="413")
-            return
-        try:
-            await self.app(scope, receive, counting_send)
-        except Exception:
-            log.exception("unhandled error on %s", path)
-            if not status["started"]:
-                await _error(500, "internal server error", type_="server_error")(scope, receive, counting_send)
-        finally:
-            metrics.requests.inc(endpoint=endpoint, status=str(status["code"]))
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+_ERRORS = {status: {"description": what, **_ERROR} for status, what in (
+    (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"), (413, "body too large"),
+    (429, "queue full"), (503, "shutting down"))}
+_STREAMED = {200: {"description": "the completion (JSON), or with \"stream\": true server-sent events",
+                   "content": {"application/json": {}, "text/event-stream": {}}}}
 
 
 def create_app(context: ServerContext) -> FastAPI:
     """The FastAPI application; the caller owns (starts and stops) `context.engine`."""
-    app = FastAPI(title="lfmkit", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lfmkit", version=_package_version(), docs_url=None, redoc_url=None,
+                  default_response_class=JSONBody)
     app.state.ctx = context
     app.add_middleware(GuardMiddleware, context=context)
     metrics = context.engine.metrics
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                                 description="OpenAI-compatible API of an LFM2 model (lfmkit serve)")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                operation["responses"].pop("422", None)      # FastAPI's validation error: never sent here
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            components.update(request_schemas(context.model_name))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_too_large(_request, exc: BodyTooLarge):
+        return too_large(exc)
+
     @app.exception_handler(RequestError)
     async def on_request_error(_request, exc: RequestError):
-        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
 
     @app.exception_handler(EngineOverloadedError)
     async def on_overload(_request, exc: EngineOverloadedError):
         status = 503 if exc.stopped else 429
-        return _error(status, str(exc), type_="server_overloaded" if status == 429 else "service_unavailable",
-                      headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        return error_response(status, str(exc),
+                              type_="server_overloaded" if status == 429 else "service_unavailable",
+                              headers={"Retry-After": str(max(1, round(exc.retry_after)))})
 
     @app.exception_handler(EngineFailure)
     async def on_engine_failure(_request, exc: EngineFailure):
-        return _error(500, str(exc), type_="server_error")
+        return error_response(503 if context.shutting_down else 500, str(exc), type_=context.failure_type())
 
     @app.exception_handler(LFMKitError)
     async def on_lfmkit_error(_request, exc: LFMKitError):
-        return _error(400, str(exc))
+        return error_response(400, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail),
-                      type_="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+        return error_response(exc.status_code, str(exc.detail),
+                              type_="not_found_error" if exc.status_code == 404 else "invalid_request_error",
+                              headers=getattr(exc, "headers", None))     # 405 carries `Allow`
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request, exc: Exception):
         log.error("unhandled error", exc_info=exc)
-        return _error(500, "internal server error", type_="server_error")
+        return error_response(500, "internal server error", type_="server_error")
 
     @app.get("/health")
     async def health():
         if not context.engine.running:
-            return _error(503, "the engine is not running", type_="service_unavailable")
+            return error_response(503, "the engine is not running", type_="service_unavailable")
         return {"status": "ok", "model": context.model_name, "running": context.engine.active_sequences(),
                 "queued": context.engine.queue_depth(), "max_concurrent": context.engine.config.max_concurrent}
 
@@ -203,18 +241,14 @@ def create_app(context: ServerContext) -> FastAPI:
     async def models():
         return model_list(context.model_name, context.created, context.engine.max_length)
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses={404: _ERRORS[404]})
     async def model_info(model_id: str):
         context.check_model(model_id)
         return model_list(context.model_name, context.created, context.engine.max_length)["data"][0]
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT, openapi_extra=_request_body("ChatCompletionRequest"), responses={**_STREAMED, **_ERRORS})
     async def chat_completions(request: Request):
-        req: ChatCompletionRequest = parse_request(ChatCompletionRequest, await request.body())
-        context.check_model(req.model)
-        prompt = build_chat_prompt(context.tokenizer, req)
-        params = context.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs,
-                                         req.top_logprobs or 0)
+        req, prompt, params = await asyncio.to_thread(context.prepare_chat, await request.body())
         handle = context.submit(prompt.ids, params, req.skip_special_tokens, "messages")
         outputs = [ChatOutput(context.tokenizer, prompt, want_logprobs=req.logprobs) for _ in range(handle.n)]
         rid, created = new_id("chatcmpl"), now()
@@ -227,24 +261,19 @@ def create_app(context: ServerContext) -> FastAPI:
                 "choices": [o.final_choice(i) for i, o in enumerate(outputs)],
                 "usage": usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))}
 
-    @app.post("/v1/completions")
+    @app.post(COMPLETIONS, openapi_extra=_request_body("CompletionRequest"), responses={**_STREAMED, **_ERRORS})
     async def completions(request: Request):
-        req: CompletionRequest = parse_request(CompletionRequest, await request.body())
-        context.check_model(req.model)
-        prompts = [encode_prompt(context.tokenizer, p) for p in req.prompts()]
+        req, prompts, params, echoes = await asyncio.to_thread(context.prepare_completions, await request.body())
         handles: list[RequestHandle] = []
         try:
-            for ids in prompts:
-                params = context.sampling_params(req, req.max_tokens, len(ids), req.logprobs is not None,
-                                                 req.logprobs or 0)
-                handles.append(context.submit(ids, params, req.skip_special_tokens, "prompt"))
+            for ids, p in zip(prompts, params):
+                handles.append(context.submit(ids, p, req.skip_special_tokens, "prompt"))
         except BaseException:
             for h in handles:
                 h.cancel()
             raise
         rid, created = new_id("cmpl"), now()
-        outputs = [[CompletionOutput(context.tokenizer, _echo_text(context.tokenizer, p) if req.echo else "")
-                    for _ in range(req.n)] for p in req.prompts()]
+        outputs = [[CompletionOutput(context.tokenizer, echo) for _ in range(req.n)] for echo in echoes]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(handles, _completion_chunks(context, handles, outputs, rid, created, include_usage))
@@ -331,7 +360,7 @@ async def _chat_chunks(context: ServerContext, handle: RequestHandle, outputs: l
         yield chunk(i, {"role": "assistant", "content": ""})
     async for ev in handle:
         if isinstance(ev, ErrorEvent):
-            yield _sse(error_body(ev.message, "server_error"))
+            yield _sse(error_body(ev.message, context.failure_type()))
             break
         out = outputs[ev.index]
         if isinstance(ev, TokenEvent):
@@ -382,7 +411,7 @@ async def _completion_chunks(context: ServerContext, handles: list[RequestHandle
                 remaining -= 1
                 continue
             if isinstance(ev, ErrorEvent):
-                yield _sse(error_body(ev.message, "server_error"))
+                yield _sse(error_body(ev.message, context.failure_type()))
                 break
             out, index = outputs[p][ev.index], p * n + ev.index
             if isinstance(ev, TokenEvent):
@@ -404,17 +433,4 @@ async def _completion_chunks(context: ServerContext, handles: list[RequestHandle
             task.cancel()
 
 
-def run_server(context: ServerContext, host: str = "127.0.0.1", port: int = 8000,
-               log_level: str = "info") -> None:
-    """Start the engine and serve until interrupted (what `lfmkit serve` runs)."""
-    import uvicorn
-
-    context.engine.start()
-    try:
-        uvicorn.run(create_app(context), host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=5)
-    finally:
-        context.engine.stop()
-
-
-__all__ = ["ServerContext", "create_app", "run_server"]
+__all__ = ["ServerContext", "create_app", "CHAT", "COMPLETIONS"]

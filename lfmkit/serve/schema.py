@@ -3,21 +3,29 @@
 Requests are validated strictly from the raw JSON body (wrong types are errors, not coerced)
 so every problem maps to a 400 that names the offending parameter, in OpenAI's error shape
 (`{"error": {"message", "type", "param", "code"}}`). Unknown fields are ignored, as vLLM
-and llama.cpp do, so clients that send extras keep working. Responses are plain dicts.
+and llama.cpp do, so clients that send extras keep working. Integers are bounded as OpenAI
+bounds them (`seed` is a signed 64-bit integer; counts and token ids fit 32 bits). Responses are
+plain dicts, written by `to_json` so they always encode (see there). `request_schemas` gives the
+JSON Schemas of the two request bodies for `/openapi.json`, rules across fields included.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ..errors import GenerationError
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INT32_MAX = 2**31 - 1          # counts and token ids
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # seed (as OpenAI bounds it)
+MAX_BODY_DEPTH = 200           # JSON nesting the parser accepts (pydantic-core's own recursion limit)
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class RequestError(GenerationError):
@@ -58,7 +66,24 @@ class ToolCallIn(_Strict):
     function: FunctionCall
 
 
+# The rules across a message's fields (Message._content_rules), as JSON Schema for /openapi.json.
+_PRESENT = {"not": {"type": "null"}}
+_MESSAGE_RULES = {"allOf": [
+    {"if": {"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
+     "then": {"required": ["content"], "properties": {"content": _PRESENT}}},
+    {"if": {"properties": {"role": {"const": "tool"}}},
+     "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": _PRESENT}}},
+    {"if": {"properties": {"role": {"const": "assistant"}}},
+     "then": {"anyOf": [{"required": ["content"], "properties": {"content": _PRESENT}},
+                        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]}},
+    {"if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+     "then": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}},
+]}
+
+
 class Message(_Strict):
+    model_config = ConfigDict(json_schema_extra=_MESSAGE_RULES)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
@@ -69,6 +94,8 @@ class Message(_Strict):
     def _content_rules(self):
         if self.role in ("system", "developer", "user", "tool") and self.content is None:
             raise ValueError(f"a '{self.role}' message needs 'content'")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a 'tool' message needs 'tool_call_id' (the id of the call it answers)")
         if self.role == "assistant" and self.content is None and not self.tool_calls:
             raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
         if self.tool_calls and self.role != "assistant":
@@ -160,17 +187,17 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: Union[str, list[str], None] = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     user: str | None = None
 
@@ -203,7 +230,7 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Tool] | None = None
@@ -227,13 +254,38 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+def _prompt_shape(value: Any) -> str | None:
+    """Which prompt shape a value is, judged by its first item, so only that shape is validated
+    (trying every shape would build one error per item of a long token list)."""
+    if isinstance(value, str):
+        return "str"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else None
+    if isinstance(first, str):
+        return "list[str]"
+    if isinstance(first, list):
+        return "list[list[int]]"
+    return "list[int]"
+
+
+Prompt = Annotated[Union[Annotated[str, Tag("str")],
+                         Annotated[list[str], Field(min_length=1), Tag("list[str]")],
+                         Annotated[list[TokenId], Field(min_length=1), Tag("list[int]")],
+                         Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1),
+                                   Tag("list[list[int]]")]],
+                   Discriminator(_prompt_shape, custom_error_type="prompt_type",
+                                 custom_error_message="expected a string, a list of strings, a list of token ids "
+                                                      "or a list of token-id lists")]
+
+
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
+    prompt: Prompt
+    max_tokens: int | None = Field(16, ge=1, le=INT32_MAX)  # OpenAI's default for legacy completions
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
     skip_special_tokens: bool = True
 
     def check(self) -> None:
@@ -242,15 +294,12 @@ class CompletionRequest(_Sampling):
             raise RequestError("'suffix' (fill-in-the-middle) is not supported by LFM2 models", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise RequestError("'best_of' other than 'n' is not supported", param="best_of")
-        if isinstance(self.prompt, list) and (not self.prompt or any(isinstance(p, list) and not p
-                                                                     for p in self.prompt)):
-            raise RequestError("'prompt' must not be empty", param="prompt")
 
     def prompts(self) -> list[Union[str, list[int]]]:
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if all(isinstance(x, int) for x in p):
+        if isinstance(p[0], int):          # one prompt of token ids (the shape was validated)
             return [list(p)]
         return list(p)
 
@@ -264,6 +313,9 @@ def parse_request(model_cls: type[_Strict], body: bytes) -> Any:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         err = errors[0]
+        if err["type"] == "json_invalid" and "recursion limit" in err["msg"]:
+            raise RequestError(f"the request body nests JSON more than {MAX_BODY_DEPTH} levels deep",
+                               code="request_too_complex") from None
         if err["type"] in ("json_invalid", "json_type"):
             raise RequestError(f"the request body is not valid JSON: {err['msg']}") from None
         param = _param(err["loc"]) or None
@@ -306,6 +358,38 @@ def _dotted(loc: list[str]) -> str:
 
 
 # ---- responses ----------------------------------------------------------------------------
+def to_json(payload: Any) -> str:
+    """JSON text for a response or stream event that always encodes as UTF-8.
+
+    Model output can hold code points UTF-8 cannot carry: a tool argument the model wrote as
+    `"\\ud800"` parses (as the Python literal it is) to a lone surrogate. Surrogate pairs are
+    joined into the character they spell; a lone surrogate becomes U+FFFD.
+    """
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def request_schemas(model_name: str) -> dict[str, dict]:
+    """JSON Schemas (OpenAPI components) of the request bodies; `model` can only be `model_name`."""
+    ref = "#/components/schemas/{model}"
+    schemas: dict[str, dict] = {}
+    for cls in (ChatCompletionRequest, CompletionRequest):
+        schema = cls.model_json_schema(ref_template=ref)
+        schemas.update(schema.pop("$defs", {}))
+        schema["properties"]["model"] = {"type": "string", "enum": [model_name],
+                                         "description": "the served model's name"}
+        schemas[cls.__name__] = schema
+    schemas["ErrorResponse"] = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+    return schemas
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -338,4 +422,4 @@ def completion_chunk(rid: str, created: int, model: str, choices: list[dict], **
 
 __all__ = ["RequestError", "error_body", "ChatCompletionRequest", "CompletionRequest", "Message", "Tool",
            "NamedToolChoice", "parse_request", "new_id", "now", "usage", "model_list", "chat_chunk",
-           "completion_chunk"]
+           "completion_chunk", "to_json", "request_schemas", "MAX_BODY_DEPTH"]
