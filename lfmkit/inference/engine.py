@@ -6,9 +6,11 @@ Every step it
 1. drops cancelled requests, freeing their slots at once;
 2. prefills waiting requests in arrival order, at most `prefill_chunk` prompt tokens per step
    while other streams are running (so they stall for at most one chunk). Short prompts are
-   prefilled together in ONE left-padded forward straight into free rows; a prompt longer than
-   the budget is prefilled chunk by chunk in a batch-1 side state over several steps and then
-   copied (`LFM2State.copy_row`) into a free row. `n` choices share one prefill (row copies);
+   prefilled together in ONE left-padded forward straight into free rows, and each row's left
+   padding is then removed (`LFM2State.drop_left_padding`), so a row holds only its own tokens
+   and its prompt plus max_tokens always fit; a prompt longer than the budget is prefilled
+   chunk by chunk in a batch-1 side state over several steps and then copied
+   (`LFM2State.copy_row`) into a free row. `n` choices share one prefill (row copies);
 3. runs ONE batched forward over all running sequences (rows at different lengths: the state
    writes each row's K/V at its own slot), samples one token per row with that row's own
    parameters, RNG and penalty history (`sampling.BatchSampler`: one sampler row per
@@ -17,6 +19,12 @@ Every step it
 Running sequences always occupy the lowest slots `[0, running)`: when one ends, the last row
 is moved into its hole. The decode forward runs on a zero-copy view of those rows, so a
 half-empty batch costs what a small batch costs.
+
+Requests are isolated: whatever raises while serving one request (its prefill, its decode, its
+sampling, its stop check, its cancel) ends that request alone with an `ErrorEvent`. A forward
+that fails for a group of rows is retried row by row (a failed decode first puts the rows back
+as they were), so only a row that fails by itself is blamed. `_fail_all` is left for a broken
+engine (its own bookkeeping raising), never for one request's trouble.
 
 Consumers get a `RequestHandle`: an (async or sync) iterator of `TokenEvent`, `FinishEvent`
 and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and stop strings are
@@ -32,16 +40,17 @@ import queue
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ContextLengthError, GenerationError
-from .metrics import ServingMetrics
+from ..model.state import LFM2State
 from .completion import Completion, logprob_entries, stop_token_ids
 from .generate import eos_token_ids, prefill
+from .metrics import ServingMetrics
 from .sampling import BatchSampler, SamplingParams, derived_seed
-from ..model.state import LFM2State
 
 log = logging.getLogger("lfmkit.engine")
 
@@ -148,7 +157,7 @@ class RequestHandle:
                 self._wake()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     handle: RequestHandle
     prompt: list[int]
@@ -159,7 +168,7 @@ class _Request:
     open: int = 0                   # choices still generating
 
 
-@dataclass
+@dataclass(eq=False)
 class _Sequence:
     """One choice of a request, living in one batch slot."""
     request: _Request
@@ -167,8 +176,7 @@ class _Sequence:
     slot: int
     completion: Completion          # its stop rule and text (shared with generate)
     sampler_slot: int               # its row in the BatchSampler (stable while it lives)
-    filled: int                     # state slots its row uses (prompt, left padding, tokens fed)
-    padding: int = 0                # left-padding slots in its row (not real tokens)
+    filled: int                     # state slots its row uses (prompt and tokens fed, no padding)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
 
@@ -334,7 +342,7 @@ class Engine:
                 break              # not enough free slots yet
             budget -= self._prefill_group(group)
         if self._running:
-            self._decode()
+            self._decode(list(self._running))
 
     def _take_group(self, budget: int) -> list[_Request]:
         """Waiting requests (from the front) whose left-padded prompts fit `budget` together."""
@@ -360,37 +368,58 @@ class Engine:
             for index in range(req.handle.n):
                 req.handle._push(FinishEvent(index, "cancelled"))
         for seq in [s for s in self._running if s.request.handle.cancelled]:
-            self._finish(seq, "cancelled")
+            if self._alive(seq):
+                with self._blame(seq.request, "its cancel"):
+                    self._finish(seq, "cancelled")
 
     def _prefill_group(self, group: list[_Request]) -> int:
-        """Prefill several whole prompts in ONE forward, left-padded, straight into free rows."""
-        first, k = len(self._running), len(group)
-        width = max(len(r.prompt) for r in group)
-        view = self.state.rows(first, first + k, [0] * k, dense=True)
-        logits = prefill(self.model, view, [r.prompt for r in group], pad_id=0, chunk_size=width)
+        """Take `group` off the queue and prefill it (see `_prefill_rows`); return its cost."""
         with self._cv:
             for _ in group:
                 self._waiting.popleft()
         self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in group))
-        seqs = [self._start_sequence(req, 0, width) for req in group]          # rows first .. first+k-1
-        if any(len(r.prompt) != width for r in group):
-            for seq in seqs:
-                seq.padding = width - len(seq.request.prompt)
+        self._prefill_rows(group)
+        return len(group) * max(len(r.prompt) for r in group)
+
+    def _prefill_rows(self, group: list[_Request]) -> None:
+        """Prefill whole prompts in ONE left-padded forward straight into the next free rows, drop
+        each row's padding and start the sequences. If the forward fails, each prompt is retried
+        alone, so only a prompt that fails by itself is blamed."""
+        first, k = len(self._running), len(group)
+        width = max(len(r.prompt) for r in group)
+        view = self.state.rows(first, first + k, [0] * k, dense=True)
+        try:
+            logits = prefill(self.model, view, [r.prompt for r in group], pad_id=0, chunk_size=width)
+        except Exception as exc:
+            self.state.reset(rows=list(range(first, first + k)))
+            if k == 1:
+                self._fail_request(group[0], "its prefill", exc)
+                return
+            log.warning("a grouped prefill of %d prompts failed (%r); prefilling them one by one", k, exc)
+            for req in group:
+                self._prefill_rows([req])
+            return
+        seqs = []
+        for i, req in enumerate(group):                                        # rows first .. first+k-1
+            self.state.drop_left_padding(first + i, width - len(req.prompt))
+            seqs.append(self._start_sequence(req, 0, len(req.prompt)))
         rows = list(range(k))
         for i, req in enumerate(group):
             for index in range(1, req.handle.n):                               # more choices: copies
                 self.state.copy_row(self.state, first + i, len(self._running))
-                seqs.append(self._start_sequence(req, index, width))
-                seqs[-1].padding = seqs[i].padding
+                seqs.append(self._start_sequence(req, index, len(req.prompt)))
                 rows.append(i)
         self._emit(seqs, logits[rows])
-        return k * width
 
     def _prefill_chunk(self, req: _Request, budget: int) -> int:
         """Prefill up to `budget` prompt tokens of a long prompt; start its sequences when done."""
         chunk = req.prompt[req.prefilled: req.prefilled + budget]
         ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
-        logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+        try:
+            logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+        except Exception as exc:
+            self._fail_request(req, "its prefill", exc)
+            return len(chunk)
         req.prefilled += len(chunk)
         self.metrics.prompt_tokens.inc(len(chunk))
         if req.prefilled < len(req.prompt):
@@ -418,40 +447,70 @@ class Engine:
         self._running.append(seq)
         return seq
 
-    def _decode(self) -> None:
-        seqs = list(self._running)
+    def _decode(self, seqs: list[_Sequence]) -> None:
+        """One forward over `seqs` (consecutive running rows), one token each. If it fails, the
+        rows are put back as they were (a snapshot of their conv windows and counters; K/V past
+        each row's length is rewritten anyway) and each row is retried alone, so only a row
+        that fails by itself is blamed."""
+        start = seqs[0].slot
+        view = self.state.rows(start, start + len(seqs), [s.filled for s in seqs], dense=True)
+        saved = view.snapshot() if len(seqs) > 1 else None
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.model.device)
-        view = self.state.rows(0, len(seqs), [s.filled for s in seqs],
-                               dense=not any(s.padding for s in seqs))
-        logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
+        try:
+            logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
+        except Exception as exc:
+            if saved is None:
+                self._fail_request(seqs[0].request, "its decode", exc)
+                return
+            log.warning("a decode step of %d rows failed (%r); retrying each row alone", len(seqs), exc)
+            view.restore(saved)
+            for seq in seqs:
+                if self._alive(seq):
+                    self._decode([seq])
+            return
         for s in seqs:
             s.filled += 1
         self._emit(seqs, logits)
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""
-        out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
-        tokens = out.tokens.tolist()
-        entries = logprob_entries(out, [s.request.params for s in seqs])
+        try:
+            out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
+            tokens = out.tokens.tolist()
+            entries = logprob_entries(out, [s.request.params for s in seqs])
+        except Exception as exc:
+            if len(seqs) == 1:
+                self._fail_request(seqs[0].request, "its sampling", exc)
+                return
+            for i, seq in enumerate(seqs):                       # find the row that fails alone
+                if self._alive(seq):
+                    self._emit([seq], logits[i: i + 1])
+            return
         now = time.perf_counter()
-        for i, seq in enumerate(seqs):
-            handle = seq.request.handle
-            if handle.cancelled:
-                continue                                  # freed at the next step
-            tok = tokens[i]
-            if not seq.tokens:
-                self.metrics.ttft.observe(now - handle.created)
-            else:
-                self.metrics.token_latency.observe(now - seq.last_time)
-            seq.last_time = now
-            self.metrics.generation_tokens.inc()
-            seq.tokens.append(tok)
-            text = seq.completion.accept(tok)
-            entry = entries[i]
-            handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
-                                    entry.top if entry and entry.top else None))
-            if seq.completion.finish_reason is not None:
-                self._finish(seq, seq.completion.finish_reason)
+        for seq, tok, entry in zip(seqs, tokens, entries):
+            if not self._alive(seq):
+                continue                                         # its request failed just now
+            if seq.request.handle.cancelled:                     # cancelled during the forward
+                with self._blame(seq.request, "its cancel"):
+                    self._finish(seq, "cancelled")
+                continue
+            with self._blame(seq.request, "its stop check"):
+                self._deliver(seq, tok, entry, now)
+
+    def _deliver(self, seq: _Sequence, tok: int, entry, now: float) -> None:
+        """Hand one sampled token to its sequence: text, stop rule, event; finish it if done."""
+        if not seq.tokens:
+            self.metrics.ttft.observe(now - seq.request.handle.created)
+        else:
+            self.metrics.token_latency.observe(now - seq.last_time)
+        seq.last_time = now
+        self.metrics.generation_tokens.inc()
+        seq.tokens.append(tok)
+        text = seq.completion.accept(tok)
+        seq.request.handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
+                                            entry.top if entry and entry.top else None))
+        if seq.completion.finish_reason is not None:
+            self._finish(seq, seq.completion.finish_reason)
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         req = seq.request
@@ -463,10 +522,14 @@ class Engine:
             self.metrics.request_latency.observe(time.perf_counter() - req.handle.created)
         self._release(seq)
 
+    def _alive(self, seq: _Sequence) -> bool:
+        """The sequence still holds its slot (it has not finished, been cancelled or failed)."""
+        return seq.slot < len(self._running) and self._running[seq.slot] is seq
+
     def _release(self, seq: _Sequence) -> None:
         """Free a sequence's slot at once, moving the last running row into the hole."""
         slot, last = seq.slot, len(self._running) - 1
-        if self._running[slot] is not seq:
+        if not self._alive(seq):
             return
         if slot != last:
             mover = self._running[last]
@@ -477,6 +540,30 @@ class Engine:
         self.state.reset(rows=[last])
         self.sampler.remove_row(seq.sampler_slot)
         self._free_sampler_slots.append(seq.sampler_slot)
+
+    @contextmanager
+    def _blame(self, req: _Request, what: str):
+        """Run one request's part of a step: if it raises, that request alone fails."""
+        try:
+            yield
+        except Exception as exc:
+            self._fail_request(req, what, exc)
+
+    def _fail_request(self, req: _Request, what: str, exc: Exception) -> None:
+        """End one request with an ErrorEvent (`what` raised `exc`): off the queue (and out of the
+        side state) if it waits, its sequences out of their slots; every other request goes on."""
+        log.error("request %s failed in %s", req.handle.request_id, what, exc_info=exc)
+        req.handle._push(ErrorEvent(f"internal error during generation ({type(exc).__name__} in {what})"))
+        with self._cv:
+            waiting = req in self._waiting
+            if waiting:
+                self._waiting.remove(req)
+        if waiting:                     # only the prompt being prefilled in the side state fails waiting
+            self._side.reset()
+        for seq in [s for s in self._running if s.request is req]:
+            self.metrics.finished.inc(reason="error")
+            self._release(seq)
+        req.open = 0
 
     def _fail_all(self, message: str) -> None:
         failed = {id(s.request): s.request for s in self._running}
