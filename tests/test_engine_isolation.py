@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_engine import _AlwaysAlive
 
 import lfmkit
+from lfmkit.errors import ContextLengthError
 from lfmkit.inference.engine import Engine, EngineConfig, ErrorEvent, FinishEvent, TokenEvent
 from lfmkit.inference.sampling import SamplingParams
 
@@ -111,9 +114,9 @@ def test_a_padded_group_places_every_row_so_it_fits(model, tok):
 
 
 class InsideForward:
-    """Runs `action()` inside the model's forward (in its last layer, after the earlier layers
-    have written the state) whenever `when(input_ids, state)` holds for the forward in progress:
-    a cancel that lands mid-forward, or a fault (an action that raises)."""
+    """Runs `action(input_ids, state)` inside the model's forward (in its last layer, after the
+    earlier layers have written the state) whenever `when(input_ids, state)` holds for the forward
+    in progress: a cancel that lands mid-forward, or a fault (an action that raises)."""
 
     def __init__(self, model, when, action):
         self.when, self.action, self.fired = when, action, 0
@@ -127,7 +130,7 @@ class InsideForward:
     def _layer(self, module, args):
         if self.when(*self._call):
             self.fired += 1
-            self.action()
+            self.action(*self._call)
 
     def __enter__(self):
         return self
@@ -137,12 +140,12 @@ class InsideForward:
             hook.remove()
 
 
-def _raise():
+def _raise(*_):
     raise RuntimeError("injected fault")
 
 
 def greedy(max_tokens: int, **kw) -> SamplingParams:
-    return SamplingParams.greedy(max_tokens=max_tokens, ignore_eos=True, **kw)
+    return SamplingParams.greedy(max_tokens=max_tokens, **{"ignore_eos": True, **kw})
 
 
 LONG = list(range(100, 120))      # 20 tokens: chunked in the side state with prefill_chunk=4
@@ -166,7 +169,7 @@ def test_a_cancel_inside_a_forward_ends_only_that_request(model, tok, moment):
             "last side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 16,
             "side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 8,
             "decode": lambda ids, state: ids.shape == (2, 1) and int(state.positions.max()) == 7}[moment]
-    with InsideForward(model, when, lambda: handles["victim"].cancel()) as hook:
+    with InsideForward(model, when, lambda ids, state: handles["victim"].cancel()) as hook:
         handles["keep"] = engine.submit(*keep, skip_special_tokens=False)
         if moment.startswith("group"):
             handles["victim"] = engine.submit(*victim, skip_special_tokens=False)
@@ -260,24 +263,24 @@ class _FailingDecoder:
 
 
 class _Tokenizer:
-    """The test tokenizer, except that its `which`-th incremental decoder fails on its `at`-th token."""
+    """The test tokenizer, its k-th incremental decoder (from 1) replaced by `wrap(decoder, k)`."""
 
-    def __init__(self, tok, which: int, at: int):
-        self.tok, self.which, self.at, self.made = tok, which, at, 0
+    def __init__(self, tok, wrap):
+        self.tok, self.wrap, self.made = tok, wrap, 0
 
     def __getattr__(self, name):
         return getattr(self.tok, name)
 
     def incremental_decoder(self, **kw):
         self.made += 1
-        decoder = self.tok.incremental_decoder(**kw)
-        return _FailingDecoder(decoder, self.at) if self.made == self.which else decoder
+        return self.wrap(self.tok.incremental_decoder(**kw), self.made)
 
 
 def test_a_failing_stop_check_ends_only_its_request(model, tok):
     """Choice 1 of the n=2 request fails on its 4th token: that request ends with an ErrorEvent
     (choice 0 stops too, after its 4 tokens), the others are as alone."""
-    engine = stepped(model, _Tokenizer(tok, which=4, at=4), max_concurrent=4, max_length=64)
+    failing = _Tokenizer(tok, lambda decoder, k: _FailingDecoder(decoder, at=4) if k == 4 else decoder)
+    engine = stepped(model, failing, max_concurrent=4, max_length=64)
     first, second = (KEEP[0], KEEP[1])
     handles = [engine.submit(*first, skip_special_tokens=False), engine.submit(*second, skip_special_tokens=False),
                engine.submit(LONG, greedy(6), skip_special_tokens=False)]
@@ -305,3 +308,147 @@ def test_a_failing_cancel_ends_only_its_request(model, tok):
     got = outcome(victim)
     assert "cancel" in got.error and len(got.tokens[0]) == 2
     assert_idle_and_clean(engine)
+
+
+# ---- the property: random traffic --------------------------------------------------------------
+@dataclass
+class _Planned:
+    """One request of a random traffic mix, and what happened to it."""
+    prompt: list[int]
+    params: SamplingParams
+    fits: bool                         # prompt + max_tokens fit the engine's context
+    arrival: int                       # submitted just before this engine step
+    cancel_step: int | None            # cancelled just before this engine step,
+    cancel_in_prefill: int | None      # or inside the k-th forward that prefills it
+    handle: object = None
+    prefill_forwards: int = 0
+    cancelled_at: int | None = None    # the step at which cancel() was called
+
+
+def _plan(data, model, tok, max_length: int, max_concurrent: int) -> _Planned:
+    vocab = model.config.vocab_size
+    size = data.draw(st.one_of(st.integers(1, 6), st.integers(1, max_length + 2)))
+    prompt = data.draw(st.lists(st.integers(0, vocab - 1), min_size=size, max_size=size))
+    room = max_length - size
+    if room >= 1 and data.draw(st.integers(0, 5)):    # mostly requests that fit, often filling the row
+        max_tokens = data.draw(st.one_of(st.just(room), st.integers(1, room)))
+    else:
+        max_tokens = data.draw(st.integers(max(1, room + 1), max_length + 4))
+    fits = size + max_tokens <= max_length
+    params = greedy(max_tokens, n=data.draw(st.integers(1, max_concurrent)), ignore_eos=data.draw(st.booleans()))
+    if fits and data.draw(st.booleans()):              # stop on something it really generates
+        base = alone(model, tok, prompt, params)
+        at = data.draw(st.integers(0, len(base.token_ids) - 1))
+        if data.draw(st.booleans()):
+            params = params.replace(stop_token_ids=[base.token_ids[at]])
+        elif base.text:
+            start = data.draw(st.integers(0, len(base.text) - 1))
+            params = params.replace(stop=[base.text[start: start + data.draw(st.integers(1, 3))]])
+    arrival = data.draw(st.sampled_from([0, 0, 0, 1, 2, 4, 7]))
+    when = data.draw(st.sampled_from(["never", "step", "prefill"]))
+    cancel_step = arrival + data.draw(st.integers(0, 30)) if when == "step" else None
+    cancel_in_prefill = data.draw(st.sampled_from([1, 1, 2, 3])) if when == "prefill" else None
+    return _Planned(prompt, params, fits, arrival, cancel_step, cancel_in_prefill)
+
+
+def _being_prefilled(engine: Engine, p: _Planned, state) -> bool:
+    """Inside a forward: is it prefilling `p`'s prompt (submitted, no sequence yet, and either
+    taken off the queue for a grouped prefill, or the head of the queue in the side state)?"""
+    if p.handle is None or p.cancelled_at is not None or any(s.request.handle is p.handle for s in engine._running):
+        return False
+    waiting = [r.handle for r in engine._waiting]
+    if p.handle not in waiting:
+        return p.handle._queue.empty()
+    return state is engine._side and waiting[0] is p.handle
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_random_traffic_gets_what_each_request_gets_alone(model, tok, data):
+    """Random mixes of prompt lengths, max_tokens, n, stop strings / stop tokens, eos, arrival
+    times, cancels (at step boundaries or inside a forward that prefills the request: before,
+    during or after prefill) and context limits: every request that fits gets exactly its
+    tokens, text and finish reason alone (greedy), a cancelled one ends "cancelled" with a
+    prefix of them, none gets an ErrorEvent, and one that can never fit is refused at submit
+    with ContextLengthError."""
+    max_length = data.draw(st.integers(48, 96))
+    max_concurrent = data.draw(st.integers(2, 4))
+    engine = stepped(model, tok, max_concurrent=max_concurrent, max_length=max_length,
+                     prefill_chunk=data.draw(st.integers(3, 16)))
+    plan = [_plan(data, model, tok, max_length, max_concurrent) for _ in range(data.draw(st.integers(1, 5)))]
+    step = 0
+
+    def cancel(p: _Planned) -> None:
+        if p.handle is not None and p.cancelled_at is None:
+            p.cancelled_at = step
+            p.handle.cancel()
+
+    def in_prefill(ids, state) -> None:
+        for p in plan:
+            if p.cancel_in_prefill is not None and _being_prefilled(engine, p, state):
+                p.prefill_forwards += 1
+                if p.prefill_forwards == p.cancel_in_prefill:
+                    cancel(p)
+
+    with InsideForward(model, lambda ids, state: True, in_prefill):
+        while step < 1000:
+            for p in plan:
+                if p.arrival == step:
+                    if not p.fits:
+                        with pytest.raises(ContextLengthError):
+                            engine.submit(p.prompt, p.params)
+                        continue
+                    p.handle = engine.submit(p.prompt, p.params, skip_special_tokens=False)
+                if p.cancel_step == step:
+                    cancel(p)
+            if step > max(p.arrival for p in plan) and engine.active_sequences() == engine.queue_depth() == 0:
+                break
+            engine.step()
+            step += 1
+    assert_idle_and_clean(engine)
+    for p in [p for p in plan if p.fits]:
+        got, want = outcome(p.handle), alone(model, tok, p.prompt, p.params)
+        assert got.error is None, got.error
+        assert sorted(got.reason) == list(range(p.params.n))
+        if p.cancelled_at is None:
+            assert_as_alone(model, tok, p.prompt, p.params, got)
+            continue
+        if p.cancelled_at == p.arrival and p.cancel_step is not None:   # before the engine saw it
+            assert set(got.reason.values()) == {"cancelled"} and got.tokens == {}
+        for index, reason in got.reason.items():
+            tokens = got.tokens.get(index, [])
+            if reason == "cancelled":
+                assert tokens == want.token_ids[: len(tokens)] and len(tokens) < len(want.token_ids)
+                assert want.text.startswith(got.text.get(index, ""))
+            else:
+                assert (tokens, reason, got.text[index]) == (want.token_ids, want.finish_reason, want.text)
+
+
+class _HoldAll:
+    """A decoder that shows nothing until `flush` (as one holding back a partial character)."""
+
+    def __init__(self, decoder):
+        self.decoder, self.held = decoder, ""
+
+    def push(self, token_id):
+        self.held += self.decoder.push(token_id)
+        return ""
+
+    def flush(self):
+        out, self.held = self.held + self.decoder.flush(), ""
+        return out
+
+
+def test_a_stop_string_in_the_held_back_tail_finishes_with_stop(model, tok):
+    """At max_tokens the held-back text is flushed; a stop string in it makes the finish "stop"
+    (and cuts the text), as in `generate`."""
+    holding = _Tokenizer(tok, lambda decoder, k: _HoldAll(decoder))
+    prompt = [1, 6, 40, 41]
+    full = alone(model, tok, prompt, greedy(8)).text
+    params = greedy(8, stop=[full[2:4]])
+    engine = stepped(model, holding, max_concurrent=2, max_length=64)
+    handle = engine.submit(prompt, params, skip_special_tokens=False)
+    run_until_idle(engine)
+    got, want = outcome(handle), alone(model, holding, prompt, params)
+    assert want.finish_reason == "stop" and want.text == full[:2]
+    assert (got.tokens[0], got.reason[0], got.text[0]) == (want.token_ids, "stop", want.text)

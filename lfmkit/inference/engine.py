@@ -513,8 +513,13 @@ class Engine:
             self._finish(seq, seq.completion.finish_reason)
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
+        """End one choice: its held-back text (which may still complete a stop string, making a
+        "length" finish a "stop", as in `generate`), its FinishEvent, its slot back."""
         req = seq.request
-        tail = seq.completion.flush() if reason != "cancelled" else ""
+        tail = ""
+        if reason != "cancelled":
+            tail = seq.completion.flush()
+            reason = seq.completion.finish_reason
         self.metrics.finished.inc(reason=reason)
         req.handle._push(FinishEvent(seq.index, reason, tail, len(seq.tokens)))
         req.open -= 1
