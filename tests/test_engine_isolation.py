@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine import _AlwaysAlive
 
 import lfmkit
+from lfmkit import kernels
 from lfmkit.errors import ContextLengthError
 from lfmkit.inference.engine import Engine, EngineConfig, ErrorEvent, FinishEvent, TokenEvent
 from lfmkit.inference.sampling import SamplingParams
@@ -83,8 +85,9 @@ def alone(model, tok, prompt: list[int], params: SamplingParams):
     return lfmkit.generate(model, prompt, params.replace(n=1), tokenizer=tok)
 
 
-def assert_as_alone(model, tok, prompt, params, got: Outcome) -> None:
-    want = alone(model, tok, prompt, params)
+def assert_as_alone(model, tok, prompt, params, got: Outcome, want=None) -> None:
+    """Every choice got the tokens, finish reason and text of the request alone (`want`)."""
+    want = want or alone(model, tok, prompt, params)
     assert got.error is None, got.error
     for index in range(params.n):
         assert got.tokens.get(index, []) == want.token_ids, f"choice {index}"
@@ -411,7 +414,7 @@ def test_random_traffic_gets_what_each_request_gets_alone(model, tok, data):
         assert got.error is None, got.error
         assert sorted(got.reason) == list(range(p.params.n))
         if p.cancelled_at is None:
-            assert_as_alone(model, tok, p.prompt, p.params, got)
+            assert_as_alone(model, tok, p.prompt, p.params, got, want)
             continue
         if p.cancelled_at == p.arrival and p.cancel_step is not None:   # before the engine saw it
             assert set(got.reason.values()) == {"cancelled"} and got.tokens == {}
@@ -452,3 +455,58 @@ def test_a_stop_string_in_the_held_back_tail_finishes_with_stop(model, tok):
     got, want = outcome(handle), alone(model, holding, prompt, params)
     assert want.finish_reason == "stop" and want.text == full[:2]
     assert (got.tokens[0], got.reason[0], got.text[0]) == (want.token_ids, "stop", want.text)
+
+
+def test_the_served_model_decodes_grouped_padded_prompts_on_the_fused_step(tmp_path):
+    """`lfmkit serve`'s model (`lfmkit.load`, int8, fast paths): a padded group (the 50 + 1 beside
+    2 + 60 case, and n=2) is prefilled together, its rows lose their padding and then decode
+    through the fused decode step; every request gets its tokens alone."""
+    from checkpoints import make_checkpoint
+
+    if kernels.load() is None:
+        pytest.skip(f"no C++ kernels: {kernels.build_error}")
+    path, _ = make_checkpoint(tmp_path, layout="small", seed=3, hidden_size=64, intermediate_size=192,
+                              num_key_value_heads=2, with_tokenizer=True)
+    model, tok = lfmkit.load(path, quant="int8"), lfmkit.Tokenizer.from_pretrained(path)
+    fused = model.__dict__["fused_decode"]
+    steps = []
+
+    def counting(ids, state):
+        logits = fused(ids, state)
+        steps.append(logits is not None)
+        return logits
+
+    model.__dict__["fused_decode"] = counting
+    engine = stepped(model, tok, max_concurrent=4, max_length=64)
+    requests = [(list(range(10, 60)), greedy(1)), ([1, 6], greedy(60)), ([1, 6, 40, 41], greedy(20, n=2))]
+    handles = [engine.submit(p, s, skip_special_tokens=False) for p, s in requests]
+    run_until_idle(engine)
+    assert engine.steps == 59 and steps == [True] * 59        # every decode forward on the fused step
+    model.__dict__["fused_decode"] = fused
+    for (prompt, params), handle in zip(requests, handles):
+        assert_as_alone(model, tok, prompt, params, outcome(handle))
+    assert_idle_and_clean(engine)
+
+
+def test_dropping_left_padding_leaves_the_row_its_prompt_alone_would(model):
+    """A row prefilled left-padded and then stripped of its padding decodes exactly like the
+    prompt prefilled alone (K/V in the same slots, positions, logits, up to float rounding);
+    real tokens are never dropped."""
+    from lfmkit.inference.generate import prefill
+
+    short, long = [1, 6, 99], [1, 6, 40, 41, 42, 43, 44]
+    padded, plain = model.new_state(2, 32), model.new_state(1, 32)
+    with torch.no_grad():
+        prefill(model, padded, [short, long], pad_id=0)
+        prefill(model, plain, [short])
+        padded.drop_left_padding(0, len(long) - len(short))
+        assert padded.lengths.tolist() == [3, 7] and padded.positions.tolist() == [3, 7]
+        for a, b in zip(padded.keys, plain.keys):
+            if a is not None:
+                torch.testing.assert_close(a[0, :, :3], b[0, :, :3], rtol=0, atol=1e-5)
+        step = torch.tensor([[5]])
+        got = model(step, state=padded.rows(0, 1, [3], dense=True))
+        want = model(step, state=plain)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not all padding"):
+        padded.drop_left_padding(1, 1)

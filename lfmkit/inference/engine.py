@@ -308,7 +308,6 @@ class Engine:
             self._cv.notify_all()
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         while True:
             with self._cv:
                 while not (self._stopping or self._waiting or self._running):
@@ -321,8 +320,10 @@ class Engine:
                 log.exception("engine step failed")
                 self._fail_all(f"internal error during generation ({type(exc).__name__})")
 
+    @torch.no_grad()
     def step(self) -> None:
-        """One scheduling step: drop cancelled work, prefill within budget, one decode forward."""
+        """One scheduling step: drop cancelled work, prefill within budget, one decode forward.
+        The engine thread calls it; a test (or a caller without the thread) may call it directly."""
         self.steps += 1
         self._drop_cancelled()
         budget = self.config.prefill_chunk if self._running else max(self.config.prefill_chunk, 2048)
@@ -365,8 +366,9 @@ class Engine:
         for req in gone:
             if req.prefilled:
                 self._side.reset()
-            for index in range(req.handle.n):
-                req.handle._push(FinishEvent(index, "cancelled"))
+            with self._blame(req, "its cancel"):
+                for index in range(req.handle.n):
+                    req.handle._push(FinishEvent(index, "cancelled"))
         for seq in [s for s in self._running if s.request.handle.cancelled]:
             if self._alive(seq):
                 with self._blame(seq.request, "its cancel"):
@@ -533,9 +535,9 @@ class Engine:
 
     def _release(self, seq: _Sequence) -> None:
         """Free a sequence's slot at once, moving the last running row into the hole."""
-        slot, last = seq.slot, len(self._running) - 1
         if not self._alive(seq):
             return
+        slot, last = seq.slot, len(self._running) - 1
         if slot != last:
             mover = self._running[last]
             self.state.copy_row(self.state, last, slot)
@@ -558,7 +560,6 @@ class Engine:
         """End one request with an ErrorEvent (`what` raised `exc`): off the queue (and out of the
         side state) if it waits, its sequences out of their slots; every other request goes on."""
         log.error("request %s failed in %s", req.handle.request_id, what, exc_info=exc)
-        req.handle._push(ErrorEvent(f"internal error during generation ({type(exc).__name__} in {what})"))
         with self._cv:
             waiting = req in self._waiting
             if waiting:
@@ -569,8 +570,14 @@ class Engine:
             self.metrics.finished.inc(reason="error")
             self._release(seq)
         req.open = 0
+        try:
+            req.handle._push(ErrorEvent(f"internal error during generation ({type(exc).__name__} in {what})"))
+        except Exception:               # a handle that cannot take events: nobody to tell
+            log.exception("request %s: the error could not be delivered", req.handle.request_id)
 
     def _fail_all(self, message: str) -> None:
+        """The engine itself broke (a step raised outside any one request's part): every running
+        request, and the one in the side state, gets an ErrorEvent, and all state is reset."""
         failed = {id(s.request): s.request for s in self._running}
         with self._cv:
             if self._waiting and self._waiting[0].prefilled:
