@@ -366,12 +366,12 @@ class Engine:
         for req in gone:
             if req.prefilled:
                 self._side.reset()
-            with self._blame(req, "its cancel"):
+            with self._blame(req, "the cancel"):
                 for index in range(req.handle.n):
                     req.handle._push(FinishEvent(index, "cancelled"))
         for seq in [s for s in self._running if s.request.handle.cancelled]:
             if self._alive(seq):
-                with self._blame(seq.request, "its cancel"):
+                with self._blame(seq.request, "the cancel"):
                     self._finish(seq, "cancelled")
 
     def _prefill_group(self, group: list[_Request]) -> int:
@@ -395,7 +395,7 @@ class Engine:
         except Exception as exc:
             self.state.reset(rows=list(range(first, first + k)))
             if k == 1:
-                self._fail_request(group[0], "its prefill", exc)
+                self._fail_request(group[0], "prefill", exc)
                 return
             log.warning("a grouped prefill of %d prompts failed (%r); prefilling them one by one", k, exc)
             for req in group:
@@ -420,7 +420,7 @@ class Engine:
         try:
             logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
         except Exception as exc:
-            self._fail_request(req, "its prefill", exc)
+            self._fail_request(req, "prefill", exc)
             return len(chunk)
         req.prefilled += len(chunk)
         self.metrics.prompt_tokens.inc(len(chunk))
@@ -462,7 +462,7 @@ class Engine:
             logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
         except Exception as exc:
             if saved is None:
-                self._fail_request(seqs[0].request, "its decode", exc)
+                self._fail_request(seqs[0].request, "decode", exc)
                 return
             log.warning("a decode step of %d rows failed (%r); retrying each row alone", len(seqs), exc)
             view.restore(saved)
@@ -482,7 +482,7 @@ class Engine:
             entries = logprob_entries(out, [s.request.params for s in seqs])
         except Exception as exc:
             if len(seqs) == 1:
-                self._fail_request(seqs[0].request, "its sampling", exc)
+                self._fail_request(seqs[0].request, "sampling", exc)
                 return
             for i, seq in enumerate(seqs):                       # find the row that fails alone
                 if self._alive(seq):
@@ -493,10 +493,10 @@ class Engine:
             if not self._alive(seq):
                 continue                                         # its request failed just now
             if seq.request.handle.cancelled:                     # cancelled during the forward
-                with self._blame(seq.request, "its cancel"):
+                with self._blame(seq.request, "the cancel"):
                     self._finish(seq, "cancelled")
                 continue
-            with self._blame(seq.request, "its stop check"):
+            with self._blame(seq.request, "the stop check"):
                 self._deliver(seq, tok, entry, now)
 
     def _deliver(self, seq: _Sequence, tok: int, entry, now: float) -> None:
@@ -571,7 +571,8 @@ class Engine:
             self._release(seq)
         req.open = 0
         try:
-            req.handle._push(ErrorEvent(f"internal error during generation ({type(exc).__name__} in {what})"))
+            message = f"internal error while generating this request ({type(exc).__name__} in {what})"
+            req.handle._push(ErrorEvent(message))
         except Exception:               # a handle that cannot take events: nobody to tell
             log.exception("request %s: the error could not be delivered", req.handle.request_id)
 
