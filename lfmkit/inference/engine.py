@@ -26,9 +26,10 @@ that fails for a group of rows is retried row by row (a failed decode first puts
 as they were), so only a row that fails by itself is blamed. `_fail_all` is left for a broken
 engine (its own bookkeeping raising), never for one request's trouble.
 
-Consumers get a `RequestHandle`: an (async or sync) iterator of `TokenEvent`, `FinishEvent`
-and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and stop strings are
-matched here (held back until they can no longer start a stop string, and never sent).
+Consumers get a `RequestHandle` (handle.py): an (async or sync) iterator of `TokenEvent`,
+`FinishEvent` and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and
+stop strings are matched here (held back until they can no longer start a stop string, and
+never sent).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -49,6 +49,7 @@ from ..errors import ContextLengthError, GenerationError
 from ..model.state import LFM2State
 from .completion import Completion, logprob_entries, stop_token_ids
 from .generate import eos_token_ids, prefill
+from .handle import ErrorEvent, FinishEvent, RequestHandle, TokenEvent
 from .metrics import ServingMetrics
 from .sampling import BatchSampler, SamplingParams, derived_seed
 
@@ -79,82 +80,6 @@ class EngineConfig:
             raise GenerationError(f"max_queued must be >= 0, got {self.max_queued}")
         if self.max_length is not None and self.max_length < 2:
             raise GenerationError(f"max_length must be >= 2, got {self.max_length}")
-
-
-@dataclass
-class TokenEvent:
-    """One generated token of choice `index`; `text` is the newly visible text (may be empty)."""
-    index: int
-    token_id: int
-    text: str
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-
-
-@dataclass
-class FinishEvent:
-    """Choice `index` ended. `reason`: "stop", "length" or "cancelled"; `text`: held-back text."""
-    index: int
-    reason: str
-    text: str = ""
-    completion_tokens: int = 0
-
-
-@dataclass
-class ErrorEvent:
-    """The request failed inside the engine (not the client's fault); no more events follow."""
-    message: str
-
-
-class RequestHandle:
-    """What `Engine.submit` returns: iterate (async if a loop was given, else sync); `cancel()`."""
-
-    def __init__(self, request_id: str, n: int, prompt_tokens: int,
-                 loop: asyncio.AbstractEventLoop | None):
-        self.request_id = request_id
-        self.n = n
-        self.prompt_tokens = prompt_tokens
-        self.created = time.perf_counter()
-        self.cancelled = False
-        self._loop = loop
-        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
-        self._wake = None
-        self._open = n                  # choices whose FinishEvent the consumer has not seen
-
-    def _push(self, event) -> None:
-        """Deliver an event (called from the engine thread)."""
-        if self._loop is None:
-            self._queue.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:            # the event loop is closed: nobody is listening
-            self.cancelled = True
-
-    def _seen(self, event) -> None:
-        if isinstance(event, ErrorEvent):
-            self._open = 0
-        elif isinstance(event, FinishEvent):
-            self._open -= 1
-
-    def __iter__(self):
-        while self._open > 0:
-            event = self._queue.get()
-            self._seen(event)
-            yield event
-
-    async def __aiter__(self):
-        while self._open > 0:
-            event = await self._queue.get()
-            self._seen(event)
-            yield event
-
-    def cancel(self) -> None:
-        """Stop generating for this request; its slots are freed at the engine's next step."""
-        if not self.cancelled:
-            self.cancelled = True
-            if self._wake is not None:
-                self._wake()
 
 
 @dataclass(eq=False)
