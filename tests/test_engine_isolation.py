@@ -80,6 +80,10 @@ def outcome(handle) -> Outcome:
     return out
 
 
+def greedy(max_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams.greedy(max_tokens=max_tokens, **{"ignore_eos": True, **kw})
+
+
 def alone(model, tok, prompt: list[int], params: SamplingParams):
     """The oracle: `lfmkit.generate` on this request alone (greedy)."""
     return lfmkit.generate(model, prompt, params.replace(n=1), tokenizer=tok)
@@ -107,8 +111,7 @@ def test_a_padded_group_places_every_row_so_it_fits(model, tok):
     """A 50-token prompt wanting 1 token beside a 2-token prompt wanting 60, context 64: both are
     valid; grouped together, left padding must not push the short row past its slots."""
     engine = stepped(model, tok, max_concurrent=2, max_length=64)
-    requests = [(list(range(10, 60)), SamplingParams.greedy(max_tokens=1, ignore_eos=True)),
-                ([1, 6], SamplingParams.greedy(max_tokens=60, ignore_eos=True))]
+    requests = [(list(range(10, 60)), greedy(1)), ([1, 6], greedy(60))]
     handles = [engine.submit(p, s, skip_special_tokens=False) for p, s in requests]
     run_until_idle(engine)
     for (prompt, params), handle in zip(requests, handles):
@@ -147,10 +150,6 @@ def _raise(*_):
     raise RuntimeError("injected fault")
 
 
-def greedy(max_tokens: int, **kw) -> SamplingParams:
-    return SamplingParams.greedy(max_tokens=max_tokens, **{"ignore_eos": True, **kw})
-
-
 LONG = list(range(100, 120))      # 20 tokens: chunked in the side state with prefill_chunk=4
 
 
@@ -174,11 +173,9 @@ def test_a_cancel_inside_a_forward_ends_only_that_request(model, tok, moment):
             "decode": lambda ids, state: ids.shape == (2, 1) and int(state.positions.max()) == 7}[moment]
     with InsideForward(model, when, lambda ids, state: handles["victim"].cancel()) as hook:
         handles["keep"] = engine.submit(*keep, skip_special_tokens=False)
-        if moment.startswith("group"):
-            handles["victim"] = engine.submit(*victim, skip_special_tokens=False)
-        else:
-            engine.step()
-            handles["victim"] = engine.submit(*victim, skip_special_tokens=False)
+        if not moment.startswith("group"):
+            engine.step()                    # `keep` runs; the victim arrives mid-stream
+        handles["victim"] = engine.submit(*victim, skip_special_tokens=False)
         run_until_idle(engine)
     assert hook.fired == 1
     assert_as_alone(model, tok, *keep, outcome(handles["keep"]))
@@ -187,6 +184,7 @@ def test_a_cancel_inside_a_forward_ends_only_that_request(model, tok, moment):
     want = alone(model, tok, *victim).token_ids
     for tokens in got.tokens.values():
         assert tokens == want[: len(tokens)] and len(tokens) < len(want)
+    assert (got.tokens == {}) == (moment != "decode")       # cancelled in its prefill: no token
     assert_idle_and_clean(engine)
 
 
