@@ -6,9 +6,11 @@ Every step it
 1. drops cancelled requests, freeing their slots at once;
 2. prefills waiting requests in arrival order, at most `prefill_chunk` prompt tokens per step
    while other streams are running (so they stall for at most one chunk). Short prompts are
-   prefilled together in ONE left-padded forward straight into free rows; a prompt longer than
-   the budget is prefilled chunk by chunk in a batch-1 side state over several steps and then
-   copied (`LFM2State.copy_row`) into a free row. `n` choices share one prefill (row copies);
+   prefilled together in ONE left-padded forward straight into free rows, and each row's left
+   padding is then removed (`LFM2State.drop_left_padding`), so a row holds only its own tokens
+   and its prompt plus max_tokens always fit; a prompt longer than the budget is prefilled
+   chunk by chunk in a batch-1 side state over several steps and then copied
+   (`LFM2State.copy_row`) into a free row. `n` choices share one prefill (row copies);
 3. runs ONE batched forward over all running sequences (rows at different lengths: the state
    writes each row's K/V at its own slot), samples one token per row with that row's own
    parameters, RNG and penalty history (`sampling.BatchSampler`: one sampler row per
@@ -18,9 +20,16 @@ Running sequences always occupy the lowest slots `[0, running)`: when one ends, 
 is moved into its hole. The decode forward runs on a zero-copy view of those rows, so a
 half-empty batch costs what a small batch costs.
 
-Consumers get a `RequestHandle`: an (async or sync) iterator of `TokenEvent`, `FinishEvent`
-and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and stop strings are
-matched here (held back until they can no longer start a stop string, and never sent).
+Requests are isolated: whatever raises while serving one request (its prefill, its decode, its
+sampling, its stop check, its cancel) ends that request alone with an `ErrorEvent`. A forward
+that fails for a group of rows is retried row by row (a failed decode first puts the rows back
+as they were), so only a row that fails by itself is blamed. `_fail_all` is left for a broken
+engine (its own bookkeeping raising), never for one request's trouble.
+
+Consumers get a `RequestHandle` (handle.py): an (async or sync) iterator of `TokenEvent`,
+`FinishEvent` and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and
+stop strings are matched here (held back until they can no longer start a stop string, and
+never sent).
 """
 
 from __future__ import annotations
@@ -28,20 +37,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ContextLengthError, GenerationError
-from .metrics import ServingMetrics
+from ..model.state import LFM2State
 from .completion import Completion, logprob_entries, stop_token_ids
 from .generate import eos_token_ids, prefill
+from .handle import ErrorEvent, FinishEvent, RequestHandle, TokenEvent
+from .metrics import ServingMetrics
 from .sampling import BatchSampler, SamplingParams, derived_seed
-from ..model.state import LFM2State
 
 log = logging.getLogger("lfmkit.engine")
 
@@ -72,83 +82,7 @@ class EngineConfig:
             raise GenerationError(f"max_length must be >= 2, got {self.max_length}")
 
 
-@dataclass
-class TokenEvent:
-    """One generated token of choice `index`; `text` is the newly visible text (may be empty)."""
-    index: int
-    token_id: int
-    text: str
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-
-
-@dataclass
-class FinishEvent:
-    """Choice `index` ended. `reason`: "stop", "length" or "cancelled"; `text`: held-back text."""
-    index: int
-    reason: str
-    text: str = ""
-    completion_tokens: int = 0
-
-
-@dataclass
-class ErrorEvent:
-    """The request failed inside the engine (not the client's fault); no more events follow."""
-    message: str
-
-
-class RequestHandle:
-    """What `Engine.submit` returns: iterate (async if a loop was given, else sync); `cancel()`."""
-
-    def __init__(self, request_id: str, n: int, prompt_tokens: int,
-                 loop: asyncio.AbstractEventLoop | None):
-        self.request_id = request_id
-        self.n = n
-        self.prompt_tokens = prompt_tokens
-        self.created = time.perf_counter()
-        self.cancelled = False
-        self._loop = loop
-        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
-        self._wake = None
-        self._open = n                  # choices whose FinishEvent the consumer has not seen
-
-    def _push(self, event) -> None:
-        """Deliver an event (called from the engine thread)."""
-        if self._loop is None:
-            self._queue.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:            # the event loop is closed: nobody is listening
-            self.cancelled = True
-
-    def _seen(self, event) -> None:
-        if isinstance(event, ErrorEvent):
-            self._open = 0
-        elif isinstance(event, FinishEvent):
-            self._open -= 1
-
-    def __iter__(self):
-        while self._open > 0:
-            event = self._queue.get()
-            self._seen(event)
-            yield event
-
-    async def __aiter__(self):
-        while self._open > 0:
-            event = await self._queue.get()
-            self._seen(event)
-            yield event
-
-    def cancel(self) -> None:
-        """Stop generating for this request; its slots are freed at the engine's next step."""
-        if not self.cancelled:
-            self.cancelled = True
-            if self._wake is not None:
-                self._wake()
-
-
-@dataclass
+@dataclass(eq=False)
 class _Request:
     handle: RequestHandle
     prompt: list[int]
@@ -159,7 +93,7 @@ class _Request:
     open: int = 0                   # choices still generating
 
 
-@dataclass
+@dataclass(eq=False)
 class _Sequence:
     """One choice of a request, living in one batch slot."""
     request: _Request
@@ -167,8 +101,7 @@ class _Sequence:
     slot: int
     completion: Completion          # its stop rule and text (shared with generate)
     sampler_slot: int               # its row in the BatchSampler (stable while it lives)
-    filled: int                     # state slots its row uses (prompt, left padding, tokens fed)
-    padding: int = 0                # left-padding slots in its row (not real tokens)
+    filled: int                     # state slots its row uses (prompt and tokens fed, no padding)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
 
@@ -300,7 +233,6 @@ class Engine:
             self._cv.notify_all()
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         while True:
             with self._cv:
                 while not (self._stopping or self._waiting or self._running):
@@ -313,8 +245,10 @@ class Engine:
                 log.exception("engine step failed")
                 self._fail_all(f"internal error during generation ({type(exc).__name__})")
 
+    @torch.no_grad()
     def step(self) -> None:
-        """One scheduling step: drop cancelled work, prefill within budget, one decode forward."""
+        """One scheduling step: drop cancelled work, prefill within budget, one decode forward.
+        The engine thread calls it; a test (or a caller without the thread) may call it directly."""
         self.steps += 1
         self._drop_cancelled()
         budget = self.config.prefill_chunk if self._running else max(self.config.prefill_chunk, 2048)
@@ -334,7 +268,7 @@ class Engine:
                 break              # not enough free slots yet
             budget -= self._prefill_group(group)
         if self._running:
-            self._decode()
+            self._decode(list(self._running))
 
     def _take_group(self, budget: int) -> list[_Request]:
         """Waiting requests (from the front) whose left-padded prompts fit `budget` together."""
@@ -357,40 +291,62 @@ class Engine:
         for req in gone:
             if req.prefilled:
                 self._side.reset()
-            for index in range(req.handle.n):
-                req.handle._push(FinishEvent(index, "cancelled"))
+            with self._blame(req, "the cancel"):
+                for index in range(req.handle.n):
+                    req.handle._push(FinishEvent(index, "cancelled"))
         for seq in [s for s in self._running if s.request.handle.cancelled]:
-            self._finish(seq, "cancelled")
+            if self._alive(seq):
+                with self._blame(seq.request, "the cancel"):
+                    self._finish(seq, "cancelled")
 
     def _prefill_group(self, group: list[_Request]) -> int:
-        """Prefill several whole prompts in ONE forward, left-padded, straight into free rows."""
-        first, k = len(self._running), len(group)
-        width = max(len(r.prompt) for r in group)
-        view = self.state.rows(first, first + k, [0] * k, dense=True)
-        logits = prefill(self.model, view, [r.prompt for r in group], pad_id=0, chunk_size=width)
+        """Take `group` off the queue and prefill it (see `_prefill_rows`); return its cost."""
         with self._cv:
             for _ in group:
                 self._waiting.popleft()
         self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in group))
-        seqs = [self._start_sequence(req, 0, width) for req in group]          # rows first .. first+k-1
-        if any(len(r.prompt) != width for r in group):
-            for seq in seqs:
-                seq.padding = width - len(seq.request.prompt)
+        self._prefill_rows(group)
+        return len(group) * max(len(r.prompt) for r in group)
+
+    def _prefill_rows(self, group: list[_Request]) -> None:
+        """Prefill whole prompts in ONE left-padded forward straight into the next free rows, drop
+        each row's padding and start the sequences. If the forward fails, each prompt is retried
+        alone, so only a prompt that fails by itself is blamed."""
+        first, k = len(self._running), len(group)
+        width = max(len(r.prompt) for r in group)
+        view = self.state.rows(first, first + k, [0] * k, dense=True)
+        try:
+            logits = prefill(self.model, view, [r.prompt for r in group], pad_id=0, chunk_size=width)
+        except Exception as exc:
+            self.state.reset(rows=list(range(first, first + k)))
+            if k == 1:
+                self._fail_request(group[0], "prefill", exc)
+                return
+            log.warning("a grouped prefill of %d prompts failed (%r); prefilling them one by one", k, exc)
+            for req in group:
+                self._prefill_rows([req])
+            return
+        seqs = []
+        for i, req in enumerate(group):                                        # rows first .. first+k-1
+            self.state.drop_left_padding(first + i, width - len(req.prompt))
+            seqs.append(self._start_sequence(req, 0, len(req.prompt)))
         rows = list(range(k))
         for i, req in enumerate(group):
             for index in range(1, req.handle.n):                               # more choices: copies
                 self.state.copy_row(self.state, first + i, len(self._running))
-                seqs.append(self._start_sequence(req, index, width))
-                seqs[-1].padding = seqs[i].padding
+                seqs.append(self._start_sequence(req, index, len(req.prompt)))
                 rows.append(i)
         self._emit(seqs, logits[rows])
-        return k * width
 
     def _prefill_chunk(self, req: _Request, budget: int) -> int:
         """Prefill up to `budget` prompt tokens of a long prompt; start its sequences when done."""
         chunk = req.prompt[req.prefilled: req.prefilled + budget]
         ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
-        logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+        try:
+            logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+        except Exception as exc:
+            self._fail_request(req, "prefill", exc)
+            return len(chunk)
         req.prefilled += len(chunk)
         self.metrics.prompt_tokens.inc(len(chunk))
         if req.prefilled < len(req.prompt):
@@ -418,44 +374,79 @@ class Engine:
         self._running.append(seq)
         return seq
 
-    def _decode(self) -> None:
-        seqs = list(self._running)
+    def _decode(self, seqs: list[_Sequence]) -> None:
+        """One forward over `seqs` (consecutive running rows), one token each. If it fails, the
+        rows are put back as they were (a snapshot of their conv windows and counters; K/V past
+        each row's length is rewritten anyway) and each row is retried alone, so only a row
+        that fails by itself is blamed."""
+        start = seqs[0].slot
+        view = self.state.rows(start, start + len(seqs), [s.filled for s in seqs], dense=True)
+        saved = view.snapshot() if len(seqs) > 1 else None
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.model.device)
-        view = self.state.rows(0, len(seqs), [s.filled for s in seqs],
-                               dense=not any(s.padding for s in seqs))
-        logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
+        try:
+            logits = self.model(ids, state=view, logits_to_keep=1)[:, -1]
+        except Exception as exc:
+            if saved is None:
+                self._fail_request(seqs[0].request, "decode", exc)
+                return
+            log.warning("a decode step of %d rows failed (%r); retrying each row alone", len(seqs), exc)
+            view.restore(saved)
+            for seq in seqs:
+                if self._alive(seq):
+                    self._decode([seq])
+            return
         for s in seqs:
             s.filled += 1
         self._emit(seqs, logits)
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""
-        out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
-        tokens = out.tokens.tolist()
-        entries = logprob_entries(out, [s.request.params for s in seqs])
+        try:
+            out = self.sampler.sample(logits, [s.sampler_slot for s in seqs])
+            tokens = out.tokens.tolist()
+            entries = logprob_entries(out, [s.request.params for s in seqs])
+        except Exception as exc:
+            if len(seqs) == 1:
+                self._fail_request(seqs[0].request, "sampling", exc)
+                return
+            for i, seq in enumerate(seqs):                       # find the row that fails alone
+                if self._alive(seq):
+                    self._emit([seq], logits[i: i + 1])
+            return
         now = time.perf_counter()
-        for i, seq in enumerate(seqs):
-            handle = seq.request.handle
-            if handle.cancelled:
-                continue                                  # freed at the next step
-            tok = tokens[i]
-            if not seq.tokens:
-                self.metrics.ttft.observe(now - handle.created)
-            else:
-                self.metrics.token_latency.observe(now - seq.last_time)
-            seq.last_time = now
-            self.metrics.generation_tokens.inc()
-            seq.tokens.append(tok)
-            text = seq.completion.accept(tok)
-            entry = entries[i]
-            handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
-                                    entry.top if entry and entry.top else None))
-            if seq.completion.finish_reason is not None:
-                self._finish(seq, seq.completion.finish_reason)
+        for seq, tok, entry in zip(seqs, tokens, entries):
+            if not self._alive(seq):
+                continue                                         # its request failed just now
+            if seq.request.handle.cancelled:                     # cancelled during the forward
+                with self._blame(seq.request, "the cancel"):
+                    self._finish(seq, "cancelled")
+                continue
+            with self._blame(seq.request, "the stop check"):
+                self._deliver(seq, tok, entry, now)
+
+    def _deliver(self, seq: _Sequence, tok: int, entry, now: float) -> None:
+        """Hand one sampled token to its sequence: text, stop rule, event; finish it if done."""
+        if not seq.tokens:
+            self.metrics.ttft.observe(now - seq.request.handle.created)
+        else:
+            self.metrics.token_latency.observe(now - seq.last_time)
+        seq.last_time = now
+        self.metrics.generation_tokens.inc()
+        seq.tokens.append(tok)
+        text = seq.completion.accept(tok)
+        seq.request.handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
+                                            entry.top if entry and entry.top else None))
+        if seq.completion.finish_reason is not None:
+            self._finish(seq, seq.completion.finish_reason)
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
+        """End one choice: its held-back text (which may still complete a stop string, making a
+        "length" finish a "stop", as in `generate`), its FinishEvent, its slot back."""
         req = seq.request
-        tail = seq.completion.flush() if reason != "cancelled" else ""
+        tail = ""
+        if reason != "cancelled":
+            tail = seq.completion.flush()
+            reason = seq.completion.finish_reason
         self.metrics.finished.inc(reason=reason)
         req.handle._push(FinishEvent(seq.index, reason, tail, len(seq.tokens)))
         req.open -= 1
@@ -463,11 +454,15 @@ class Engine:
             self.metrics.request_latency.observe(time.perf_counter() - req.handle.created)
         self._release(seq)
 
+    def _alive(self, seq: _Sequence) -> bool:
+        """The sequence still holds its slot (it has not finished, been cancelled or failed)."""
+        return seq.slot < len(self._running) and self._running[seq.slot] is seq
+
     def _release(self, seq: _Sequence) -> None:
         """Free a sequence's slot at once, moving the last running row into the hole."""
-        slot, last = seq.slot, len(self._running) - 1
-        if self._running[slot] is not seq:
+        if not self._alive(seq):
             return
+        slot, last = seq.slot, len(self._running) - 1
         if slot != last:
             mover = self._running[last]
             self.state.copy_row(self.state, last, slot)
@@ -478,7 +473,37 @@ class Engine:
         self.sampler.remove_row(seq.sampler_slot)
         self._free_sampler_slots.append(seq.sampler_slot)
 
+    @contextmanager
+    def _blame(self, req: _Request, what: str):
+        """Run one request's part of a step: if it raises, that request alone fails."""
+        try:
+            yield
+        except Exception as exc:
+            self._fail_request(req, what, exc)
+
+    def _fail_request(self, req: _Request, what: str, exc: Exception) -> None:
+        """End one request with an ErrorEvent (`what` raised `exc`): off the queue (and out of the
+        side state) if it waits, its sequences out of their slots; every other request goes on."""
+        log.error("request %s failed in %s", req.handle.request_id, what, exc_info=exc)
+        with self._cv:
+            waiting = req in self._waiting
+            if waiting:
+                self._waiting.remove(req)
+        if waiting:                     # only the prompt being prefilled in the side state fails waiting
+            self._side.reset()
+        for seq in [s for s in self._running if s.request is req]:
+            self.metrics.finished.inc(reason="error")
+            self._release(seq)
+        req.open = 0
+        try:
+            message = f"internal error while generating this request ({type(exc).__name__} in {what})"
+            req.handle._push(ErrorEvent(message))
+        except Exception:               # a handle that cannot take events: nobody to tell
+            log.exception("request %s: the error could not be delivered", req.handle.request_id)
+
     def _fail_all(self, message: str) -> None:
+        """The engine itself broke (a step raised outside any one request's part): every running
+        request, and the one in the side state, gets an ErrorEvent, and all state is reset."""
         failed = {id(s.request): s.request for s in self._running}
         with self._cv:
             if self._waiting and self._waiting[0].prefilled:

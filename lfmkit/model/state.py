@@ -211,6 +211,24 @@ class LFM2State:
         self.positions[dst_row] = src.positions[src_row]
         self._resync()
 
+    def drop_left_padding(self, row: int, n: int) -> None:
+        """Remove the first `n` slots of `row`, which must be left padding (no real tokens):
+        its K/V move `n` slots down, so the row holds only its real tokens and has `n` more
+        slots of room. Positions (RoPE) are unchanged: they count real tokens, not slots."""
+        if n <= 0:
+            return
+        end = int(self.lengths[row])
+        if n > end or bool(self.valid[row, :n].any()):
+            raise ValueError(f"row {row}: the first {n} of its {end} slots are not all padding")
+        for group in (self.keys, self.values):
+            for t in group:
+                if t is not None:
+                    t[row, :, : end - n] = t[row, :, n:end].clone()
+        self.valid[row, : end - n] = self.valid[row, n:end].clone()
+        self.valid[row, end - n:] = False
+        self.lengths[row] = end - n
+        self._resync()
+
     def rows(self, start: int, stop: int, lengths: list[int] | None = None,
              dense: bool | None = None) -> "LFM2State":
         """A zero-copy state over rows [start, stop): every write lands in this state.
