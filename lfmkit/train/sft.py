@@ -6,6 +6,10 @@ data (`data.py`), plans the steps (`batching.py`), lets `prepare_model(model)` a
 in `output/`: the final model as a Hugging Face directory (config.json, model.safetensors, the
 tokenizer files and chat template), `metrics.jsonl`, `loss.png`, `train_config.json` and the
 checkpoints under `checkpoints/`.
+
+The recipe is two phases other recipes reuse: `prepare_run(config)` (model, tokenizer, documents,
+step plan, adapters) and `train_run(run, loss)` (the trainer); the distillation recipe
+(`distill_recipe.py`) builds its teacher loss in between.
 """
 
 from __future__ import annotations
