@@ -173,6 +173,10 @@ def test_a_cache_for_other_documents_or_no_cache_is_refused(setup, full_cache, t
         distill_run(settings_of(setup, "other-data", teacher_cache=str(full_cache), max_length=64), verbose=False)
     with pytest.raises(CheckpointError, match="teacher_cache.json: not found.*write it with `lfmkit train distill"):
         distill_run(settings_of(setup, "no-cache", teacher_cache=str(tmp_path / "none")), verbose=False)
+    shutil.copytree(full_cache, tmp_path / "no-table")
+    (tmp_path / "no-table" / distill_recipe.DOCUMENTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="a teacher cache without a document table"):
+        distill_run(settings_of(setup, "no-table", teacher_cache=str(tmp_path / "no-table")), verbose=False)
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(setup, tmp_path):

@@ -157,17 +157,18 @@ class CachedTeacher:
 
     def __init__(self, path: str | os.PathLike):
         self.cache = open_cache(path)
-        docs_file = SafetensorsFile(self.cache.path / DOCUMENTS_FILE) if (self.cache.path / DOCUMENTS_FILE).is_file() \
-            else None
+        table_path = self.cache.path / DOCUMENTS_FILE
         self.fingerprint = self.cache.index.get("documents_fingerprint")
-        if docs_file is None or self.fingerprint is None:
+        if not table_path.is_file() or self.fingerprint is None:
             raise CheckpointError(f"{self.cache.path}: a teacher cache without a document table (written by "
                                   f"write_teacher_cache directly?); training reads caches `lfmkit train "
                                   f"distill-cache` writes")
-        if docs_file.metadata.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(f"{docs_file.path}: belongs to another cache than {CACHE_INDEX} "
-                                  f"(fingerprints differ); write the cache again")
-        digests, shard, offset, count = (docs_file.read(n) for n in ("digests", "shard", "offset", "count"))
+        docs_file = SafetensorsFile(table_path)
+        names = ("digests", "shard", "offset", "count")
+        if docs_file.metadata.get("fingerprint") != self.fingerprint or not set(names) <= set(docs_file.entries):
+            raise CheckpointError(f"{table_path}: does not belong to {CACHE_INDEX} beside it (another "
+                                  f"fingerprint, or tensors missing); write the cache again")
+        digests, shard, offset, count = (docs_file.read(n) for n in names)
         self.table = {bytes(d): (s, o, c) for d, s, o, c in
                       zip(digests.numpy(), shard.tolist(), offset.tolist(), count.tolist())}
 
