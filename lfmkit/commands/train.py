@@ -1,15 +1,24 @@
-"""`lfmkit train sft`: fine-tune an LFM2 checkpoint from flags or a YAML file (`--config`).
+"""`lfmkit train sft | distill | distill-cache`: fine-tune an LFM2 checkpoint, distil a teacher
+into it, or write a teacher's top-k cache, from flags or a YAML file (`--config`).
 
 Flags override the YAML file's settings; both use the field names of
-`lfmkit.train.SFTConfig` (dashes or underscores). docs/training.md lists every default and
-where it comes from.
+`lfmkit.train.SFTConfig` / `DistillConfig` (dashes or underscores), so one YAML file can drive
+`distill-cache` and then `distill`. docs/training.md lists every default and where it comes from.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..train.config import SCHEDULERS, SFTConfig
+from ..train.config import (
+    CACHE_DTYPES,
+    KD_LOSSES,
+    SCHEDULERS,
+    TEACHER_QUANTS,
+    DistillCacheConfig,
+    DistillConfig,
+    SFTConfig,
+)
 
 # (flag, config field, argparse options) for every setting the command line exposes.
 _FLAGS = [
@@ -53,39 +62,107 @@ _FLAGS = [
 ]
 
 
+_TEACHER_FLAGS = [
+    ("--teacher", dict(help="teacher checkpoint (directory, Hub id or .gguf); it must share the student's tokenizer")),
+    ("--teacher-quant", dict(choices=TEACHER_QUANTS, help="load the teacher in fp32, bf16, int8 or int4 "
+                                                           "(default: its stored dtype)")),
+]
+_DISTILL_FLAGS = _FLAGS + _TEACHER_FLAGS + [
+    ("--teacher-cache", dict(metavar="DIR", help="train from this top-k cache (lfmkit train distill-cache) "
+                                                 "instead of running the teacher")),
+    ("--kd-loss", dict(choices=KD_LOSSES, help="divergence to the teacher (default forward_kl)")),
+    ("--temperature", dict(type=float, help="softmax temperature of both distributions (default 2.0)")),
+    ("--alpha", dict(type=float, help="weight of the distillation term; 1 - alpha weighs the hard-label CE "
+                                      "(default 0.5)")),
+    ("--jsd-beta", dict(type=float, help="beta of the generalized JSD, kd-loss jsd (default 0.5)")),
+]
+_CACHE_DATA = ("--data", "--max-length", "--packing", "--assistant-only-loss", "--completion-only-loss",
+               "--chat-template", "--device")
+_CACHE_FLAGS = _TEACHER_FLAGS + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA] + [
+    ("--model", dict(help="the student, whose tokenizer reads the data (default: the teacher's)")),
+    ("--output", dict(dest="teacher_cache", metavar="DIR", help="the cache folder to write (YAML: teacher_cache)")),
+    ("--top-k", dict(type=int, help="log-probs kept per trained token (default 64)")),
+    ("--cache-dtype", dict(choices=CACHE_DTYPES, help="dtype of the stored log-probs (default float16)")),
+    ("--batch-size", dict(type=int, help="with --grad-accum: the teacher runs batch_size / grad_accum rows at a "
+                                         "time, the training micro-batch (default 8)")),
+    ("--grad-accum", dict(type=int, help="see --batch-size (default 1)")),
+]
+
+
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (sft)",
+    p = sub.add_parser("train", help="fine-tune a model (sft, distill)",
                        description="Fine-tune an LFM2 model. See docs/training.md.")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
-    s = recipes.add_parser("sft", help="supervised fine-tuning (full or LoRA)",
-                           description="Supervised fine-tuning on chat, prompt/completion or text data. "
-                                       "Settings come from --config (YAML), overridden by flags.")
-    s.add_argument("--config", metavar="FILE", help="YAML file of settings (SFTConfig field names)")
-    s.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                   help="no progress bar")
-    for flag, options in _FLAGS:
-        s.add_argument(flag, default=argparse.SUPPRESS, **options)
-    s.set_defaults(func=run_sft)
+    add_recipe(recipes, "sft", _FLAGS, run_sft, help="supervised fine-tuning (full or LoRA)",
+               description="Supervised fine-tuning on chat, prompt/completion or text data. "
+                           "Settings come from --config (YAML), overridden by flags.")
+    add_recipe(recipes, "distill", _DISTILL_FLAGS, run_distill, help="knowledge distillation from a teacher",
+               description="Train the student --model against a teacher's next-token distributions (online "
+                           "--teacher, or --teacher-cache), mixed with the hard-label CE by --alpha. Every "
+                           "setting of `train sft` applies. Settings come from --config (YAML), overridden by flags.")
+    add_distill_cache(recipes, "distill-cache")
     p.set_defaults(func=lambda args: p.print_help() or 0, recipe=None)
 
 
-def config_from_args(args) -> SFTConfig:
-    """SFTConfig from --config (if any) overridden by the flags actually given."""
-    fields = {f.lstrip("-").replace("-", "_") for f, _ in _FLAGS} | {"progress"}
+def add_recipe(recipes, name: str, flags: list, func, **texts) -> argparse.ArgumentParser:
+    """A subcommand taking --config and `flags` (only the flags given override the YAML file)."""
+    s = recipes.add_parser(name, **texts)
+    s.add_argument("--config", metavar="FILE", help="YAML file of settings (SFTConfig / DistillConfig field names)")
+    s.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bar")
+    for flag, options in flags:
+        s.add_argument(flag, default=argparse.SUPPRESS, **options)
+    s.set_defaults(func=func, settings=[options.get("dest") or flag.lstrip("-").replace("-", "_")
+                                        for flag, options in flags])
+    return s
+
+
+def add_distill_cache(parsers, name: str) -> argparse.ArgumentParser:
+    """`distill-cache` (also `lfmkit distill cache`): the teacher's top-k log-probs, written once."""
+    return add_recipe(parsers, name, _CACHE_FLAGS, run_distill_cache,
+                      help="run a teacher once and write its top-k log-probs for `train distill --teacher-cache`",
+                      description="Tokenize --data as training will, run --teacher once over every distinct "
+                                  "document and write its top-k log-probs to --output. `train distill "
+                                  "--teacher-cache DIR` with the same data settings reads them (the same "
+                                  "--config file serves both).")
+
+
+def config_from_args(args, kind: type[SFTConfig] = SFTConfig) -> SFTConfig:
+    """A `kind` config from --config (if any) overridden by the flags actually given."""
+    fields = set(getattr(args, "settings", [])) | {"progress"}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     if args.config:
-        return SFTConfig.from_yaml(args.config, overrides)
-    return SFTConfig.from_dict(overrides, where="command line")
+        return kind.from_yaml(args.config, overrides)
+    return kind.from_dict(overrides, where="command line")
 
 
-def run_sft(args) -> int:
-    from ..train.sft import sft
-
-    config = config_from_args(args)
-    result = sft(config)
+def report(result) -> None:
     ran = f"this run: {len(result.losses)}"
     if result.resumed_from:
         ran += f", resumed at step {result.resumed_from}"
     last = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps ({ran}){last}; model and metrics in {result.output}")
+
+
+def run_sft(args) -> int:
+    from ..train.sft import sft
+
+    report(sft(config_from_args(args)))
+    return 0
+
+
+def run_distill(args) -> int:
+    from ..train.distill_recipe import distill_run
+
+    report(distill_run(config_from_args(args, DistillConfig)))
+    return 0
+
+
+def run_distill_cache(args) -> int:
+    from ..train.distill import TeacherCache
+    from ..train.distill_recipe import distill_cache
+
+    cache = TeacherCache(distill_cache(config_from_args(args, DistillCacheConfig)))
+    print(f"wrote the teacher's top-{cache.k} log-probs of {cache.index['documents']:,} documents "
+          f"({cache.index['tokens']:,} trained tokens) to {cache.path}")
     return 0

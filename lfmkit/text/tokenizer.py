@@ -49,6 +49,16 @@ def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -
     return written
 
 
+def vocabulary_table(directory: str | os.PathLike) -> tuple:
+    """A checkpoint's token -> id table from its tokenizer.json, special tokens included (what
+    fixes the embedding rows): two models with equal tables read token ids alike."""
+    data = read_json_object(Path(directory) / TOKENIZER_FILE, TokenizerError)
+    model = data.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    added = sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens") or [] if isinstance(t, dict))
+    return (sorted(vocab.items()) if isinstance(vocab, dict) else vocab, added)
+
+
 def _read_json(path: Path) -> dict:
     return read_json_object(path, TokenizerError)
 

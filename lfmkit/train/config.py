@@ -106,16 +106,19 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
     # ---- checks ------------------------------------------------------------------------
+    def required(self) -> dict[str, str]:
+        """The settings this use of the config cannot do without, and what each one is."""
+        return {"model": "a checkpoint directory, Hub id or .gguf file",
+                "data": "one or more files or dataset directories, path[:weight]",
+                "output": "the directory for the model, checkpoints and metrics"}
+
     def validate(self, where: str = "config") -> None:
         def bad(name: str, why: str):
             raise ConfigError(f"{where}: {name} {why}")
 
-        if not self.model:
-            bad("model", "is required (a checkpoint directory, Hub id or .gguf file)")
-        if not self.data:
-            bad("data", "is required (one or more files or dataset directories, path[:weight])")
-        if not self.output:
-            bad("output", "is required (the directory for the model, checkpoints and metrics)")
+        for name, why in self.required().items():
+            if not getattr(self, name):
+                bad(name, f"is required ({why})")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
                     "epochs": self.epochs}
         for name, value in positive.items():
@@ -144,6 +147,66 @@ class SFTConfig:
             bad("lora_r", "is needed when lora_alpha or lora_targets is set")
         if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
             bad("save_dtype", f"must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+
+
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+TEACHER_QUANTS = ("fp32", "bf16", "int8", "int4")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class DistillConfig(SFTConfig):
+    """Knowledge distillation of `teacher` into the student `model`: every SFT setting, plus the
+    teacher (run online, or read from a top-k cache) and the loss
+    alpha * T^2 * divergence(kd_loss) + (1 - alpha) * CE (lfmkit.train.distill)."""
+
+    teacher: str = ""                                  # the teacher checkpoint (online, or to write the cache)
+    teacher_quant: str | None = None                   # fp32, bf16, int8, int4; default: its stored dtype
+    teacher_cache: str | None = None                   # train from this top-k cache instead of the teacher
+    kd_loss: str = "forward_kl"
+    temperature: float = 2.0
+    alpha: float = 0.5                                 # weight of the distillation term; 1 - alpha: the CE
+    jsd_beta: float = 0.5                              # kd_loss jsd only
+    top_k: int = 64                                    # writing the cache: log-probs kept per trained token
+    cache_dtype: str = "float16"                       # writing the cache: dtype of those log-probs
+
+    def required(self) -> dict[str, str]:
+        need = super().required()
+        if not self.teacher_cache:
+            need["teacher"] = "the teacher checkpoint, or teacher_cache: a cache written by distill-cache"
+        return need
+
+    def validate(self, where: str = "config") -> None:
+        super().validate(where)
+
+        def bad(name: str, why: str):
+            raise ConfigError(f"{where}: {name} {why}")
+
+        if self.kd_loss not in KD_LOSSES:
+            bad("kd_loss", f"must be one of {', '.join(KD_LOSSES)}, got {self.kd_loss!r}")
+        if self.teacher_quant not in (None, *TEACHER_QUANTS):
+            bad("teacher_quant", f"must be one of {', '.join(TEACHER_QUANTS)}, got {self.teacher_quant!r}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            bad("cache_dtype", f"must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            bad("temperature", f"must be positive, got {self.temperature}")
+        for name in ("alpha", "jsd_beta"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, f"must be in [0, 1], got {getattr(self, name)}")
+        if self.top_k < 1:
+            bad("top_k", f"must be at least 1, got {self.top_k}")
+
+
+@dataclass
+class DistillCacheConfig(DistillConfig):
+    """The settings of `distill-cache`: a distillation config (the same YAML file serves both
+    commands) of which it needs the teacher, the data settings and `teacher_cache`, the folder
+    to write; `model`, when set, is the student whose tokenizer the data is read with."""
+
+    def required(self) -> dict[str, str]:
+        return {"teacher": "the teacher checkpoint to run",
+                "data": "one or more files or dataset directories, path[:weight]",
+                "teacher_cache": "the folder to write the teacher's top-k log-probs to"}
 
 
 def _coerce(value, hint, where: str):
@@ -186,4 +249,5 @@ def _coerce(value, hint, where: str):
     return str(value)
 
 
-__all__ = ["SFTConfig", "SCHEDULERS"]
+__all__ = ["SFTConfig", "DistillConfig", "DistillCacheConfig", "SCHEDULERS", "KD_LOSSES", "TEACHER_QUANTS",
+           "CACHE_DTYPES"]

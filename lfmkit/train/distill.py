@@ -321,15 +321,18 @@ CACHE_FORMAT = "lfmkit-teacher-topk"
 
 @torch.no_grad()
 def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str | os.PathLike, k: int,
-                        dtype: torch.dtype | str = torch.float16, chunk_size: int = CHUNK_TOKENS) -> Path:
+                        dtype: torch.dtype | str = torch.float16, chunk_size: int = CHUNK_TOKENS,
+                        metadata: dict | None = None) -> Path:
     """Run `teacher` (an lfmkit model, float or quantized) once over `batches` and store, for each
     trained token, its k most likely next tokens: ids (int32) and log-probs (`dtype`).
 
     batches: dicts with `input_ids` [B, T], optional `attention_mask` and `labels` (Hugging Face
-    convention, see `next_token_targets`). `path` becomes a folder with one safetensors shard per
-    batch (input_ids, attention_mask, aligned targets, topk_ids, topk_logprobs) and
-    teacher_cache.json, written last (a folder without it is an incomplete cache); each shard is
-    written under a temporary name and renamed when complete. Read it back with `TeacherCache`."""
+    convention, see `next_token_targets`), or aligned `targets` instead of labels (lfmkit's
+    training batches), and `document_ids` for packed rows (see `LFM2.forward`). `path` becomes a
+    folder with one safetensors shard per batch (input_ids, attention_mask or document_ids,
+    aligned targets, topk_ids, topk_logprobs) and teacher_cache.json (with `metadata` merged in),
+    written last (a folder without it is an incomplete cache); each shard is written under a
+    temporary name and renamed when complete. Read it back with `TeacherCache`."""
     from safetensors.torch import save_file
 
     vocab = teacher.config.vocab_size
@@ -341,10 +344,11 @@ def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str |
     (out / CACHE_INDEX).unlink(missing_ok=True)
     shards, tokens = [], 0
     for i, batch in enumerate(batches):
-        ids, mask = batch["input_ids"], batch.get("attention_mask")
-        targets = next_token_targets(ids, batch.get("labels"), mask)
+        ids, mask, docs = batch["input_ids"], batch.get("attention_mask"), batch.get("document_ids")
+        targets = batch["targets"] if "targets" in batch else next_token_targets(ids, batch.get("labels"), mask)
         rows = (targets.reshape(-1) != IGNORE).nonzero().squeeze(-1)
-        hidden = teacher(ids, attention_mask=mask, return_hidden=True).reshape(-1, teacher.config.hidden_size)
+        hidden = teacher(ids, attention_mask=mask, document_ids=docs, return_hidden=True)
+        hidden = hidden.reshape(-1, teacher.config.hidden_size)
         top_ids, top_lp = [], []
         for a in range(0, rows.numel(), chunk_size):
             logp = F.log_softmax(teacher.lm_head(hidden[rows[a: a + chunk_size]]).float(), dim=-1)
@@ -356,13 +360,16 @@ def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str |
                    "topk_logprobs": torch.cat(top_lp) if top_lp else torch.zeros(0, k, dtype=store)}
         if mask is not None:
             tensors["attention_mask"] = mask.to(torch.int8)
+        if docs is not None:
+            tensors["document_ids"] = docs.to(torch.int32)
         name = f"shard-{i:05d}.safetensors"
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(out / (name + ".tmp")))
         os.replace(out / (name + ".tmp"), out / name)
         shards.append(name)
         tokens += int(rows.numel())
     index = {"format": CACHE_FORMAT, "version": 1, "k": k, "vocab_size": vocab, "dtype": str(store).split(".")[-1],
-             "tokens": tokens, "shards": shards, "teacher": str(getattr(teacher, "source_path", None))}
+             "tokens": tokens, "shards": shards, "teacher": str(getattr(teacher, "source_path", None)),
+             **(metadata or {})}
     (out / (CACHE_INDEX + ".tmp")).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     os.replace(out / (CACHE_INDEX + ".tmp"), out / CACHE_INDEX)
     return out
@@ -370,8 +377,9 @@ def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str |
 
 class TeacherCache:
     """A folder written by `write_teacher_cache`: `cache[i]` is batch i as a dict with input_ids,
-    attention_mask (or None), targets (aligned, -100 = not trained) and teacher (a TeacherTopK over
-    the trained tokens, in order), ready for `DistillationLoss`."""
+    attention_mask and document_ids (each None when absent), targets (aligned, -100 = not trained)
+    and teacher (a TeacherTopK over the trained tokens, in order), ready for `DistillationLoss`.
+    `index` is teacher_cache.json (with the writer's metadata)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -400,12 +408,26 @@ class TeacherCache:
         if t["topk_ids"].shape != (trained, self.k) or t["topk_logprobs"].shape != (trained, self.k):
             raise CheckpointError(f"{shard.path}: top-k tensors of shape {list(t['topk_ids'].shape)} do not "
                                   f"match its {trained} trained tokens x k={self.k}")
-        mask = t.get("attention_mask")
+        mask, docs = t.get("attention_mask"), t.get("document_ids")
         return {"input_ids": t["input_ids"].long(), "attention_mask": None if mask is None else mask.long(),
-                "targets": t["targets"].long(), "teacher": TeacherTopK(t["topk_ids"], t["topk_logprobs"])}
+                "document_ids": None if docs is None else docs.long(), "targets": t["targets"].long(),
+                "teacher": TeacherTopK(t["topk_ids"], t["topk_logprobs"])}
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def read_topk(self, shard: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, log-probs) [stop - start, k] of trained tokens start..stop of shard `shard`, in
+        the order the shard lists its trained tokens, read without loading the rest of it."""
+        files = self.__dict__.setdefault("_files", {})
+        if shard not in files:
+            files[shard] = SafetensorsFile(self.path / self.shards[shard])
+        f = files[shard]
+        for name in ("topk_ids", "topk_logprobs"):
+            if name not in f.entries or f.entries[name][1][0] < stop:
+                raise CheckpointError(f"{f.path}: no {name} rows {start}..{stop} (the cache is incomplete or "
+                                      f"was changed after it was written)")
+        return f.read_rows("topk_ids", start, stop), f.read_rows("topk_logprobs", start, stop)
 
 
 __all__ = ["DistillationLoss", "DistillOutput", "TeacherLogits", "TeacherHead", "TeacherTopK", "TeacherCache",

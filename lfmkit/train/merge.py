@@ -45,7 +45,7 @@ from ..io.hub import resolve_model_path
 from ..io.safetensors import ShardWriter
 from ..model import LFM2
 from ..model.loading import expected_tensors
-from ..text.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES
+from ..text.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES, vocabulary_table
 from .merge_config import MergeConfig, Segment, load_merge_config, resolve
 from .merge_methods import REQUIRED
 
@@ -294,20 +294,12 @@ def _tokenizer_dir(cfg: MergeConfig, driver: _Input, inputs: _Models) -> Path:
             raise cfg.error(where, str(exc)) from None
     if not (tok_dir / TOKENIZER_FILE).is_file():
         raise cfg.error(where, f"{tok_dir}: no {TOKENIZER_FILE}")
-    vocab = _vocabulary(tok_dir)
+    vocab = vocabulary_table(tok_dir)
     for inp in inputs.by_key.values():
-        if (inp.ckpt.path / TOKENIZER_FILE).is_file() and _vocabulary(inp.ckpt.path) != vocab:
+        if (inp.ckpt.path / TOKENIZER_FILE).is_file() and vocabulary_table(inp.ckpt.path) != vocab:
             raise cfg.error(where, f"{inp.name} has a different vocabulary from {tok_dir}: lfmkit merges models "
                                    f"that share a tokenizer (it does not build a vocabulary union)")
     return tok_dir
-
-
-def _vocabulary(directory: Path) -> tuple:
-    """A tokenizer's token -> id table, special tokens included (what fixes the embedding rows)."""
-    data = json.loads((directory / TOKENIZER_FILE).read_text(encoding="utf-8"))
-    vocab = (data.get("model") or {}).get("vocab")
-    added = sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens") or [])
-    return (sorted(vocab.items()) if isinstance(vocab, dict) else vocab, added)
 
 
 __all__ = ["merge", "tensor_seed", "DEFAULT_MAX_SHARD_BYTES"]

@@ -6,6 +6,10 @@ data (`data.py`), plans the steps (`batching.py`), lets `prepare_model(model)` a
 in `output/`: the final model as a Hugging Face directory (config.json, model.safetensors, the
 tokenizer files and chat template), `metrics.jsonl`, `loss.png`, `train_config.json` and the
 checkpoints under `checkpoints/`.
+
+The recipe is two phases other recipes reuse: `prepare_run(config)` (model, tokenizer, documents,
+step plan, adapters) and `train_run(run, loss)` (the trainer); the distillation recipe
+(`distill_recipe.py`) builds its teacher loss in between.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,20 +31,22 @@ from ..model import LFM2
 from ..text.tokenizer import Tokenizer, copy_tokenizer_files
 from .batching import DataPlan
 from .config import SFTConfig
-from .data import DataOptions, DataSource, load_sources
+from .data import DataOptions, DataSource, Document, load_sources
 from .trainer import Trainer, TrainResult, check_output
 
 LORA_MODULE = "lfmkit.train.lora"
 
 
-def as_config(config: SFTConfig | dict | str | os.PathLike) -> SFTConfig:
-    """An SFTConfig from itself, a dict of settings, or a YAML file path."""
-    if isinstance(config, SFTConfig):
+def as_config(config: SFTConfig | dict | str | os.PathLike, kind: type[SFTConfig] = SFTConfig) -> SFTConfig:
+    """A `kind` config (SFTConfig or a subclass) from itself, a dict of settings, or a YAML file path."""
+    if isinstance(config, kind):
         config.validate()
         return config
+    if isinstance(config, SFTConfig):
+        raise ConfigError(f"expected a {kind.__name__}, got a {type(config).__name__}")
     if isinstance(config, dict):
-        return SFTConfig.from_dict(config)
-    return SFTConfig.from_yaml(config)
+        return kind.from_dict(config)
+    return kind.from_yaml(config)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -106,18 +113,26 @@ def load_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True):
     return docs, [s.weight for s in sources]
 
 
-def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-        save_model: Callable[[nn.Module, Path], None] | None = None, loss=None, verbose: bool = True) -> TrainResult:
-    """Fine-tune `config.model` on `config.data`; see the module docstring for what is written.
+@dataclass
+class Run:
+    """A run ready to train: the prepared model, its tokenizer, the documents and the step plan.
+    `prepare_run` builds it and `train_run` trains it; a recipe (SFT, distillation) may add
+    what its loss needs in between."""
 
-    prepare_model: adapts the loaded model before training (freeze, wrap adapters); only the
-    parameters that still require grad are trained and checkpointed. Default: LoRA when the
-    config sets lora_r, else full fine-tuning.
-    save_model: writes the final model into the output directory; default: a Hugging Face
-    directory (or, with LoRA, the adapter module's save_adapter).
-    loss: the loss callable (losses.py protocol); default next-token cross-entropy.
-    """
-    config = as_config(config)
+    config: SFTConfig
+    device: torch.device
+    model: nn.Module
+    tokenizer: Tokenizer
+    tokenizer_dir: str
+    documents: list[list[Document]]      # per data source
+    plan: DataPlan
+    save_model: Callable[[nn.Module, Path], None]
+
+
+def prepare_run(config: SFTConfig, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+                save_model: Callable[[nn.Module, Path], None] | None = None, verbose: bool = True) -> Run:
+    """Load `config.model` (float32 master weights) and its tokenizer, read the data, plan the
+    steps and adapt the model (`prepare_model`, or LoRA when the config sets lora_r)."""
     check_output(config)
     device = resolve_device(config.device)
     random.seed(config.seed)
@@ -145,12 +160,38 @@ def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[n
     if save_model is None:
         def save_model(m, out):
             save_hf_model(m, out, tokenizer_dir, config.save_dtype)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model)
+    return Run(config, device, model, tokenizer, tokenizer_dir, docs, plan, save_model)
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The id padding is written with (the pad token, else eos; padding is never trained)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def train_run(run: Run, loss=None, verbose: bool = True) -> TrainResult:
+    """Train a prepared run with `loss` (losses.py protocol; default next-token cross-entropy)."""
+    config = run.config
+    trainer = Trainer(run.model, run.plan, config, pad_id(run.tokenizer), loss_fn=loss, save_model=run.save_model)
     if verbose:
         print(f"training {trainer.total_steps} steps of {config.batch_size} sequences "
-              f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {device}", flush=True)
+              f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {run.device}",
+              flush=True)
     return trainer.train()
 
 
-__all__ = ["sft", "as_config", "save_hf_model", "lora_hooks", "load_data", "resolve_device"]
+def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+        save_model: Callable[[nn.Module, Path], None] | None = None, loss=None, verbose: bool = True) -> TrainResult:
+    """Fine-tune `config.model` on `config.data`; see the module docstring for what is written.
+
+    prepare_model: adapts the loaded model before training (freeze, wrap adapters); only the
+    parameters that still require grad are trained and checkpointed. Default: LoRA when the
+    config sets lora_r, else full fine-tuning.
+    save_model: writes the final model into the output directory; default: a Hugging Face
+    directory (or, with LoRA, the adapter module's save_adapter).
+    loss: the loss callable (losses.py protocol); default next-token cross-entropy.
+    """
+    return train_run(prepare_run(as_config(config), prepare_model, save_model, verbose), loss, verbose)
+
+
+__all__ = ["sft", "Run", "prepare_run", "train_run", "pad_id", "as_config", "save_hf_model", "lora_hooks", "load_data",
+           "resolve_device"]
