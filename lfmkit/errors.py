@@ -40,3 +40,7 @@ class ContextLengthError(GenerationError):
 
 class ExportError(LFMKitError):
     """A model cannot be written in the requested export format."""
+
+
+class EvalError(LFMKitError, ValueError):
+    """An evaluation cannot run: a missing or malformed dataset file, an unknown task or rule."""
