@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EvalError
-from .backends import EndpointBackend, LocalBackend
+from .backends import LocalBackend
 from .report import write_outputs
 from .tasks import MC_RULES, GenItem, LoadOptions, MCItem, get_tasks
 
@@ -34,8 +34,10 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
 
 
 def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwargs: dict | None = None):
-    """A backend for a path, an lfmkit model, or a backend given as is."""
-    if isinstance(model, (LocalBackend, EndpointBackend)):
+    """A backend for a path, an lfmkit model, or a backend given as is (anything with the backend
+    interface: `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
+    if not isinstance(model, (str, Path, torch.nn.Module)) and hasattr(model, "generate") and hasattr(
+            model, "score_mc"):
         return model
     if isinstance(model, (str, Path)):
         from ..loader import load
