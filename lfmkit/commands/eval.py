@@ -63,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--lm-eval-tasks", default=None, metavar="T1,T2",
                    help="run lm-evaluation-harness tasks on the model (LMEvalModel) instead of --tasks")
+    p.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                   help="extra folder of lm-eval task YAML files (lm-eval's --include_path)")
     p.set_defaults(func=run)
     EvalParser.actions = {"judge": _judge_parser(), "plot": _plot_parser()}
 
@@ -144,10 +146,14 @@ def _run_lm_eval(args) -> int:
 
     lm = LMEvalModel(pretrained=args.model, batch_size=args.batch_size, quant=args.quant, dtype=args.dtype,
                      device=args.device)
+    from lm_eval.tasks import TaskManager
+
     tasks = [t for t in args.lm_eval_tasks.split(",") if t]
+    manager = TaskManager(include_path=args.lm_eval_include) if args.lm_eval_include else None
     try:
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit,
-                                      apply_chat_template=args.apply_chat_template, random_seed=args.seed)
+                                      apply_chat_template=args.apply_chat_template, random_seed=args.seed,
+                                      task_manager=manager)
     except KeyError as exc:
         raise EvalError(f"--lm-eval-tasks: lm-eval does not know {exc}") from None
     print(json.dumps(out["results"], indent=2, default=str))
