@@ -19,8 +19,9 @@ import torch
 
 from ..errors import EvalError
 from .backends import LocalBackend
+from .registry import get_tasks
 from .report import write_outputs
-from .tasks import MC_RULES, GenItem, LoadOptions, MCItem, get_tasks
+from .tasks import MC_RULES, GenItem, LoadOptions, MCItem
 
 
 def mean_stderr(values: list[float]) -> tuple[float, float]:

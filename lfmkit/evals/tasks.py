@@ -1,17 +1,16 @@
-"""What every task shares: the prompt (rendered plain or as a chat), the items and the registry.
+"""What every task shares: the prompt (rendered plain or as a chat) and the items.
 
 A task turns dataset rows into items. A multiple-choice item (`MCItem`) is scored from one
 forward pass over its prompt; a generation item (`GenItem`) from the model's completion.
 The prompt is kept structured (`Prompt`: a description, few-shot pairs, the question) so the
 same item renders as lm-eval's plain text (`--apply-chat-template` off) or as a conversation
 (few-shot examples as earlier user / assistant turns, lm-eval's `--fewshot_as_multiturn`).
+The task registry is in registry.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from ..errors import EvalError
 
 
 @dataclass
@@ -75,27 +74,8 @@ class LoadOptions:
 MC_RULES = ("vocab", "choices")
 
 
-def registry() -> dict:
-    """Task name -> task object (imported here so every task module stays independent)."""
-    from .ifeval import IFEVAL_TASKS
-    from .math_tasks import MATH_TASKS
-    from .multiple_choice import MC_TASKS
-
-    return {**MC_TASKS, **MATH_TASKS, **IFEVAL_TASKS}
-
-
-def get_tasks(names: list[str]) -> list:
-    tasks = registry()
-    out = []
-    for name in names:
-        if name not in tasks:
-            raise EvalError(f"--tasks: unknown task {name!r} (known: {', '.join(sorted(tasks))})")
-        out.append(tasks[name])
-    return out
-
-
 def first_n(rows: list[dict], limit: int | None) -> list[dict]:
     return rows if limit is None else rows[:limit]
 
 
-__all__ = ["Prompt", "MCItem", "GenItem", "LoadOptions", "MC_RULES", "registry", "get_tasks", "first_n"]
+__all__ = ["Prompt", "MCItem", "GenItem", "LoadOptions", "MC_RULES", "first_n"]
