@@ -230,3 +230,14 @@ def test_csv_and_parquet_read_like_jsonl(setup, tmp_path):
     (tmp_path / "csv" / "mmlu" / "test.csv").write_text("\n".join(lines) + "\n")
     c = evaluate(str(path), "mmlu", tmp_path / "csv", num_fewshot=0)["results"]["mmlu"]
     assert (c["score"], c["n"]) == (b["score"], b["n"])
+
+
+def test_long_rows_split_across_passes_score_the_same(setup, tmp_path, monkeypatch):
+    from lfmkit.evals import backends
+
+    path, ref, hf_tok, data = setup
+    monkeypatch.setattr(backends, "ROW_TOKENS_PER_PASS", 16)     # a few tokens per row per pass
+    summary = evaluate(str(path), "mmlu", data, tmp_path, mc_rule="choices", batch_size=4, num_fewshot=2)
+    prompts = mmlu_prompts(data, 2)
+    preds, lls = oracle(ref, hf_tok, prompts, "choices")
+    check(summary["results"]["mmlu"], samples_of(tmp_path, "mmlu"), prompts, preds, lls, "choices")
