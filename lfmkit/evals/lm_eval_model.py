@@ -9,7 +9,7 @@ the prefix token; `tok_encode` adds the tokenizer's bos as lm-eval's Hugging Fac
 so the same requests produce the same token ids, and the log-likelihoods come from
 `score_continuations`: one prefill per distinct context, on the hybrid state. Rolling
 log-likelihoods use lm-eval's own windowing; generation is greedy `lfmkit.generate` with the
-request's stop strings.
+request's stop strings, batched.
 """
 
 from __future__ import annotations
@@ -101,15 +101,26 @@ class LMEvalModel(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for context, gen_kwargs in [r.args for r in requests]:
+        """Greedy completions; requests with the same stop strings and budget run as batches,
+        longest prompts first."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        prompts = []
+        for i, (context, gen_kwargs) in enumerate(r.args for r in requests):
             kwargs = dict(gen_kwargs or {})
             until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_tokens = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-            ids = self.tok_encode(context)[-(self.max_length - max_tokens):]
-            params = SamplingParams.greedy(max_tokens=max_tokens, stop=until)
-            out.append(generate(self.model, ids, params, tokenizer=self.tokenizer).text)
+            prompts.append(self.tok_encode(context)[-(self.max_length - max_tokens):])
+            groups[(until, max_tokens)].append(i)
+        out = [""] * len(prompts)
+        for (until, max_tokens), idx in groups.items():
+            params = SamplingParams.greedy(max_tokens=max_tokens, stop=list(until))
+            idx = sorted(idx, key=lambda i: -len(prompts[i]))
+            for start in range(0, len(idx), self.batch_size):
+                batch = idx[start: start + self.batch_size]
+                results = generate(self.model, [prompts[i] for i in batch], params, tokenizer=self.tokenizer)
+                for i, r in zip(batch, results):
+                    out[i] = r.text
         return out
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
