@@ -47,7 +47,7 @@ def write_checkpoint(config: LFM2Config, directory: Path, dtype=torch.bfloat16) 
     g = torch.Generator().manual_seed(0)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in params:
+        for _name, shape in params:
             t = (torch.randn(shape, generator=g) * 0.02).to(dtype)
             f.write(t.view(-1).view(torch.uint8).numpy().tobytes())
     return path

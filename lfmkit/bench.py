@@ -209,8 +209,8 @@ def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, th
         for _ in range(steps):
             llm.eval([tok])
         best_decode = min(best_decode, (time.perf_counter() - t) / steps)
-    llm.close() if hasattr(llm, "close") else None
-    del llm
+    if hasattr(llm, "close"):
+        llm.close()
     return {"prefill_tok_s": len(prompt) / best_prefill, "ttft_s": best_prefill, "decode_tok_s": 1 / best_decode}
 
 

@@ -23,7 +23,10 @@ def ckpt(tmp_path):
     return path, ref
 
 
-def _logits(model, ids=torch.tensor([[1, 5, 9, 3, 2]])):
+IDS = torch.tensor([[1, 5, 9, 3, 2]])
+
+
+def _logits(model, ids=IDS):
     with torch.no_grad():
         out = model(ids)
         return out.logits if hasattr(out, "logits") else out

@@ -80,7 +80,7 @@ def seed_loop(folder, messages_batch, max_new_tokens=16, filename="model.onnx"):
 
     generated_tokens = np.zeros((batch_size, 0), dtype=np.int64)
     first_logits = None
-    for i in range(max_new_tokens):
+    for i in range(max_new_tokens):  # noqa: B007 - the seed's loop, as users run it
         logits, *present_cache_values = sess.run(None, dict(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -118,7 +118,7 @@ def test_int4_model_computes_with_its_dequantized_weights(tiny):
     path, ref = tiny
     q = load_quantized(path, "int4")
     fake = LFM2.from_pretrained(path, dtype="float32")
-    for name, p in fake.named_parameters():
+    for _, p in fake.named_parameters():
         if p.dim() == 2:
             p.copy_(dequantize_int4(*quantize_int4(p)))
     acc = logit_agreement(fake, q, long_prompt())

@@ -273,7 +273,7 @@ def test_disconnecting_clients_free_their_slots(server):
                 break
             time.sleep(0.005)
         assert (health["running"], health["queued"]) == (8, 2)
-        for cm, response in streams[:8]:
+        for _, response in streams[:8]:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")      # streaming has started
             del lines                                    # (dropping the iterator hangs up too)
