@@ -91,25 +91,35 @@ def lora_hooks(config: SFTConfig) -> tuple[Callable | None, Callable | None]:
     return prepare, getattr(lora, "save_adapter", None)
 
 
+def read_chat_template(config: SFTConfig) -> str | None:
+    """The source of `config.chat_template` (a .jinja file), or None when unset."""
+    if not config.chat_template:
+        return None
+    try:
+        return Path(config.chat_template).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
+
+
+def print_data_summary(stats, sources, max_length: int, unit: str = "documents",
+                       dropped: str = "with nothing to train on") -> None:
+    """One line per data source: what loading it kept, truncated and dropped."""
+    for s, src in zip(stats, sources):
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.kinds.items()))
+        print(f"data {s.path} (weight {src.weight:g}): {s.documents} {unit} ({kinds}), {s.tokens:,} tokens, "
+              f"{s.trained_tokens:,} trained; {s.truncated} truncated to {max_length}, {s.dropped} {dropped}",
+              flush=True)
+
+
 def load_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True):
     """(documents per source, weights) for the config's data, with a one-line summary per source."""
     sources = [DataSource.parse(spec) for spec in config.data]
-    template = None
-    if config.chat_template:
-        try:
-            template = Path(config.chat_template).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
     options = DataOptions(max_length=config.max_length, assistant_only_loss=config.assistant_only_loss,
                           completion_only_loss=config.completion_only_loss,
-                          chat_template=template)
+                          chat_template=read_chat_template(config))
     docs, stats = load_sources(sources, tokenizer, options)
     if verbose:
-        for s, src in zip(stats, sources):
-            kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.kinds.items()))
-            print(f"data {s.path} (weight {src.weight:g}): {s.documents} documents ({kinds}), {s.tokens:,} tokens, "
-                  f"{s.trained_tokens:,} trained; {s.truncated} truncated to {config.max_length}, "
-                  f"{s.dropped} with nothing to train on", flush=True)
+        print_data_summary(stats, sources, config.max_length)
     return docs, [s.weight for s in sources]
 
 
@@ -129,10 +139,19 @@ class Run:
     save_model: Callable[[nn.Module, Path], None]
 
 
+def sft_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True) -> tuple[list[list[Document]], DataPlan]:
+    """(documents per source, step plan) of the config's SFT data."""
+    docs, weights = load_data(config, tokenizer, verbose)
+    return docs, DataPlan(docs, weights, config.batch_size, config.max_length, config.packing, config.seed)
+
+
 def prepare_run(config: SFTConfig, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-                save_model: Callable[[nn.Module, Path], None] | None = None, verbose: bool = True) -> Run:
-    """Load `config.model` (float32 master weights) and its tokenizer, read the data, plan the
-    steps and adapt the model (`prepare_model`, or LoRA when the config sets lora_r)."""
+                save_model: Callable[[nn.Module, Path], None] | None = None, verbose: bool = True,
+                data: Callable = sft_data) -> Run:
+    """Load `config.model` (float32 master weights) and its tokenizer, read the data and plan the
+    steps (`data(config, tokenizer, verbose) -> (documents per source, plan)`; another recipe's
+    documents only need `input_ids`, e.g. preference pairs) and adapt the model
+    (`prepare_model`, or LoRA when the config sets lora_r)."""
     check_output(config)
     device = resolve_device(config.device)
     random.seed(config.seed)
@@ -142,12 +161,11 @@ def prepare_run(config: SFTConfig, prepare_model: Callable[[nn.Module], nn.Modul
     if not tokenizer_dir:
         raise ConfigError(f"model: {config.model} ships no tokenizer, which training data needs")
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    docs, weights = load_data(config, tokenizer, verbose)
+    docs, plan = data(config, tokenizer, verbose)
     too_big = max(max(max(d.input_ids) for d in source) for source in docs)
     if too_big >= model.config.vocab_size:
         raise DataError(f"token id {too_big} is outside the model's vocabulary ({model.config.vocab_size}); "
                         f"is the tokenizer the model's?")
-    plan = DataPlan(docs, weights, config.batch_size, config.max_length, config.packing, config.seed)
 
     lora_prepare, lora_save = lora_hooks(config) if prepare_model is None else (None, None)
     prepare_model = prepare_model or lora_prepare
@@ -193,5 +211,5 @@ def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[n
     return train_run(prepare_run(as_config(config), prepare_model, save_model, verbose), loss, verbose)
 
 
-__all__ = ["sft", "Run", "prepare_run", "train_run", "pad_id", "as_config", "save_hf_model", "lora_hooks", "load_data",
-           "resolve_device"]
+__all__ = ["sft", "Run", "prepare_run", "sft_data", "train_run", "pad_id", "read_chat_template", "print_data_summary",
+           "as_config", "save_hf_model", "lora_hooks", "load_data", "resolve_device"]
