@@ -1,8 +1,9 @@
-"""`lfmkit train sft | distill | distill-cache`: fine-tune an LFM2 checkpoint, distil a teacher
-into it, or write a teacher's top-k cache, from flags or a YAML file (`--config`).
+"""`lfmkit train sft | distill | distill-cache | dpo`: fine-tune an LFM2 checkpoint, distil a
+teacher into it, write a teacher's top-k cache, or train it on preference pairs, from flags or a
+YAML file (`--config`).
 
 Flags override the YAML file's settings; both use the field names of
-`lfmkit.train.SFTConfig` / `DistillConfig` (dashes or underscores), so one YAML file can drive
+`lfmkit.train.SFTConfig` / `DistillConfig` / `DPOConfig` (dashes or underscores), so one YAML file can drive
 `distill-cache` and then `distill`. docs/training.md lists every default and where it comes from.
 """
 
@@ -19,6 +20,7 @@ from ..train.config import (
     DistillConfig,
     SFTConfig,
 )
+from ..train.dpo_config import LOSSES, DPOConfig
 
 # (flag, config field, argparse options) for every setting the command line exposes.
 _FLAGS = [
@@ -76,6 +78,14 @@ _DISTILL_FLAGS = _FLAGS + _TEACHER_FLAGS + [
                                       "(default 0.5)")),
     ("--jsd-beta", dict(type=float, help="beta of the generalized JSD, kd-loss jsd (default 0.5)")),
 ]
+# Preference pairs have no loss masks to choose: every flag of `train sft` but those two.
+_DPO_FLAGS = [(f, o) for f, o in _FLAGS if f not in ("--assistant-only-loss", "--completion-only-loss")] + [
+    ("--ref-model", dict(help="reference model (default: the starting model; with LoRA, its adapters off)")),
+    ("--loss", dict(choices=LOSSES, help="sigmoid (DPO), sigmoid_norm (length-normalized DPO), ipo, simpo "
+                                         "(reference-free); default sigmoid")),
+    ("--beta", dict(type=float, help="DPO's beta, IPO's tau, SimPO's beta (default 0.1)")),
+    ("--simpo-gamma", dict(type=float, help="SimPO's target reward margin (default 0.5)")),
+]
 _CACHE_DATA = ("--data", "--max-length", "--packing", "--assistant-only-loss", "--completion-only-loss",
                "--chat-template", "--device")
 _CACHE_FLAGS = _TEACHER_FLAGS + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA] + [
@@ -90,7 +100,7 @@ _CACHE_FLAGS = _TEACHER_FLAGS + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA] 
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (sft, distill)",
+    p = sub.add_parser("train", help="fine-tune a model (sft, distill, dpo)",
                        description="Fine-tune an LFM2 model. See docs/training.md.")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
     add_recipe(recipes, "sft", _FLAGS, run_sft, help="supervised fine-tuning (full or LoRA)",
@@ -101,6 +111,11 @@ def register(sub) -> None:
                            "--teacher, or --teacher-cache), mixed with the hard-label CE by --alpha. Every "
                            "setting of `train sft` applies. Settings come from --config (YAML), overridden by flags.")
     add_distill_cache(recipes, "distill-cache")
+    add_recipe(recipes, "dpo", _DPO_FLAGS, run_dpo,
+               help="preference optimization on chosen/rejected pairs (DPO, IPO, SimPO)",
+               description="Direct preference optimization on TRL-format pairs (prompt/chosen/rejected). Every "
+                           "setting of `train sft` applies but the loss masks; the defaults that differ are TRL's "
+                           "DPOConfig (learning rate 1e-6). Settings come from --config (YAML), overridden by flags.")
     p.set_defaults(func=lambda args: p.print_help() or 0, recipe=None)
 
 
@@ -155,6 +170,13 @@ def run_distill(args) -> int:
     from ..train.distill_recipe import distill_run
 
     report(distill_run(config_from_args(args, DistillConfig)))
+    return 0
+
+
+def run_dpo(args) -> int:
+    from ..train.dpo import dpo
+
+    report(dpo(config_from_args(args, DPOConfig)))
     return 0
 
 
