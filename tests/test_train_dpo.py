@@ -4,8 +4,9 @@ SimPO against TRL's CPO loss); packing pairs changes nothing; LoRA's reference i
 its adapters off; the reference is computed once and read back on resume; training moves the
 policy on held-out pairs; length normalization removes plain DPO's length bias."""
 
-import json
+import importlib
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -13,13 +14,17 @@ import torch
 from dpo_helpers import CONVERSATIONAL, IMPLICIT, IMPLICIT_TEXT, TEXT, trl_first_steps, trl_tokenized
 from train_helpers import tiny_model_dir, write_jsonl
 
+from lfmkit import LFM2
+from lfmkit.cli import main
 from lfmkit.errors import ConfigError, DataError
 from lfmkit.text.tokenizer import Tokenizer
 from lfmkit.train import dpo
 from lfmkit.train.dpo import REFERENCE_FILE, reference_log_probs
+from lfmkit.train.lora import adapters_disabled, apply_lora
 from lfmkit.train.metrics import read_metrics
-from lfmkit.train.preference import SimPO, make_objective
+from lfmkit.train.preference import SimPO
 from lfmkit.train.preference_data import PairEncoder, to_pair
+from lfmkit.train.trainer import Trainer
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "grad_norm")
@@ -105,3 +110,174 @@ def test_packing_pairs_changes_nothing(models):
     for a, b in zip(padded, packed):
         for key in METRICS:
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+# ---- the reference ------------------------------------------------------------------------------
+
+def held_out(model_dir, rows):
+    encoder = PairEncoder(Tokenizer.from_pretrained(model_dir))
+    return [to_pair(*encoder.encode(r), 1024) for r in rows]
+
+
+def test_lora_reference_is_the_model_with_its_adapters_off(models):
+    _, policy, _ = models
+    pairs = held_out(policy, CONVERSATIONAL)
+    base = reference_log_probs(LFM2.from_pretrained(policy), pairs, 2048, 2)
+    adapted = apply_lora(LFM2.from_pretrained(policy), r=4)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    assert not torch.allclose(reference_log_probs(adapted, pairs, 2048, 2), base, atol=1e-3)
+    with adapters_disabled(adapted):
+        torch.testing.assert_close(reference_log_probs(adapted, pairs, 2048, 2), base, rtol=0, atol=1e-5)
+
+
+def test_lora_dpo_trains_the_adapter_against_the_base(models):
+    root = models[0]
+    full = run(models, "full-ref", TEXT, loss="sigmoid")
+    lora = run(models, "lora", TEXT, loss="sigmoid", lora_r=4, lora_alpha=8)
+    assert lora[0]["logps/chosen"] == pytest.approx(full[0]["logps/chosen"], abs=1e-5)
+    assert lora[0]["loss"] == pytest.approx(math.log(2)) and lora[1]["rewards/margins"] > 0
+    assert (root / "lora" / "adapter_config.json").is_file() and (root / "lora" / REFERENCE_FILE).is_file()
+
+
+def test_resume_reads_the_cached_reference_and_equals_the_uninterrupted_run(models, monkeypatch):
+    settings = dict(ref_model=str(models[2]), loss="sigmoid_norm", batch_size=2, max_steps=4, save_every=1)
+    full = run(models, "resume-full", CONVERSATIONAL, **settings)
+    step = Trainer.step
+
+    def crash_at_3(self, k):
+        if k == 2:
+            raise KeyboardInterrupt("killed")
+        return step(self, k)
+
+    monkeypatch.setattr(Trainer, "step", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(models, "resume-cut", CONVERSATIONAL, **settings)
+    monkeypatch.setattr(Trainer, "step", step)
+
+    def no_second_reference_pass(*args, **kwargs):
+        raise AssertionError("the reference ran again on resume")
+
+    recipe = importlib.import_module("lfmkit.train.dpo")        # the module (lfmkit.train.dpo is the function)
+    monkeypatch.setattr(recipe, "_compute_reference", no_second_reference_pass)
+    resumed = run(models, "resume-cut", CONVERSATIONAL, **settings, resume=True)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+# ---- behaviour ------------------------------------------------------------------------------------
+
+GOOD, BAD = "red blue green cat dog".split(), "sun moon tree fish bird".split()
+
+
+def synthetic_pairs(seed: int, n: int, chosen_longer: bool) -> list[dict]:
+    """Answers mostly of GOOD words (chosen) or BAD words (rejected), one long (10-14 words) and
+    one short (2-4 words): the chosen one is the long one when `chosen_longer`."""
+    rng = random.Random(seed)
+
+    def answer(good, words):
+        return " ".join(rng.choice(GOOD if (rng.random() < 0.8) == good else BAD) for _ in range(words)) + "."
+
+    rows = []
+    for i in range(n):
+        long, short = rng.randint(10, 14), rng.randint(2, 4)
+        c, r = (long, short) if chosen_longer else (short, long)
+        rows.append({"prompt": [{"role": "user", "content": f"Say something {i}."}],
+                     "chosen": [{"role": "assistant", "content": answer(True, c)}],
+                     "rejected": [{"role": "assistant", "content": answer(False, r)}]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(models):
+    """Plain and length-normalized DPO on pairs whose chosen answer is always the longer one."""
+    root, policy, _ = models
+    data = write_jsonl(root / "synthetic.jsonl", synthetic_pairs(0, 16, chosen_longer=True))
+    for loss in ("sigmoid", "sigmoid_norm"):
+        dpo(dict(model=str(policy), data=[str(data)], output=str(root / f"synthetic-{loss}"), loss=loss, beta=0.1,
+                 max_steps=10, batch_size=16, learning_rate=3e-4, packing=True, progress=False, save_every=0),
+            verbose=False)
+    return {loss: root / f"synthetic-{loss}" for loss in ("sigmoid", "sigmoid_norm")}
+
+
+def log_ratios(models, trained_dir, rows):
+    """(rho [pairs, 2] of the trained policy against the starting model, completion lengths)."""
+    policy = models[1]
+    pairs = held_out(policy, rows)
+    rho = (reference_log_probs(LFM2.from_pretrained(trained_dir), pairs, 2048, 8)
+           - reference_log_probs(LFM2.from_pretrained(policy), pairs, 2048, 8))
+    return rho, torch.tensor([[p.chosen_length, p.rejected_length] for p in pairs], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "sigmoid_norm"])
+def test_dpo_moves_the_policy_on_held_out_pairs(models, trained, loss):
+    """Before training the policy is the reference (every margin 0, accuracy 0); after, held-out
+    pairs of the same kind get a positive margin and are mostly ranked right."""
+    rho, lengths = log_ratios(models, trained[loss], synthetic_pairs(1, 16, chosen_longer=True))
+    reward = rho / lengths if loss == "sigmoid_norm" else rho
+    margins = 0.1 * (reward[:, 0] - reward[:, 1])
+    assert margins.mean() > 0 and (margins > 0).double().mean() >= 0.75
+    metrics = read_metrics(trained[loss] / "metrics.jsonl")
+    assert metrics[0]["rewards/margins"] == 0 and metrics[-1]["rewards/margins"] > 0
+    assert metrics[-1]["rewards/accuracies"] >= 0.75 and metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def test_length_normalization_removes_the_length_bias(models, trained):
+    """Trained where the chosen answer is always longer, plain DPO learns length: on held-out
+    pairs where the better answer is the SHORT one it raises the long, worse answer's likelihood
+    more and ranks most pairs wrong. Length-normalized DPO lowers the long worse answers and
+    ranks most pairs right."""
+    reversed_rows = synthetic_pairs(2, 16, chosen_longer=False)
+    rho, _ = log_ratios(models, trained["sigmoid"], reversed_rows)
+    assert rho[:, 1].mean() > rho[:, 0].mean()                   # the long, worse answers gained more
+    assert (rho[:, 0] > rho[:, 1]).double().mean() <= 0.5        # plain DPO's own reward: mostly wrong
+    rho, lengths = log_ratios(models, trained["sigmoid_norm"], reversed_rows)
+    assert rho[:, 1].mean() < 0 < rho[:, 0].mean()
+    per_token = rho / lengths
+    assert (per_token[:, 0] > per_token[:, 1]).double().mean() >= 0.75
+
+
+# ---- errors and the command line -----------------------------------------------------------------
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Hi", "chosen": "a"}, "needs 'chosen' and 'rejected'"),
+    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "must all be strings"),
+    ({"prompt": [{"role": "bot", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "role must be one of"),
+    ({"chosen": "same", "rejected": 3}, "both be strings or both be message lists"),
+])
+def test_bad_rows_are_one_error_naming_the_line(models, row, message):
+    root, policy, _ = models
+    data = write_jsonl(root / "bad.jsonl", [TEXT[0], row])
+    with pytest.raises(DataError, match=f"bad.jsonl:2: .*{message}"):
+        dpo(dict(model=str(policy), data=[str(data)], output=str(root / "bad-run"), progress=False), verbose=False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(loss="kto"), "loss must be one of sigmoid, sigmoid_norm, ipo, simpo"),
+    (dict(beta=0), "beta must be a positive number"),
+    (dict(loss="simpo", ref_model="x"), "reference-free"),
+    (dict(assistant_only_loss=False), "does not apply to preference pairs"),
+])
+def test_bad_settings_are_config_errors(models, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        dpo(dict(model="m", data=["d.jsonl"], output="o", **settings), verbose=False)
+
+
+def test_train_dpo_command(models, capsys):
+    root, policy, ref = models
+    data = write_jsonl(root / "cli.jsonl", TEXT)
+    out = root / "cli-run"
+    rc = main(["train", "dpo", "--no-progress", "--model", str(policy), "--ref-model", str(ref), "--data", str(data),
+               "--output", str(out), "--loss", "simpo", "--beta", "2", "--simpo-gamma", "0.4", "--max-steps", "2",
+               "--batch-size", "2", "--packing", "--learning-rate", "1e-3", "--save-every", "1"])
+    assert rc == 2 and "reference-free" in capsys.readouterr().err
+    rc = main(["train", "dpo", "--no-progress", "--model", str(policy), "--data", str(data), "--output", str(out),
+               "--loss", "simpo", "--beta", "2", "--simpo-gamma", "0.4", "--max-steps", "2", "--batch-size", "2",
+               "--packing", "--learning-rate", "1e-3", "--save-every", "1"])
+    assert rc == 0 and "trained 2 steps" in capsys.readouterr().out
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [1, 2] and set(METRICS) <= set(metrics[0])
+    assert not (out / REFERENCE_FILE).exists()                       # SimPO needs no reference
+    assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step-2").is_dir()
