@@ -193,9 +193,7 @@ def finished_rows(config: PrefsConfig, output: Path) -> set[str]:
             if saved.get(key) != now.get(key):
                 raise ConfigError(f"cannot resume {output}: {key} was {saved.get(key)!r} there, now "
                                   f"{now.get(key)!r} (resuming must not change the run)")
-    done = {r["source"] for r in records[1:] if "source" in r}
-    done |= {r["source"] for r in read_complete_lines(output) if "source" in r}
-    return done
+    return {r["source"] for r in records + read_complete_lines(output) if "source" in r}
 
 
 class Appender:
@@ -302,9 +300,9 @@ def build_pairs(config: PrefsConfig, verbose: bool = True) -> PrefsResult:
     params = SamplingParams.for_model(model, max_tokens=config.max_tokens, n=config.num_samples, **overrides)
     context = model.config.max_position_embeddings
     progress_file = progress_path(output)
-    fresh = not progress_file.exists()
+    header = not progress_file.exists() or progress_file.stat().st_size == 0   # (a kill can leave it empty)
     pairs, progress = Appender(output), Appender(progress_file)
-    if fresh:
+    if header:
         progress.write({"settings": config.settings()})
     bar = _progress_bar(config, len(items), result.skipped)
     try:
