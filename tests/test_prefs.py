@@ -124,6 +124,16 @@ def test_the_pairs_file_reads_in_trl_and_in_lfmkit_train_dpo(setup, uninterrupte
     assert trl_tokenized(setup[1], pairs) == ours
 
 
+def test_the_pairs_train_with_lfmkit_train_dpo(setup, uninterrupted, capsys):
+    cfg, result = uninterrupted
+    out = setup[0] / "dpo-on-pairs"
+    rc = main(["train", "dpo", "--no-progress", "--model", cfg.model, "--data", cfg.output, "--output", str(out),
+               "--loss", "sigmoid_norm", "--beta", "2", "--max-steps", "2", "--batch-size", "2", "--packing",
+               "--learning-rate", "1e-3", "--save-every", "0"])
+    assert rc == 0 and f"{result.pairs} pairs" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+
+
 def test_a_run_killed_in_the_middle_resumes_without_loss_or_duplicates(setup, uninterrupted):
     full, _ = uninterrupted
     cfg = config(setup, "killed", min_chosen_score=8, min_gap=6)
