@@ -15,7 +15,7 @@ import sys
 from .errors import LFMKitError
 
 # (module under lfmkit.commands) in the order they appear in --help.
-COMMANDS = ("info", "run", "chat", "bench", "serve", "export", "train", "merge", "merge_lora")
+COMMANDS = ("info", "run", "chat", "bench", "serve", "export", "train", "merge", "merge_lora", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

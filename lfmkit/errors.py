@@ -44,3 +44,7 @@ class ExportError(LFMKitError):
 
 class DataError(LFMKitError, ValueError):
     """A training data file or one of its rows is unusable; the message names the file and line (or row)."""
+
+
+class EvalError(LFMKitError, ValueError):
+    """An evaluation cannot run: a missing or malformed dataset file, an unknown task or rule."""
