@@ -10,14 +10,15 @@
   an epoch takes rows [k*B, (k+1)*B) (B = batch_size, global), the last step of an epoch may be
   shorter, and a step is split into micro-batches per process (`micro_batches`).
 - `collate(rows, ...)` → `Batch`: right-padded tensors; packed rows carry `document_ids`
-  (see `LFM2.forward`), unpacked rows an `attention_mask`.
+  (see `LFM2.forward`), unpacked rows an `attention_mask`. `DataPlan.collate` is what the
+  trainer calls, so a plan of other documents (preference pairs) brings its own batches.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -146,6 +147,10 @@ class DataPlan:
             epoch += 1
         return epoch, step
 
+    def collate(self, rows: list[Row], pad_id: int) -> "Batch":
+        """One micro-batch of this plan's rows as tensors (what the trainer feeds the loss)."""
+        return collate(rows, pad_id, self.packing)
+
     def step_rows(self, step: int) -> tuple[int, list[Row]]:
         """(epoch, rows) of global optimizer step `step`, all processes together."""
         epoch, k = self.locate(step)
@@ -180,13 +185,21 @@ class Batch:
     def trained_tokens(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
 
+    @property
+    def loss_items(self) -> int:
+        """What the loss sums over, which the trainer averages by: trained tokens here (a
+        preference batch counts pairs)."""
+        return self.trained_tokens
+
     def model_inputs(self) -> dict:
         """Keyword arguments for `model(...)`."""
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "document_ids": self.document_ids}
 
     def to(self, device) -> "Batch":
-        tensors = ("input_ids", "targets", "attention_mask", "document_ids")
-        return replace(self, **{k: getattr(self, k).to(device) for k in tensors if getattr(self, k) is not None})
+        """The batch with every tensor field (a subclass's too) on `device`."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
 
 
 def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:

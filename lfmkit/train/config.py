@@ -106,16 +106,19 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
     # ---- checks ------------------------------------------------------------------------
+    def required(self) -> dict[str, str]:
+        """The settings this use of the config cannot do without, and what each one is."""
+        return {"model": "a checkpoint directory, Hub id or .gguf file",
+                "data": "one or more files or dataset directories, path[:weight]",
+                "output": "the directory for the model, checkpoints and metrics"}
+
     def validate(self, where: str = "config") -> None:
         def bad(name: str, why: str):
             raise ConfigError(f"{where}: {name} {why}")
 
-        if not self.model:
-            bad("model", "is required (a checkpoint directory, Hub id or .gguf file)")
-        if not self.data:
-            bad("data", "is required (one or more files or dataset directories, path[:weight])")
-        if not self.output:
-            bad("output", "is required (the directory for the model, checkpoints and metrics)")
+        for name, why in self.required().items():
+            if not getattr(self, name):
+                bad(name, f"is required ({why})")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
                     "epochs": self.epochs}
         for name, value in positive.items():

@@ -21,6 +21,7 @@ linear is a ConfigError naming it and listing LFM2's names; never a silent skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -137,14 +138,20 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    disabled = False    # set by `adapters_disabled`: the layer is its base layer
+
     @property
     def weight(self) -> torch.Tensor:
         """The weight this layer multiplies by, base + B @ A * scaling (float32, differentiable in
         the adapters), for code that inspects `.weight` (as QuantLinear's dequantizing property)."""
+        if self.disabled:
+            return self.base_layer.weight.float()
         return self.base_layer.weight.float() + self.delta_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
+        if self.disabled:
+            return y
         a = self.lora_A.weight
         delta = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype)))) * self.scaling
         return y + delta.to(y.dtype)
@@ -278,6 +285,20 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Within the block every adapter is off and the model computes its base (PEFT's
+    `disable_adapter()`): e.g. the reference model of preference training."""
+    layers = list(lora_layers(model).values())
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors under PEFT's names (`base_model.model.<module>.lora_A.weight`)."""
     out = {}
@@ -382,5 +403,5 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["DEFAULT_TARGETS", "LoRAConfig", "LoRALinear", "FrozenQuantLinear", "apply_lora", "has_lora",
-           "lora_layers", "lora_state_dict", "resolve_targets", "wrappable_linears", "save_adapter",
-           "load_adapter", "read_adapter_config", "merge_lora"]
+           "lora_layers", "adapters_disabled", "lora_state_dict", "resolve_targets", "wrappable_linears",
+           "save_adapter", "load_adapter", "read_adapter_config", "merge_lora"]

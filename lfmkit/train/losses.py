@@ -1,12 +1,13 @@
 """Training losses, each a sum over trained tokens (the trainer divides by the global count).
 
-A loss is a callable `loss(model, batch) -> LossOutput`: `total` is the sum of the per-token
-losses over the batch's trained tokens (`batch.targets != IGNORE_INDEX`), and `parts` optional
-named sums to log (a distillation loss reports its CE and KL halves there). Dividing by the
-number of trained tokens of the whole global batch (every micro-batch, every process) is the
-trainer's job: that makes the loss the mean over all trained tokens, as TRL and transformers
-compute it (`num_items_in_batch`), so batch size, packing, accumulation and the number of
-processes never change it.
+A loss is a callable `loss(model, batch) -> LossOutput`: `total` is the sum of the per-item
+losses over the batch's `loss_items` (for token losses the trained tokens,
+`batch.targets != IGNORE_INDEX`; for preference losses the pairs, `preference.py`), and
+`parts` optional named sums to log (a distillation loss reports its CE and KL halves there).
+Dividing by the number of items of the whole global batch (every micro-batch, every process)
+is the trainer's job: that makes the loss the mean over all trained tokens, as TRL and
+transformers compute it (`num_items_in_batch`), so batch size, packing, accumulation and the
+number of processes never change it.
 
 `linear_cross_entropy(hidden, weight, targets)` is the head and the cross-entropy fused and
 chunked, the technique of Liger Kernel's `LigerFusedLinearCrossEntropy` (Hsu et al. 2024,
@@ -97,21 +98,28 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                                          grad and weight.requires_grad)
 
 
-def chunked_head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                               chunk_size: int) -> torch.Tensor:
-    """The same sum for any head module (e.g. one wrapped by an adapter): each chunk's head and
-    loss are recomputed in the backward pass (activation checkpointing), so memory stays at
-    one chunk of logits at the price of a second head forward."""
+def token_log_probs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log softmax(head(hidden_i))[target_i] for every row i, float32 [n], differentiable: each
+    chunk's head and log-softmax are recomputed in the backward pass (activation
+    checkpointing), so memory stays at one chunk of logits at the price of a second head
+    forward. Works for any head module (plain, or wrapped by an adapter)."""
     from torch.utils.checkpoint import checkpoint
 
-    def chunk_loss(h, t):
-        return F.cross_entropy(head(h).float(), t, reduction="sum")
+    def chunk_logps(h, t):
+        return -F.cross_entropy(head(h).float(), t, reduction="none")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for a in range(0, hidden.shape[0], chunk_size):
-        total = total + checkpoint(chunk_loss, hidden[a:a + chunk_size], targets[a:a + chunk_size],
-                                   use_reentrant=False)
-    return total
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros((0,), dtype=torch.float32)
+    parts = [checkpoint(chunk_logps, hidden[a:a + chunk_size], targets[a:a + chunk_size], use_reentrant=False)
+             for a in range(0, hidden.shape[0], chunk_size)]
+    return torch.cat(parts)
+
+
+def chunked_head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                               chunk_size: int) -> torch.Tensor:
+    """The same sum for any head module (e.g. one wrapped by an adapter), one chunk of logits at
+    a time (`token_log_probs`)."""
+    return -token_log_probs(head, hidden, targets, chunk_size).sum()
 
 
 class CausalLMLoss:
@@ -141,5 +149,5 @@ def is_plain_linear(module: nn.Module) -> bool:
             and type(module).forward is nn.Linear.forward)
 
 
-__all__ = ["LossOutput", "linear_cross_entropy", "chunked_head_cross_entropy", "CausalLMLoss", "default_chunk_size",
-           "is_plain_linear"]
+__all__ = ["LossOutput", "linear_cross_entropy", "chunked_head_cross_entropy", "token_log_probs", "CausalLMLoss",
+           "default_chunk_size", "is_plain_linear"]

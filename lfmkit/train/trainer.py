@@ -7,11 +7,13 @@ freezes the rest before the trainer sees the model), with any loss following the
 model (default: the caller's; the SFT recipe writes a Hugging Face directory, a LoRA recipe
 the PEFT adapter).
 
-The loss of a step is the sum over every trained token of the step, divided by their number
-across all micro-batches and processes (all-reduced when torch.distributed is initialized), so
-it is the mean over the global batch whatever the micro-batching. Each micro-batch's backward
-runs on sum * world_size / global_count: DDP averages gradients over processes, which the
-world_size factor undoes (transformers' `average_tokens_across_devices` does the same).
+The loss of a step is the sum over every loss item of the step (a trained token; for a
+preference loss, a pair: `Batch.loss_items`), divided by their number across all micro-batches
+and processes (all-reduced when torch.distributed is initialized), so it is the mean over the
+global batch whatever the micro-batching. Each micro-batch's backward runs on
+sum * world_size / global_count: DDP averages gradients over processes, which the world_size
+factor undoes (transformers' `average_tokens_across_devices` does the same). The plan turns a
+micro-batch's rows into tensors (`DataPlan.collate`).
 
 Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
 checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
@@ -34,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .batching import DataPlan, collate, micro_batches
+from .batching import DataPlan, micro_batches
 from .checkpoints import clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import SFTConfig
 from .losses import CausalLMLoss, LossOutput
@@ -175,12 +177,12 @@ class Trainer:
         """One optimizer step over the global batch of `step`; its metrics record."""
         t0 = time.perf_counter()
         epoch, rows = self.plan.step_rows(step)
-        batches = [collate(m, self.pad_id, self.plan.packing).to(self.model.device)
+        batches = [self.plan.collate(m, self.pad_id).to(self.model.device)
                    for m in micro_batches(rows, self.config.grad_accum, self.rank, self.world)]
-        counts = torch.tensor([sum(b.trained_tokens for b in batches), sum(b.tokens for b in batches)],
-                              dtype=torch.float64, device=self.model.device)
-        n_trained, n_tokens = all_reduce_sum(counts).tolist()
-        scale = self.world / max(n_trained, 1.0)
+        counts = torch.tensor([sum(b.loss_items for b in batches), sum(b.trained_tokens for b in batches),
+                               sum(b.tokens for b in batches)], dtype=torch.float64, device=self.model.device)
+        n_items, n_trained, n_tokens = all_reduce_sum(counts).tolist()
+        scale = self.world / max(n_items, 1.0)
         sums = {"loss": torch.zeros((), dtype=torch.float64, device=self.model.device)}
         for batch in batches:
             with self._autocast():
@@ -192,7 +194,7 @@ class Trainer:
         names = sorted(sums)
         reduced = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], dtype=torch.float64,
                                                               device=self.model.device) for n in names]))
-        means = {n: float(v) / max(n_trained, 1.0) for n, v in zip(names, reduced.tolist())}
+        means = {n: float(v) / max(n_items, 1.0) for n, v in zip(names, reduced.tolist())}
         clip = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         lr = self.scheduler.get_last_lr()[0]
