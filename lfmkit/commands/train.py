@@ -54,7 +54,9 @@ _FLAGS = [
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (sft)",
+    from . import train_grpo
+
+    p = sub.add_parser("train", help="fine-tune a model (sft, grpo)",
                        description="Fine-tune an LFM2 model. See docs/training.md.")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
     s = recipes.add_parser("sft", help="supervised fine-tuning (full or LoRA)",
@@ -66,6 +68,7 @@ def register(sub) -> None:
     for flag, options in _FLAGS:
         s.add_argument(flag, default=argparse.SUPPRESS, **options)
     s.set_defaults(func=run_sft)
+    train_grpo.register(recipes, _FLAGS)
     p.set_defaults(func=lambda args: p.print_help() or 0, recipe=None)
 
 
