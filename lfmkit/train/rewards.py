@@ -238,7 +238,7 @@ class Reward:
         value = self.fn(messages, completion, **kwargs)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TypeError(f"returned {value!r}; a reward must be a finite number or None")
         return float(value)
 
