@@ -6,8 +6,9 @@
 Modules: `data` (formats, chat rendering, loss masks), `batching` (best-fit-decreasing
 packing, the step plan, collation), `losses` (chunked cross-entropy; the loss protocol),
 `trainer` (the loop), `checkpoints`, `metrics`, `config` (`SFTConfig`), `sft` (the recipe).
-LoRA (`lora`) and distillation losses (`distill`) plug into the same trainer; `merge` merges
-checkpoints (mergekit's methods).
+LoRA (`lora`) and distillation losses (`distill`) plug into the same trainer, as does GRPO
+(`grpo.grpo`, with `grpo_loss`, `rollouts` and `rewards`); `merge` merges checkpoints
+(mergekit's methods).
 """
 
 from importlib import import_module

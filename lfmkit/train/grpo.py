@@ -54,8 +54,8 @@ class GRPOResult(TrainResult):
 
 
 def as_grpo_config(config: GRPOConfig | dict | str | os.PathLike, rewards=None) -> GRPOConfig:
-    """A GRPOConfig from itself, a dict or a YAML file; rewards given as Python callables are
-    recorded in `rewards` by their module:name."""
+    """A GRPOConfig from itself, a dict or a YAML file; when rewards are given as Python objects
+    and the config names none, their names are recorded in `rewards` (train_config.json)."""
     if rewards is not None and not isinstance(config, (str, os.PathLike)):
         names = [getattr(r, "name", None) or f"{getattr(r, '__module__', '?')}:{getattr(r, '__qualname__', r)}"
                  for r in (as_reward_set(rewards).rewards)]
