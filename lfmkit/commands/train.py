@@ -100,7 +100,9 @@ _CACHE_FLAGS = _TEACHER_FLAGS + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA] 
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (sft, distill, dpo)",
+    from . import train_grpo
+
+    p = sub.add_parser("train", help="fine-tune a model (sft, distill, dpo, grpo)",
                        description="Fine-tune an LFM2 model. See docs/training.md.")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
     add_recipe(recipes, "sft", _FLAGS, run_sft, help="supervised fine-tuning (full or LoRA)",
@@ -116,6 +118,7 @@ def register(sub) -> None:
                description="Direct preference optimization on TRL-format pairs (prompt/chosen/rejected). Every "
                            "setting of `train sft` applies but the loss masks; the defaults that differ are TRL's "
                            "DPOConfig (learning rate 1e-6). Settings come from --config (YAML), overridden by flags.")
+    train_grpo.register(recipes, _FLAGS)
     p.set_defaults(func=lambda args: p.print_help() or 0, recipe=None)
 
 

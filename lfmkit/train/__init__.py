@@ -11,7 +11,8 @@ packing, the step plan, collation), `losses` (chunked cross-entropy; the loss pr
 (the recipe). LoRA (`lora`) and distillation (`distill`: the losses and the teacher top-k cache;
 `distill_recipe`: `distill_run` and `distill_cache`) plug into the same trainer, and so does
 preference optimization (`dpo_config`, `preference_data`, `preference`, `dpo`; the semi-online
-pairs builder `prefs` with its judges `judges`); `merge` merges checkpoints (mergekit's methods).
+pairs builder `prefs` with its judges `judges`); GRPO (`grpo.grpo`, with
+`grpo_loss`, `rollouts` and `rewards`) too; `merge` merges checkpoints (mergekit's methods).
 """
 
 from importlib import import_module
@@ -20,7 +21,7 @@ from importlib import import_module
 # parser) does not pull in torch and the model.
 _LAZY = {"SFTConfig": "config", "DistillConfig": "config", "sft": "sft", "Trainer": "trainer", "TrainResult": "trainer",
          "distill_run": "distill_recipe", "distill_cache": "distill_recipe", "DPOConfig": "dpo_config", "dpo": "dpo",
-         "build_pairs": "prefs", "PrefsConfig": "prefs"}
+         "build_pairs": "prefs", "PrefsConfig": "prefs", "grpo": "grpo"}
 
 __all__ = list(_LAZY)
 

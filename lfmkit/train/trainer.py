@@ -5,7 +5,8 @@ steps `plan` describes. It trains the parameters that require grad (an adapter's
 freezes the rest before the trainer sees the model), with any loss following the protocol of
 `losses.py` (a sum over trained tokens); `save_model(model, output_dir)` writes the final
 model (default: the caller's; the SFT recipe writes a Hugging Face directory, a LoRA recipe
-the PEFT adapter).
+the PEFT adapter); `progress_metrics` names record keys the progress bar shows besides the loss
+(GRPO: the reward).
 
 The loss of a step is the sum over every loss item of the step (a trained token; for a
 preference loss, a pair: `Batch.loss_items`), divided by their number across all micro-batches
@@ -120,13 +121,15 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: nn.Module, plan: DataPlan, config: SFTConfig, pad_id: int,
                  loss_fn: Callable[[nn.Module, object], LossOutput] | None = None,
-                 save_model: Callable[[nn.Module, Path], None] | None = None):
+                 save_model: Callable[[nn.Module, Path], None] | None = None,
+                 progress_metrics: tuple[str, ...] = ()):
         self.model = model
         self.plan = plan
         self.config = config
         self.pad_id = pad_id
         self.loss_fn = loss_fn or CausalLMLoss(config.loss_chunk_size)
         self.save_model = save_model
+        self.progress_metrics = progress_metrics      # more record keys the progress bar shows
         self.output = Path(config.output)
         self.rank, self.world = distributed()
         if config.batch_size % (config.grad_accum * self.world):
@@ -155,8 +158,9 @@ class Trainer:
                 if log is not None:
                     log.write(record)
                 if bar is not None:
+                    shown = {k: f"{record[k]:.4g}" for k in self.progress_metrics if record.get(k) is not None}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                                    tok_s=f"{record['tokens_per_s']:,.0f}", **shown, refresh=False)
                     bar.update(1)
                 done = step + 1
                 if self.config.save_every and (done % self.config.save_every == 0 or done == self.total_steps):

@@ -1,0 +1,155 @@
+"""GRPO speed: `lfmkit train grpo` against TRL's `GRPOTrainer` (transformers generation, as users
+without vLLM run it), same model shape, prompts, batch and settings, in one run.
+
+Builds a random-weight checkpoint of a preset (real shapes, float32) with the test tokenizer and
+a prompt file, then runs a few GRPO steps with each trainer: `prompts` prompts x `generations`
+completions per step, up to `max_tokens` tokens each (a random model almost never samples eos,
+so both generate `max_tokens`; lfmkit counts the tokens it generated, TRL the generated width),
+loss dapo, beta 0, one iteration, no gradient checkpointing,
+float32. Reports per step (the first step of each is a warm-up and left out):
+
+- rollout tokens/s: completion tokens generated / time in generation (lfmkit: `generate` on
+  the training weights; TRL: `model.generate`, timed by wrapping it);
+- step time: one whole optimizer step (generation, rewards, forward, backward, AdamW).
+
+    python benchmarks/rl_speed.py [--preset lfm2-350m] [--prompts 2] [--generations 4]
+                                  [--max-tokens 64] [--steps 3] [--threads N] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lfmkit import LFM2, LFM2Config
+from lfmkit.testing import build_test_tokenizer
+
+PROMPTS = ["What is the capital of France?", "Tell me a story about a robot.", "What is the weather like in Paris?",
+           "What is C. elegans?", "Hello! How are you today?", "Let me think step by step about 2 + 2.",
+           "Le renard brun saute par-dessus le chien paresseux.", "List of tools: get_weather, get_time."]
+
+
+def digits(messages, completion):
+    """A cheap verifiable reward (lfmkit's convention: one completion)."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
+def digits_batched(prompts, completions, **_):
+    """The same reward in TRL's convention (a batch of completions)."""
+    return [digits(None, c) for c in completions]
+
+
+def setup(root: Path, preset: str, n_prompts: int) -> tuple[Path, Path]:
+    model_dir = root / f"model-{preset}"
+    if not (model_dir / "model.safetensors").is_file():
+        LFM2.from_config(LFM2Config.from_preset(preset), seed=0).save_pretrained(model_dir)
+        build_test_tokenizer(model_dir)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": PROMPTS[i % len(PROMPTS)]}) + "\n" for i in range(n_prompts)))
+    return model_dir, prompts
+
+
+def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
+    from lfmkit.train.grpo import grpo
+    from lfmkit.train.metrics import read_metrics
+
+    config = dict(model=str(model_dir), prompts=[str(prompts)], output=str(out), max_steps=args.steps,
+                  batch_size=args.prompts * args.generations, num_generations=args.generations,
+                  max_completion_length=args.max_tokens, learning_rate=1e-6, save_every=0, progress=False)
+    grpo(config, rewards=[digits], verbose=False)
+    records = read_metrics(out / "metrics.jsonl")
+    previous = 0.0
+    rows = []
+    for r in records:
+        rows.append({"step_s": r["elapsed_s"] - previous, "rollout_s": r["rollout_s"],
+                     "rollout_tokens": round(r["completion_length"] * args.prompts * args.generations)})
+        previous = r["elapsed_s"]
+    return rows
+
+
+def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = GRPOConfig(output_dir=str(out), per_device_train_batch_size=args.prompts * args.generations,
+                        num_generations=args.generations, max_completion_length=args.max_tokens, max_steps=args.steps,
+                        learning_rate=1e-6, logging_steps=1, report_to=[], save_strategy="no", bf16=False,
+                        use_cpu=True, gradient_checkpointing=False, dataloader_num_workers=0, seed=42)
+    dataset = load_dataset("json", data_files=str(prompts), split="train")
+    trainer = GRPOTrainer(model=model, reward_funcs=[digits_batched], args=config, train_dataset=dataset,
+                          processing_class=tokenizer)
+    rows: list[dict] = []
+    generate = trainer.model.generate
+
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        output = generate(*a, **k)
+        rows[-1]["rollout_s"] += time.perf_counter() - t
+        rows[-1]["rollout_tokens"] += int(output.shape[0] * (output.shape[1] - k["input_ids"].shape[1]))
+        return output
+
+    trainer.model.generate = timed_generate
+
+    class Steps(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            rows.append({"step_s": -time.perf_counter(), "rollout_s": 0.0, "rollout_tokens": 0})
+
+        def on_step_end(self, *a, **k):
+            rows[-1]["step_s"] += time.perf_counter()
+
+    trainer.add_callback(Steps())
+    trainer.train()
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    measured = rows[1:] or rows
+    seconds = sum(r["rollout_s"] for r in measured)
+    return {"steps": len(measured), "step_s": statistics.fmean(r["step_s"] for r in measured),
+            "rollout_s": seconds / len(measured),
+            "rollout_tokens_per_s": sum(r["rollout_tokens"] for r in measured) / max(seconds, 1e-9)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="lfm2-350m")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts per step")
+    ap.add_argument("--generations", type=int, default=4, help="completions per prompt")
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per completion")
+    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per trainer (the first is a warm-up)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.dir or tempfile.mkdtemp(prefix="lfmkit-rl-speed-"))
+    model_dir, prompts = setup(root, args.preset, args.prompts)
+    stamp = time.strftime("%H%M%S")
+    ours = summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{stamp}"))
+    theirs = summary(run_trl(model_dir, prompts, args, root / f"trl-{stamp}"))
+    print(f"{args.preset} (random weights, float32), {args.prompts} prompts x {args.generations} completions x "
+          f"{args.max_tokens} tokens per step, torch threads {torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}")
+    print(f"{'':<26}{'lfmkit':>12}{'TRL':>12}{'ratio':>8}")
+    print(f"{'rollout tokens/s':<26}{ours['rollout_tokens_per_s']:>12.1f}{theirs['rollout_tokens_per_s']:>12.1f}"
+          f"{ours['rollout_tokens_per_s'] / theirs['rollout_tokens_per_s']:>7.1f}x")
+    print(f"{'rollout s per step':<26}{ours['rollout_s']:>12.2f}{theirs['rollout_s']:>12.2f}"
+          f"{theirs['rollout_s'] / ours['rollout_s']:>7.1f}x")
+    print(f"{'step s':<26}{ours['step_s']:>12.2f}{theirs['step_s']:>12.2f}{theirs['step_s'] / ours['step_s']:>7.1f}x")
+    print(json.dumps({"preset": args.preset, "prompts": args.prompts, "generations": args.generations,
+                      "max_tokens": args.max_tokens, "threads": torch.get_num_threads(), "lfmkit": ours,
+                      "trl": theirs}))
+
+
+if __name__ == "__main__":
+    main()
