@@ -55,16 +55,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for a in range(0, n, chunk_size):
             h, t = hidden[a:a + chunk_size], targets[a:a + chunk_size]
             logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
+            picked = logits.gather(1, t[:, None])[:, 0]
+            # logsumexp and softmax from one exp pass, in place over the chunk's logits.
+            peak = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(peak).exp_()
+            denom = exp.sum(dim=-1, keepdim=True)
+            total += (peak[:, 0] + denom[:, 0].log() - picked).sum()
             if grad_hidden or grad_weight:
-                # d/dlogits of CE = softmax - onehot, written over the logits in place.
-                probs = logits.sub_(lse[:, None]).exp_()
+                # d/dlogits of CE = softmax - onehot.
+                probs = exp.div_(denom)
                 probs[torch.arange(len(t), device=t.device), t] -= 1.0
                 probs = probs.to(h.dtype)
                 if grad_hidden:
-                    d_hidden[a:a + chunk_size] = probs @ weight
-                if grad_weight:
+                    torch.mm(probs, weight, out=d_hidden[a:a + chunk_size])
+                if grad_weight and probs.dtype == torch.float32:
+                    d_weight.addmm_(probs.T, h)          # accumulated in place: no [vocab, h] temporary
+                elif grad_weight:
                     d_weight += (probs.T @ h).float()
         ctx.save_for_backward(d_hidden, d_weight)
         ctx.weight_dtype = weight.dtype
@@ -72,9 +78,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
+        # Scaled in place (a second backward through this graph is refused by autograd's version check).
         d_hidden, d_weight = ctx.saved_tensors
-        gh = d_hidden * grad_total.to(d_hidden.dtype) if d_hidden is not None else None
-        gw = (d_weight * grad_total).to(ctx.weight_dtype) if d_weight is not None else None
+        gh = d_hidden.mul_(grad_total.to(d_hidden.dtype)) if d_hidden is not None else None
+        gw = d_weight.mul_(grad_total).to(ctx.weight_dtype) if d_weight is not None else None
         return gh, gw, None, None, None, None
 
 
