@@ -26,8 +26,18 @@ import torch
 from lfmkit import LFM2, LFM2Config
 from lfmkit.testing import build_test_tokenizer
 
-WORDS = ("the capital of France", "a small robot", "the sea and the sky", "the weather in Paris", "a story",
-         "the quick brown fox", "the lazy dog", "a tiny nematode", "temperate soil", "the candidate status")
+WORDS = (
+    "the capital of France",
+    "a small robot",
+    "the sea and the sky",
+    "the weather in Paris",
+    "a story",
+    "the quick brown fox",
+    "the lazy dog",
+    "a tiny nematode",
+    "temperate soil",
+    "the candidate status",
+)
 
 MC_YAML = """task: speed_mc
 dataset_path: json
@@ -66,20 +76,29 @@ def make_data(root: Path, n_mc: int, n_gen: int, max_tokens: int) -> Path:
     rng = random.Random(0)
 
     def question(i: int) -> dict:
-        return {"question": f"What is {rng.choice(WORDS)} number {i}?", "subject": "miscellaneous",
-                "choices": [f"{rng.choice(WORDS)} {k}" for k in range(4)], "answer": rng.randrange(4)}
+        return {
+            "question": f"What is {rng.choice(WORDS)} number {i}?",
+            "subject": "miscellaneous",
+            "choices": [f"{rng.choice(WORDS)} {k}" for k in range(4)],
+            "answer": rng.randrange(4),
+        }
 
     data = root / "data"
     write_jsonl(data / "mmlu" / "dev.jsonl", [question(i) for i in range(5)])
     write_jsonl(data / "mmlu" / "test.jsonl", [question(i) for i in range(n_mc)])
-    gen = [{"question": f"{rng.choice(WORDS)} has {a} apples and gets {b} more. How many?",
-            "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a, b in
-           ((rng.randrange(100), rng.randrange(100)) for _ in range(n_gen))]
+    gen = [
+        {
+            "question": f"{rng.choice(WORDS)} has {a} apples and gets {b} more. How many?",
+            "answer": f"{a} + {b} = {a + b}\n#### {a + b}",
+        }
+        for a, b in ((rng.randrange(100), rng.randrange(100)) for _ in range(n_gen))
+    ]
     write_jsonl(data / "gsm8k" / "test.jsonl", gen)
     tasks = root / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
-    (tasks / "speed_mc.yaml").write_text(MC_YAML.format(test=data / "mmlu" / "test.jsonl",
-                                                         dev=data / "mmlu" / "dev.jsonl"))
+    (tasks / "speed_mc.yaml").write_text(
+        MC_YAML.format(test=data / "mmlu" / "test.jsonl", dev=data / "mmlu" / "dev.jsonl")
+    )
     (tasks / "speed_gen.yaml").write_text(GEN_YAML.format(test=data / "gsm8k" / "test.jsonl", max_tokens=max_tokens))
     return data
 
@@ -120,28 +139,46 @@ def main() -> None:
 
     rows = []
     t_ours_mc, ours_mc = timed(lambda: evaluate(str(model_dir), "mmlu", data, mc_rule="choices", batch_size=bs))
-    t_ours_gen, ours_gen = timed(lambda: evaluate(str(model_dir), "gsm8k", data, batch_size=bs,
-                                                  max_tokens=args.max_tokens))
+    t_ours_gen, ours_gen = timed(
+        lambda: evaluate(str(model_dir), "gsm8k", data, batch_size=bs, max_tokens=args.max_tokens)
+    )
     lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs)
     t_lmk_mc, _ = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["speed_mc"], task_manager=manager))
     t_lmk_gen, _ = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["speed_gen"], task_manager=manager))
     hf_args = f"pretrained={model_dir},dtype=float32"
-    t_hf_mc, hf_mc = timed(lambda: lm_eval.simple_evaluate(model="hf", model_args=hf_args, tasks=["speed_mc"],
-                                                           task_manager=manager, batch_size=bs, device="cpu"))
-    t_hf_gen, _ = timed(lambda: lm_eval.simple_evaluate(model="hf", model_args=hf_args, tasks=["speed_gen"],
-                                                        task_manager=manager, batch_size=bs, device="cpu"))
+    t_hf_mc, hf_mc = timed(
+        lambda: lm_eval.simple_evaluate(
+            model="hf", model_args=hf_args, tasks=["speed_mc"], task_manager=manager, batch_size=bs, device="cpu"
+        )
+    )
+    t_hf_gen, _ = timed(
+        lambda: lm_eval.simple_evaluate(
+            model="hf", model_args=hf_args, tasks=["speed_gen"], task_manager=manager, batch_size=bs, device="cpu"
+        )
+    )
     rows.append(("multiple choice, 5-shot", args.questions, t_ours_mc, t_lmk_mc, t_hf_mc))
     rows.append((f"generation, {args.max_tokens} tokens", args.gen_questions, t_ours_gen, t_lmk_gen, t_hf_gen))
     acc_ours, acc_hf = ours_mc["results"]["mmlu"]["score"], hf_mc["results"]["speed_mc"]["acc,none"]
 
-    print(f"{args.preset} (random weights, float32), batch size {bs}, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"{args.preset} (random weights, float32), batch size {bs}, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"mc accuracy: lfmkit {acc_ours:.4f} / lm-eval hf {acc_hf:.4f} (same prompts and rule)")
     print(f"{'workload':<28}{'items':>6}{'lfmkit eval':>13}{'lm-eval+lfmkit':>16}{'lm-eval hf':>12}{'speed-up':>10}")
     for name, n, a, b, c in rows:
         print(f"{name:<28}{n:>6}{a:>12.1f}s{b:>15.1f}s{c:>11.1f}s{c / a:>9.1f}x")
-    print(json.dumps({"preset": args.preset, "batch_size": bs, "rows": rows, "acc": [acc_ours, acc_hf],
-                      "gen_score": ours_gen["results"]["gsm8k"]["score"]}))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "batch_size": bs,
+                "rows": rows,
+                "acc": [acc_ours, acc_hf],
+                "gen_score": ours_gen["results"]["gsm8k"]["score"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

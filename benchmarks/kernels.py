@@ -62,13 +62,19 @@ def main() -> None:
     report("F.linear float32", n * k * 4, lambda: [F.linear(x, w) for w in ws])
     wb = [w.bfloat16() for w in ws]
     report("F.linear bfloat16 (bf16 activations)", n * k * 2, lambda wb=wb: [F.linear(xb, w) for w in wb])
-    wb = None   # free them before the next format
+    wb = None  # free them before the next format
     q8 = [torch.randint(-127, 127, (n, k), dtype=torch.int8, generator=g) for _ in range(count)]
     sc = torch.rand(n).bfloat16()
-    report("torch._weight_int8pack_mm (bf16 activations)", n * k,
-           lambda q8=q8: [torch._weight_int8pack_mm(xb, w, sc) for w in q8])
-    report("torch._weight_int8pack_mm (fp32 activations)", n * k,
-           lambda q8=q8: [torch._weight_int8pack_mm(x, w, sc.float()) for w in q8])
+    report(
+        "torch._weight_int8pack_mm (bf16 activations)",
+        n * k,
+        lambda q8=q8: [torch._weight_int8pack_mm(xb, w, sc) for w in q8],
+    )
+    report(
+        "torch._weight_int8pack_mm (fp32 activations)",
+        n * k,
+        lambda q8=q8: [torch._weight_int8pack_mm(x, w, sc.float()) for w in q8],
+    )
     q8 = None
     try:
         q4 = []
@@ -76,8 +82,11 @@ def main() -> None:
             qi = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
             q4.append(torch._convert_weight_to_int4pack_for_cpu(qi, 1))
         sz = torch.rand(k // 32, n, 2).bfloat16()
-        report("torch._weight_int4pack_mm_for_cpu (bf16 act.)", n * k // 2,
-               lambda q4=q4: [torch._weight_int4pack_mm_for_cpu(xb, w, 32, sz) for w in q4])
+        report(
+            "torch._weight_int4pack_mm_for_cpu (bf16 act.)",
+            n * k // 2,
+            lambda q4=q4: [torch._weight_int4pack_mm_for_cpu(xb, w, 32, sz) for w in q4],
+        )
         q4 = None
     except (RuntimeError, AttributeError) as exc:
         print(f"torch._weight_int4pack_mm_for_cpu: unavailable ({exc})")
@@ -97,8 +106,10 @@ def report_torchao(ws, xb, report) -> None:
         print(f"torchao: not installed ({exc})")
         return
     n, k = ws[0].shape
-    formats = (("int4 (CPU layout, group 32)", PrototypeInt4WeightOnlyConfig(group_size=32), n * k // 2),
-               ("int8 weight-only", Int8WeightOnlyConfig(), n * k))
+    formats = (
+        ("int4 (CPU layout, group 32)", PrototypeInt4WeightOnlyConfig(group_size=32), n * k // 2),
+        ("int8 weight-only", Int8WeightOnlyConfig(), n * k),
+    )
     for name, config, nbytes in formats:
         mods = []
         for w in ws:

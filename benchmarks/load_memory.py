@@ -75,8 +75,9 @@ PROBE = textwrap.dedent("""
 
 
 def measure(which: str, directory: Path) -> tuple[int, float]:
-    out = subprocess.run([sys.executable, "-c", PROBE, which, str(directory)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, which, str(directory)], capture_output=True, text=True, check=True
+    )
     peak, seconds = out.stdout.split()[-2:]
     return int(peak), float(seconds)
 
@@ -92,8 +93,10 @@ def main() -> None:
     if not file.exists():
         write_checkpoint(LFM2Config.from_preset(args.preset), directory)
     size = file.stat().st_size
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
     print(f"{args.preset} bf16 checkpoint: {size / 2**30:.2f} GiB")
     engines = ["lfmkit"] + ([] if args.no_transformers else ["transformers"])
     for which in engines:

@@ -53,10 +53,19 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
-                      timeout: float) -> RequestStats:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0,
-            "ignore_eos": True, "logprobs": 0, "stream_options": {"include_usage": True}}
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, timeout: float
+) -> RequestStats:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+        "logprobs": 0,
+        "stream_options": {"include_usage": True},
+    }
     stats = RequestStats(sent=time.perf_counter())
     try:
         async with client.stream("POST", url + "/v1/completions", json=body, timeout=timeout) as r:
@@ -89,13 +98,17 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return stats
 
 
-async def run_level(url: str, model: str, clients: int, requests: int, prompt: str, max_tokens: int,
-                    timeout: float) -> dict:
+async def run_level(
+    url: str, model: str, clients: int, requests: int, prompt: str, max_tokens: int, timeout: float
+) -> dict:
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(limits=limits) as client:
+
         async def worker(i: int) -> list[RequestStats]:
-            return [await one_request(client, url, model, f"{prompt} (client {i}, request {k})", max_tokens,
-                                      timeout) for k in range(requests)]
+            return [
+                await one_request(client, url, model, f"{prompt} (client {i}, request {k})", max_tokens, timeout)
+                for k in range(requests)
+            ]
 
         start = time.perf_counter()
         results = [s for batch in await asyncio.gather(*(worker(i) for i in range(clients))) for s in batch]
@@ -115,13 +128,20 @@ async def run_level(url: str, model: str, clients: int, requests: int, prompt: s
         if t1 > t0 and arrived:
             decode_tok_s = arrived / (t1 - t0)
     return {
-        "clients": clients, "requests": len(results), "ok": len(ok), "errors": errors[:3],
-        "completion_tokens": total_tokens, "wall_s": wall,
+        "clients": clients,
+        "requests": len(results),
+        "ok": len(ok),
+        "errors": errors[:3],
+        "completion_tokens": total_tokens,
+        "wall_s": wall,
         "throughput_tok_s": total_tokens / wall if wall > 0 else float("nan"),
         "decode_tok_s": decode_tok_s,
-        "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
-        "token_latency_p50_s": percentile(itl, 50), "token_latency_p99_s": percentile(itl, 99),
-        "request_latency_p50_s": percentile(latency, 50), "request_latency_p99_s": percentile(latency, 99),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p99_s": percentile(ttft, 99),
+        "token_latency_p50_s": percentile(itl, 50),
+        "token_latency_p99_s": percentile(itl, 99),
+        "request_latency_p50_s": percentile(latency, 50),
+        "request_latency_p99_s": percentile(latency, 99),
     }
 
 
@@ -144,9 +164,27 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "lfmkit", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", "bench", "--max-concurrent", str(max(args.levels)),
-           "--max-model-len", str(args.max_model_len), "--dtype", args.dtype, "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lfmkit",
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--max-concurrent",
+        str(max(args.levels)),
+        "--max-model-len",
+        str(args.max_model_len),
+        "--dtype",
+        args.dtype,
+        "--log-level",
+        "warning",
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.quantize:
@@ -168,8 +206,9 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--url", help="a running lfmkit (or other OpenAI-compatible) server")
     src.add_argument("--model", help="checkpoint directory (with tokenizer) to serve")
@@ -178,8 +217,11 @@ def main(argv=None) -> int:
     p.add_argument("--clients", default="1,8", help="comma-separated concurrency levels")
     p.add_argument("--requests", type=int, default=1, help="requests per client per level")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
-    p.add_argument("--prompt", default="Tell me a story about a robot who wanted to learn how to paint the sea.",
-                   help="prompt text (each request appends its client and request number)")
+    p.add_argument(
+        "--prompt",
+        default="Tell me a story about a robot who wanted to learn how to paint the sea.",
+        help="prompt text (each request appends its client and request number)",
+    )
     p.add_argument("--max-model-len", type=int, default=1024, help="server context per sequence")
     p.add_argument("--dtype", default="float32", help="server weights dtype")
     p.add_argument("--threads", type=int, default=None, help="server torch threads")
@@ -206,8 +248,10 @@ def main(argv=None) -> int:
             model = "bench"
         for _ in range(args.warmup):
             asyncio.run(run_level(url, model, 1, 1, args.prompt, 4, args.timeout))
-        results = [asyncio.run(run_level(url, model, n, args.requests, args.prompt, args.max_tokens, args.timeout))
-                   for n in args.levels]
+        results = [
+            asyncio.run(run_level(url, model, n, args.requests, args.prompt, args.max_tokens, args.timeout))
+            for n in args.levels
+        ]
     finally:
         if proc is not None:
             proc.terminate()
@@ -219,21 +263,55 @@ def main(argv=None) -> int:
     for r in results:
         r["decode_speedup"] = r["decode_tok_s"] / base if base else float("nan")
     if args.json:
-        print(json.dumps({"machine": machine(), "args": {k: v for k, v in vars(args).items()}, "results": results},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {"machine": machine(), "args": {k: v for k, v in vars(args).items()}, "results": results},
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     print(f"machine: {machine()}")
-    print(f"source: {args.url or args.model or args.preset}, {args.max_tokens} tokens per request, "
-          f"{args.requests} request(s) per client")
-    head = ("clients", "ok", "tokens", "wall s", "tok/s", "decode tok/s", "x vs first", "TTFT p50", "TTFT p99",
-            "tok lat p50", "tok lat p99", "req p50", "req p99")
+    print(
+        f"source: {args.url or args.model or args.preset}, {args.max_tokens} tokens per request, "
+        f"{args.requests} request(s) per client"
+    )
+    head = (
+        "clients",
+        "ok",
+        "tokens",
+        "wall s",
+        "tok/s",
+        "decode tok/s",
+        "x vs first",
+        "TTFT p50",
+        "TTFT p99",
+        "tok lat p50",
+        "tok lat p99",
+        "req p50",
+        "req p99",
+    )
     print(" | ".join(head))
     for r in results:
-        print(" | ".join([str(r["clients"]), f"{r['ok']}/{r['requests']}", str(r["completion_tokens"]),
-                          f"{r['wall_s']:.1f}", f"{r['throughput_tok_s']:.1f}", f"{r['decode_tok_s']:.1f}",
-                          f"{r['decode_speedup']:.2f}", f"{r['ttft_p50_s']:.3f}", f"{r['ttft_p99_s']:.3f}",
-                          f"{r['token_latency_p50_s'] * 1000:.0f} ms", f"{r['token_latency_p99_s'] * 1000:.0f} ms",
-                          f"{r['request_latency_p50_s']:.2f}", f"{r['request_latency_p99_s']:.2f}"]))
+        print(
+            " | ".join(
+                [
+                    str(r["clients"]),
+                    f"{r['ok']}/{r['requests']}",
+                    str(r["completion_tokens"]),
+                    f"{r['wall_s']:.1f}",
+                    f"{r['throughput_tok_s']:.1f}",
+                    f"{r['decode_tok_s']:.1f}",
+                    f"{r['decode_speedup']:.2f}",
+                    f"{r['ttft_p50_s']:.3f}",
+                    f"{r['ttft_p99_s']:.3f}",
+                    f"{r['token_latency_p50_s'] * 1000:.0f} ms",
+                    f"{r['token_latency_p99_s'] * 1000:.0f} ms",
+                    f"{r['request_latency_p50_s']:.2f}",
+                    f"{r['request_latency_p99_s']:.2f}",
+                ]
+            )
+        )
         for e in r["errors"]:
             print(f"  error: {e}")
     return 0 if all(r["ok"] == r["requests"] for r in results) else 1

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from lfmkit.bench import machine_description, resolve_target, write_random_checkpoint
 from lfmkit import LFM2
+from lfmkit.bench import machine_description, resolve_target, write_random_checkpoint
 from lfmkit.loader import load_quantized
 
 
@@ -52,11 +52,21 @@ def main() -> None:
         for how, logits in (("prompt", model(ids)[0].float()), ("token by token", decode_logits(model, ids))):
             cos = torch.nn.functional.cosine_similarity(ref_logits, logits, dim=-1)
             top1 = (ref_logits.argmax(-1) == logits.argmax(-1)).float().mean().item()
-            row = {"model": name, "mode": mode, "path": how, "tokens": args.tokens,
-                   "cosine_mean": cos.mean().item(), "cosine_min": cos.min().item(), "top1_agreement": top1}
-            print(json.dumps(row) if args.json else
-                  f"{mode:>5} {how:>14}: cosine mean {row['cosine_mean']:.4f} (min {row['cosine_min']:.4f}), "
-                  f"top-1 agreement {100 * top1:.1f}%")
+            row = {
+                "model": name,
+                "mode": mode,
+                "path": how,
+                "tokens": args.tokens,
+                "cosine_mean": cos.mean().item(),
+                "cosine_min": cos.min().item(),
+                "top1_agreement": top1,
+            }
+            print(
+                json.dumps(row)
+                if args.json
+                else f"{mode:>5} {how:>14}: cosine mean {row['cosine_mean']:.4f} (min {row['cosine_min']:.4f}), "
+                f"top-1 agreement {100 * top1:.1f}%"
+            )
             sys.stdout.flush()
         del model
 
@@ -64,7 +74,7 @@ def main() -> None:
 def decode_logits(model, ids: torch.Tensor) -> torch.Tensor:
     """Logits [T, V] from feeding `ids` one token at a time through a state (the decode path)."""
     state = model.new_state(1, max_length=ids.shape[1])
-    return torch.cat([model(ids[:, t:t + 1], state=state)[0] for t in range(ids.shape[1])]).float()
+    return torch.cat([model(ids[:, t : t + 1], state=state)[0] for t in range(ids.shape[1])]).float()
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def plot(runs: list[list[BenchResult]], out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, key, title in ((axes[0], "prefill_tok_s", "prefill tok/s (512-token prompt)"),
-                           (axes[1], "decode_tok_s", "decode tok/s (batch 1)")):
+    for ax, key, title in (
+        (axes[0], "prefill_tok_s", "prefill tok/s (512-token prompt)"),
+        (axes[1], "decode_tok_s", "decode tok/s (batch 1)"),
+    ):
         labels, values, colors = [], [], []
         for rows in runs:
             for r in rows:
@@ -47,8 +49,11 @@ def plot(runs: list[list[BenchResult]], out: str) -> None:
                     continue
                 labels.append(f"{r.model}\n{r.engine} {r.weights}")
                 values.append(v)
-                colors.append({"lfmkit": "tab:blue", "llama.cpp": "tab:orange",
-                               "transformers": "tab:gray"}[r.engine] if "shape" not in r.model else "tab:cyan")
+                colors.append(
+                    {"lfmkit": "tab:blue", "llama.cpp": "tab:orange", "transformers": "tab:gray"}[r.engine]
+                    if "shape" not in r.model
+                    else "tab:cyan"
+                )
         ax.barh(range(len(values)), values, color=colors)
         ax.set_yticks(range(len(values)), labels, fontsize=7)
         ax.invert_yaxis()

@@ -31,9 +31,16 @@ import torch
 from lfmkit import LFM2, LFM2Config
 from lfmkit.testing import build_test_tokenizer
 
-PROMPTS = ["What is the capital of France?", "Tell me a story about a robot.", "What is the weather like in Paris?",
-           "What is C. elegans?", "Hello! How are you today?", "Let me think step by step about 2 + 2.",
-           "Le renard brun saute par-dessus le chien paresseux.", "List of tools: get_weather, get_time."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Tell me a story about a robot.",
+    "What is the weather like in Paris?",
+    "What is C. elegans?",
+    "Hello! How are you today?",
+    "Let me think step by step about 2 + 2.",
+    "Le renard brun saute par-dessus le chien paresseux.",
+    "List of tools: get_weather, get_time.",
+]
 
 
 def digits(messages, completion):
@@ -60,16 +67,30 @@ def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
     from lfmkit.train.grpo import grpo
     from lfmkit.train.metrics import read_metrics
 
-    config = dict(model=str(model_dir), prompts=[str(prompts)], output=str(out), max_steps=args.steps,
-                  batch_size=args.prompts * args.generations, num_generations=args.generations,
-                  max_completion_length=args.max_tokens, learning_rate=1e-6, save_every=0, progress=False)
+    config = dict(
+        model=str(model_dir),
+        prompts=[str(prompts)],
+        output=str(out),
+        max_steps=args.steps,
+        batch_size=args.prompts * args.generations,
+        num_generations=args.generations,
+        max_completion_length=args.max_tokens,
+        learning_rate=1e-6,
+        save_every=0,
+        progress=False,
+    )
     grpo(config, rewards=[digits], verbose=False)
     records = read_metrics(out / "metrics.jsonl")
     previous = 0.0
     rows = []
     for r in records:
-        rows.append({"step_s": r["elapsed_s"] - previous, "rollout_s": r["rollout_s"],
-                     "rollout_tokens": round(r["completion_length"] * args.prompts * args.generations)})
+        rows.append(
+            {
+                "step_s": r["elapsed_s"] - previous,
+                "rollout_s": r["rollout_s"],
+                "rollout_tokens": round(r["completion_length"] * args.prompts * args.generations),
+            }
+        )
         previous = r["elapsed_s"]
     return rows
 
@@ -81,13 +102,26 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = GRPOConfig(output_dir=str(out), per_device_train_batch_size=args.prompts * args.generations,
-                        num_generations=args.generations, max_completion_length=args.max_tokens, max_steps=args.steps,
-                        learning_rate=1e-6, logging_steps=1, report_to=[], save_strategy="no", bf16=False,
-                        use_cpu=True, gradient_checkpointing=False, dataloader_num_workers=0, seed=42)
+    config = GRPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=args.prompts * args.generations,
+        num_generations=args.generations,
+        max_completion_length=args.max_tokens,
+        max_steps=args.steps,
+        learning_rate=1e-6,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        seed=42,
+    )
     dataset = load_dataset("json", data_files=str(prompts), split="train")
-    trainer = GRPOTrainer(model=model, reward_funcs=[digits_batched], args=config, train_dataset=dataset,
-                          processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[digits_batched], args=config, train_dataset=dataset, processing_class=tokenizer
+    )
     rows: list[dict] = []
     generate = trainer.model.generate
 
@@ -115,9 +149,12 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
 def summary(rows: list[dict]) -> dict:
     measured = rows[1:] or rows
     seconds = sum(r["rollout_s"] for r in measured)
-    return {"steps": len(measured), "step_s": statistics.fmean(r["step_s"] for r in measured),
-            "rollout_s": seconds / len(measured),
-            "rollout_tokens_per_s": sum(r["rollout_tokens"] for r in measured) / max(seconds, 1e-9)}
+    return {
+        "steps": len(measured),
+        "step_s": statistics.fmean(r["step_s"] for r in measured),
+        "rollout_s": seconds / len(measured),
+        "rollout_tokens_per_s": sum(r["rollout_tokens"] for r in measured) / max(seconds, 1e-9),
+    }
 
 
 def main() -> None:
@@ -137,18 +174,34 @@ def main() -> None:
     stamp = time.strftime("%H%M%S")
     ours = summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{stamp}"))
     theirs = summary(run_trl(model_dir, prompts, args, root / f"trl-{stamp}"))
-    print(f"{args.preset} (random weights, float32), {args.prompts} prompts x {args.generations} completions x "
-          f"{args.max_tokens} tokens per step, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"{args.preset} (random weights, float32), {args.prompts} prompts x {args.generations} completions x "
+        f"{args.max_tokens} tokens per step, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"{'':<26}{'lfmkit':>12}{'TRL':>12}{'ratio':>8}")
-    print(f"{'rollout tokens/s':<26}{ours['rollout_tokens_per_s']:>12.1f}{theirs['rollout_tokens_per_s']:>12.1f}"
-          f"{ours['rollout_tokens_per_s'] / theirs['rollout_tokens_per_s']:>7.1f}x")
-    print(f"{'rollout s per step':<26}{ours['rollout_s']:>12.2f}{theirs['rollout_s']:>12.2f}"
-          f"{theirs['rollout_s'] / ours['rollout_s']:>7.1f}x")
+    print(
+        f"{'rollout tokens/s':<26}{ours['rollout_tokens_per_s']:>12.1f}{theirs['rollout_tokens_per_s']:>12.1f}"
+        f"{ours['rollout_tokens_per_s'] / theirs['rollout_tokens_per_s']:>7.1f}x"
+    )
+    print(
+        f"{'rollout s per step':<26}{ours['rollout_s']:>12.2f}{theirs['rollout_s']:>12.2f}"
+        f"{theirs['rollout_s'] / ours['rollout_s']:>7.1f}x"
+    )
     print(f"{'step s':<26}{ours['step_s']:>12.2f}{theirs['step_s']:>12.2f}{theirs['step_s'] / ours['step_s']:>7.1f}x")
-    print(json.dumps({"preset": args.preset, "prompts": args.prompts, "generations": args.generations,
-                      "max_tokens": args.max_tokens, "threads": torch.get_num_threads(), "lfmkit": ours,
-                      "trl": theirs}))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "prompts": args.prompts,
+                "generations": args.generations,
+                "max_tokens": args.max_tokens,
+                "threads": torch.get_num_threads(),
+                "lfmkit": ours,
+                "trl": theirs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

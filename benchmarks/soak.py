@@ -46,8 +46,15 @@ from load_test import free_port, machine, percentile  # noqa: E402
 
 MODEL = "soak"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def nested(depth: int) -> str:
@@ -55,24 +62,66 @@ def nested(depth: int) -> str:
 
 
 FUZZ = [  # (field, junk): each replaces one field of a valid chat body
-    ("model", 5), ("messages", "hi"), ("messages", []), ("messages", [{"role": "wizard", "content": "x"}]),
+    ("model", 5),
+    ("messages", "hi"),
+    ("messages", []),
+    ("messages", [{"role": "wizard", "content": "x"}]),
     ("messages", [{"role": "tool", "content": "42"}]),
-    ("messages", [{"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {
-        "name": "f", "arguments": '{"a": ' + nested(5000) + "}"}}]}, {"role": "user", "content": "x"}]),
+    (
+        "messages",
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"a": ' + nested(5000) + "}"},
+                    }
+                ],
+            },
+            {"role": "user", "content": "x"},
+        ],
+    ),
     ("messages", [{"role": "user", "content": "\ud800 lone surrogate"}]),
-    ("temperature", "hot"), ("temperature", -1), ("top_k", 10**20), ("seed", 2**70), ("seed", -2**64),
-    ("max_tokens", 0), ("max_tokens", 2**40), ("n", 10**6), ("stop", [""]), ("stop_token_ids", [-1]),
-    ("logprobs", 3), ("top_logprobs", 99), ("tools", [{"type": "function", "function": {"name": "bad name"}}]),
+    ("temperature", "hot"),
+    ("temperature", -1),
+    ("top_k", 10**20),
+    ("seed", 2**70),
+    ("seed", -(2**64)),
+    ("max_tokens", 0),
+    ("max_tokens", 2**40),
+    ("n", 10**6),
+    ("stop", [""]),
+    ("stop_token_ids", [-1]),
+    ("logprobs", 3),
+    ("top_logprobs", 99),
+    ("tools", [{"type": "function", "function": {"name": "bad name"}}]),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": json.loads(nested(150))}}]),
-    ("tool_choice", {"type": "function", "function": {"name": "os.system"}}), ("stream", "yes"),
+    ("tool_choice", {"type": "function", "function": {"name": "os.system"}}),
+    ("stream", "yes"),
     ("extra", json.loads(nested(190))),
 ]
-RAW_FUZZ = [b"", b"{", b"[1,2]", b"\xff\xfe not utf-8", b'{"model": "soak", "messages": ' + b"[" * 10000,
-            b'{"model": "soak", "prompt": [' + b"1," * 300000 + b"1]}"]
+RAW_FUZZ = [
+    b"",
+    b"{",
+    b"[1,2]",
+    b"\xff\xfe not utf-8",
+    b'{"model": "soak", "messages": ' + b"[" * 10000,
+    b'{"model": "soak", "prompt": [' + b"1," * 300000 + b"1]}",
+]
 
 
-SCENARIOS = ["chat", "chat-stream", "completion-stream", "disconnect-stream", "disconnect-wait", "fuzz",
-             "big-prompt", "chunked-over-limit"]   # the last two: at most --big-requests of them
+SCENARIOS = [
+    "chat",
+    "chat-stream",
+    "completion-stream",
+    "disconnect-stream",
+    "disconnect-wait",
+    "fuzz",
+    "big-prompt",
+    "chunked-over-limit",
+]  # the last two: at most --big-requests of them
 
 
 class Soak:
@@ -122,15 +171,25 @@ class Soak:
         elif name == "chat-stream":
             await self.stream(client, name, "/v1/chat/completions", self.body(stream=True))
         elif name == "completion-stream":
-            await self.stream(client, name, "/v1/completions", {"model": MODEL, "prompt": "Once upon a time",
-                                                                 "max_tokens": 8, "stream": True, "n": 2})
+            await self.stream(
+                client,
+                name,
+                "/v1/completions",
+                {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "stream": True, "n": 2},
+            )
         elif name == "disconnect-stream":
-            await self.stream(client, name, "/v1/chat/completions", self.body(stream=True, max_tokens=200,
-                                                                             ignore_eos=True), hang_up_after=2)
+            await self.stream(
+                client,
+                name,
+                "/v1/chat/completions",
+                self.body(stream=True, max_tokens=200, ignore_eos=True),
+                hang_up_after=2,
+            )
         elif name == "disconnect-wait":
             try:
-                await client.post(self.url + "/v1/chat/completions", timeout=0.05,
-                                  json=self.body(max_tokens=200, ignore_eos=True))
+                await client.post(
+                    self.url + "/v1/chat/completions", timeout=0.05, json=self.body(max_tokens=200, ignore_eos=True)
+                )
             except httpx.TimeoutException:
                 pass
         elif name == "fuzz":
@@ -139,18 +198,21 @@ class Soak:
             else:
                 field, junk = self.rng.choice(FUZZ)
                 body = json.dumps({**self.body(), field: junk}, ensure_ascii=True)
-                await self.post(client, name, "/v1/chat/completions", content=body,
-                                headers={"content-type": "application/json"})
+                await self.post(
+                    client, name, "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+                )
         elif name == "big-prompt":
             await self.post(client, name, "/v1/chat/completions", content=self.big_body)
         elif name == "chunked-over-limit":
+
             async def chunks():
                 for _ in range(40):
                     yield b" " * 2**20
+
             try:
                 await self.post(client, name, "/v1/chat/completions", content=chunks())
             except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
-                self.statuses["413 unread (closed while sending)"] += 1   # the server stopped reading
+                self.statuses["413 unread (closed while sending)"] += 1  # the server stopped reading
 
     def pick(self) -> str:
         names = [n for n in SCENARIOS[:-2] + ["fuzz"] if n not in self.args.without]
@@ -202,10 +264,18 @@ def make_tiny_checkpoint(directory: Path) -> Path:
     from lfmkit import LFM2, LFM2Config
     from lfmkit.testing import build_test_tokenizer
 
-    config = LFM2Config(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=2, block_ff_dim=192, block_auto_adjust_ff_dim=False,
-                        layer_types=["conv", "full_attention", "conv", "full_attention"],
-                        max_position_embeddings=1024, torch_dtype="float32")
+    config = LFM2Config(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        block_ff_dim=192,
+        block_auto_adjust_ff_dim=False,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+        max_position_embeddings=1024,
+        torch_dtype="float32",
+    )
     LFM2.from_config(config).save_pretrained(directory)
     build_test_tokenizer(directory)
     return directory
@@ -213,9 +283,31 @@ def make_tiny_checkpoint(directory: Path) -> Path:
 
 def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "lfmkit", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", MODEL, "--max-concurrent", "4", "--max-queued", "16", "--max-model-len", "512",
-           "--threads", "1", "--shutdown-grace", "5", "--log-level", "error"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lfmkit",
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        MODEL,
+        "--max-concurrent",
+        "4",
+        "--max-queued",
+        "16",
+        "--max-model-len",
+        "512",
+        "--threads",
+        "1",
+        "--shutdown-grace",
+        "5",
+        "--log-level",
+        "error",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -233,8 +325,9 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default=None, help="checkpoint directory (with tokenizer); unset: a tiny random one")
     p.add_argument("--duration", type=float, default=60, help="seconds of load")
     p.add_argument("--max-requests", type=int, default=5000, help="requests at most (all clients together)")
@@ -257,7 +350,7 @@ def main(argv=None) -> int:
         try:
             soak.run()
             wall = time.perf_counter() - started
-            time.sleep(1.0)                                   # cancelled requests leave at the next step
+            time.sleep(1.0)  # cancelled requests leave at the next step
             idle = httpx.get(url + "/health", timeout=10).json()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -266,25 +359,33 @@ def main(argv=None) -> int:
     leak = idle["running"] != 0 or idle["queued"] != 0
     slow = max(soak.health, default=0.0) > args.health_limit
     print(f"machine: {machine()}")
-    print(f"soak: {wall:.0f} s, {args.clients} clients, {soak.requests} requests, seed {args.seed}"
-          + (f", without {', '.join(args.without)}" if args.without else ""))
+    print(
+        f"soak: {wall:.0f} s, {args.clients} clients, {soak.requests} requests, seed {args.seed}"
+        + (f", without {', '.join(args.without)}" if args.without else "")
+    )
     print("scenarios: " + ", ".join(f"{k} {v}" for k, v in sorted(soak.scenarios.items())))
     print("statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(soak.statuses.items(), key=str)))
     print(f"5xx and error events: {len(soak.server_errors)}")
     for e in soak.server_errors[:10]:
         print(f"  {e}")
-    print("transport errors: " + (", ".join(f"{k} {v}" for k, v in sorted(soak.transport_errors.items()))
-                                  or "none"))
-    print(f"/health: {len(soak.health)} polls, {soak.health_failures} failed, max {max(soak.health):.3f} s, "
-          f"p99 {percentile(soak.health, 99):.3f} s, p50 {percentile(soak.health, 50):.3f} s")
-    print(f"after the load: running {idle['running']}, queued {idle['queued']}; "
-          f"SIGTERM exit status {proc.returncode}, traceback in the log: {'Traceback' in out}")
+    print("transport errors: " + (", ".join(f"{k} {v}" for k, v in sorted(soak.transport_errors.items())) or "none"))
+    print(
+        f"/health: {len(soak.health)} polls, {soak.health_failures} failed, max {max(soak.health):.3f} s, "
+        f"p99 {percentile(soak.health, 99):.3f} s, p50 {percentile(soak.health, 50):.3f} s"
+    )
+    print(
+        f"after the load: running {idle['running']}, queued {idle['queued']}; "
+        f"SIGTERM exit status {proc.returncode}, traceback in the log: {'Traceback' in out}"
+    )
     if "Traceback" in out:
         at = out.index("Traceback")
-        kinds = Counter(line for line in out.splitlines() if line and not line[0].isspace()
-                        and not line.startswith(("Traceback", "ERROR", "INFO", "WARNING")))
+        kinds = Counter(
+            line
+            for line in out.splitlines()
+            if line and not line[0].isspace() and not line.startswith(("Traceback", "ERROR", "INFO", "WARNING"))
+        )
         print("exceptions in the server log: " + ", ".join(f"{k} ({v}x)" for k, v in kinds.most_common()))
-        print("first traceback:\n" + out[out.rfind("\n", 0, max(0, at - 1)) + 1:][:1500])
+        print("first traceback:\n" + out[out.rfind("\n", 0, max(0, at - 1)) + 1 :][:1500])
     bad = soak.server_errors or soak.health_failures or slow or leak or proc.returncode != 0 or "Traceback" in out
     return 1 if bad else 0
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-LORA_R, LORA_ALPHA = 16, 32          # TRL's CLI defaults, which docs/training.md recommends too
+LORA_R, LORA_ALPHA = 16, 32  # TRL's CLI defaults, which docs/training.md recommends too
 SHAPES = {
     "lfm2-350m": {},
     # A quick option: the 350M layer pattern and vocabulary at a quarter of the width.
@@ -64,10 +64,30 @@ def prepare(shape: str, directory: Path, rows: int, seq_len: int, seed: int) -> 
 
 
 def run_worker(args, engine: str, mode: str) -> dict:
-    argv = [sys.executable, __file__, "--worker", engine, "--mode", mode, "--dir", str(args.dir),
-            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--threads", str(args.threads), "--seed", str(args.seed),
-            "--gradient-checkpointing", args.gradient_checkpointing]
+    argv = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--mode",
+        mode,
+        "--dir",
+        str(args.dir),
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--gradient-checkpointing",
+        args.gradient_checkpointing,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -76,14 +96,18 @@ def run_worker(args, engine: str, mode: str) -> dict:
 
 
 def report(results: list[dict]) -> None:
-    print("| engine | mode | grad ckpt | tokens/s (wall) | tokens/CPU-s | s/step | peak RSS | RSS before the model "
-          "| loss first -> last |")
+    print(
+        "| engine | mode | grad ckpt | tokens/s (wall) | tokens/CPU-s | s/step | peak RSS | RSS before the model "
+        "| loss first -> last |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['engine']} | {r['mode']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
-              f"{r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['seconds_per_step']:.2f} | "
-              f"{r['peak_rss_mib']:.0f} MiB | {r['start_rss_mib']:.0f} MiB | "
-              f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |")
+        print(
+            f"| {r['engine']} | {r['mode']} | {'on' if r['gradient_checkpointing'] else 'off'} | "
+            f"{r['tokens_per_s']:.1f} | {r['tokens_per_cpu_s']:.1f} | {r['seconds_per_step']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} MiB | {r['start_rss_mib']:.0f} MiB | "
+            f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} |"
+        )
     print()
     for mode in dict.fromkeys(r["mode"] for r in results):
         by = {r["engine"]: r for r in results if r["mode"] == mode}
@@ -92,9 +116,11 @@ def report(results: list[dict]) -> None:
             speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
             cpu = ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"]
             memory = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
-            print(f"{mode}: lfmkit / TRL tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
-                  f"(target >= 2x: {'met' if min(speed, cpu) >= 2 else 'missed'}); peak RSS {memory:.2f}x "
-                  f"(target <= 0.6x: {'met' if memory <= 0.6 else 'missed'})")
+            print(
+                f"{mode}: lfmkit / TRL tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
+                f"(target >= 2x: {'met' if min(speed, cpu) >= 2 else 'missed'}); peak RSS {memory:.2f}x "
+                f"(target <= 0.6x: {'met' if memory <= 0.6 else 'missed'})"
+            )
 
 
 def main() -> int:
@@ -106,8 +132,12 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the timing")
     p.add_argument("--modes", default="full,lora")
     p.add_argument("--engines", default="lfmkit,trl")
-    p.add_argument("--gradient-checkpointing", choices=("off", "on", "defaults"), default="off",
-                   help="off / on for both engines, or each engine's default (TRL: on, lfmkit: off)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        choices=("off", "on", "defaults"),
+        default="off",
+        help="off / on for both engines, or each engine's default (TRL: on, lfmkit: off)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", type=Path, default=None, help="where the checkpoint and data go (default: a temp dir)")
@@ -127,12 +157,23 @@ def main() -> int:
         for mode in args.modes.split(","):
             for engine in args.engines.split(","):
                 r = run_worker(args, engine, mode)
-                r.update(shape=args.shape, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
-                         warmup=args.warmup, threads=args.threads, machine=platform.processor() or platform.machine(),
-                         load_avg=os.getloadavg(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                r.update(
+                    shape=args.shape,
+                    batch_size=args.batch_size,
+                    seq_len=args.seq_len,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    threads=args.threads,
+                    machine=platform.processor() or platform.machine(),
+                    load_avg=os.getloadavg(),
+                    time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                )
                 results.append(r)
-                print(f"{engine} {mode}: {r['tokens_per_s']:.1f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{engine} {mode}: {r['tokens_per_s']:.1f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         report(results)
         if args.json:
             with args.json.open("a") as f:
@@ -158,11 +199,20 @@ def worker(args) -> dict:
     wall = [clock[i][0] - clock[i - 1][0] for i in range(args.warmup, len(clock))]
     cpu = [clock[i][1] - clock[i - 1][1] for i in range(args.warmup, len(clock))]
     tokens = args.batch_size * args.seq_len
-    return {"engine": args.worker, "mode": args.mode, "gradient_checkpointing": checkpointing,
-            "tokens_per_s": tokens / statistics.median(wall), "tokens_per_cpu_s": tokens / statistics.median(cpu),
-            "seconds_per_step": statistics.median(wall), "step_seconds": [round(t, 3) for t in wall],
-            "step_cpu_seconds": [round(t, 3) for t in cpu], "peak_rss_mib": rss_mib("VmHWM"),
-            "start_rss_mib": start, "losses": losses, "torch": torch.__version__}
+    return {
+        "engine": args.worker,
+        "mode": args.mode,
+        "gradient_checkpointing": checkpointing,
+        "tokens_per_s": tokens / statistics.median(wall),
+        "tokens_per_cpu_s": tokens / statistics.median(cpu),
+        "seconds_per_step": statistics.median(wall),
+        "step_seconds": [round(t, 3) for t in wall],
+        "step_cpu_seconds": [round(t, 3) for t in cpu],
+        "peak_rss_mib": rss_mib("VmHWM"),
+        "start_rss_mib": start,
+        "losses": losses,
+        "torch": torch.__version__,
+    }
 
 
 def now() -> tuple[float, float]:
@@ -189,9 +239,18 @@ def train_lfmkit(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
     docs = [Document(ids, ids[1:] + [IGNORE_INDEX]) for ids in rows]
     plan = DataPlan([docs], [1.0], args.batch_size, args.seq_len, packing=False, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="lfmkit-train-bench-run-") as out:
-        config = SFTConfig(model=str(args.dir), data=["generated"], output=out, max_steps=args.steps,
-                           batch_size=args.batch_size, max_length=args.seq_len, learning_rate=1e-4, save_every=0,
-                           progress=False, gradient_checkpointing=checkpointing)
+        config = SFTConfig(
+            model=str(args.dir),
+            data=["generated"],
+            output=out,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            max_length=args.seq_len,
+            learning_rate=1e-4,
+            save_every=0,
+            progress=False,
+            gradient_checkpointing=checkpointing,
+        )
         trainer = Trainer(model, plan, config, pad_id=0)
         clock, step = [], trainer.step
 
@@ -232,15 +291,34 @@ def train_trl(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
     if args.mode == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=list(DEFAULT_TARGETS),
-                                 task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
+        )
     with tempfile.TemporaryDirectory(prefix="lfmkit-train-bench-trl-") as out:
-        config = SFTConfig(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                           learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                           bf16=False, gradient_checkpointing=checkpointing, max_length=args.seq_len,
-                           dataloader_num_workers=0, disable_tqdm=True, seed=0)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
+        config = SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=1e-4,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=checkpointing,
+            max_length=args.seq_len,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[Clock()],
+        )
         trainer.train()
     return clock, losses
 

@@ -7,6 +7,7 @@ export) cost nothing until touched. The package map is in the README ("What is w
 
 from importlib import import_module
 
+from .config import LFM2Config
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -18,8 +19,6 @@ from .errors import (
     TokenizerError,
     ToolCallParseError,
 )
-
-from .config import LFM2Config
 from .model import LFM2, LFM2State
 
 __version__ = "0.1.0"
@@ -58,8 +57,21 @@ _LAZY = {
 }
 
 
-__all__ = ["LFMKitError", "ConfigError", "CheckpointError", "TokenizerError", "ToolCallParseError",
-           "GenerationError", "ContextLengthError", "ExportError", "DataError", "LFM2Config", "LFM2", "LFM2State", *_LAZY]
+__all__ = [
+    "LFMKitError",
+    "ConfigError",
+    "CheckpointError",
+    "TokenizerError",
+    "ToolCallParseError",
+    "GenerationError",
+    "ContextLengthError",
+    "ExportError",
+    "DataError",
+    "LFM2Config",
+    "LFM2",
+    "LFM2State",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

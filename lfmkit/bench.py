@@ -41,9 +41,9 @@ GGUF_TYPE = {"int4": "q4_0", "int8": "q8_0", "bf16": "f16", "fp32": "f16"}
 
 @dataclass
 class BenchResult:
-    engine: str                      # lfmkit | llama.cpp | transformers
-    model: str                       # preset or path
-    weights: str                     # int4 | int8 | bf16 | fp32 | q4_0 | q8_0 | f16 ...
+    engine: str  # lfmkit | llama.cpp | transformers
+    model: str  # preset or path
+    weights: str  # int4 | int8 | bf16 | fp32 | q4_0 | q8_0 | f16 ...
     prefill_tok_s: float | None = None
     ttft_s: float | None = None
     decode_tok_s: float | None = None
@@ -156,8 +156,9 @@ def _timed(fn) -> float:
 
 
 @torch.no_grad()
-def measure_lfmkit(model, prompt: torch.Tensor, decode_tokens: int, batch: int, batch_tokens: int,
-                   repeats: int = 2) -> dict:
+def measure_lfmkit(
+    model, prompt: torch.Tensor, decode_tokens: int, batch: int, batch_tokens: int, repeats: int = 2
+) -> dict:
     """Prefill, time to first token, decode at batch 1 and at `batch`, for an lfmkit model."""
     n = prompt.shape[-1]
     state = model.new_state(1, max_length=n + decode_tokens + 8)
@@ -175,8 +176,12 @@ def measure_lfmkit(model, prompt: torch.Tensor, decode_tokens: int, batch: int, 
         for _ in range(steps):
             tok = model(tok, state=state, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
         best_decode = min(best_decode, (time.perf_counter() - t) / steps)
-    out = {"prefill_tok_s": n / best_prefill, "ttft_s": best_prefill, "decode_tok_s": 1 / best_decode,
-           "state_bytes_per_token": state.bytes_per_token()}
+    out = {
+        "prefill_tok_s": n / best_prefill,
+        "ttft_s": best_prefill,
+        "decode_tok_s": 1 / best_decode,
+        "state_bytes_per_token": state.bytes_per_token(),
+    }
     del state
     if batch > 1 and batch_tokens > 0:
         short = prompt[:64].expand(batch, -1).contiguous()
@@ -191,12 +196,18 @@ def measure_lfmkit(model, prompt: torch.Tensor, decode_tokens: int, batch: int, 
     return out
 
 
-def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int,
-                      repeats: int = 2) -> dict:
+def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=len(prompt) + decode_tokens + 8, n_batch=512, n_ubatch=512,
-                n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = Llama(
+        model_path=str(gguf_path),
+        n_ctx=len(prompt) + decode_tokens + 8,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     best_prefill, best_decode = float("inf"), float("inf")
     for _ in range(repeats):
         llm.reset()
@@ -258,10 +269,20 @@ def load_lfmkit(config: LFM2Config, path: Path | None, mode: str):
     return load_quantized(path, mode)
 
 
-def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, decode_tokens: int = 128,
-          batch: int = 8, batch_tokens: int = 32, compare: bool = False, threads: int | None = None,
-          workdir: str | os.PathLike | None = None, transformers_tokens: int = 32, repeats: int = 2,
-          log=print) -> list[BenchResult]:
+def bench(
+    target: str,
+    quant: list[str] | str = "int4",
+    prompt_len: int = 512,
+    decode_tokens: int = 128,
+    batch: int = 8,
+    batch_tokens: int = 32,
+    compare: bool = False,
+    threads: int | None = None,
+    workdir: str | os.PathLike | None = None,
+    transformers_tokens: int = 32,
+    repeats: int = 2,
+    log=print,
+) -> list[BenchResult]:
     """Measure `target` in each quant mode (and, with compare, the other engines). See module doc."""
     from .fast.install import weight_bytes
     from .quant.formats import check_mode
@@ -286,8 +307,17 @@ def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, d
         load_s = time.perf_counter() - t
         log(f"  lfmkit {name} {mode}: loaded in {load_s:.1f} s; measuring")
         m = measure_lfmkit(model, prompt, decode_tokens, batch, batch_tokens, repeats)
-        results.append(BenchResult("lfmkit", name, mode, load_s=load_s, weight_bytes=weight_bytes(model),
-                                   peak_rss_bytes=peak_rss_bytes(), **m))
+        results.append(
+            BenchResult(
+                "lfmkit",
+                name,
+                mode,
+                load_s=load_s,
+                weight_bytes=weight_bytes(model),
+                peak_rss_bytes=peak_rss_bytes(),
+                **m,
+            )
+        )
         del model
         gc.collect()
 
@@ -309,6 +339,7 @@ def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, d
 
     try:
         import llama_cpp  # noqa: F401
+
         have_llama = True
     except ImportError:
         have_llama = False
@@ -329,19 +360,36 @@ def bench(target: str, quant: list[str] | str = "int4", prompt_len: int = 512, d
             reset_peak_rss()
             log(f"  llama.cpp {gtype}: measuring")
             m = measure_llama_cpp(gpath, prompt.tolist(), decode_tokens, threads, repeats)
-            results.append(BenchResult("llama.cpp", display, gtype, peak_rss_bytes=peak_rss_bytes(),
-                                       weight_bytes=gpath.stat().st_size,
-                                       state_bytes_per_token=config.state_bytes_per_token(2), **m))
+            results.append(
+                BenchResult(
+                    "llama.cpp",
+                    display,
+                    gtype,
+                    peak_rss_bytes=peak_rss_bytes(),
+                    weight_bytes=gpath.stat().st_size,
+                    state_bytes_per_token=config.state_bytes_per_token(2),
+                    **m,
+                )
+            )
             gc.collect()
 
     try:
         import transformers  # noqa: F401
+
         gc.collect()
         reset_peak_rss()
         log(f"  transformers fp32: measuring ({transformers_tokens} decode tokens)")
         m = measure_transformers(path, prompt, max(4, transformers_tokens))
-        results.append(BenchResult("transformers", display, "fp32", peak_rss_bytes=peak_rss_bytes(),
-                                   state_bytes_per_token=config.state_bytes_per_token(4), **m))
+        results.append(
+            BenchResult(
+                "transformers",
+                display,
+                "fp32",
+                peak_rss_bytes=peak_rss_bytes(),
+                state_bytes_per_token=config.state_bytes_per_token(4),
+                **m,
+            )
+        )
     except ImportError:
         log("  transformers is not installed: skipping it")
     gc.collect()
@@ -362,40 +410,62 @@ def ratios(results: list[BenchResult]) -> list[str]:
     for r in ours:
         if r.weights in dense:
             d = dense[r.weights]
-            lines.append(f"hybrid vs dense ({r.weights}): prefill {fmt(r.prefill_tok_s, d.prefill_tok_s)}, "
-                         f"decode {fmt(r.decode_tok_s, d.decode_tok_s)}, "
-                         f"batch decode {fmt(r.decode_batch_tok_s, d.decode_batch_tok_s)}")
+            lines.append(
+                f"hybrid vs dense ({r.weights}): prefill {fmt(r.prefill_tok_s, d.prefill_tok_s)}, "
+                f"decode {fmt(r.decode_tok_s, d.decode_tok_s)}, "
+                f"batch decode {fmt(r.decode_batch_tok_s, d.decode_batch_tok_s)}"
+            )
         best_llama = max(llama.values(), key=lambda x: x.prefill_tok_s or 0, default=None)
         same = llama.get(GGUF_TYPE[r.weights])
         if same:
-            lines.append(f"lfmkit {r.weights} vs llama.cpp {same.weights}: prefill "
-                         f"{fmt(r.prefill_tok_s, same.prefill_tok_s)}, decode {fmt(r.decode_tok_s, same.decode_tok_s)}")
+            lines.append(
+                f"lfmkit {r.weights} vs llama.cpp {same.weights}: prefill "
+                f"{fmt(r.prefill_tok_s, same.prefill_tok_s)}, decode {fmt(r.decode_tok_s, same.decode_tok_s)}"
+            )
         if best_llama and best_llama is not same:
-            lines.append(f"lfmkit {r.weights} prefill vs llama.cpp's best ({best_llama.weights}): "
-                         f"{fmt(r.prefill_tok_s, best_llama.prefill_tok_s)}")
+            lines.append(
+                f"lfmkit {r.weights} prefill vs llama.cpp's best ({best_llama.weights}): "
+                f"{fmt(r.prefill_tok_s, best_llama.prefill_tok_s)}"
+            )
         if hf:
-            lines.append(f"lfmkit {r.weights} vs transformers fp32: prefill {fmt(r.prefill_tok_s, hf.prefill_tok_s)}, "
-                         f"decode {fmt(r.decode_tok_s, hf.decode_tok_s)}")
+            lines.append(
+                f"lfmkit {r.weights} vs transformers fp32: prefill {fmt(r.prefill_tok_s, hf.prefill_tok_s)}, "
+                f"decode {fmt(r.decode_tok_s, hf.decode_tok_s)}"
+            )
     return lines
 
 
 def format_table(results: list[BenchResult]) -> str:
-    head = (f"{'engine':<13}{'model':<18}{'weights':<8}{'prefill/s':>10}{'TTFT s':>8}{'decode/s':>10}"
-            f"{'batch/s':>10}{'peak RSS':>10}{'weights':>10}{'state/tok':>10}")
+    head = (
+        f"{'engine':<13}{'model':<18}{'weights':<8}{'prefill/s':>10}{'TTFT s':>8}{'decode/s':>10}"
+        f"{'batch/s':>10}{'peak RSS':>10}{'weights':>10}{'state/tok':>10}"
+    )
     rows = [head]
 
     def num(v, fmt="{:.1f}"):
         return fmt.format(v) if v is not None else "-"
 
     for r in results:
-        rows.append(f"{r.engine:<13}{r.model[-17:]:<18}{r.weights:<8}{num(r.prefill_tok_s):>10}"
-                    f"{num(r.ttft_s, '{:.2f}'):>8}{num(r.decode_tok_s):>10}{num(r.decode_batch_tok_s):>10}"
-                    f"{num(r.peak_rss_bytes and r.peak_rss_bytes / 2**20, '{:.0f}M'):>10}"
-                    f"{num(r.weight_bytes and r.weight_bytes / 2**20, '{:.0f}M'):>10}"
-                    f"{num(r.state_bytes_per_token, '{:.0f}'):>10}")
+        rows.append(
+            f"{r.engine:<13}{r.model[-17:]:<18}{r.weights:<8}{num(r.prefill_tok_s):>10}"
+            f"{num(r.ttft_s, '{:.2f}'):>8}{num(r.decode_tok_s):>10}{num(r.decode_batch_tok_s):>10}"
+            f"{num(r.peak_rss_bytes and r.peak_rss_bytes / 2**20, '{:.0f}M'):>10}"
+            f"{num(r.weight_bytes and r.weight_bytes / 2**20, '{:.0f}M'):>10}"
+            f"{num(r.state_bytes_per_token, '{:.0f}'):>10}"
+        )
     return "\n".join(rows)
 
 
-__all__ = ["bench", "BenchResult", "measure_lfmkit", "measure_llama_cpp", "measure_transformers",
-           "write_random_checkpoint", "ratios", "format_table", "machine_description", "reset_peak_rss",
-           "peak_rss_bytes"]
+__all__ = [
+    "bench",
+    "BenchResult",
+    "measure_lfmkit",
+    "measure_llama_cpp",
+    "measure_transformers",
+    "write_random_checkpoint",
+    "ratios",
+    "format_table",
+    "machine_description",
+    "reset_peak_rss",
+    "peak_rss_bytes",
+]

@@ -29,7 +29,7 @@ def read_json_object(file: Path, error: type[LFMKitError]) -> dict:
         raise error(f"{file}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
     try:
         data = json.loads(text)
-    except (ValueError, RecursionError) as exc:   # JSONDecodeError, a 5000-digit number, deep nesting
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
         raise error(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise error(f"{file}: expected a JSON object, got {json_type(data)}")
@@ -44,8 +44,9 @@ def json_type(value: Any) -> str:
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
-    return {str: "a string", list: "an array", tuple: "an array", dict: "an object"}.get(type(value),
-                                                                                      type(value).__name__)
+    return {str: "a string", list: "an array", tuple: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -53,13 +54,13 @@ def shown(value: Any, limit: int = 60) -> str:
     cut to `limit` characters, for one-line messages."""
     try:
         text = repr(value) if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):   # not JSON data (a Python object passed in directly)
+    except (TypeError, ValueError):  # not JSON data (a Python object passed in directly)
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)   # JSON true is not a size
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a size
 
 
 def is_finite_number(value: Any) -> bool:
@@ -67,5 +68,5 @@ def is_finite_number(value: Any) -> bool:
         return False
     try:
         return math.isfinite(value)
-    except OverflowError:   # an integer too large for a float
+    except OverflowError:  # an integer too large for a float
         return False

@@ -15,8 +15,20 @@ import sys
 from .errors import LFMKitError
 
 # (module under lfmkit.commands) in the order they appear in --help.
-COMMANDS = ("info", "run", "chat", "bench", "serve", "export", "train", "distill", "prefs", "merge", "merge_lora",
-            "eval")
+COMMANDS = (
+    "info",
+    "run",
+    "chat",
+    "bench",
+    "serve",
+    "export",
+    "train",
+    "distill",
+    "prefs",
+    "merge",
+    "merge_lora",
+    "eval",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ SIZE_LIMITS = {
     "conv_L_cache": 1024,
     "max_position_embeddings": 1 << 24,
 }
-MAX_FFN_MULTIPLIER = 1024   # block_ffn_dim_multiplier's cap (its product with any block_ff_dim stays finite)
+MAX_FFN_MULTIPLIER = 1024  # block_ffn_dim_multiplier's cap (its product with any block_ff_dim stays finite)
 BOOL_FIELDS = ("block_auto_adjust_ff_dim", "conv_bias", "tie_word_embeddings")
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -106,7 +106,7 @@ class LFM2Config:
     name: str | None = None
 
     def __post_init__(self):
-        if isinstance(self.layer_types, list) and not self.layer_types:   # the default: all attention
+        if isinstance(self.layer_types, list) and not self.layer_types:  # the default: all attention
             _need_size("num_hidden_layers", self.num_hidden_layers)
             self.layer_types = [ATTENTION] * self.num_hidden_layers
         self.validate()
@@ -180,8 +180,10 @@ class LFM2Config:
     def _check_kinds(self) -> None:
         """Each field on its own: the JSON type and range it must have."""
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise _field_error("model_type", f"unsupported model type {shown(self.model_type)} "
-                                             f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})")
+            raise _field_error(
+                "model_type",
+                f"unsupported model type {shown(self.model_type)} (lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})",
+            )
         for name in SIZE_LIMITS:
             if name != "head_dim" or self.head_dim is not None:
                 _need_size(name, getattr(self, name), low=2 if name == "head_dim" else 1)
@@ -193,8 +195,9 @@ class LFM2Config:
         if self.block_ffn_dim_multiplier is not None:
             _need_positive("block_ffn_dim_multiplier", self.block_ffn_dim_multiplier, high=MAX_FFN_MULTIPLIER)
         if self.torch_dtype not in CONFIG_DTYPES:
-            raise _field_error("torch_dtype", f"expected one of {', '.join(CONFIG_DTYPES)}, "
-                                              f"got {shown(self.torch_dtype)}")
+            raise _field_error(
+                "torch_dtype", f"expected one of {', '.join(CONFIG_DTYPES)}, got {shown(self.torch_dtype)}"
+            )
         if self.name is not None and not isinstance(self.name, str):
             raise _field_error("name", f"expected a string, got {shown(self.name)}")
         types = self.layer_types
@@ -214,13 +217,17 @@ class LFM2Config:
         if self.head_size % 2:
             raise _field_error("head_dim", f"must be even for RoPE, got {self.head_size}")
         if len(self.layer_types) != self.num_hidden_layers:
-            raise _field_error("layer_types", f"has {len(self.layer_types)} entries but "
-                                              f"num_hidden_layers={self.num_hidden_layers}")
+            raise _field_error(
+                "layer_types", f"has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
+            )
         high = SIZE_LIMITS["block_ff_dim"]
         if not 1 <= self.ff_dim <= high:
-            raise _field_error("block_ff_dim", f"{self.block_ff_dim} gives an FFN width of {self.ff_dim} after "
-                                               f"block_auto_adjust_ff_dim (2/3, times block_ffn_dim_multiplier, "
-                                               f"rounded up to block_multiple_of); expected 1 to {high:,}")
+            raise _field_error(
+                "block_ff_dim",
+                f"{self.block_ff_dim} gives an FFN width of {self.ff_dim} after "
+                f"block_auto_adjust_ff_dim (2/3, times block_ffn_dim_multiplier, "
+                f"rounded up to block_multiple_of); expected 1 to {high:,}",
+            )
 
     def _check_token_ids(self) -> None:
         """bos / eos / pad: ids inside the vocabulary (eos: one id or a non-empty list)."""
@@ -256,7 +263,7 @@ class LFM2Config:
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {json_type(data)}")
-        spelled: dict[str, str] = {}   # field -> the key the data spells it with
+        spelled: dict[str, str] = {}  # field -> the key the data spells it with
         try:
             return cls._from_fields(data, spelled)
         except ConfigError as exc:
@@ -280,38 +287,43 @@ class LFM2Config:
             return found[0][1]
 
         model_type = pick("model_type", default="lfm2")
-        if model_type not in SUPPORTED_MODEL_TYPES:   # before any other field: a llama config is not a bad LFM2
-            raise _field_error("model_type", f"unsupported model type {shown(model_type)} "
-                                             f"(lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})")
+        if model_type not in SUPPORTED_MODEL_TYPES:  # before any other field: a llama config is not a bad LFM2
+            raise _field_error(
+                "model_type",
+                f"unsupported model type {shown(model_type)} (lfmkit supports {', '.join(SUPPORTED_MODEL_TYPES)})",
+            )
         n_layers = pick("num_hidden_layers", required=True)
         _need_size("num_hidden_layers", n_layers)
         heads = pick("num_attention_heads", required=True)
         dtype = pick("torch_dtype", default="bfloat16")
-        multiplier = d.get("block_ffn_dim_multiplier", 1.0)   # an explicit null: no multiplier, no rounding
-        return _agrees_with_attention_indices(d, cls(
-            vocab_size=pick("vocab_size", default=65536),
-            hidden_size=pick("hidden_size", required=True),
-            num_hidden_layers=n_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=pick("num_key_value_heads", default=heads),
-            head_dim=pick("head_dim"),
-            block_ff_dim=pick("block_ff_dim", required=True),
-            block_auto_adjust_ff_dim=pick("block_auto_adjust_ff_dim", default=True),
-            block_multiple_of=pick("block_multiple_of", default=256),
-            block_ffn_dim_multiplier=multiplier,
-            layer_types=_layer_types(d, n_layers),
-            conv_L_cache=pick("conv_L_cache", default=3),
-            conv_bias=pick("conv_bias", default=False),
-            norm_eps=pick("norm_eps", default=1e-5),
-            rope_theta=_rope_theta(d),
-            max_position_embeddings=pick("max_position_embeddings", default=128_000),
-            tie_word_embeddings=pick("tie_word_embeddings", default=True),
-            bos_token_id=pick("bos_token_id", default=1),
-            eos_token_id=pick("eos_token_id", default=7),
-            pad_token_id=pick("pad_token_id", default=0),
-            torch_dtype=dtype.replace("torch.", "") if isinstance(dtype, str) else dtype,
-            model_type=model_type,
-        ))
+        multiplier = d.get("block_ffn_dim_multiplier", 1.0)  # an explicit null: no multiplier, no rounding
+        return _agrees_with_attention_indices(
+            d,
+            cls(
+                vocab_size=pick("vocab_size", default=65536),
+                hidden_size=pick("hidden_size", required=True),
+                num_hidden_layers=n_layers,
+                num_attention_heads=heads,
+                num_key_value_heads=pick("num_key_value_heads", default=heads),
+                head_dim=pick("head_dim"),
+                block_ff_dim=pick("block_ff_dim", required=True),
+                block_auto_adjust_ff_dim=pick("block_auto_adjust_ff_dim", default=True),
+                block_multiple_of=pick("block_multiple_of", default=256),
+                block_ffn_dim_multiplier=multiplier,
+                layer_types=_layer_types(d, n_layers),
+                conv_L_cache=pick("conv_L_cache", default=3),
+                conv_bias=pick("conv_bias", default=False),
+                norm_eps=pick("norm_eps", default=1e-5),
+                rope_theta=_rope_theta(d),
+                max_position_embeddings=pick("max_position_embeddings", default=128_000),
+                tie_word_embeddings=pick("tie_word_embeddings", default=True),
+                bos_token_id=pick("bos_token_id", default=1),
+                eos_token_id=pick("eos_token_id", default=7),
+                pad_token_id=pick("pad_token_id", default=0),
+                torch_dtype=dtype.replace("torch.", "") if isinstance(dtype, str) else dtype,
+                model_type=model_type,
+            ),
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "LFM2Config":
@@ -399,8 +411,10 @@ def _agree(found: list[tuple[str, Any]]) -> None:
     (first, a), *rest = found
     for key, b in rest:
         if a != b or isinstance(a, bool) != isinstance(b, bool):
-            raise ConfigError(f"fields '{first}' ({shown(a)}) and '{key}' ({shown(b)}) disagree; "
-                              f"they are two spellings of one setting")
+            raise ConfigError(
+                f"fields '{first}' ({shown(a)}) and '{key}' ({shown(b)}) disagree; "
+                f"they are two spellings of one setting"
+            )
 
 
 def _attention_indices(d: dict[str, Any], n_layers: int) -> list[int]:
@@ -410,8 +424,9 @@ def _attention_indices(d: dict[str, Any], n_layers: int) -> list[int]:
         raise _field_error("full_attn_idxs", f"expected an array of layer indices, got {shown(idxs)}")
     for i in idxs:
         if not (is_int(i) and 0 <= i < n_layers):
-            raise _field_error("full_attn_idxs", f"entry {shown(i)} is not a layer index from 0 to "
-                                                 f"num_hidden_layers-1={n_layers - 1}")
+            raise _field_error(
+                "full_attn_idxs", f"entry {shown(i)} is not a layer index from 0 to num_hidden_layers-1={n_layers - 1}"
+            )
     return idxs
 
 
@@ -420,8 +435,9 @@ def _agrees_with_attention_indices(d: dict[str, Any], config: LFM2Config) -> LFM
     if d.get("layer_types") is not None and d.get("full_attn_idxs") is not None:
         idxs = _attention_indices(d, config.num_hidden_layers)
         if sorted(set(idxs)) != config.attention_layers:
-            raise _field_error("full_attn_idxs", f"{shown(idxs)} disagrees with layer_types "
-                                                 f"(attention at {config.attention_layers})")
+            raise _field_error(
+                "full_attn_idxs", f"{shown(idxs)} disagrees with layer_types (attention at {config.attention_layers})"
+            )
     return config
 
 
@@ -430,8 +446,9 @@ def _layer_types(d: dict[str, Any], n_layers: int) -> list[str]:
     types = d.get("layer_types")
     if types is not None:
         if not isinstance(types, list) or not types:
-            raise _field_error("layer_types", f"expected a non-empty array of '{CONV}' / '{ATTENTION}', "
-                                              f"got {shown(types)}")
+            raise _field_error(
+                "layer_types", f"expected a non-empty array of '{CONV}' / '{ATTENTION}', got {shown(types)}"
+            )
         return list(types)
     if d.get("full_attn_idxs") is None:
         return [ATTENTION] * n_layers
@@ -451,9 +468,11 @@ def _rope_theta(d: dict[str, Any]) -> float:
         kind = rope.get("rope_type", rope.get("type", "default"))
         if kind not in ("default", None):
             raise _field_error(f"{rope_key}.rope_type", f"only 'default' RoPE is supported, got {shown(kind)}")
-    thetas = [(key, value) for key, value in (("rope_theta", d.get("rope_theta")),
-                                              (f"{rope_key}.rope_theta", rope.get("rope_theta")))
-              if value is not None]
+    thetas = [
+        (key, value)
+        for key, value in (("rope_theta", d.get("rope_theta")), (f"{rope_key}.rope_theta", rope.get("rope_theta")))
+        if value is not None
+    ]
     if not thetas:
         return 1_000_000.0
     _agree(thetas)
@@ -464,8 +483,12 @@ def _rope_theta(d: dict[str, Any]) -> float:
 
 def _hybrid(hidden, layers, attn, heads, ff, auto=True) -> LFM2Config:
     return LFM2Config(
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=8,
-        block_ff_dim=ff, block_auto_adjust_ff_dim=auto,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=8,
+        block_ff_dim=ff,
+        block_auto_adjust_ff_dim=auto,
         layer_types=[ATTENTION if i in attn else CONV for i in range(layers)],
         max_position_embeddings=128_000,
     )
@@ -474,10 +497,20 @@ def _hybrid(hidden, layers, attn, heads, ff, auto=True) -> LFM2Config:
 def _dense(hidden, layers, heads, kv, head_dim, ff, vocab=151_936) -> LFM2Config:
     """A Qwen3-shaped dense transformer: all attention, QK-norm, SwiGLU, explicit head_dim."""
     return LFM2Config(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv, head_dim=head_dim, block_ff_dim=ff, block_auto_adjust_ff_dim=False,
-        layer_types=[ATTENTION] * layers, norm_eps=1e-6, max_position_embeddings=40_960,
-        bos_token_id=151_643, eos_token_id=151_645, pad_token_id=151_643,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        block_ff_dim=ff,
+        block_auto_adjust_ff_dim=False,
+        layer_types=[ATTENTION] * layers,
+        norm_eps=1e-6,
+        max_position_embeddings=40_960,
+        bos_token_id=151_643,
+        eos_token_id=151_645,
+        pad_token_id=151_643,
     )
 
 

@@ -19,9 +19,20 @@ from .text.chat_template import LFM2_CHAT_TEMPLATE
 
 # LFM2's special tokens, in id order 0..13 (ids 2..5 are the text / fill-in-the-middle tokens).
 SPECIAL_TOKENS = (
-    "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|fim_pre|>", "<|fim_mid|>", "<|fim_suf|>",
-    "<|im_start|>", "<|im_end|>", "<|tool_list_start|>", "<|tool_list_end|>",
-    "<|tool_call_start|>", "<|tool_call_end|>", "<|tool_response_start|>", "<|tool_response_end|>",
+    "<|pad|>",
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|fim_pre|>",
+    "<|fim_mid|>",
+    "<|fim_suf|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|tool_list_start|>",
+    "<|tool_list_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    "<|tool_response_start|>",
+    "<|tool_response_end|>",
 )
 REASONING_TOKENS = ("<think>", "</think>")
 BOS, EOS, PAD = "<|startoftext|>", "<|im_end|>", "<|pad|>"
@@ -69,7 +80,8 @@ def _train(vocab_size: int):
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TOKENS])
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
     return tokenizer
 
 
@@ -107,10 +119,13 @@ def main(argv=None) -> int:
     """`python -m lfmkit.testing DIR [--vocab-size N]`: write the test tokenizer into DIR."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lfmkit.testing",
-                                     description="Build the small LFM2-style test tokenizer (no downloads).")
-    parser.add_argument("directory", help="folder to write tokenizer.json, tokenizer_config.json, "
-                                          "special_tokens_map.json into (created if needed)")
+    parser = argparse.ArgumentParser(
+        prog="python -m lfmkit.testing", description="Build the small LFM2-style test tokenizer (no downloads)."
+    )
+    parser.add_argument(
+        "directory",
+        help="folder to write tokenizer.json, tokenizer_config.json, special_tokens_map.json into (created if needed)",
+    )
     parser.add_argument("--vocab-size", type=int, default=512, help="total ids, added tokens included (default 512)")
     args = parser.parse_args(argv)
     path = build_test_tokenizer(args.directory, vocab_size=args.vocab_size)

@@ -15,13 +15,28 @@ ATTN, CONV = "full_attention", "conv"
 
 # Toy versions of the real layouts (same layer pattern, tiny widths).
 LAYOUTS = {
-    "1.2b": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=192,
-                 layer_types=[ATTN if i in (2, 5, 8, 10, 12, 14) else CONV for i in range(16)]),
-    "2.6b": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, intermediate_size=160,
-                 block_auto_adjust_ff_dim=False,
-                 layer_types=[ATTN if i in (2, 5, 9, 13, 17, 21, 24, 27) else CONV for i in range(30)]),
-    "small": dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
-                  layer_types=[CONV, ATTN, CONV, ATTN]),
+    "1.2b": dict(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=192,
+        layer_types=[ATTN if i in (2, 5, 8, 10, 12, 14) else CONV for i in range(16)],
+    ),
+    "2.6b": dict(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        intermediate_size=160,
+        block_auto_adjust_ff_dim=False,
+        layer_types=[ATTN if i in (2, 5, 9, 13, 17, 21, 24, 27) else CONV for i in range(30)],
+    ),
+    "small": dict(
+        hidden_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        layer_types=[CONV, ATTN, CONV, ATTN],
+    ),
 }
 
 
@@ -29,8 +44,14 @@ def reference_config(layout: str = "small", vocab_size: int = 512, **overrides):
     from transformers import Lfm2Config
 
     kw = dict(LAYOUTS[layout])
-    kw.update(vocab_size=vocab_size, max_position_embeddings=1024, eos_token_id=7, bos_token_id=1,
-              pad_token_id=0, block_multiple_of=32)
+    kw.update(
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        eos_token_id=7,
+        bos_token_id=1,
+        pad_token_id=0,
+        block_multiple_of=32,
+    )
     kw.update(overrides)
     kw["num_hidden_layers"] = len(kw["layer_types"])
     return Lfm2Config(**kw)
@@ -47,8 +68,9 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.08) -> None:
                 p.copy_(std * torch.randn(p.shape, generator=g))
 
 
-def make_checkpoint(directory, layout: str = "small", seed: int = 0, dtype=torch.float32,
-                    with_tokenizer: bool = False, **overrides):
+def make_checkpoint(
+    directory, layout: str = "small", seed: int = 0, dtype=torch.float32, with_tokenizer: bool = False, **overrides
+):
     """Save a random-weight reference model to `directory`; return (Path, model)."""
     from transformers import Lfm2ForCausalLM
 

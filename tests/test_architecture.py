@@ -57,7 +57,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 target = node.module
             else:
                 continue
-            for a in node.names:   # `from . import kernels` imports the submodule
+            for a in node.names:  # `from . import kernels` imports the submodule
                 sub = f"{target}.{a.name}"
                 found.add(sub if sub in known else target)
     return found
@@ -98,7 +98,7 @@ def test_no_import_cycles():
             if dep not in g:
                 continue
             if state.get(dep) == 1:
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = 2

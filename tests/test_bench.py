@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, LFM2Config
 from lfmkit.cli import main
 
@@ -15,8 +15,15 @@ FIELDS = ("prefill_tok_s", "ttft_s", "decode_tok_s", "peak_rss_bytes")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("bench"), layout="small", seed=2, hidden_size=64,
-                              intermediate_size=192, num_key_value_heads=2, with_tokenizer=True)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("bench"),
+        layout="small",
+        seed=2,
+        hidden_size=64,
+        intermediate_size=192,
+        num_key_value_heads=2,
+        with_tokenizer=True,
+    )
     return path
 
 
@@ -27,9 +34,26 @@ def run_json(capsys, argv):
 
 
 def test_bench_json_per_mode(tiny, capsys):
-    rows = run_json(capsys, ["bench", str(tiny), "--quant", "int8,int4,fp32", "--prompt-len", "24",
-                             "--decode-tokens", "6", "--batch", "3", "--batch-tokens", "3", "--repeats", "1",
-                             "--json"])
+    rows = run_json(
+        capsys,
+        [
+            "bench",
+            str(tiny),
+            "--quant",
+            "int8,int4,fp32",
+            "--prompt-len",
+            "24",
+            "--decode-tokens",
+            "6",
+            "--batch",
+            "3",
+            "--batch-tokens",
+            "3",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+    )
     assert [r["weights"] for r in rows] == ["int8", "int4", "fp32"]
     for r in rows:
         assert r["engine"] == "lfmkit" and r["batch"] == 3
@@ -39,13 +63,32 @@ def test_bench_json_per_mode(tiny, capsys):
 
 
 def test_bench_compare_runs_transformers_and_llama_on_same_weights(tiny, capsys):
-    rows = run_json(capsys, ["bench", str(tiny), "--quant", "int8", "--prompt-len", "16", "--decode-tokens",
-                             "5", "--batch", "1", "--transformers-tokens", "4", "--repeats", "1", "--compare",
-                             "--json"])
+    rows = run_json(
+        capsys,
+        [
+            "bench",
+            str(tiny),
+            "--quant",
+            "int8",
+            "--prompt-len",
+            "16",
+            "--decode-tokens",
+            "5",
+            "--batch",
+            "1",
+            "--transformers-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--compare",
+            "--json",
+        ],
+    )
     engines = {r["engine"]: r for r in rows}
     assert "transformers" in engines and "lfmkit" in engines
     try:
         import llama_cpp  # noqa: F401
+
         assert engines["llama.cpp"]["weights"] == "q8_0"
     except ImportError:
         assert "llama.cpp" not in engines
@@ -55,8 +98,25 @@ def test_bench_compare_runs_transformers_and_llama_on_same_weights(tiny, capsys)
 
 
 def test_bench_table_and_bad_arguments(tiny, capsys):
-    assert main(["bench", str(tiny), "--quant", "int4", "--prompt-len", "8", "--decode-tokens", "4",
-                 "--batch", "1", "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny),
+                "--quant",
+                "int4",
+                "--prompt-len",
+                "8",
+                "--decode-tokens",
+                "4",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "machine:" in out and "lfmkit" in out and "int4" in out
     assert main(["bench", str(tiny), "--quant", "int3"]) == 2
@@ -69,9 +129,15 @@ def test_random_checkpoint_is_what_both_engines_load(tmp_path):
 
     from lfmkit.bench import write_random_checkpoint
 
-    config = LFM2Config.from_preset("lfm2-350m").copy(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                                     block_ff_dim=192, vocab_size=512, num_hidden_layers=4,
-                                                     layer_types=["conv", "full_attention", "conv", "full_attention"])
+    config = LFM2Config.from_preset("lfm2-350m").copy(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        block_ff_dim=192,
+        vocab_size=512,
+        num_hidden_layers=4,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+    )
     path = write_random_checkpoint(config, tmp_path / "ckpt")
     ours = LFM2.from_pretrained(path, dtype="float32")
     ref = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()

@@ -8,16 +8,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lfmkit import (StreamParser, ToolCall, ToolCallParseError, format_tool_calls, parse_assistant_message,
-                    parse_tool_calls, split_reasoning)
+from lfmkit import (
+    StreamParser,
+    ToolCall,
+    ToolCallParseError,
+    format_tool_calls,
+    parse_assistant_message,
+    parse_tool_calls,
+    split_reasoning,
+)
 from lfmkit.text.chat import AssistantMessage, ContentDelta, ReasoningDelta, ToolCallError, ToolCallEvent
 
 S, E = "<|tool_call_start|>", "<|tool_call_end|>"
 
 # text -> expected [(name, arguments)]
 GOOD = [
-    (f'{S}[get_weather(location="Paris"), get_time(tz="CET")]{E}',
-     [("get_weather", {"location": "Paris"}), ("get_time", {"tz": "CET"})]),
+    (
+        f'{S}[get_weather(location="Paris"), get_time(tz="CET")]{E}',
+        [("get_weather", {"location": "Paris"}), ("get_time", {"tz": "CET"})],
+    ),
     ('[get_candidate_status(candidate_id="12345")]', [("get_candidate_status", {"candidate_id": "12345"})]),
     ("[f()]", [("f", {})]),
     ("[]", []),
@@ -26,28 +35,43 @@ GOOD = [
     ("no calls here", []),
     (f"{S} [ f( a = 1 ) ] {E}", [("f", {"a": 1})]),
     (f"{S}f(a=1){E}", [("f", {"a": 1})]),  # a single call without the list
-    ('[f(s="quote \\" backslash \\\\ newline \\n tab \\t unicode \\u00e9 \\U0001F642")]',
-     [("f", {"s": 'quote " backslash \\ newline \n tab \t unicode é 🙂'})]),
-    ("[f(s='single quotes', t=\"\"\"triple\"\"\", r=r'\\d+')]",
-     [("f", {"s": "single quotes", "t": "triple", "r": "\\d+"})]),
+    (
+        '[f(s="quote \\" backslash \\\\ newline \\n tab \\t unicode \\u00e9 \\U0001F642")]',
+        [("f", {"s": 'quote " backslash \\ newline \n tab \t unicode é 🙂'})],
+    ),
+    (
+        '[f(s=\'single quotes\', t="""triple""", r=r\'\\d+\')]',
+        [("f", {"s": "single quotes", "t": "triple", "r": "\\d+"})],
+    ),
     ('[f(s="东京 🙂 <|im_end|> ) ] , g(")]', [("f", {"s": "东京 🙂 <|im_end|> ) ] , g("})]),
-    ("[f(n=-3, x=2.5e-3, big=123456789012345678901234567890, h=0x1F, u=+4)]",
-     [("f", {"n": -3, "x": 0.0025, "big": 123456789012345678901234567890, "h": 31, "u": 4})]),
-    ("[f(a=True, b=False, c=None, d=true, e=false, g=null)]",
-     [("f", {"a": True, "b": False, "c": None, "d": True, "e": False, "g": None})]),
-    ('[f(l=[1, "a", [2, (3, 4)]], d={"k": {"z": [None]}, 1: "int key"}, t=(), e={})]',
-     [("f", {"l": [1, "a", [2, [3, 4]]], "d": {"k": {"z": [None]}, "1": "int key"}, "t": [], "e": {}})]),
+    (
+        "[f(n=-3, x=2.5e-3, big=123456789012345678901234567890, h=0x1F, u=+4)]",
+        [("f", {"n": -3, "x": 0.0025, "big": 123456789012345678901234567890, "h": 31, "u": 4})],
+    ),
+    (
+        "[f(a=True, b=False, c=None, d=true, e=false, g=null)]",
+        [("f", {"a": True, "b": False, "c": None, "d": True, "e": False, "g": None})],
+    ),
+    (
+        '[f(l=[1, "a", [2, (3, 4)]], d={"k": {"z": [None]}, 1: "int key"}, t=(), e={})]',
+        [("f", {"l": [1, "a", [2, [3, 4]]], "d": {"k": {"z": [None]}, "1": "int key"}, "t": [], "e": {}})],
+    ),
     ('[web.search(query="x"), a.b.c(d=1)]', [("web.search", {"query": "x"}), ("a.b.c", {"d": 1})]),
     ('[{"name": "f", "arguments": {"a": 1, "b": [true, null]}}]', [("f", {"a": 1, "b": [True, None]})]),
     ('{"name": "f", "arguments": "{\\"a\\": \\"x\\\\/y\\"}"}', [("f", {"a": "x/y"})]),
-    ('[{"type": "function", "function": {"name": "f", "arguments": {"a": 2}}}, {"name": "g", "parameters": {}}]',
-     [("f", {"a": 2}), ("g", {})]),
+    (
+        '[{"type": "function", "function": {"name": "f", "arguments": {"a": 2}}}, {"name": "g", "parameters": {}}]',
+        [("f", {"a": 2}), ("g", {})],
+    ),
     (f'{S}[{{"name": "f", "arguments": {{}}}}]{E}', [("f", {})]),
     (f'{S}[f(a=1)]{E} and {S}[g(b="2")]{E}', [("f", {"a": 1}), ("g", {"b": "2"})]),
-    (f'{S}[f(a=1)]', [("f", {"a": 1})]),  # generation stopped before the end marker
+    (f"{S}[f(a=1)]", [("f", {"a": 1})]),  # generation stopped before the end marker
     # parameters named like Python keywords, as LFM2's template writes them
     ('[convert(from="USD", to="EUR", amount=3)]', [("convert", {"from": "USD", "to": "EUR", "amount": 3})]),
-    ('[f(s="东京 from=", class=[1], lambda={"if": None})]', [("f", {"s": "东京 from=", "class": [1], "lambda": {"if": None}})]),
+    (
+        '[f(s="东京 from=", class=[1], lambda={"if": None})]',
+        [("f", {"s": "东京 from=", "class": [1], "lambda": {"if": None}})],
+    ),
     ('[获取天气(城市="北京")]', [("获取天气", {"城市": "北京"})]),
     ("[f(a=1,), ]", [("f", {"a": 1})]),
     ("[f(\n  a=1,\n  b='x'\n)]", [("f", {"a": 1, "b": "x"})]),
@@ -92,7 +116,7 @@ HOSTILE = [
     "[f(a=1)]; import os",
     "[f(a=1)] trailing text",
     "[f(a=1), 3]",
-    "[f(a=\"unterminated)]",
+    '[f(a="unterminated)]',
     "[f(a=1",
     "[" * 300 + "]" * 300,
     "[f(a=" + "[" * 1000 + "]" * 1000 + ")]",
@@ -148,8 +172,11 @@ def test_format_tool_calls_matches_the_seed_and_round_trips():
     assert format_tool_calls(calls, markers=False) == '[get_candidate_status(candidate_id="12345")]'
     assert format_tool_calls([]) == f"{S}[]{E}"
     openai = calls[0].to_openai(id="call_1")
-    assert openai == {"id": "call_1", "type": "function",
-                      "function": {"name": "get_candidate_status", "arguments": '{"candidate_id": "12345"}'}}
+    assert openai == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_candidate_status", "arguments": '{"candidate_id": "12345"}'},
+    }
     assert ToolCall.from_openai(openai) == ToolCall("get_candidate_status", {"candidate_id": "12345"}, "call_1")
     assert format_tool_calls([openai]) == format_tool_calls(calls)
     with pytest.raises(ToolCallParseError):
@@ -157,18 +184,18 @@ def test_format_tool_calls_matches_the_seed_and_round_trips():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=8)
+    max_leaves=8,
+)
 NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
-identifiers = st.builds(lambda a, b: a + b, st.sampled_from(NAME_START),
-                        st.text(NAME_START + "0123456789", max_size=8))
-tool_calls = st.builds(ToolCall, name=st.lists(identifiers.filter(lambda s: not keyword.iskeyword(s)),
-                                               min_size=1, max_size=2).map(".".join),
-                       # argument names may be Python keywords (from=..., class=...)
-                       arguments=st.dictionaries(identifiers | st.sampled_from(keyword.kwlist), json_values,
-                                                 max_size=4))
+identifiers = st.builds(lambda a, b: a + b, st.sampled_from(NAME_START), st.text(NAME_START + "0123456789", max_size=8))
+tool_calls = st.builds(
+    ToolCall,
+    name=st.lists(identifiers.filter(lambda s: not keyword.iskeyword(s)), min_size=1, max_size=2).map(".".join),
+    # argument names may be Python keywords (from=..., class=...)
+    arguments=st.dictionaries(identifiers | st.sampled_from(keyword.kwlist), json_values, max_size=4),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -181,16 +208,20 @@ def test_format_then_parse_round_trips(calls):
 
 # ---- reasoning -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,expected", [
-    ("<think>\nI should add.\n</think>\n\n4", ("I should add.", "4")),
-    ("  <think>a</think>b", ("a", "b")),
-    ("<think></think>answer", ("", "answer")),
-    ("<think>unfinished thoughts ", ("unfinished thoughts", "")),
-    ("plain answer", (None, "plain answer")),
-    ("answer <think>late</think>", (None, "answer <think>late</think>")),
-    ("stray </think> close", (None, "stray </think> close")),
-    ("<think>a</think>b</think>c", ("a", "b</think>c")),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("<think>\nI should add.\n</think>\n\n4", ("I should add.", "4")),
+        ("  <think>a</think>b", ("a", "b")),
+        ("<think></think>answer", ("", "answer")),
+        ("<think>unfinished thoughts ", ("unfinished thoughts", "")),
+        ("plain answer", (None, "plain answer")),
+        ("answer <think>late</think>", (None, "answer <think>late</think>")),
+        ("stray </think> close", (None, "stray </think> close")),
+        ("<think>a</think>b</think>c", ("a", "b</think>c")),
+    ],
+)
 def test_split_reasoning(text, expected):
     assert split_reasoning(text) == expected
     message = parse_assistant_message(text)
@@ -204,11 +235,14 @@ def test_reasoning_opened_by_the_prompt():
 
 
 def test_assistant_message_with_everything():
-    text = (f"<think>The user wants the weather.</think>\n{S}[get_weather(location=\"Paris\")]{E}"
-            "Checking the weather.")
+    text = f'<think>The user wants the weather.</think>\n{S}[get_weather(location="Paris")]{E}Checking the weather.'
     message = parse_assistant_message(text)
-    assert message == AssistantMessage(content="Checking the weather.", reasoning="The user wants the weather.",
-                                       tool_calls=[ToolCall("get_weather", {"location": "Paris"})], error=None)
+    assert message == AssistantMessage(
+        content="Checking the weather.",
+        reasoning="The user wants the weather.",
+        tool_calls=[ToolCall("get_weather", {"location": "Paris"})],
+        error=None,
+    )
 
 
 def test_tool_call_markers_inside_reasoning_are_reasoning():
@@ -217,6 +251,7 @@ def test_tool_call_markers_inside_reasoning_are_reasoning():
 
 
 # ---- streaming -------------------------------------------------------------------------------
+
 
 def run_stream(pieces, in_reasoning=False):
     parser = StreamParser(in_reasoning=in_reasoning)
@@ -241,9 +276,13 @@ def summary(events):
 def test_stream_events_in_order_one_character_at_a_time():
     text = f"<think>plan</think> Sure.{S}[f(a=1), g()]{E} Done <3"
     events, message = run_stream(list(text))
-    assert summary(events) == [ReasoningDelta("plan"), ContentDelta("Sure."),
-                               ToolCallEvent(ToolCall("f", {"a": 1}), 0), ToolCallEvent(ToolCall("g", {}), 1),
-                               ContentDelta(" Done <3")]
+    assert summary(events) == [
+        ReasoningDelta("plan"),
+        ContentDelta("Sure."),
+        ToolCallEvent(ToolCall("f", {"a": 1}), 0),
+        ToolCallEvent(ToolCall("g", {}), 1),
+        ContentDelta(" Done <3"),
+    ]
     assert message == parse_assistant_message(text)
 
 
@@ -274,11 +313,39 @@ def test_stream_finish_parses_an_unterminated_block():
         parser.feed("x")
 
 
-FRAGMENTS = st.sampled_from([
-    "<think>", "</think>", S, E, "<", "<|", "<|tool_", "</thi", "<thi", "[f(a=1)]", "[g()]", "[f(1)]",
-    '[h(s="x]<|tool_call_end|>")]', "[", "]", "(", ")", "=", '"', " ", "\n", "a", "é", "🙂", "Sure.", "{",
-    '{"name": "j", "arguments": {}}', "<|im_end|>", "\\",
-])
+FRAGMENTS = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        S,
+        E,
+        "<",
+        "<|",
+        "<|tool_",
+        "</thi",
+        "<thi",
+        "[f(a=1)]",
+        "[g()]",
+        "[f(1)]",
+        '[h(s="x]<|tool_call_end|>")]',
+        "[",
+        "]",
+        "(",
+        ")",
+        "=",
+        '"',
+        " ",
+        "\n",
+        "a",
+        "é",
+        "🙂",
+        "Sure.",
+        "{",
+        '{"name": "j", "arguments": {}}',
+        "<|im_end|>",
+        "\\",
+    ]
+)
 texts = st.lists(st.one_of(FRAGMENTS, st.text(max_size=6)), max_size=12).map("".join)
 
 
@@ -308,5 +375,5 @@ def test_parsers_never_raise_unexpected_errors_on_arbitrary_text(text):
     except ToolCallParseError as exc:
         assert exc.raw == text
     split_reasoning(text)
-    events, streamed = run_stream([text[: len(text) // 2], text[len(text) // 2:]])
+    events, streamed = run_stream([text[: len(text) // 2], text[len(text) // 2 :]])
     assert streamed == message

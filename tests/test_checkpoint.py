@@ -82,8 +82,9 @@ def test_no_weights_file(ckpt):
         LFM2.from_pretrained(path)
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x01\x02", struct.pack("<Q", 10**12) + b"{}",
-                                     struct.pack("<Q", 5) + b"{oops"])
+@pytest.mark.parametrize(
+    "garbage", [b"", b"\x01\x02", struct.pack("<Q", 10**12) + b"{}", struct.pack("<Q", 5) + b"{oops"]
+)
 def test_corrupt_header_names_the_file(ckpt, garbage):
     path, _ = ckpt
     (path / "model.safetensors").write_bytes(garbage)
@@ -99,13 +100,19 @@ def test_header_that_is_not_utf8_or_nests_too_deep_names_the_file(ckpt, garbage)
         LFM2.from_pretrained(path)
 
 
-@pytest.mark.parametrize("index, message", [
-    (b"\xff{}", "not UTF-8 text"),
-    (b'{"weight_map": ', "not valid JSON"),
-    (b"[]", "expected a JSON object, got an array"),
-    (b'{"weight_map": ["model.safetensors"]}', "not a valid safetensors index ('weight_map' must map tensor names"),
-    (b'{"weight_map": {"model.norm.weight": 5}}', "not a valid safetensors index ('weight_map' must map tensor names"),
-])
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        (b"\xff{}", "not UTF-8 text"),
+        (b'{"weight_map": ', "not valid JSON"),
+        (b"[]", "expected a JSON object, got an array"),
+        (b'{"weight_map": ["model.safetensors"]}', "not a valid safetensors index ('weight_map' must map tensor names"),
+        (
+            b'{"weight_map": {"model.norm.weight": 5}}',
+            "not a valid safetensors index ('weight_map' must map tensor names",
+        ),
+    ],
+)
 def test_corrupt_shard_index_names_the_file(ckpt, index, message):
     path, _ = ckpt
     (path / "model.safetensors.index.json").write_bytes(index)
@@ -204,8 +211,9 @@ def test_hub_id_downloads_when_online(ckpt, tmp_path, monkeypatch):
     path, _ = ckpt
     calls = []
 
-    def fake_snapshot_download(repo_id, revision=None, cache_dir=None, allow_patterns=None,
-                               local_files_only=False, **kw):
+    def fake_snapshot_download(
+        repo_id, revision=None, cache_dir=None, allow_patterns=None, local_files_only=False, **kw
+    ):
         calls.append((repo_id, local_files_only, tuple(allow_patterns)))
         if local_files_only:
             raise LocalEntryNotFoundError("not cached")
@@ -252,7 +260,7 @@ def test_peak_memory_while_loading_stays_near_file_size(tmp_path):
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) for l in f if l.startswith(field))
         base = status_kb("VmRSS")
-        m = lfmkit.LFM2.from_pretrained({str(tmp_path / 'm350')!r})
+        m = lfmkit.LFM2.from_pretrained({str(tmp_path / "m350")!r})
         # VmHWM is this process's own peak; ru_maxrss would also count the parent's RSS at
         # fork time (Linux folds it in at exec), which is pytest's, not ours.
         print((status_kb("VmHWM") - base) * 1024)

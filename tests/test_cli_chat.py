@@ -8,11 +8,11 @@ import sys
 
 import pexpect
 import pytest
-
 from checkpoints import make_checkpoint
+from test_session import ScriptedModel
+
 from lfmkit import LFM2, ChatSession, SamplingParams, Tokenizer
 from lfmkit.commands.chat import ChatApp, Style
-from test_session import ScriptedModel
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,13 @@ def ckpt(tmp_path_factory):
 
 
 def spawn(path, *args):
-    return pexpect.spawn(sys.executable, ["-m", "lfmkit", "chat", str(path), "--threads", "1", *args],
-                         env=dict(os.environ, TERM="dumb"), encoding="utf-8", timeout=90)
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "lfmkit", "chat", str(path), "--threads", "1", *args],
+        env=dict(os.environ, TERM="dumb"),
+        encoding="utf-8",
+        timeout=90,
+    )
 
 
 def test_chat_in_a_terminal_streams_resets_and_survives_ctrl_c(ckpt, tmp_path):
@@ -64,14 +69,14 @@ def test_chat_in_a_terminal_streams_resets_and_survives_ctrl_c(ckpt, tmp_path):
     child.expect_exact("[max_tokens = 900]")
     child.sendline("Tell me a story")
     child.expect_exact("story\r\n")
-    child.expect(".")           # the reply has started streaming
+    child.expect(".")  # the reply has started streaming
     child.sendintr()
     child.expect_exact("[stopped]")
     child.expect_exact(">>> ")
     child.sendline("/info")
     child.expect(r"turns 2, tokens (\d+)/1024")
-    assert int(child.match.group(1)) < 300      # far fewer than 900 tokens were generated
-    child.sendintr()            # Ctrl-C at the prompt does not leave either
+    assert int(child.match.group(1)) < 300  # far fewer than 900 tokens were generated
+    child.sendintr()  # Ctrl-C at the prompt does not leave either
     child.expect_exact("Ctrl-D or /quit to leave")
     child.sendline(f"/save {tmp_path / 'c.json'}")
     child.expect_exact("[saved 4 messages")

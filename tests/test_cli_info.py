@@ -34,10 +34,13 @@ def test_info_checkpoint_json(tmp_path, capsys):
     assert facts["state_bytes_per_token_bf16"] == 8 * 2 * 1 * 16 * 2
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("/no/such/model", "no such file or directory"),
-    ("lfm2-9000b", "no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("/no/such/model", "no such file or directory"),
+        ("lfm2-9000b", "no such file or directory"),
+    ],
+)
 def test_info_errors_are_one_line(arg, message):
     code, out, err = run_cli("info", arg)
     assert code == 2 and out == ""
@@ -56,10 +59,13 @@ def test_help_lists_commands():
     assert code == 0 and "info" in out
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"layer_types": 5}, "config.json: field 'layer_types': expected a non-empty array"),
-    ({"hidden_size": 10**12}, "config.json: field 'hidden_size': expected an integer from 1 to 65,536"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"layer_types": 5}, "config.json: field 'layer_types': expected a non-empty array"),
+        ({"hidden_size": 10**12}, "config.json: field 'hidden_size': expected an integer from 1 to 65,536"),
+    ],
+)
 def test_info_on_a_corrupt_config_is_one_line_in_a_real_process(tmp_path, change, message):
     data = dict(REAL_STYLE, **change)
     data.pop("full_attn_idxs")

@@ -6,8 +6,8 @@ import sys
 
 import pexpect
 import pytest
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, SamplingParams, Tokenizer
 from lfmkit.cli import main
 from lfmkit.inference.generate import generate
@@ -37,8 +37,9 @@ class Recorder:
 
 def test_run_streams_the_generated_text(ckpt, monkeypatch):
     path, model, tok = ckpt
-    expected = generate(model, "Hello! How are you", SamplingParams.greedy(max_tokens=12, ignore_eos=True),
-                        tokenizer=tok).text
+    expected = generate(
+        model, "Hello! How are you", SamplingParams.greedy(max_tokens=12, ignore_eos=True), tokenizer=tok
+    ).text
     out = Recorder()
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["run", str(path), "Hello! How are you", "--greedy", "--max-tokens", "12", "--ignore-eos"]) == 0
@@ -48,8 +49,31 @@ def test_run_streams_the_generated_text(ckpt, monkeypatch):
 
 def test_run_json_with_chat_and_sampling_flags(ckpt, capsys):
     path, model, tok = ckpt
-    assert main(["run", str(path), "--chat", "--system", "Be brief.", "--json", "--max-tokens", "9", "--seed", "3",
-                 "--temperature", "0.9", "--top-k", "40", "--ignore-eos", "Hi there", "--logprobs", "2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--chat",
+                "--system",
+                "Be brief.",
+                "--json",
+                "--max-tokens",
+                "9",
+                "--seed",
+                "3",
+                "--temperature",
+                "0.9",
+                "--top-k",
+                "40",
+                "--ignore-eos",
+                "Hi there",
+                "--logprobs",
+                "2",
+            ]
+        )
+        == 0
+    )
     obj = json.loads(capsys.readouterr().out)
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     assert obj["prompt"] == msgs
@@ -67,17 +91,23 @@ def test_run_token_ids_and_stdin(ckpt, capsys, monkeypatch):
     assert main(["run", str(path), "--ids", "1,5,9", "--json", "--greedy", "--max-tokens", "4", "--ignore-eos"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["prompt_ids"] == [1, 5, 9]
-    assert obj["generated_ids"] == generate(model, [1, 5, 9], SamplingParams.greedy(max_tokens=4, ignore_eos=True)).token_ids
+    assert (
+        obj["generated_ids"]
+        == generate(model, [1, 5, 9], SamplingParams.greedy(max_tokens=4, ignore_eos=True)).token_ids
+    )
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Hello from stdin"))
     assert main(["run", str(path), "-", "--json", "--max-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt"] == "Hello from stdin"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--temperature", "-1"], "sampling parameter 'temperature'"),
-    (["--max-tokens", "5000"], "do not fit the model's context of 1024"),
-    (["--ids", "1,x"], "--ids"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--temperature", "-1"], "sampling parameter 'temperature'"),
+        (["--max-tokens", "5000"], "do not fit the model's context of 1024"),
+        (["--ids", "1,x"], "--ids"),
+    ],
+)
 def test_run_errors_are_one_line(ckpt, capsys, argv, message):
     path, _, _ = ckpt
     assert main(["run", str(path), "Hi"] + argv) == 2
@@ -87,11 +117,28 @@ def test_run_errors_are_one_line(ckpt, capsys, argv, message):
 
 def test_run_in_a_terminal(ckpt):
     path, model, tok = ckpt
-    expected = generate(model, "Tell me a story", SamplingParams.greedy(max_tokens=10, ignore_eos=True),
-                        tokenizer=tok).text
-    child = pexpect.spawn(sys.executable, ["-m", "lfmkit", "run", str(path), "--greedy", "--max-tokens", "10",
-                                           "--ignore-eos", "--threads", "1", "Tell me a story"],
-                          env=dict(os.environ, TERM="dumb"), encoding="utf-8", timeout=90)
+    expected = generate(
+        model, "Tell me a story", SamplingParams.greedy(max_tokens=10, ignore_eos=True), tokenizer=tok
+    ).text
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "lfmkit",
+            "run",
+            str(path),
+            "--greedy",
+            "--max-tokens",
+            "10",
+            "--ignore-eos",
+            "--threads",
+            "1",
+            "Tell me a story",
+        ],
+        env=dict(os.environ, TERM="dumb"),
+        encoding="utf-8",
+        timeout=90,
+    )
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0

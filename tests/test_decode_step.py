@@ -3,11 +3,11 @@ the state the same way, and steps aside wherever it cannot run."""
 
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, generate, kernels
-from lfmkit.fast.decode_step import FusedDecode
 from lfmkit.fast import quantize
+from lfmkit.fast.decode_step import FusedDecode
 from lfmkit.loader import load_quantized
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason=f"no C++ kernels: {kernels.build_error}")
@@ -16,9 +16,14 @@ pytestmark = pytest.mark.skipif(kernels.load() is None, reason=f"no C++ kernels:
 @pytest.fixture(scope="module", params=[64, 256], ids=["hidden64", "hidden256"])
 def ckpt(request, tmp_path_factory):
     # hidden 256 takes the int8 kernels' 256-value activation blocks, hidden 64 the 32-value ones
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("fused"), layout="small", seed=3,
-                              hidden_size=request.param, intermediate_size=3 * request.param,
-                              num_key_value_heads=2)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("fused"),
+        layout="small",
+        seed=3,
+        hidden_size=request.param,
+        intermediate_size=3 * request.param,
+        num_key_value_heads=2,
+    )
     return path
 
 
@@ -60,9 +65,11 @@ def run_both(model, prompt_rows, steps):
 
 
 @pytest.mark.parametrize("mode", ["int4", "int8"])
-@pytest.mark.parametrize("rows", [[list(range(5, 17))], [list(range(5, 17))] * 3,
-                                  [list(range(3, 10)), list(range(20, 33)), [7, 8]]],
-                         ids=["batch1", "batch3", "ragged"])
+@pytest.mark.parametrize(
+    "rows",
+    [[list(range(5, 17))], [list(range(5, 17))] * 3, [list(range(3, 10)), list(range(20, 33)), [7, 8]]],
+    ids=["batch1", "batch3", "ragged"],
+)
 def test_fused_step_equals_module_path(ckpt, mode, rows):
     model = load_quantized(ckpt, mode)
     assert model.fused_decode.available(), model.fused_decode.reason
@@ -124,15 +131,15 @@ def test_steps_aside_for_padding_float_models_and_when_disabled(ckpt, monkeypatc
     ids = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
     model.prefill(ids, state, attention_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
     assert not state.padding_free()
-    assert model.fused_decode(torch.tensor([[7], [8]]), state) is None   # left padding: module path
+    assert model.fused_decode(torch.tensor([[7], [8]]), state) is None  # left padding: module path
     assert model(torch.tensor([[7], [8]]), state=state).shape[:2] == (2, 1)
 
     dense = model.new_state(1, max_length=32)
     model.prefill(torch.tensor([[5, 6, 7]]), dense)
-    k = dense.keys[1]   # a layer's K buffer swapped for a non-contiguous one of the same values
+    k = dense.keys[1]  # a layer's K buffer swapped for a non-contiguous one of the same values
     dense.keys[1] = k.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert not dense.keys[1].is_contiguous()
-    assert model.fused_decode(torch.tensor([[8]]), dense) is None   # the module path takes it
+    assert model.fused_decode(torch.tensor([[8]]), dense) is None  # the module path takes it
     assert model(torch.tensor([[8]]), state=dense).shape[:2] == (1, 1)
 
     assert "fused_decode" not in LFM2.from_pretrained(ckpt, dtype="float32").__dict__
@@ -144,7 +151,7 @@ def test_steps_aside_for_padding_float_models_and_when_disabled(ckpt, monkeypatc
 def test_moving_the_model_regathers_pointers(ckpt):
     model = load_quantized(ckpt, "int8")
     (before, _, _), _ = run_both(model, [list(range(6, 18))], steps=3)
-    model.to("cpu").float()   # _apply: the plan is rebuilt from the (same) tensors
+    model.to("cpu").float()  # _apply: the plan is rebuilt from the (same) tensors
     (after, _, _), _ = run_both(model, [list(range(6, 18))], steps=3)
     assert torch.equal(before, after)
 
@@ -167,8 +174,7 @@ def test_two_threads_decoding_one_model_get_their_own_results(ckpt, path):
     alone = [decode(p) for p in prompts]
     together: dict[int, torch.Tensor] = {}
     for _ in range(3):
-        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, decode(prompts[i])))
-                   for i in range(2)]
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, decode(prompts[i]))) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:

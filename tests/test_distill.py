@@ -54,7 +54,7 @@ def test_generalized_jsd_equals_trl_values_and_gradients(trl_jsd, beta, temperat
     b, t, v = 3, 7, 50
     student, teacher = rand(b, t, v, seed=1), rand(b, t, v, seed=2)
     labels = masked_labels(b, t, v) if masked else None
-    if not masked:   # TRL's batchmean without labels divides by dim 0: per-token only on 2-D logits
+    if not masked:  # TRL's batchmean without labels divides by dim 0: per-token only on 2-D logits
         student, teacher = student.reshape(-1, v), teacher.reshape(-1, v)
     s_ours = student.clone().requires_grad_(True)
     s_trl = student.clone().requires_grad_(True)
@@ -93,7 +93,7 @@ def reference_loss(hidden, weight, teacher_logits, targets, beta, temperature, a
         m = torch.logaddexp(s_logp + torch.log1p(torch.tensor(-beta)), t_logp + torch.log(torch.tensor(beta)))
         div = beta * (t_logp.exp() * (t_logp - m)).sum(-1) + (1 - beta) * (s_logp.exp() * (s_logp - m)).sum(-1)
     ce = F.cross_entropy(logits, targets[keep], reduction="none")
-    return (alpha * temperature ** 2 * div + (1 - alpha) * ce).mean()
+    return (alpha * temperature**2 * div + (1 - alpha) * ce).mean()
 
 
 @pytest.mark.parametrize("kind,beta", [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.3)])
@@ -132,7 +132,7 @@ class LargestTensor(TorchDispatchMode):
 
 
 def test_no_tokens_by_vocab_tensor_is_ever_whole():
-    n, h, v, chunk = 60, 16, 64, 8        # n * v = 3840; the head is v * h = 1024, a chunk 512
+    n, h, v, chunk = 60, 16, 64, 8  # n * v = 3840; the head is v * h = 1024, a chunk 512
     hidden = rand(n, h, seed=10, scale=1.0).requires_grad_(True)
     weight = rand(v, h, seed=11, scale=0.5).requires_grad_(True)
     teacher = TeacherHead(rand(n, 12, seed=12, scale=1.0), lambda x: x @ rand(v, 12, seed=13).T)
@@ -160,8 +160,10 @@ def test_a_lora_wrapped_or_quantized_head_counts_as_its_effective_weight():
     out.loss.backward()
     assert lora.lora_A.weight.grad.abs().sum() > 0 and lora.lora_B.weight.grad.abs().sum() > 0
     quant = QuantLinear.from_float(base.weight.detach(), 8)
-    torch.testing.assert_close(loss_fn(hidden, targets, teacher, head=quant).loss,
-                               loss_fn(hidden, targets, teacher, head=quant.dequantize()).loss)
+    torch.testing.assert_close(
+        loss_fn(hidden, targets, teacher, head=quant).loss,
+        loss_fn(hidden, targets, teacher, head=quant.dequantize()).loss,
+    )
 
 
 def test_num_items_divides_the_sum_and_parameters_are_checked():
@@ -169,8 +171,12 @@ def test_num_items_divides_the_sum_and_parameters_are_checked():
     targets = torch.tensor([1, 2, 3, -100, 4, 5])
     loss = DistillationLoss("forward_kl", alpha=0.5)
     torch.testing.assert_close(loss(s, targets, t, num_items=10).loss * 10, loss(s, targets, t).loss * 5)
-    for kwargs, name in [({"kind": "kl"}, "'kl' is not one of"), ({"beta": 1.5}, "beta"),
-                         ({"temperature": 0}, "temperature"), ({"alpha": -0.1}, "alpha")]:
+    for kwargs, name in [
+        ({"kind": "kl"}, "'kl' is not one of"),
+        ({"beta": 1.5}, "beta"),
+        ({"temperature": 0}, "temperature"),
+        ({"alpha": -0.1}, "alpha"),
+    ]:
         with pytest.raises(ConfigError, match=name):
             DistillationLoss(**kwargs)
     with pytest.raises(ConfigError, match="vocabulary"):
@@ -201,7 +207,7 @@ def batches(n, seed=0):
         mask = torch.ones_like(ids)
         mask[1, :3] = 0
         labels = ids.masked_fill(mask == 0, -100)
-        labels[0, :4] = -100                          # a prompt: not trained
+        labels[0, :4] = -100  # a prompt: not trained
         out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return out
 
@@ -249,8 +255,11 @@ def test_cache_errors_name_the_problem(pair, tmp_path):
     with pytest.raises(CheckpointError, match="teacher_cache.json: not found"):
         TeacherCache(tmp_path / "c")
     with pytest.raises(ValueError, match="neither the student's shape"):
-        DistillationLoss()(torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.long),
-                           TeacherTopK(torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 2)))
+        DistillationLoss()(
+            torch.randn(2, 3, 8),
+            torch.zeros(2, 3, dtype=torch.long),
+            TeacherTopK(torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 2)),
+        )
 
 
 def test_distillation_brings_the_student_closer_to_the_teacher(pair):

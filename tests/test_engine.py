@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfmkit import LFM2
+from lfmkit.errors import ContextLengthError, GenerationError
 from lfmkit.inference.completion import Completion
 from lfmkit.inference.engine import Engine, EngineConfig, EngineOverloadedError, ErrorEvent, FinishEvent, TokenEvent
-from lfmkit.errors import ContextLengthError, GenerationError
 from lfmkit.inference.sampling import SamplingParams
 from lfmkit.text.tokenizer import Tokenizer
 
@@ -34,10 +34,16 @@ def model(checkpoint):
 def reference_greedy(ref, prompt: list[int], n: int) -> list[int]:
     """transformers' greedy generate (the oracle), eos ignored."""
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                           do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
-                           pad_token_id=0)
-    return out[0, len(prompt):].tolist()
+        out = ref.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def tokens_of(handle) -> dict[int, list[int]]:
@@ -58,8 +64,13 @@ def wait_idle(engine, timeout=10.0):
     return False
 
 
-PROMPTS = [[1, 6, 40, 41, 42, 43], [1, 6, 99], [1, 6, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310],
-           [1, 6, 77, 78], [1, 6, 200, 201, 202, 203, 204, 205, 206]]
+PROMPTS = [
+    [1, 6, 40, 41, 42, 43],
+    [1, 6, 99],
+    [1, 6, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310],
+    [1, 6, 77, 78],
+    [1, 6, 200, 201, 202, 203, 204, 205, 206],
+]
 
 
 def test_batched_greedy_equals_reference_with_queueing_and_chunked_prefill(model, checkpoint):
@@ -67,8 +78,9 @@ def test_batched_greedy_equals_reference_with_queueing_and_chunked_prefill(model
     ref = checkpoint[1]
     engine = Engine(model, None, EngineConfig(max_concurrent=3, max_length=64, prefill_chunk=4)).start()
     try:
-        handles = [engine.submit(p, SamplingParams.greedy(max_tokens=8 + i, ignore_eos=True))
-                   for i, p in enumerate(PROMPTS)]
+        handles = [
+            engine.submit(p, SamplingParams.greedy(max_tokens=8 + i, ignore_eos=True)) for i, p in enumerate(PROMPTS)
+        ]
         got = [tokens_of(h)[0] for h in handles]
         assert wait_idle(engine)
     finally:
@@ -100,7 +112,7 @@ def test_n_choices_share_the_prefill_and_seeds_repeat(model):
         engine.stop()
     assert sorted(first) == [0, 1, 2] and all(len(v) == 6 for v in first.values())
     assert first == again
-    assert len({tuple(v) for v in first.values()}) > 1      # different seeds per choice
+    assert len({tuple(v) for v in first.values()}) > 1  # different seeds per choice
     assert greedy[0] == greedy[1]
 
 
@@ -110,7 +122,7 @@ def test_padded_group_prefill_with_n_choices(model, checkpoint):
     engine = Engine(model, None, EngineConfig(max_concurrent=6, max_length=64))
     engine._stopping = False
     handles = []
-    with engine._cv:                      # queue all three before the loop's first step
+    with engine._cv:  # queue all three before the loop's first step
         engine._thread = threading.Thread(target=engine._loop, daemon=True)
         engine._thread.start()
         for p in (PROMPTS[1], PROMPTS[2], PROMPTS[0]):
@@ -122,7 +134,7 @@ def test_padded_group_prefill_with_n_choices(model, checkpoint):
     for p, out in zip((PROMPTS[1], PROMPTS[2], PROMPTS[0]), got):
         want = reference_greedy(ref, p, 6)
         assert out == {0: want, 1: want}
-    assert engine.steps <= 7                      # one prefill step for all three, then decode
+    assert engine.steps <= 7  # one prefill step for all three, then decode
 
 
 def test_logprobs_are_the_model_distribution(model):
@@ -182,7 +194,7 @@ def test_limits(model):
         with pytest.raises(GenerationError, match="n=2"):
             engine.submit(PROMPTS[0], SamplingParams.greedy(max_tokens=1, n=2))
         busy = engine.submit(PROMPTS[0], SamplingParams.greedy(max_tokens=20, ignore_eos=True))
-        next(iter(busy))                   # it holds the only slot now
+        next(iter(busy))  # it holds the only slot now
         with pytest.raises(EngineOverloadedError) as info:
             engine.submit(PROMPTS[1], SamplingParams.greedy(max_tokens=1))
         assert info.value.retry_after >= 1 and not info.value.stopped
@@ -199,6 +211,7 @@ def test_text_and_stop_strings(model, checkpoint):
     tok = Tokenizer.from_pretrained(checkpoint[0])
     engine = Engine(model, tok, EngineConfig(max_concurrent=2, max_length=64)).start()
     try:
+
         def run(params):
             text, reason = "", None
             for ev in engine.submit(PROMPTS[2], params, skip_special_tokens=False):
@@ -231,8 +244,10 @@ class _ListDecoder:
 
 
 @settings(max_examples=200, deadline=None)
-@given(pieces=st.lists(st.text(alphabet="ab\n", max_size=3), min_size=1, max_size=12),
-       stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), min_size=1, max_size=3))
+@given(
+    pieces=st.lists(st.text(alphabet="ab\n", max_size=3), min_size=1, max_size=12),
+    stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), min_size=1, max_size=3),
+)
 def test_stop_matcher_never_leaks_a_stop_string(pieces, stops):
     completion = Completion(frozenset(), max_tokens=10**6, decoder=_ListDecoder(pieces), stop=stops)
     out, hit = "", False
@@ -272,14 +287,14 @@ def test_long_prefill_is_interleaved_with_running_streams(model):
     """A 20-token prompt arriving mid-stream is prefilled 4 tokens per step, and the running
     stream gets one token at every one of those steps (driven step by step, no thread)."""
     engine = Engine(model, None, EngineConfig(max_concurrent=2, max_length=64, prefill_chunk=4))
-    engine._thread = _AlwaysAlive()           # we call step() ourselves
+    engine._thread = _AlwaysAlive()  # we call step() ourselves
     running = engine.submit(PROMPTS[0], SamplingParams.greedy(max_tokens=30, ignore_eos=True))
     engine.step()
-    assert len(_drain(running)) == 2          # first token from the prefill, one decode step
+    assert len(_drain(running)) == 2  # first token from the prefill, one decode step
     late = engine.submit(list(range(1, 21)), SamplingParams.greedy(max_tokens=3, ignore_eos=True))
     for step in range(5):
         engine.step()
-        assert [type(e) for e in _drain(running)] == [TokenEvent]      # never stalled
+        assert [type(e) for e in _drain(running)] == [TokenEvent]  # never stalled
         got = _drain(late)
         assert (len(got) > 0) == (step == 4)  # the late prompt's first token after 20/4 steps
     assert engine.queue_depth() == 0 and engine.active_sequences() == 2

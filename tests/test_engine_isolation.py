@@ -55,6 +55,7 @@ def run_until_idle(engine: Engine, max_steps: int = 1000) -> None:
 @dataclass
 class Outcome:
     """Everything one request received, by choice index."""
+
     tokens: dict[int, list[int]] = field(default_factory=dict)
     text: dict[int, str] = field(default_factory=dict)
     reason: dict[int, str] = field(default_factory=dict)
@@ -127,8 +128,10 @@ class InsideForward:
     def __init__(self, model, when, action):
         self.when, self.action, self.fired = when, action, 0
         self._call = (None, None)
-        self._hooks = [model.register_forward_pre_hook(self._enter, with_kwargs=True),
-                       model.model.layers[-1].register_forward_pre_hook(self._layer)]
+        self._hooks = [
+            model.register_forward_pre_hook(self._enter, with_kwargs=True),
+            model.model.layers[-1].register_forward_pre_hook(self._layer),
+        ]
 
     def _enter(self, module, args, kwargs):
         self._call = (args[0], kwargs.get("state"))
@@ -150,31 +153,36 @@ def _raise(*_):
     raise RuntimeError("injected fault")
 
 
-LONG = list(range(100, 120))      # 20 tokens: chunked in the side state with prefill_chunk=4
+LONG = list(range(100, 120))  # 20 tokens: chunked in the side state with prefill_chunk=4
 
 
-@pytest.mark.parametrize("moment", ["group prefill", "group prefill, n=2", "last side-state chunk",
-                                    "side-state chunk", "decode"])
+@pytest.mark.parametrize(
+    "moment", ["group prefill", "group prefill, n=2", "last side-state chunk", "side-state chunk", "decode"]
+)
 def test_a_cancel_inside_a_forward_ends_only_that_request(model, tok, moment):
     """The cancelled request ends "cancelled" (every choice, no token after the cancel); the
     other request gets exactly its tokens alone."""
     engine = stepped(model, tok, max_concurrent=3, max_length=64, prefill_chunk=4)
     keep = ([1, 6, 40, 41], greedy(12))
-    victim = {"group prefill": ([1, 6, 99], greedy(8)),
-              "group prefill, n=2": ([1, 6, 99], greedy(8, n=2)),
-              "last side-state chunk": (LONG, greedy(8)),
-              "side-state chunk": (LONG, greedy(8)),
-              "decode": ([1, 6, 99], greedy(8))}[moment]
+    victim = {
+        "group prefill": ([1, 6, 99], greedy(8)),
+        "group prefill, n=2": ([1, 6, 99], greedy(8, n=2)),
+        "last side-state chunk": (LONG, greedy(8)),
+        "side-state chunk": (LONG, greedy(8)),
+        "decode": ([1, 6, 99], greedy(8)),
+    }[moment]
     handles = {}
-    when = {"group prefill": lambda ids, state: ids.shape == (2, 4),
-            "group prefill, n=2": lambda ids, state: ids.shape == (2, 4),
-            "last side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 16,
-            "side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 8,
-            "decode": lambda ids, state: ids.shape == (2, 1) and int(state.positions.max()) == 7}[moment]
+    when = {
+        "group prefill": lambda ids, state: ids.shape == (2, 4),
+        "group prefill, n=2": lambda ids, state: ids.shape == (2, 4),
+        "last side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 16,
+        "side-state chunk": lambda ids, state: state is engine._side and int(state.lengths[0]) == 8,
+        "decode": lambda ids, state: ids.shape == (2, 1) and int(state.positions.max()) == 7,
+    }[moment]
     with InsideForward(model, when, lambda ids, state: handles["victim"].cancel()) as hook:
         handles["keep"] = engine.submit(*keep, skip_special_tokens=False)
         if not moment.startswith("group"):
-            engine.step()                    # `keep` runs; the victim arrives mid-stream
+            engine.step()  # `keep` runs; the victim arrives mid-stream
         handles["victim"] = engine.submit(*victim, skip_special_tokens=False)
         run_until_idle(engine)
     assert hook.fired == 1
@@ -184,7 +192,7 @@ def test_a_cancel_inside_a_forward_ends_only_that_request(model, tok, moment):
     want = alone(model, tok, *victim).token_ids
     for tokens in got.tokens.values():
         assert tokens == want[: len(tokens)] and len(tokens) < len(want)
-    assert (got.tokens == {}) == (moment != "decode")       # cancelled in its prefill: no token
+    assert (got.tokens == {}) == (moment != "decode")  # cancelled in its prefill: no token
     assert_idle_and_clean(engine)
 
 
@@ -204,7 +212,7 @@ def _run_with_victim(model, tok, victim, when, config, late: bool = False):
     for (prompt, params), handle in zip(KEEP, keep):
         assert_as_alone(model, tok, prompt, params, outcome(handle))
     assert_idle_and_clean(engine)
-    after = engine.submit(*KEEP[0], skip_special_tokens=False)       # and it goes on serving
+    after = engine.submit(*KEEP[0], skip_special_tokens=False)  # and it goes on serving
     run_until_idle(engine)
     assert_as_alone(model, tok, *KEEP[0], outcome(after))
     return outcome(bad), hook
@@ -216,11 +224,15 @@ POISON = 500
 @pytest.mark.parametrize("where", ["grouped prefill", "side-state chunk"])
 def test_a_prompt_whose_prefill_fails_ends_only_its_request(model, tok, where):
     """The grouped forward fails; each prompt is retried alone and only the poisoned one fails."""
-    prompt = [1, 6] + [100 + i for i in range(8)] + [POISON] + [200 + i for i in range(9)]   # 20 tokens
-    got, _ = _run_with_victim(model, tok, (prompt, greedy(5)),
-                              lambda ids, state: ids.shape[1] > 1 and bool((ids == POISON).any()),
-                              dict(max_concurrent=4, max_length=64, prefill_chunk=128 if where[0] == "g" else 4),
-                              late=where[0] == "s")
+    prompt = [1, 6] + [100 + i for i in range(8)] + [POISON] + [200 + i for i in range(9)]  # 20 tokens
+    got, _ = _run_with_victim(
+        model,
+        tok,
+        (prompt, greedy(5)),
+        lambda ids, state: ids.shape[1] > 1 and bool((ids == POISON).any()),
+        dict(max_concurrent=4, max_length=64, prefill_chunk=128 if where[0] == "g" else 4),
+        late=where[0] == "s",
+    )
     assert got.tokens == {} and got.reason == {}
     assert got.error is not None and "RuntimeError" in got.error and "prefill" in got.error
 
@@ -229,10 +241,14 @@ def test_a_row_whose_decode_fails_ends_only_its_request(model, tok):
     """The fault hits the batched decode after its first layers wrote the state: the rows are
     put back, retried alone, and only the failing row's request ends (with its 2 tokens)."""
     victim = (LONG, greedy(8))
-    got, hook = _run_with_victim(model, tok, victim,
-                                 lambda ids, state: ids.shape[1] == 1 and bool((state.positions == 21).any()),
-                                 dict(max_concurrent=4, max_length=64))
-    assert hook.fired == 2                     # the batch, then the row alone
+    got, hook = _run_with_victim(
+        model,
+        tok,
+        victim,
+        lambda ids, state: ids.shape[1] == 1 and bool((state.positions == 21).any()),
+        dict(max_concurrent=4, max_length=64),
+    )
+    assert hook.fired == 2  # the batch, then the row alone
     assert got.tokens == {0: alone(model, tok, *victim).token_ids[:2]} and got.reason == {}
     assert "decode" in got.error
 
@@ -283,8 +299,11 @@ def test_a_failing_stop_check_ends_only_its_request(model, tok):
     failing = _Tokenizer(tok, lambda decoder, k: _FailingDecoder(decoder, at=4) if k == 4 else decoder)
     engine = stepped(model, failing, max_concurrent=4, max_length=64)
     first, second = (KEEP[0], KEEP[1])
-    handles = [engine.submit(*first, skip_special_tokens=False), engine.submit(*second, skip_special_tokens=False),
-               engine.submit(LONG, greedy(6), skip_special_tokens=False)]
+    handles = [
+        engine.submit(*first, skip_special_tokens=False),
+        engine.submit(*second, skip_special_tokens=False),
+        engine.submit(LONG, greedy(6), skip_special_tokens=False),
+    ]
     run_until_idle(engine)
     assert_as_alone(model, tok, *first, outcome(handles[0]))
     assert_as_alone(model, tok, LONG, greedy(6), outcome(handles[2]))
@@ -315,15 +334,16 @@ def test_a_failing_cancel_ends_only_its_request(model, tok):
 @dataclass
 class _Planned:
     """One request of a random traffic mix, and what happened to it."""
+
     prompt: list[int]
     params: SamplingParams
-    fits: bool                         # prompt + max_tokens fit the engine's context
-    arrival: int                       # submitted just before this engine step
-    cancel_step: int | None            # cancelled just before this engine step,
-    cancel_in_prefill: int | None      # or inside the k-th forward that prefills it
+    fits: bool  # prompt + max_tokens fit the engine's context
+    arrival: int  # submitted just before this engine step
+    cancel_step: int | None  # cancelled just before this engine step,
+    cancel_in_prefill: int | None  # or inside the k-th forward that prefills it
     handle: object = None
     prefill_forwards: int = 0
-    cancelled_at: int | None = None    # the step at which cancel() was called
+    cancelled_at: int | None = None  # the step at which cancel() was called
 
 
 def _plan(data, model, tok, max_length: int, max_concurrent: int) -> _Planned:
@@ -331,20 +351,20 @@ def _plan(data, model, tok, max_length: int, max_concurrent: int) -> _Planned:
     size = data.draw(st.one_of(st.integers(1, 6), st.integers(1, max_length + 2)))
     prompt = data.draw(st.lists(st.integers(0, vocab - 1), min_size=size, max_size=size))
     room = max_length - size
-    if room >= 1 and data.draw(st.integers(0, 5)):    # mostly requests that fit, often filling the row
+    if room >= 1 and data.draw(st.integers(0, 5)):  # mostly requests that fit, often filling the row
         max_tokens = data.draw(st.one_of(st.just(room), st.integers(1, room)))
     else:
         max_tokens = data.draw(st.integers(max(1, room + 1), max_length + 4))
     fits = size + max_tokens <= max_length
     params = greedy(max_tokens, n=data.draw(st.integers(1, max_concurrent)), ignore_eos=data.draw(st.booleans()))
-    if fits and data.draw(st.booleans()):              # stop on something it really generates
+    if fits and data.draw(st.booleans()):  # stop on something it really generates
         base = alone(model, tok, prompt, params)
         at = data.draw(st.integers(0, len(base.token_ids) - 1))
         if data.draw(st.booleans()):
             params = params.replace(stop_token_ids=[base.token_ids[at]])
         elif base.text:
             start = data.draw(st.integers(0, len(base.text) - 1))
-            params = params.replace(stop=[base.text[start: start + data.draw(st.integers(1, 3))]])
+            params = params.replace(stop=[base.text[start : start + data.draw(st.integers(1, 3))]])
     arrival = data.draw(st.sampled_from([0, 0, 0, 1, 2, 4, 7]))
     when = data.draw(st.sampled_from(["never", "step", "prefill"]))
     cancel_step = arrival + data.draw(st.integers(0, 30)) if when == "step" else None
@@ -374,8 +394,9 @@ def test_random_traffic_gets_what_each_request_gets_alone(model, tok, data):
     with ContextLengthError."""
     max_length = data.draw(st.integers(48, 96))
     max_concurrent = data.draw(st.integers(2, 4))
-    engine = stepped(model, tok, max_concurrent=max_concurrent, max_length=max_length,
-                     prefill_chunk=data.draw(st.integers(3, 16)))
+    engine = stepped(
+        model, tok, max_concurrent=max_concurrent, max_length=max_length, prefill_chunk=data.draw(st.integers(3, 16))
+    )
     plan = [_plan(data, model, tok, max_length, max_concurrent) for _ in range(data.draw(st.integers(1, 5)))]
     step = 0
 
@@ -414,7 +435,7 @@ def test_random_traffic_gets_what_each_request_gets_alone(model, tok, data):
         if p.cancelled_at is None:
             assert_as_alone(model, tok, p.prompt, p.params, got, want)
             continue
-        if p.cancelled_at == p.arrival and p.cancel_step is not None:   # before the engine saw it
+        if p.cancelled_at == p.arrival and p.cancel_step is not None:  # before the engine saw it
             assert set(got.reason.values()) == {"cancelled"} and got.tokens == {}
         for index, reason in got.reason.items():
             tokens = got.tokens.get(index, [])
@@ -463,8 +484,15 @@ def test_the_served_model_decodes_grouped_padded_prompts_on_the_fused_step(tmp_p
 
     if kernels.load() is None:
         pytest.skip(f"no C++ kernels: {kernels.build_error}")
-    path, _ = make_checkpoint(tmp_path, layout="small", seed=3, hidden_size=64, intermediate_size=192,
-                              num_key_value_heads=2, with_tokenizer=True)
+    path, _ = make_checkpoint(
+        tmp_path,
+        layout="small",
+        seed=3,
+        hidden_size=64,
+        intermediate_size=192,
+        num_key_value_heads=2,
+        with_tokenizer=True,
+    )
     model, tok = lfmkit.load(path, quant="int8"), lfmkit.Tokenizer.from_pretrained(path)
     fused = model.__dict__["fused_decode"]
     steps = []
@@ -479,7 +507,7 @@ def test_the_served_model_decodes_grouped_padded_prompts_on_the_fused_step(tmp_p
     requests = [(list(range(10, 60)), greedy(1)), ([1, 6], greedy(60)), ([1, 6, 40, 41], greedy(20, n=2))]
     handles = [engine.submit(p, s, skip_special_tokens=False) for p, s in requests]
     run_until_idle(engine)
-    assert engine.steps == 59 and steps == [True] * 59        # every decode forward on the fused step
+    assert engine.steps == 59 and steps == [True] * 59  # every decode forward on the fused step
     model.__dict__["fused_decode"] = fused
     for (prompt, params), handle in zip(requests, handles):
         assert_as_alone(model, tok, prompt, params, outcome(handle))

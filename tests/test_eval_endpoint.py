@@ -26,13 +26,27 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalep")
     path, _ = make_checkpoint(root / "model", layout="small", seed=7, with_tokenizer=True)
     data = root / "data"
-    write_jsonl(data / "gsm8k" / "test.jsonl", [
-        {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "#### 7"},
-        {"question": "What is 2 + 2?", "answer": "#### 4"},
-        {"question": "The weather in Paris is 21 degrees; tomorrow 3 more. How warm?", "answer": "#### 24"}])
-    write_jsonl(data / "gpqa" / "train.jsonl", [
-        {"Question": f"Which one is {w}?", "Correct Answer": f"right {w}", "Incorrect Answer 1": "wrong",
-         "Incorrect Answer 2": "no", "Incorrect Answer 3": f"other {w}"} for w in ("blue", "red", "the sea")])
+    write_jsonl(
+        data / "gsm8k" / "test.jsonl",
+        [
+            {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "#### 7"},
+            {"question": "What is 2 + 2?", "answer": "#### 4"},
+            {"question": "The weather in Paris is 21 degrees; tomorrow 3 more. How warm?", "answer": "#### 24"},
+        ],
+    )
+    write_jsonl(
+        data / "gpqa" / "train.jsonl",
+        [
+            {
+                "Question": f"Which one is {w}?",
+                "Correct Answer": f"right {w}",
+                "Incorrect Answer 1": "wrong",
+                "Incorrect Answer 2": "no",
+                "Incorrect Answer 3": f"other {w}",
+            }
+            for w in ("blue", "red", "the sea")
+        ],
+    )
     with serve(path, max_concurrent=4, max_queued=32) as server:
         yield path, data, server
 
@@ -59,11 +73,15 @@ def test_endpoint_scores_equal_in_process(setup, tmp_path, chat):
 
 def test_cli_endpoint_and_its_errors(setup, tmp_path, capsys):
     _, data, server = setup
-    assert main(["eval", "-", "--endpoint", server.url, "--tasks", "gpqa", "--data", str(data),
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(["eval", "-", "--endpoint", server.url, "--tasks", "gpqa", "--data", str(data), "--output", str(tmp_path)])
+        == 0
+    )
     assert "gpqa" in capsys.readouterr().out and (tmp_path / "results.json").is_file()
-    assert main(["eval", "-", "--endpoint", server.url, "--tasks", "gpqa", "--data", str(data),
-                 "--mc-rule", "choices"]) == 2
+    assert (
+        main(["eval", "-", "--endpoint", server.url, "--tasks", "gpqa", "--data", str(data), "--mc-rule", "choices"])
+        == 2
+    )
     assert "--mc-rule choices needs prompt log-likelihoods" in capsys.readouterr().err
     assert main(["eval", "other-model", "--endpoint", server.url, "--tasks", "gpqa", "--data", str(data)]) == 2
     err = capsys.readouterr().err

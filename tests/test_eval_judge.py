@@ -51,7 +51,7 @@ def test_win_rates_with_order_swap_and_jury():
     assert 0 <= lo <= jury.score <= hi <= 1 and lo < hi
     assert result.judges["biased"].ci["tie"] == (1.0, 1.0)
     again = judge_pairwise(PROMPTS, A, B, {"fair": fair, "biased": first_position}, bootstrap=200, seed=1)
-    assert again.jury.ci == jury.ci                                  # seeded
+    assert again.jury.ci == jury.ci  # seeded
 
 
 def test_mismatched_inputs_are_errors():
@@ -86,8 +86,17 @@ class FakeJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
                 text = body["messages"][-1]["content"]
-                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply(text)},
-                                         "finish_reason": "stop"}]})
+                self._send(
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": reply(text)},
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    }
+                )
 
         self.requests: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -104,13 +113,32 @@ class FakeJudge:
 
 def test_cli_judge_with_fake_judge_servers(tmp_path, capsys):
     for name, answers in (("a", A), ("b", B)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": x}) + "\n"
-                                                        for p, x in zip(PROMPTS, answers)))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"prompt": p, "answer": x}) + "\n" for p, x in zip(PROMPTS, answers))
+        )
     with FakeJudge(fair) as j1, FakeJudge(first_position) as j2:
-        assert main(["eval", "judge", "--answers-a", str(tmp_path / "a.jsonl"), "--answers-b",
-                     str(tmp_path / "b.jsonl"), "--judge", j1.url, "--judge", f"{j2.url}#judge-model",
-                     "--bootstrap", "100", "--output", str(tmp_path / "out")]) == 0
-        assert len(j1.requests) == len(j2.requests) == 8                 # both orders per pair
+        assert (
+            main(
+                [
+                    "eval",
+                    "judge",
+                    "--answers-a",
+                    str(tmp_path / "a.jsonl"),
+                    "--answers-b",
+                    str(tmp_path / "b.jsonl"),
+                    "--judge",
+                    j1.url,
+                    "--judge",
+                    f"{j2.url}#judge-model",
+                    "--bootstrap",
+                    "100",
+                    "--output",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 0
+        )
+        assert len(j1.requests) == len(j2.requests) == 8  # both orders per pair
         assert all(r["temperature"] == 0.0 and r["model"] == "judge-model" for r in j1.requests)
         assert "user: q4" in j1.requests[-1]["messages"][0]["content"]
     printed = capsys.readouterr().out

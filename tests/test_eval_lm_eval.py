@@ -54,9 +54,11 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmeval")
     path, _ = make_checkpoint(root / "model", layout="small", seed=9, with_tokenizer=True)
     data = root / "tiny.jsonl"
-    rows = [{"question": "What is the capital of France?", "choices": ["Paris", "the sea", "a robot"], "answer": 0},
-            {"question": "Tell me a story about a robot", "choices": [" once", "upon a time", "paint"], "answer": 1},
-            {"question": "The quick brown fox", "choices": ["jumps over the lazy dog", "sleeps"], "answer": 0}]
+    rows = [
+        {"question": "What is the capital of France?", "choices": ["Paris", "the sea", "a robot"], "answer": 0},
+        {"question": "Tell me a story about a robot", "choices": [" once", "upon a time", "paint"], "answer": 1},
+        {"question": "The quick brown fox", "choices": ["jumps over the lazy dog", "sleeps"], "answer": 0},
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks = root / "tasks"
     tasks.mkdir()
@@ -73,8 +75,16 @@ def flat(value) -> list:
 
 
 def run(model, manager, **kw):
-    return lm_eval.simple_evaluate(model=model, tasks=list(TASKS), task_manager=manager, log_samples=True,
-                                   random_seed=0, numpy_random_seed=0, torch_random_seed=0, **kw)
+    return lm_eval.simple_evaluate(
+        model=model,
+        tasks=list(TASKS),
+        task_manager=manager,
+        log_samples=True,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        **kw,
+    )
 
 
 def test_lfmkit_model_equals_lm_eval_hf_backend(setup):
@@ -83,7 +93,7 @@ def test_lfmkit_model_equals_lm_eval_hf_backend(setup):
     from lfmkit.evals import LMEvalModel
 
     path, manager = setup
-    assert get_model("lfmkit") is LMEvalModel          # registered on import
+    assert get_model("lfmkit") is LMEvalModel  # registered on import
     ours = run(LMEvalModel(pretrained=str(path), batch_size=2), manager)
     hf = run("hf", manager, model_args=f"pretrained={path},dtype=float32", batch_size=2, device="cpu")
     for task in TASKS:
@@ -93,7 +103,7 @@ def test_lfmkit_model_equals_lm_eval_hf_backend(setup):
             got, want = flat(x["resps"]), flat(y["resps"])
             assert [type(v) for v in got] == [type(v) for v in want] and got
             for u, v in zip(got, want):
-                assert u == (pytest.approx(v, abs=2e-4) if isinstance(v, float) else v), task   # ll, is_greedy, text
+                assert u == (pytest.approx(v, abs=2e-4) if isinstance(v, float) else v), task  # ll, is_greedy, text
         for metric, value in hf["results"][task].items():
             if isinstance(value, float) and "stderr" not in metric:
                 assert ours["results"][task][metric] == pytest.approx(value, rel=1e-4), (task, metric)
@@ -104,10 +114,26 @@ def test_cli_runs_lm_eval_tasks_on_lfmkit(setup, tmp_path, capsys):
 
     path, manager = setup
     include = manager.include_path if isinstance(manager.include_path, str) else manager.include_path[0]
-    assert main(["eval", str(path), "--lm-eval-tasks", "tiny_mc", "--lm-eval-include", include,
-                 "--output", str(tmp_path), "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--lm-eval-tasks",
+                "tiny_mc",
+                "--lm-eval-include",
+                include,
+                "--output",
+                str(tmp_path),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     written = json.loads((tmp_path / "lm_eval_results.json").read_text())
-    direct = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path},dtype=float32", tasks=["tiny_mc"],
-                                     task_manager=manager, device="cpu")["results"]["tiny_mc"]
+    direct = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={path},dtype=float32", tasks=["tiny_mc"], task_manager=manager, device="cpu"
+    )["results"]["tiny_mc"]
     assert written["tiny_mc"]["acc,none"] == pytest.approx(direct["acc,none"])
     assert '"tiny_mc"' in capsys.readouterr().out

@@ -63,26 +63,32 @@ def test_answers_match_is_numeric():
 def fmt(n: int, style: str) -> str:
     body = f"{abs(n):,}" if style in ("comma", "dollar") else str(abs(n))
     sign = "-" if n < 0 else ""
-    return {"comma": f"{sign}{body}", "dollar": f"{sign}${body}", "dot0": f"{sign}{body}.0",
-            "plain": f"{sign}{body}"}[style]
+    return {"comma": f"{sign}{body}", "dollar": f"{sign}${body}", "dot0": f"{sign}{body}.0", "plain": f"{sign}{body}"}[
+        style
+    ]
 
 
 @settings(max_examples=150, deadline=None)
-@given(n=st.integers(-10**9, 10**9), style=st.sampled_from(["comma", "dollar", "dot0", "plain"]),
-       wrapper=st.sampled_from(["boxed", "answer_is", "hashes", "last", "think"]),
-       noise=st.integers(0, 999))
+@given(
+    n=st.integers(-(10**9), 10**9),
+    style=st.sampled_from(["comma", "dollar", "dot0", "plain"]),
+    wrapper=st.sampled_from(["boxed", "answer_is", "hashes", "last", "think"]),
+    noise=st.integers(0, 999),
+)
 def test_any_integer_in_any_wrapper_comes_back_normalized(n, style, wrapper, noise):
     number = fmt(n, style)
-    text = {"boxed": f"We add {noise} and more. \\boxed{{{number}}}",
-            "answer_is": f"Step 1: {noise} apples.\nThe answer is {number}.",
-            "hashes": f"Compute {noise} first.\n#### {number}",
-            "last": f"There were {noise} at first, so in the end {number}",
-            "think": f"<think>It could be {noise}.</think> So the answer is {number}"}[wrapper]
+    text = {
+        "boxed": f"We add {noise} and more. \\boxed{{{number}}}",
+        "answer_is": f"Step 1: {noise} apples.\nThe answer is {number}.",
+        "hashes": f"Compute {noise} first.\n#### {number}",
+        "last": f"There were {noise} at first, so in the end {number}",
+        "think": f"<think>It could be {noise}.</think> So the answer is {number}",
+    }[wrapper]
     assert extract_answer(text) == str(n)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.decimals(min_value=-10**6, max_value=10**6, places=3, allow_nan=False, allow_infinity=False))
+@given(st.decimals(min_value=-(10**6), max_value=10**6, places=3, allow_nan=False, allow_infinity=False))
 def test_decimals_round_trip_numerically(d):
     assert answers_match(extract_answer(f"the answer is {d}"), str(d))
 
@@ -107,16 +113,29 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalmath")
     path, _ = make_checkpoint(root / "model", layout="small", seed=4, with_tokenizer=True)
     data = root / "data"
-    write_jsonl(data / "gsm8k" / "test.jsonl", [
-        {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"},
-        {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
-        {"question": "A robot paints 10 skies a day. How many in 2 days?", "answer": "#### 20"}])
+    write_jsonl(
+        data / "gsm8k" / "test.jsonl",
+        [
+            {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"},
+            {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+            {"question": "A robot paints 10 skies a day. How many in 2 days?", "answer": "#### 20"},
+        ],
+    )
     write_jsonl(data / "gsm8k" / "train.jsonl", [{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}])
-    write_jsonl(data / "mgsm" / "de" / "test.jsonl", [
-        {"question": "Wie viel ist 2 + 3?", "answer": None, "answer_number": 5, "equation_solution": None}])
-    write_jsonl(data / "mgsm" / "de" / "train.jsonl", [
-        {"question": "Frage: Wie viel ist 1 + 1?", "answer": "Schritt-für-Schritt-Antwort: 1 + 1 = 2. "
-                                                               "Die Antwort lautet 2.", "answer_number": 2}])
+    write_jsonl(
+        data / "mgsm" / "de" / "test.jsonl",
+        [{"question": "Wie viel ist 2 + 3?", "answer": None, "answer_number": 5, "equation_solution": None}],
+    )
+    write_jsonl(
+        data / "mgsm" / "de" / "train.jsonl",
+        [
+            {
+                "question": "Frage: Wie viel ist 1 + 1?",
+                "answer": "Schritt-für-Schritt-Antwort: 1 + 1 = 2. Die Antwort lautet 2.",
+                "answer_number": 2,
+            }
+        ],
+    )
     return path, data
 
 
@@ -130,13 +149,22 @@ def test_gsm8k_scores_greedy_outputs_with_the_extractor(setup, tmp_path):
     samples = [json.loads(x) for x in (tmp_path / "samples_gsm8k.jsonl").read_text().splitlines()]
     model, tok = load(path), Tokenizer.from_pretrained(path)
     shot = "Question: What is 1 + 1?\nAnswer: 1 + 1 = 2\n#### 2\n\n"
-    for s, q in zip(samples, ["Tom has 3 apples and buys 4 more. How many?", "What is 2 + 2?",
-                              "A robot paints 10 skies a day. How many in 2 days?"]):
+    for s, q in zip(
+        samples,
+        [
+            "Tom has 3 apples and buys 4 more. How many?",
+            "What is 2 + 2?",
+            "A robot paints 10 skies a day. How many in 2 days?",
+        ],
+    ):
         assert s["prompt"] == f"{shot}Question: {q}\nAnswer:"
-        alone = generate(model, s["prompt"], SamplingParams.greedy(max_tokens=12, stop=["Question:", "</s>",
-                                                                                         "<|im_end|>"]),
-                         tokenizer=tok)
-        assert s["output"] == alone.text                        # batched = alone, greedy
+        alone = generate(
+            model,
+            s["prompt"],
+            SamplingParams.greedy(max_tokens=12, stop=["Question:", "</s>", "<|im_end|>"]),
+            tokenizer=tok,
+        )
+        assert s["output"] == alone.text  # batched = alone, greedy
         assert s["prediction"] == extract_answer(alone.text)
         assert s["correct"] == answers_match(s["prediction"], s["target"])
     assert [s["target"] for s in samples] == ["7", "4", "20"]
@@ -148,11 +176,15 @@ def test_mgsm_native_prompt_and_chat_turns(setup, tmp_path):
     path, data = setup
     evaluate(str(path), "mgsm", data, tmp_path, max_tokens=4, num_fewshot=1)
     s = json.loads((tmp_path / "samples_mgsm.jsonl").read_text().splitlines()[0])
-    assert s["prompt"] == ("Frage: Wie viel ist 1 + 1?\nSchritt-für-Schritt-Antwort: 1 + 1 = 2. Die Antwort lautet 2."
-                           "\n\nFrage: Wie viel ist 2 + 3?\nSchritt-für-Schritt-Antwort:")
+    assert s["prompt"] == (
+        "Frage: Wie viel ist 1 + 1?\nSchritt-für-Schritt-Antwort: 1 + 1 = 2. Die Antwort lautet 2."
+        "\n\nFrage: Wie viel ist 2 + 3?\nSchritt-für-Schritt-Antwort:"
+    )
     assert s["target"] == "5" and s["subtask"] == "de"
     evaluate(str(path), "mgsm", data, tmp_path, max_tokens=4, num_fewshot=1, apply_chat_template=True)
     s = json.loads((tmp_path / "samples_mgsm.jsonl").read_text().splitlines()[0])
-    assert s["prompt"] == ("<|startoftext|><|im_start|>user\nWie viel ist 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
-                           "1 + 1 = 2. Die Antwort lautet 2.<|im_end|>\n<|im_start|>user\nWie viel ist 2 + 3?"
-                           "<|im_end|>\n<|im_start|>assistant\n")
+    assert s["prompt"] == (
+        "<|startoftext|><|im_start|>user\nWie viel ist 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
+        "1 + 1 = 2. Die Antwort lautet 2.<|im_end|>\n<|im_start|>user\nWie viel ist 2 + 3?"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )

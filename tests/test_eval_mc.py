@@ -28,9 +28,15 @@ def write_jsonl(path, rows):
 def mmlu_rows(n, subject, seed):
     rng = random.Random(seed)
     words = ["the capital", "of France", "a robot", "the sea", "is Paris", "paint", "the sky", "weather"]
-    return [{"question": f"What is {rng.choice(words)} {i}?", "subject": subject,
-             "choices": [f"{rng.choice(words)} {k}" for k in range(4)], "answer": rng.randrange(4)}
-            for i in range(n)]
+    return [
+        {
+            "question": f"What is {rng.choice(words)} {i}?",
+            "subject": subject,
+            "choices": [f"{rng.choice(words)} {k}" for k in range(4)],
+            "answer": rng.randrange(4),
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +50,29 @@ def setup(tmp_path_factory):
     write_jsonl(data / "mmlu" / "dev.jsonl", mmlu_rows(3, "astronomy", 1) + mmlu_rows(2, "high_school_biology", 2))
     write_jsonl(data / "mmlu" / "test.jsonl", mmlu_rows(3, "astronomy", 3) + mmlu_rows(3, "high_school_biology", 4))
     for lang, seed in (("FR_FR", 5), ("DE_DE", 6)):
-        rows = [{"Question": r["question"], **dict(zip(LETTERS, r["choices"])), "Answer": LETTERS[r["answer"]],
-                 "Subject": r["subject"]} for r in mmlu_rows(4, "world_religions", seed)]
+        rows = [
+            {
+                "Question": r["question"],
+                **dict(zip(LETTERS, r["choices"])),
+                "Answer": LETTERS[r["answer"]],
+                "Subject": r["subject"],
+            }
+            for r in mmlu_rows(4, "world_religions", seed)
+        ]
         write_jsonl(data / "mmmlu" / lang / "test.jsonl", rows)
-    write_jsonl(data / "gpqa" / "train.jsonl", [
-        {"Question": f"Which one is {w}?", "Correct Answer": f"right {w}", "Incorrect Answer 1": "wrong  one",
-         "Incorrect Answer 2": "no [title] way", "Incorrect Answer 3": f" other {w} "}
-        for w in ("blue", "red", "a robot", "the sea")])
+    write_jsonl(
+        data / "gpqa" / "train.jsonl",
+        [
+            {
+                "Question": f"Which one is {w}?",
+                "Correct Answer": f"right {w}",
+                "Incorrect Answer 1": "wrong  one",
+                "Incorrect Answer 2": "no [title] way",
+                "Incorrect Answer 3": f" other {w} ",
+            }
+            for w in ("blue", "red", "a robot", "the sea")
+        ],
+    )
     return path, ref.eval(), AutoTokenizer.from_pretrained(path), data
 
 
@@ -78,8 +100,9 @@ def mmmlu_prompts(data, shots):
         head = f"The following are multiple choice questions (with answers) about world religions ({name}).\n\n"
         for i, r in enumerate(rows):
             ex = [x for j, x in enumerate(rows[: shots + 1]) if j != i][:shots]
-            text = head + "".join(block(x["Question"], [x[k] for k in LETTERS]) + " " + x["Answer"] + "\n\n"
-                                  for x in ex)
+            text = head + "".join(
+                block(x["Question"], [x[k] for k in LETTERS]) + " " + x["Answer"] + "\n\n" for x in ex
+            )
             out.append((text + block(r["Question"], [r[k] for k in LETTERS]), LETTERS.index(r["Answer"])))
     return out
 
@@ -88,14 +111,20 @@ def gpqa_prompts(data, rule, seed=0):
     rows = [json.loads(x) for x in (data / "gpqa" / "train.jsonl").read_text().splitlines()]
     rng, out = random.Random(seed), []
     for r in rows:
-        clean = [r[k].strip().replace(" [title]", ". ").replace("  ", " ")
-                 for k in ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3", "Correct Answer")]
+        clean = [
+            r[k].strip().replace(" [title]", ". ").replace("  ", " ")
+            for k in ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3", "Correct Answer")
+        ]
         correct = clean[3]
         rng.shuffle(clean)
         fmt = "({}) {}" if rule == "choices" else "{}. {}"
         listed = "\n".join(fmt.format(letter, c) for letter, c in zip(LETTERS, clean))
-        out.append((f"What is the correct answer to this question:{r['Question']}\nChoices:\n{listed}\nAnswer:",
-                    clean.index(correct)))
+        out.append(
+            (
+                f"What is the correct answer to this question:{r['Question']}\nChoices:\n{listed}\nAnswer:",
+                clean.index(correct),
+            )
+        )
     return out
 
 
@@ -105,8 +134,9 @@ def oracle(ref, hf_tok, prompts, rule, labels=LETTERS, chat=False):
     preds, lls = [], []
     for text, _ in prompts:
         if chat:
-            text = hf_tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                              add_generation_prompt=True)
+            text = hf_tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         ctx = hf_tok(text)["input_ids"] if not chat else hf_tok(text, add_special_tokens=False)["input_ids"]
         if rule == "vocab":
             logits = ref(torch.tensor([ctx])).logits[0, -1]
@@ -115,7 +145,7 @@ def oracle(ref, hf_tok, prompts, rule, labels=LETTERS, chat=False):
         scores = []
         for label in labels:
             whole = hf_tok(text + " " + label, add_special_tokens=not chat)["input_ids"]
-            cont = whole[len(ctx):]
+            cont = whole[len(ctx) :]
             logp = ref(torch.tensor([ctx + cont[:-1]])).logits[0].float().log_softmax(-1)
             scores.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
         lls.append(scores)
@@ -178,15 +208,32 @@ def test_chat_template_prompts_equal_transformers(setup, tmp_path):
 def test_results_json_and_cli_table(setup, tmp_path, capsys):
     path, _, _, data = setup
     out = tmp_path / "out"
-    assert main(["eval", str(path), "--tasks", "mmlu", "--data", str(data), "--output", str(out),
-                 "--limit", "2", "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--tasks",
+                "mmlu",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--limit",
+                "2",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "mmlu" in printed and "astronomy" in printed and "mc-rule vocab" in printed
     results = json.loads((out / "results.json").read_text())
     r = results["results"]["mmlu"]
     assert results["lfmkit_version"] and results["config"]["mc_rule"] == "vocab"
     assert r["n"] == 4 and r["num_fewshot"] == 5 and 0 <= r["score"] <= 1 and r["stderr"] >= 0
-    assert len(r["data"]["sha256"]) == 64 and len(r["data"]["files"]) == 2     # test + dev
+    assert len(r["data"]["sha256"]) == 64 and len(r["data"]["files"]) == 2  # test + dev
     assert set(samples_of(out, "mmlu")[0]) >= {"prompt", "output", "prediction", "target", "correct"}
 
 
@@ -225,7 +272,8 @@ def test_csv_and_parquet_read_like_jsonl(setup, tmp_path):
     assert (a["score"], a["n"]) == (b["score"], b["n"])
     lines = ["question,subject,choices,answer"] + [
         f'"{r["question"]}",{r["subject"]},"{json.dumps(r["choices"]).replace(chr(34), chr(34) * 2)}",{r["answer"]}'
-        for r in rows]
+        for r in rows
+    ]
     (tmp_path / "csv" / "mmlu").mkdir(parents=True)
     (tmp_path / "csv" / "mmlu" / "test.csv").write_text("\n".join(lines) + "\n")
     c = evaluate(str(path), "mmlu", tmp_path / "csv", num_fewshot=0)["results"]["mmlu"]
@@ -236,7 +284,7 @@ def test_long_rows_split_across_passes_score_the_same(setup, tmp_path, monkeypat
     from lfmkit.evals import backends
 
     path, ref, hf_tok, data = setup
-    monkeypatch.setattr(backends, "ROW_TOKENS_PER_PASS", 16)     # a few tokens per row per pass
+    monkeypatch.setattr(backends, "ROW_TOKENS_PER_PASS", 16)  # a few tokens per row per pass
     summary = evaluate(str(path), "mmlu", data, tmp_path, mc_rule="choices", batch_size=4, num_fewshot=2)
     prompts = mmlu_prompts(data, 2)
     preds, lls = oracle(ref, hf_tok, prompts, "choices")

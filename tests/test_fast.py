@@ -4,8 +4,8 @@ and quantized models keep the Hugging Face names of every layer."""
 
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, kernels
 from lfmkit.fast import deoptimize, optimize
 from lfmkit.fast.modules import FastFeedForward, FastRMSNorm
@@ -18,8 +18,14 @@ needs_kernels = pytest.mark.skipif(kernels.load() is None, reason=f"no C++ kerne
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     # hidden 64: every linear fits int4 and int8, so q/k/v and w1/w3 are fused
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("fast"), layout="small", seed=4, hidden_size=64,
-                              intermediate_size=192, num_key_value_heads=2)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("fast"),
+        layout="small",
+        seed=4,
+        hidden_size=64,
+        intermediate_size=192,
+        num_key_value_heads=2,
+    )
     return path
 
 
@@ -43,7 +49,7 @@ IDS = torch.tensor([[1, 5, 9, 33, 200, 17, 4], [1, 44, 45, 46, 47, 48, 49]])
 def test_fast_paths_equal_the_reference_classes_over_the_same_weights(ckpt, quant):
     fast = optimize(LFM2.from_pretrained(ckpt, dtype="float32"), quant=quant)
     got = run(fast, IDS)
-    slow = deoptimize(fast)       # the same (quantized) weights, reference module classes
+    slow = deoptimize(fast)  # the same (quantized) weights, reference module classes
     assert type(slow) is LFM2 and not any(type(m).__name__.startswith("Fast") for m in slow.modules())
     want = run(slow, IDS)
     for a, b in zip(got, want):
@@ -80,19 +86,22 @@ def test_small_op_kernels_equal_the_reference_ops():
 
 def test_quantized_models_keep_hugging_face_names_and_fuse_groups(ckpt):
     model = optimize(LFM2.from_pretrained(ckpt, dtype="float32"), quant="int4")
-    float_names = {n.removesuffix(".weight") for n in LFM2.from_pretrained(ckpt).state_dict()
-                   if n.endswith(("proj.weight", "w1.weight", "w2.weight", "w3.weight"))}
+    float_names = {
+        n.removesuffix(".weight")
+        for n in LFM2.from_pretrained(ckpt).state_dict()
+        if n.endswith(("proj.weight", "w1.weight", "w2.weight", "w3.weight"))
+    }
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     assert float_names <= quantized
     attn = model.model.layers[1].self_attn
     qkv = attn.fused()
-    assert qkv is not None and qkv.out_features == sum(m.out_features for m in (attn.q_proj, attn.k_proj,
-                                                                                 attn.v_proj))
+    assert qkv is not None and qkv.out_features == sum(m.out_features for m in (attn.q_proj, attn.k_proj, attn.v_proj))
     x = torch.randn(1, 3, 64)
     with torch.no_grad():
-        torch.testing.assert_close(qkv(x), torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1),
-                                   rtol=1e-5, atol=1e-6)
-    assert not any(p.requires_grad for p in model.parameters())   # a quantized model is for inference
+        torch.testing.assert_close(
+            qkv(x), torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1), rtol=1e-5, atol=1e-6
+        )
+    assert not any(p.requires_grad for p in model.parameters())  # a quantized model is for inference
 
 
 def test_a_replaced_part_ends_the_fusion_and_the_group_runs_layer_by_layer(ckpt):
@@ -112,9 +121,9 @@ def test_dtype_casts_keep_the_quantized_format(ckpt):
     model = optimize(LFM2.from_pretrained(ckpt, dtype="float32"), quant="int4")
     with torch.inference_mode():
         before = model(IDS)
-    model.float()                                   # as optimize(..., quant="fp32") would
+    model.float()  # as optimize(..., quant="fp32") would
     lin = model.model.layers[0].feed_forward.w2
     assert lin.scales.dtype == torch.float16 and lin.qweight.dtype == torch.uint8
-    assert model.model.layers[0].feed_forward.fused() is not None   # still stored back to back
+    assert model.model.layers[0].feed_forward.fused() is not None  # still stored back to back
     with torch.inference_mode():
         torch.testing.assert_close(model(IDS), before)

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+import torch
+from checkpoints import make_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
-from checkpoints import make_checkpoint
 from lfmkit import LFM2, ContextLengthError, GenerationError, SamplingParams, Tokenizer
 from lfmkit.inference.generate import StopStringMatcher, generate, stream_generate
 
@@ -27,8 +27,15 @@ def hf_greedy(ref, prompts, max_new_tokens, **kw):
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        out = ref.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                           pad_token_id=0, eos_token_id=None, **kw)
+        out = ref.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            **kw,
+        )
     return out[:, width:].tolist()
 
 
@@ -52,7 +59,7 @@ def test_chunked_padded_prefill_matches_transformers(ckpt, monkeypatch):
     import sys
 
     _, ref, model, _ = ckpt
-    monkeypatch.setattr(sys.modules["lfmkit.model.lfm2"], "PREFILL_CHUNK", 8)   # 4 prompts: 2 tokens per row per pass
+    monkeypatch.setattr(sys.modules["lfmkit.model.lfm2"], "PREFILL_CHUNK", 8)  # 4 prompts: 2 tokens per row per pass
     batch = [r.token_ids for r in generate(model, PROMPTS, GREEDY)]
     assert batch == hf_greedy(ref, PROMPTS, 24)
 
@@ -78,7 +85,7 @@ def test_logprobs_are_the_models_log_softmax(ckpt):
     p = PROMPTS[0]
     r = generate(model, p, SamplingParams(max_tokens=8, seed=1, logprobs=True, top_logprobs=3, ignore_eos=True))
     with torch.no_grad():
-        logits = ref(torch.tensor([p + r.token_ids])).logits[0, len(p) - 1:-1]
+        logits = ref(torch.tensor([p + r.token_ids])).logits[0, len(p) - 1 : -1]
     expected = torch.log_softmax(logits.float(), -1)
     assert [e.token_id for e in r.logprobs] == r.token_ids
     got = torch.tensor([e.logprob for e in r.logprobs])
@@ -91,8 +98,12 @@ def test_rows_finishing_at_different_times_equal_each_prompt_alone(ckpt):
     _, _, model, _ = ckpt
     free = [r.token_ids for r in generate(model, PROMPTS, GREEDY)]
     # row 0 stops at a token it produces early, row 1 after 3 tokens, the others run on
-    params = [GREEDY.replace(stop_token_ids=[free[0][2]]), GREEDY.replace(max_tokens=3), GREEDY,
-              GREEDY.replace(max_tokens=11)]
+    params = [
+        GREEDY.replace(stop_token_ids=[free[0][2]]),
+        GREEDY.replace(max_tokens=3),
+        GREEDY,
+        GREEDY.replace(max_tokens=11),
+    ]
     batch = generate(model, PROMPTS, params)
     alone = [generate(model, p, sp) for p, sp in zip(PROMPTS, params)]
     assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
@@ -200,8 +211,11 @@ def test_context_overflow_names_the_numbers_or_truncates(ckpt):
     _, _, model, _ = ckpt
     ctx = model.config.max_position_embeddings
     long = [1] + [5] * (ctx - 10)
-    with pytest.raises(ContextLengthError, match=rf"{len(long)} tokens and max_tokens is 24: {len(long) + 24} tokens "
-                                                 rf"do not fit the model's context of {ctx}"):
+    with pytest.raises(
+        ContextLengthError,
+        match=rf"{len(long)} tokens and max_tokens is 24: {len(long) + 24} tokens "
+        rf"do not fit the model's context of {ctx}",
+    ):
         generate(model, long, GREEDY)
     r = generate(model, long, GREEDY.replace(max_tokens=12), truncate=True)
     assert len(r.prompt_ids) == ctx - 12
@@ -222,9 +236,11 @@ def test_bad_prompts_and_params_are_named(ckpt):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet="abc<>/", max_size=40), stops=st.lists(st.text(alphabet="abc<>/", min_size=1, max_size=4),
-                                                                     min_size=1, max_size=3),
-       cuts=st.lists(st.integers(0, 40), max_size=8))
+@given(
+    text=st.text(alphabet="abc<>/", max_size=40),
+    stops=st.lists(st.text(alphabet="abc<>/", min_size=1, max_size=4), min_size=1, max_size=3),
+    cuts=st.lists(st.integers(0, 40), max_size=8),
+)
 def test_stop_string_matcher_equals_cutting_the_whole_text(text, stops, cuts):
     """Streamed in any pieces, the visible text is the text seen so far cut at its first stop
     string, at the first piece that completes one (generation ends there: a stop string that

@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from checkpoints import make_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from checkpoints import make_checkpoint
 from lfmkit.config import ATTENTION
 from lfmkit.errors import CheckpointError, ExportError
-from lfmkit.io import ggml as ggml_quant
 from lfmkit.export.gguf import write_gguf
+from lfmkit.io import ggml as ggml_quant
 from lfmkit.io.gguf import read_gguf_config
 from lfmkit.loader import load_gguf_model
 from lfmkit.model.lfm2 import LFM2
@@ -51,8 +51,9 @@ def rel_err(a, b):
 @pytest.fixture(scope="module", params=["1.2b", "2.6b"])
 def exported(request, tmp_path_factory):
     """A random-weight checkpoint (with tokenizer) in a real layout, loaded, and written in every type."""
-    d, _ = make_checkpoint(tmp_path_factory.mktemp(f"ck{request.param}"), layout=request.param, seed=3,
-                           with_tokenizer=True)
+    d, _ = make_checkpoint(
+        tmp_path_factory.mktemp(f"ck{request.param}"), layout=request.param, seed=3, with_tokenizer=True
+    )
     model = LFM2.from_pretrained(d, dtype="float32")
     files = {t: write_gguf(model, d / f"model-{t}.gguf", type=t) for t in ("f32", "f16", "bf16", "q8_0", "q4_0")}
     return d, model, files
@@ -147,8 +148,9 @@ def test_gguf_keys_tensor_types_and_config_round_trip(exported):
     assert field("lfm2.embedding_length") == cfg.hidden_size
     assert field("lfm2.feed_forward_length") == cfg.ff_dim
     assert field("lfm2.attention.head_count") == cfg.num_attention_heads
-    assert field("lfm2.attention.head_count_kv") == [cfg.num_key_value_heads if t == ATTENTION else 0
-                                                     for t in cfg.layer_types]
+    assert field("lfm2.attention.head_count_kv") == [
+        cfg.num_key_value_heads if t == ATTENTION else 0 for t in cfg.layer_types
+    ]
     assert field("lfm2.shortconv.l_cache") == 3
     assert field("lfm2.context_length") == cfg.max_position_embeddings
     assert field("lfm2.vocab_size") == cfg.vocab_size
@@ -172,8 +174,9 @@ def test_gguf_loads_back_into_lfmkit(exported):
     d, model, files = exported
     ref = lfmkit_logits(model, PROMPT)
     np.testing.assert_array_equal(lfmkit_logits(load_gguf_model(files["f32"]), PROMPT), ref)
-    np.testing.assert_allclose(lfmkit_logits(LFM2.from_pretrained(str(files["f16"]), dtype="float32"), PROMPT),
-                               ref, atol=3e-2, rtol=0)
+    np.testing.assert_allclose(
+        lfmkit_logits(LFM2.from_pretrained(str(files["f16"]), dtype="float32"), PROMPT), ref, atol=3e-2, rtol=0
+    )
     bf16 = LFM2.from_pretrained(str(files["bf16"]))
     assert bf16.dtype == torch.bfloat16
     # Quantised files load as exactly the dequantised blocks.
@@ -207,10 +210,10 @@ def _reference_bytes(x: np.ndarray, qtype: str) -> np.ndarray:
 def test_blocks_equal_reference_on_edge_cases(qtype):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 128, generator=g) * 0.05
-    x[0, :32] = 0                                   # all-zero block: scale 0
-    x[1, :32] = 0.5                                 # constant block
-    x[2, 3], x[2, 9] = -3.0, 3.0                    # +-max tie: the first one wins
-    x[3] = torch.round(x[3] * 254) / 254            # exact halves after scaling
+    x[0, :32] = 0  # all-zero block: scale 0
+    x[1, :32] = 0.5  # constant block
+    x[2, 3], x[2, 9] = -3.0, 3.0  # +-max tie: the first one wins
+    x[3] = torch.round(x[3] * 254) / 254  # exact halves after scaling
     got = ggml_quant.quantize(x, qtype).numpy()
     np.testing.assert_array_equal(got, _reference_bytes(x.numpy(), qtype))
     bf = x.to(torch.bfloat16)
@@ -218,17 +221,23 @@ def test_blocks_equal_reference_on_edge_cases(qtype):
 
 
 @settings(max_examples=60, deadline=None)
-@given(qtype=st.sampled_from(["q8_0", "q4_0"]),
-       x=arrays(np.float32, st.tuples(st.integers(1, 4), st.sampled_from([32, 64])),
-                elements=st.floats(-1000, 1000, width=32, allow_subnormal=False)))
+@given(
+    qtype=st.sampled_from(["q8_0", "q4_0"]),
+    x=arrays(
+        np.float32,
+        st.tuples(st.integers(1, 4), st.sampled_from([32, 64])),
+        elements=st.floats(-1000, 1000, width=32, allow_subnormal=False),
+    ),
+)
 def test_blocks_equal_reference_property(qtype, x):
     from gguf import GGMLQuantizationType, quants
 
     got = ggml_quant.quantize(torch.from_numpy(x), qtype)
     np.testing.assert_array_equal(got.numpy(), _reference_bytes(x, qtype))
     gtype = GGMLQuantizationType.Q8_0 if qtype == "q8_0" else GGMLQuantizationType.Q4_0
-    np.testing.assert_array_equal(ggml_quant.dequantize(got, qtype, x.shape).numpy(),
-                                  quants.dequantize(got.numpy(), gtype))
+    np.testing.assert_array_equal(
+        ggml_quant.dequantize(got, qtype, x.shape).numpy(), quants.dequantize(got.numpy(), gtype)
+    )
 
 
 # ---- what we refuse --------------------------------------------------------------------------
@@ -266,9 +275,10 @@ def test_rows_not_multiple_of_32_fall_back_to_f16(small, tmp_path):
     path = write_gguf(model, tmp_path / "s.gguf", type="q8_0", tokenizer_dir=d)
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
     assert types["blk.0.shortconv.in_proj.weight"] == "F16"
-    assert types["blk.0.ffn_down.weight"] == "Q8_0"    # rows of 128
-    np.testing.assert_allclose(lfmkit_logits(load_gguf_model(path), PROMPT[:6]), lfmkit_logits(model, PROMPT[:6]),
-                               atol=0.1)
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"  # rows of 128
+    np.testing.assert_allclose(
+        lfmkit_logits(load_gguf_model(path), PROMPT[:6]), lfmkit_logits(model, PROMPT[:6]), atol=0.1
+    )
 
 
 def test_loading_rejects_bad_files(tmp_path):
@@ -301,15 +311,24 @@ def test_cli_export_gguf(small, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-TEXTS = ["Hello world", "12345 and 3.14159, 2023-11-20", "What's the capital of France?\n\nIt's Paris!!!",
-         "  leading spaces\tand\ttabs\r\n", "東京は日本の首都です。 北京是中国的首都。", "Emoji: 🙂 🚀 ✨ — “quotes”",
-         "I'LL DO IT, you'd've, they're", "def add(a, b):\n    return a + b\n",
-         "<|im_start|>user\nhi<|im_end|>\n<think>x</think>", "a\n\n\nb   \n c", "x==y!=z;;;\n\n"]
+TEXTS = [
+    "Hello world",
+    "12345 and 3.14159, 2023-11-20",
+    "What's the capital of France?\n\nIt's Paris!!!",
+    "  leading spaces\tand\ttabs\r\n",
+    "東京は日本の首都です。 北京是中国的首都。",
+    "Emoji: 🙂 🚀 ✨ — “quotes”",
+    "I'LL DO IT, you'd've, they're",
+    "def add(a, b):\n    return a + b\n",
+    "<|im_start|>user\nhi<|im_end|>\n<think>x</think>",
+    "a\n\n\nb   \n c",
+    "x==y!=z;;;\n\n",
+]
 
 
 def test_tokenizer_read_back_from_gguf_tokenizes_like_llama_cpp(exported, tmp_path):
-    from lfmkit.io.gguf import extract_tokenizer
     from lfmkit.inference.generate import load_tokenizer_for
+    from lfmkit.io.gguf import extract_tokenizer
     from lfmkit.text.tokenizer import Tokenizer
 
     d, model, files = exported
@@ -324,8 +343,9 @@ def test_tokenizer_read_back_from_gguf_tokenizes_like_llama_cpp(exported, tmp_pa
     # LFM2.from_pretrained("x.gguf") finds that tokenizer, so `lfmkit run x.gguf` works.
     loaded = load_tokenizer_for(LFM2.from_pretrained(str(files["q4_0"])))
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    assert loaded.apply_chat_template(msgs, add_generation_prompt=True) == \
-        original.apply_chat_template(msgs, add_generation_prompt=True)
+    assert loaded.apply_chat_template(msgs, add_generation_prompt=True) == original.apply_chat_template(
+        msgs, add_generation_prompt=True
+    )
 
 
 def test_cli_converts_a_gguf_file_to_another_type_and_to_onnx(exported, tmp_path, capsys):
@@ -338,7 +358,8 @@ def test_cli_converts_a_gguf_file_to_another_type_and_to_onnx(exported, tmp_path
     assert load_gguf_model(out).config.layer_types == model.config.layer_types
     assert main(["export", "onnx", str(files["f16"]), str(tmp_path / "onnx"), "--quantize", "none"]) == 0
     assert {"model.onnx", "model.onnx_data", "tokenizer.json", "config.json"} <= {
-        p.name for p in (tmp_path / "onnx").iterdir()}
+        p.name for p in (tmp_path / "onnx").iterdir()
+    }
 
 
 def test_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path):
@@ -365,8 +386,8 @@ def test_q4_0_file_quantised_to_lfmkit_int4_keeps_the_files_codes(exported):
         if not isinstance(mod, QuantLinear) or name == "lm_head":
             continue
         parent, _, leaf = name.rpartition(".")
-        parts = [leaf]   # every quantized layer keeps its Hugging Face name
-        if leaf == "table":      # the tied embedding: q8_0 in the file, so int4 rounds it again
+        parts = [leaf]  # every quantized layer keeps its Hugging Face name
+        if leaf == "table":  # the tied embedding: q8_0 in the file, so int4 rounds it again
             continue
         expected = torch.cat([stored[f"{parent}.{p}.weight"].to_tensor() for p in parts])
         assert all(stored[f"{parent}.{p}.weight"].type == "q4_0" for p in parts)

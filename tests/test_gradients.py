@@ -5,8 +5,8 @@ paths installed or not, and with gradient checkpointing on."""
 import pytest
 import torch
 import torch.nn.functional as F
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2
 from lfmkit.fast import optimize
 
@@ -41,8 +41,7 @@ def batch(vocab, b, t, pad, seed):
 def loss_of(logits, ids, mask):
     """Next-token cross-entropy over real tokens predicted from real tokens (what SFT minimises)."""
     labels = ids[:, 1:].masked_fill((mask[:, 1:] == 0) | (mask[:, :-1] == 0), -100)
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
 
 def reference_grads(ref, ids, mask, padded):

@@ -42,12 +42,13 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qckpt(tmp_path_factory):
     """Widths the int8 / int4 formats hold (in_features a multiple of 64)."""
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("qlora-base"), layout="small", seed=4, hidden_size=64,
-                              num_key_value_heads=2)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("qlora-base"), layout="small", seed=4, hidden_size=64, num_key_value_heads=2
+    )
     return path
 
 
-QLORA_TARGETS = ["in_proj", "q_proj", "w1"]    # in_features 64: quantized in both formats
+QLORA_TARGETS = ["in_proj", "q_proj", "w1"]  # in_features 64: quantized in both formats
 
 
 def ours(path):
@@ -85,9 +86,14 @@ def test_fresh_adapter_leaves_the_output_unchanged_and_only_adapters_train(ckpt)
     with torch.no_grad():
         assert torch.equal(model(ids), before)
     wrapped = set(lora_layers(model))
-    assert {"model.layers.0.conv.in_proj", "model.layers.0.conv.out_proj", "model.layers.1.self_attn.q_proj",
-            "model.layers.1.self_attn.out_proj", "model.layers.3.feed_forward.w2"} <= wrapped
-    assert len(wrapped) == 2 * 5 + 2 * 7       # 2 conv layers (in/out + 3 ffn), 2 attention (4 + 3 ffn)
+    assert {
+        "model.layers.0.conv.in_proj",
+        "model.layers.0.conv.out_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.out_proj",
+        "model.layers.3.feed_forward.w2",
+    } <= wrapped
+    assert len(wrapped) == 2 * 5 + 2 * 7  # 2 conv layers (in/out + 3 ffn), 2 attention (4 + 3 ffn)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"{m}.lora_{ab}.weight" for m in wrapped for ab in "AB"}
     assert model.lora_config.scaling == 2.0
@@ -105,8 +111,10 @@ def test_fresh_adapter_over_a_quantized_base_leaves_its_output_unchanged(qckpt, 
         torch.testing.assert_close(model(ids), before, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("target,named", [("o_proj", "out_proj"), ("gate_proj", "w1"), ("up_proj", "w3"),
-                                          ("model.layers.0.self_attn.q_proj", None)])
+@pytest.mark.parametrize(
+    "target,named",
+    [("o_proj", "out_proj"), ("gate_proj", "w1"), ("up_proj", "w3"), ("model.layers.0.self_attn.q_proj", None)],
+)
 def test_a_target_lfm2_does_not_have_is_an_error_naming_it(ckpt, target, named):
     model = ours(ckpt)
     with pytest.raises(ConfigError) as err:
@@ -115,7 +123,7 @@ def test_a_target_lfm2_does_not_have_is_an_error_naming_it(ckpt, target, named):
     assert repr(target) in msg and "valid names: in_proj, k_proj, out_proj, q_proj, v_proj, w1, w2, w3 " in msg
     if named:
         assert f"LFM2 calls it {named!r}" in msg
-    assert not has_lora(model) and all(p.requires_grad for p in model.parameters())   # nothing touched
+    assert not has_lora(model) and all(p.requires_grad for p in model.parameters())  # nothing touched
 
 
 @pytest.mark.parametrize("target,why", [("conv", "not a linear layer"), ("lm_head", "tied output head")])
@@ -124,23 +132,30 @@ def test_a_target_that_is_not_a_wrappable_linear_is_an_error(ckpt, target, why):
         apply_lora(ours(ckpt), targets=[target])
 
 
-@pytest.mark.parametrize("targets,expected", [
-    (["model.layers.1.self_attn.q_proj"], {"model.layers.1.self_attn.q_proj"}),
-    (["conv.in_proj"], {"model.layers.0.conv.in_proj", "model.layers.2.conv.in_proj"}),
-    (r"model\.layers\.[0-1]\..*\.w2", {"model.layers.0.feed_forward.w2", "model.layers.1.feed_forward.w2"}),
-])
+@pytest.mark.parametrize(
+    "targets,expected",
+    [
+        (["model.layers.1.self_attn.q_proj"], {"model.layers.1.self_attn.q_proj"}),
+        (["conv.in_proj"], {"model.layers.0.conv.in_proj", "model.layers.2.conv.in_proj"}),
+        (r"model\.layers\.[0-1]\..*\.w2", {"model.layers.0.feed_forward.w2", "model.layers.1.feed_forward.w2"}),
+    ],
+)
 def test_dotted_suffix_and_regex_targets_select_what_peft_selects(ckpt, targets, expected):
     model = apply_lora(ours(ckpt), targets=targets)
     assert set(lora_layers(model)) == expected
     peft_model = get_peft_model(theirs(ckpt), LoraConfig(r=8, target_modules=targets))
-    assert {n.removeprefix("base_model.model.").rpartition(".lora_A")[0]
-            for n, _ in peft_model.named_parameters() if ".lora_A." in n} == expected
+    assert {
+        n.removeprefix("base_model.model.").rpartition(".lora_A")[0]
+        for n, _ in peft_model.named_parameters()
+        if ".lora_A." in n
+    } == expected
 
 
 def test_all_linear_wraps_every_linear_but_the_head(ckpt):
     model = apply_lora(ours(ckpt), targets="all-linear")
-    assert set(lora_layers(model)) == {n for n, m in ours(ckpt).named_modules()
-                                       if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    assert set(lora_layers(model)) == {
+        n for n, m in ours(ckpt).named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
+    }
 
 
 # ---- PEFT's format, both ways --------------------------------------------------------------------
@@ -160,14 +175,17 @@ def test_saved_adapter_loads_in_peft_with_the_same_logits(ckpt, tmp_path):
     ids = ids_of(2, 11)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), peft_model(ids).logits, rtol=0, atol=1e-4)
-        assert not torch.allclose(model(ids), theirs(ckpt)(ids).logits, atol=1e-3)   # the adapter matters
+        assert not torch.allclose(model(ids), theirs(ckpt)(ids).logits, atol=1e-3)  # the adapter matters
 
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_adapter_written_by_peft_loads_into_lfmkit_with_the_same_logits(ckpt, tmp_path, rslora):
-    peft_model = get_peft_model(theirs(ckpt), LoraConfig(r=4, lora_alpha=16, use_rslora=rslora,
-                                                         target_modules=["in_proj", "out_proj", "w2"],
-                                                         init_lora_weights=False))
+    peft_model = get_peft_model(
+        theirs(ckpt),
+        LoraConfig(
+            r=4, lora_alpha=16, use_rslora=rslora, target_modules=["in_proj", "out_proj", "w2"], init_lora_weights=False
+        ),
+    )
     peft_model.save_pretrained(tmp_path / "peft")
     model = load_adapter(ours(ckpt), tmp_path / "peft")
     assert model.lora_config.scaling == (16 / 2 if rslora else 16 / 4)
@@ -177,15 +195,19 @@ def test_adapter_written_by_peft_loads_into_lfmkit_with_the_same_logits(ckpt, tm
 
 
 def test_lora_gradients_equal_peft_on_the_same_weights_and_batch(ckpt, tmp_path):
-    peft_model = get_peft_model(theirs(ckpt), LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS),
-                                                         init_lora_weights=False))
+    peft_model = get_peft_model(
+        theirs(ckpt), LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS), init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path / "peft")
     model = load_adapter(ours(ckpt), tmp_path / "peft")
     ids = ids_of(3, 16, seed=7)
     lm_loss(peft_model(ids).logits, ids).backward()
     lm_loss(model(ids), ids).backward()
-    theirs_grads = {n.removeprefix("base_model.model.").replace(".default.", "."): p.grad
-                    for n, p in peft_model.named_parameters() if p.requires_grad}
+    theirs_grads = {
+        n.removeprefix("base_model.model.").replace(".default.", "."): p.grad
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad
+    }
     our_grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert set(our_grads) == set(theirs_grads) and len(our_grads) == 2 * 24
     for name, grad in our_grads.items():
@@ -194,17 +216,27 @@ def test_lora_gradients_equal_peft_on_the_same_weights_and_batch(ckpt, tmp_path)
 
 
 @settings(max_examples=40, deadline=None)
-@given(targets=st.lists(st.sampled_from(DEFAULT_TARGETS + ("conv.in_proj", "model.layers.1.self_attn.v_proj")),
-                        min_size=1, unique=True),
-       r=st.integers(1, 64), alpha=st.floats(0.01, 512, allow_nan=False), dropout=st.floats(0, 0.9),
-       rslora=st.booleans())
+@given(
+    targets=st.lists(
+        st.sampled_from(DEFAULT_TARGETS + ("conv.in_proj", "model.layers.1.self_attn.v_proj")), min_size=1, unique=True
+    ),
+    r=st.integers(1, 64),
+    alpha=st.floats(0.01, 512, allow_nan=False),
+    dropout=st.floats(0, 0.9),
+    rslora=st.booleans(),
+)
 def test_adapter_config_round_trips_through_peft_json(targets, r, alpha, dropout, rslora):
     cfg = LoRAConfig(targets=targets, r=r, alpha=alpha, dropout=dropout, use_rslora=rslora)
     back = LoRAConfig.from_peft(json.loads(json.dumps(cfg.to_peft("base"))), "adapter_config.json")
-    assert (set(back.targets), back.r, back.alpha, back.dropout, back.use_rslora) == \
-        (set(targets), r, alpha, dropout, rslora)
+    assert (set(back.targets), back.r, back.alpha, back.dropout, back.use_rslora) == (
+        set(targets),
+        r,
+        alpha,
+        dropout,
+        rslora,
+    )
     assert back.scaling == cfg.scaling
-    LoraConfig(**{k: v for k, v in cfg.to_peft("base").items() if k != "peft_type"})   # peft accepts it
+    LoraConfig(**{k: v for k, v in cfg.to_peft("base").items() if k != "peft_type"})  # peft accepts it
 
 
 # ---- merging -------------------------------------------------------------------------------------
@@ -235,8 +267,9 @@ def test_merge_lora_cli_writes_a_checkpoint_transformers_loads(ckpt, tmp_path, c
 
 def test_merge_lora_cli_reports_a_bad_adapter_in_one_line(ckpt, tmp_path, capsys):
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True}))
+    (tmp_path / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True})
+    )
     assert main(["merge-lora", str(ckpt), str(tmp_path / "adapter"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use_dora=True is not supported" in err
@@ -254,7 +287,7 @@ def test_adapter_tensors_that_do_not_fit_the_model_are_named(ckpt, tmp_path):
     model = ours(ckpt)
     with pytest.raises(CheckpointError, match="missing 'base_model.model.model.layers.0.feed_forward.w1"):
         load_adapter(model, tmp_path / "a")
-    assert not has_lora(model)      # refused before anything changed
+    assert not has_lora(model)  # refused before anything changed
 
 
 @pytest.mark.parametrize("mode", [None, "int8"])
@@ -268,7 +301,7 @@ def test_adapters_keep_working_when_the_fast_paths_are_installed_again(qckpt, mo
             return torch.cat([model(ids[:, :6], state=state), model(ids[:, 6:], state=state)], dim=1)
 
     reference = prefill_then_decode()
-    optimize(model)      # fast module classes and the fused decode step, over the wrapped layers
+    optimize(model)  # fast module classes and the fused decode step, over the wrapped layers
     torch.testing.assert_close(prefill_then_decode(), reference, rtol=0, atol=1e-4)
 
 
@@ -283,7 +316,7 @@ def quantized_pair(path, mode):
         for name, m in quantized.named_modules():
             if isinstance(m, QuantLinear) and name in float_linears:
                 float_linears[name].weight.copy_(m.dequantize(torch.float32))
-        twin.model.embed_tokens.weight.copy_(quantized.model.embed_tokens.weight)   # and the tied head
+        twin.model.embed_tokens.weight.copy_(quantized.model.embed_tokens.weight)  # and the tied head
     random_adapters(apply_lora(quantized, targets=QLORA_TARGETS, r=4))
     assert all(isinstance(m.base_layer, QuantLinear) for m in lora_layers(quantized).values())
     apply_lora(twin, targets=QLORA_TARGETS, r=4)
@@ -319,7 +352,7 @@ def test_a_frozen_quantized_linear_passes_the_exact_gradient_to_its_input(bits, 
     layer.__class__ = FrozenQuantLinear
     x.requires_grad_(True)
     y = layer(x)
-    torch.testing.assert_close(y.detach(), expected, rtol=0, atol=0)   # the quantized layer's own output
+    torch.testing.assert_close(y.detach(), expected, rtol=0, atol=0)  # the quantized layer's own output
     dy = torch.randn(y.shape, generator=g)
     y.backward(dy)
     torch.testing.assert_close(x.grad, dy @ layer.dequantize(torch.float32), rtol=1e-5, atol=1e-5)

@@ -43,8 +43,11 @@ def mergekit_merge():
     from mergekit.merge import MergeOptions, run_merge
 
     def run(config: dict, out):
-        run_merge(MergeConfiguration.model_validate(config), str(out),
-                  options=MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False))
+        run_merge(
+            MergeConfiguration.model_validate(config),
+            str(out),
+            options=MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=False),
+        )
         return out
 
     return run
@@ -64,45 +67,102 @@ def write_yaml(path, config):
 
 # Configs in mergekit's format; M0, M1, M2 stand for the three checkpoints' folders.
 CONFIGS = {
-    "linear": {"merge_method": "linear", "models": [
-        {"model": "M0", "parameters": {"weight": 0.2}}, {"model": "M1", "parameters": {"weight": 0.5}},
-        {"model": "M2", "parameters": {"weight": 0.3}}]},
-    "linear_unnormalized_bf16": {"merge_method": "linear", "models": [
-        {"model": "M0", "parameters": {"weight": 0.7}}, {"model": "M1", "parameters": {"weight": [0.1, 0.9]}}],
-        "parameters": {"normalize": False}, "dtype": "bfloat16"},
+    "linear": {
+        "merge_method": "linear",
+        "models": [
+            {"model": "M0", "parameters": {"weight": 0.2}},
+            {"model": "M1", "parameters": {"weight": 0.5}},
+            {"model": "M2", "parameters": {"weight": 0.3}},
+        ],
+    },
+    "linear_unnormalized_bf16": {
+        "merge_method": "linear",
+        "models": [
+            {"model": "M0", "parameters": {"weight": 0.7}},
+            {"model": "M1", "parameters": {"weight": [0.1, 0.9]}},
+        ],
+        "parameters": {"normalize": False},
+        "dtype": "bfloat16",
+    },
     # mergekit ignores a parameter of another method, and a model's own value of a shared one
-    "linear_with_ignored_settings": {"merge_method": "linear", "models": [
-        {"model": "M0", "parameters": {"weight": 0.4, "density": 0.5}},
-        {"model": "M1", "parameters": {"weight": 0.6, "normalize": False}}], "chat_template": "auto"},
-    "slerp": {"merge_method": "slerp", "base_model": "M0", "models": [{"model": "M0"}, {"model": "M1"}],
-              "parameters": {"t": 0.3}},
+    "linear_with_ignored_settings": {
+        "merge_method": "linear",
+        "models": [
+            {"model": "M0", "parameters": {"weight": 0.4, "density": 0.5}},
+            {"model": "M1", "parameters": {"weight": 0.6, "normalize": False}},
+        ],
+        "chat_template": "auto",
+    },
+    "slerp": {
+        "merge_method": "slerp",
+        "base_model": "M0",
+        "models": [{"model": "M0"}, {"model": "M1"}],
+        "parameters": {"t": 0.3},
+    },
     # mergekit's README SLERP example: the slices form, t a gradient per filter
     "slerp_slices_gradients": {
         "slices": [{"sources": [{"model": "M0", "layer_range": [0, 4]}, {"model": "M1", "layer_range": [0, 4]}]}],
-        "merge_method": "slerp", "base_model": "M0",
-        "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-                             {"filter": "feed_forward", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
-        "dtype": "bfloat16"},
+        "merge_method": "slerp",
+        "base_model": "M0",
+        "parameters": {
+            "t": [
+                {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                {"filter": "feed_forward", "value": [1, 0.5, 0.7, 0.3, 0]},
+                {"value": 0.5},
+            ]
+        },
+        "dtype": "bfloat16",
+    },
     "slerp_two_slices": {
-        "slices": [{"sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}],
-                    "parameters": {"t": [0.2, 0.8]}},
-                   {"sources": [{"model": "M0", "layer_range": [2, 4]}, {"model": "M1", "layer_range": [2, 4]}],
-                    "parameters": {"t": 0.6}}],
-        "merge_method": "slerp", "base_model": "M0"},
-    "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": "M0", "models": [
-        {"model": "M0"}, {"model": "M1", "parameters": {"weight": 0.6}},
-        {"model": "M2", "parameters": {"weight": [0.1, 0.4, 0.2]}}],
-        "parameters": {"lambda": 0.8}, "out_dtype": "bfloat16"},
-    "ties": {"merge_method": "ties", "base_model": "M0", "models": [
-        {"model": "M1", "parameters": {"weight": 0.6, "density": [0.2, 0.9]}},
-        {"model": "M2", "parameters": {"weight": [{"filter": "self_attn", "value": [0.1, 0.5, 0.3]}, {"value": 0.4}],
-                                       "density": 0.7}}],
-        "parameters": {"normalize": True, "int8_mask": True}, "dtype": "float32", "tokenizer_source": "base"},
-    "ties_bf16_defaults": {"merge_method": "ties", "base_model": "M0", "dtype": "bfloat16",
-                           "parameters": {"density": 0.5, "weight": 0.5},
-                           "models": [{"model": "M1"}, {"model": "M2"}]},
-    "model_stock": {"merge_method": "model_stock", "base_model": "M0",
-                    "models": [{"model": "M1"}, {"model": "M2"}]},
+        "slices": [
+            {
+                "sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}],
+                "parameters": {"t": [0.2, 0.8]},
+            },
+            {
+                "sources": [{"model": "M0", "layer_range": [2, 4]}, {"model": "M1", "layer_range": [2, 4]}],
+                "parameters": {"t": 0.6},
+            },
+        ],
+        "merge_method": "slerp",
+        "base_model": "M0",
+    },
+    "task_arithmetic": {
+        "merge_method": "task_arithmetic",
+        "base_model": "M0",
+        "models": [
+            {"model": "M0"},
+            {"model": "M1", "parameters": {"weight": 0.6}},
+            {"model": "M2", "parameters": {"weight": [0.1, 0.4, 0.2]}},
+        ],
+        "parameters": {"lambda": 0.8},
+        "out_dtype": "bfloat16",
+    },
+    "ties": {
+        "merge_method": "ties",
+        "base_model": "M0",
+        "models": [
+            {"model": "M1", "parameters": {"weight": 0.6, "density": [0.2, 0.9]}},
+            {
+                "model": "M2",
+                "parameters": {
+                    "weight": [{"filter": "self_attn", "value": [0.1, 0.5, 0.3]}, {"value": 0.4}],
+                    "density": 0.7,
+                },
+            },
+        ],
+        "parameters": {"normalize": True, "int8_mask": True},
+        "dtype": "float32",
+        "tokenizer_source": "base",
+    },
+    "ties_bf16_defaults": {
+        "merge_method": "ties",
+        "base_model": "M0",
+        "dtype": "bfloat16",
+        "parameters": {"density": 0.5, "weight": 0.5},
+        "models": [{"model": "M1"}, {"model": "M2"}],
+    },
+    "model_stock": {"merge_method": "model_stock", "base_model": "M0", "models": [{"model": "M1"}, {"model": "M2"}]},
 }
 
 
@@ -130,8 +190,9 @@ def test_merge_equals_mergekit_tensor_by_tensor(name, models, mergekit_merge, tm
         assert ours[key].dtype == theirs[key].dtype, key
         assert torch.equal(ours[key], theirs[key]), key
     base = load_file(models[0] / "model.safetensors")
-    assert not torch.equal(ours["model.layers.1.self_attn.q_proj.weight"].float(),
-                           base["model.layers.1.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        ours["model.layers.1.self_attn.q_proj.weight"].float(), base["model.layers.1.self_attn.q_proj.weight"]
+    )
 
 
 def documented_seed(seed, name):
@@ -146,9 +207,17 @@ def test_dare_equals_mergekit_with_the_documented_seed(method, models, tmp_path)
     from mergekit.merge_methods import registry
     from mergekit.merge_methods.base import TensorGroup
 
-    config = with_paths({"merge_method": method, "base_model": "M0", "models": [
-        {"model": "M1", "parameters": {"weight": 0.7, "density": 0.4}},
-        {"model": "M2", "parameters": {"weight": 0.5, "density": [0.3, 0.8]}}]}, models)
+    config = with_paths(
+        {
+            "merge_method": method,
+            "base_model": "M0",
+            "models": [
+                {"model": "M1", "parameters": {"weight": 0.7, "density": 0.4}},
+                {"model": "M2", "parameters": {"weight": 0.5, "density": [0.3, 0.8]}},
+            ],
+        },
+        models,
+    )
     merge(config, tmp_path / "a", seed=7)
     ours = tensors(tmp_path / "a")
     inputs = [load_file(m / "model.safetensors") for m in models]
@@ -212,29 +281,41 @@ def test_merge_streams_one_tensor_per_input_at_a_time(models, tmp_path, monkeypa
     assert peak[0] == 3
 
 
-@pytest.mark.parametrize("change, field, message", [
-    (lambda c: c.update(merge_method="frankenmerge"), "merge_method", "unknown method 'frankenmerge'"),
-    (lambda c: c.pop("merge_method"), "merge_method", "missing"),
-    (lambda c: c["models"][1].update(model="/no/such/model"), "models[1].model", "no such file or directory"),
-    (lambda c: c["models"][1].update(model="WIDE"), "models[1]", "has shape [640, 48], but base_model"),
-    (lambda c: c["models"][0]["parameters"].pop("weight"), "models[0]", "ties needs 'weight'"),
-    (lambda c: c["models"][0]["parameters"].update(densty=0.5), "models[0].parameters.densty",
-     "not a parameter of any merge method (ties takes int8_mask, normalize, rescale, lambda, weight, density)"),
-    (lambda c: c["models"][1]["parameters"].update(density="lots"), "models[1].parameters.density",
-     "expected a float"),
-    (lambda c: c["models"][1]["parameters"].update(density=1.5), "models[1].parameters.density",
-     "between 0 and 1"),
-    (lambda c: c.update(chat_template="chatml"), "chat_template", "only `auto` is accepted"),
-    (lambda c: c.update(paramters={}), "paramters", "unknown field"),
-    (lambda c: c.pop("base_model") and c.pop("tokenizer_source"), "base_model", "ties needs a base_model"),
-    (lambda c: c.pop("base_model"), "tokenizer_source", "'base' needs a base_model"),
-    (lambda c: c.update(merge_method="slerp", parameters={"t": 0.5},
-                        models=[{"model": m["model"]} for m in c["models"]]),
-     "models", "slerp merges exactly 2 models"),
-    (lambda c: c.update(dtype="int4"), "dtype", "unsupported dtype"),
-    (lambda c: c.update(tokenizer_source="/no/tok"), "tokenizer_source", "no such file or directory"),
-    (lambda c: c.update(slices=c.pop("models")[:0]), "slices", "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        (lambda c: c.update(merge_method="frankenmerge"), "merge_method", "unknown method 'frankenmerge'"),
+        (lambda c: c.pop("merge_method"), "merge_method", "missing"),
+        (lambda c: c["models"][1].update(model="/no/such/model"), "models[1].model", "no such file or directory"),
+        (lambda c: c["models"][1].update(model="WIDE"), "models[1]", "has shape [640, 48], but base_model"),
+        (lambda c: c["models"][0]["parameters"].pop("weight"), "models[0]", "ties needs 'weight'"),
+        (
+            lambda c: c["models"][0]["parameters"].update(densty=0.5),
+            "models[0].parameters.densty",
+            "not a parameter of any merge method (ties takes int8_mask, normalize, rescale, lambda, weight, density)",
+        ),
+        (
+            lambda c: c["models"][1]["parameters"].update(density="lots"),
+            "models[1].parameters.density",
+            "expected a float",
+        ),
+        (lambda c: c["models"][1]["parameters"].update(density=1.5), "models[1].parameters.density", "between 0 and 1"),
+        (lambda c: c.update(chat_template="chatml"), "chat_template", "only `auto` is accepted"),
+        (lambda c: c.update(paramters={}), "paramters", "unknown field"),
+        (lambda c: c.pop("base_model") and c.pop("tokenizer_source"), "base_model", "ties needs a base_model"),
+        (lambda c: c.pop("base_model"), "tokenizer_source", "'base' needs a base_model"),
+        (
+            lambda c: c.update(
+                merge_method="slerp", parameters={"t": 0.5}, models=[{"model": m["model"]} for m in c["models"]]
+            ),
+            "models",
+            "slerp merges exactly 2 models",
+        ),
+        (lambda c: c.update(dtype="int4"), "dtype", "unsupported dtype"),
+        (lambda c: c.update(tokenizer_source="/no/tok"), "tokenizer_source", "no such file or directory"),
+        (lambda c: c.update(slices=c.pop("models")[:0]), "slices", "non-empty list"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_field(change, field, message, models, wide, tmp_path, capsys):
     config = with_paths(CONFIGS["ties"], models)
     config["models"][0]["parameters"] = {"weight": 0.6, "density": 0.5}
@@ -250,15 +331,27 @@ def test_bad_config_is_one_line_naming_the_field(change, field, message, models,
 
 
 def test_bad_slices_yaml_and_output_are_one_line(models, tmp_path, capsys):
-    stacked = {"merge_method": "slerp", "base_model": "M0", "parameters": {"t": 0.5}, "slices": [
-        {"sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}]},
-        {"sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}]}]}
+    stacked = {
+        "merge_method": "slerp",
+        "base_model": "M0",
+        "parameters": {"t": 0.5},
+        "slices": [
+            {"sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}]},
+            {"sources": [{"model": "M0", "layer_range": [0, 2]}, {"model": "M1", "layer_range": [0, 2]}]},
+        ],
+    }
     cases = [
-        (write_yaml(tmp_path / "stack.yaml", with_paths(stacked, models)), tmp_path / "o1",
-         "stack.yaml: slices[1].sources[0].layer_range: lfmkit merges layer i with layer i"),
+        (
+            write_yaml(tmp_path / "stack.yaml", with_paths(stacked, models)),
+            tmp_path / "o1",
+            "stack.yaml: slices[1].sources[0].layer_range: lfmkit merges layer i with layer i",
+        ),
         (tmp_path / "broken.yaml", tmp_path / "o2", "broken.yaml: not valid YAML at line 3: expected ','"),
-        (write_yaml(tmp_path / "self.yaml", with_paths(CONFIGS["model_stock"], models)), models[1],
-         "is the input model"),
+        (
+            write_yaml(tmp_path / "self.yaml", with_paths(CONFIGS["model_stock"], models)),
+            models[1],
+            "is the input model",
+        ),
     ]
     (tmp_path / "broken.yaml").write_text("merge_method: ties\nmodels: [a, b\n")
     other_vocab = tmp_path / "other-vocab"
@@ -269,8 +362,13 @@ def test_bad_slices_yaml_and_output_are_one_line(models, tmp_path, capsys):
     (other_vocab / "tokenizer.json").write_text(json.dumps(tok))
     union = with_paths(CONFIGS["ties"], [models[0], models[1], other_vocab])
     union["tokenizer_source"] = "union"
-    cases.append((write_yaml(tmp_path / "union.yaml", union), tmp_path / "o3",
-                  "union.yaml: tokenizer_source: " + str(other_vocab) + " has a different vocabulary"))
+    cases.append(
+        (
+            write_yaml(tmp_path / "union.yaml", union),
+            tmp_path / "o3",
+            "union.yaml: tokenizer_source: " + str(other_vocab) + " has a different vocabulary",
+        )
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     cases.append((tmp_path / "self.yaml", tmp_path / "full", "exists and is not empty; pass --overwrite"))
@@ -284,11 +382,19 @@ def test_bad_slices_yaml_and_output_are_one_line(models, tmp_path, capsys):
 
 scalars = st.floats(-2, 2, allow_nan=False, width=32) | st.integers(-3, 3)
 gradients = st.lists(scalars, min_size=1, max_size=6)
-conditions = st.lists(st.fixed_dictionaries({"value": scalars | gradients},
-                                            optional={"filter": st.sampled_from(["self_attn", "conv", "w1", "*"])}),
-                      min_size=1, max_size=3)
-NAMES = ["model.layers.3.self_attn.q_proj.weight", "model.layers.0.conv.in_proj.weight",
-         "model.layers.1.feed_forward.w1.weight", "model.embed_tokens.weight"]
+conditions = st.lists(
+    st.fixed_dictionaries(
+        {"value": scalars | gradients}, optional={"filter": st.sampled_from(["self_attn", "conv", "w1", "*"])}
+    ),
+    min_size=1,
+    max_size=3,
+)
+NAMES = [
+    "model.layers.3.self_attn.q_proj.weight",
+    "model.layers.0.conv.in_proj.weight",
+    "model.layers.1.feed_forward.w1.weight",
+    "model.embed_tokens.weight",
+]
 
 
 @settings(max_examples=200, deadline=None)
@@ -298,7 +404,10 @@ def test_parameter_settings_resolve_as_in_mergekit(setting, name, t):
     from mergekit.config import ConditionalParameter
     from mergekit.config import evaluate_setting as mergekit_evaluate
 
-    theirs_setting = [ConditionalParameter(**c) for c in setting] if isinstance(setting, list) and setting and \
-        isinstance(setting[0], dict) else setting
+    theirs_setting = (
+        [ConditionalParameter(**c) for c in setting]
+        if isinstance(setting, list) and setting and isinstance(setting[0], dict)
+        else setting
+    )
     expected = mergekit_evaluate(name, theirs_setting, t, validate=float)
     assert evaluate_setting(setting, name, t, Param("weight", float, "non_base")) == expected

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2
 
 CASES = {
@@ -58,8 +58,8 @@ def test_left_padded_batch_matches(pair):
         assert rel_err(expected, ours(ids, attention_mask=mask), mask) < 1e-4
     # And each padded row equals that prompt run alone, unpadded.
     for row in range(3):
-        alone = ours(ids[row: row + 1, mask[row].bool()])
-        batched = ours(ids, attention_mask=mask)[row: row + 1, mask[row].bool()]
+        alone = ours(ids[row : row + 1, mask[row].bool()])
+        batched = ours(ids, attention_mask=mask)[row : row + 1, mask[row].bool()]
         assert rel_err(alone, batched) < 1e-4
 
 
@@ -72,7 +72,7 @@ def test_prefill_then_decode_and_chunked_prefill_equal_full_forward(pair):
     state = ours.new_state(batch_size=2, max_length=64)
     pieces = [ours(ids[:, :9], state=state)]
     for t in range(9, 21):
-        pieces.append(ours(ids[:, t: t + 1], state=state))
+        pieces.append(ours(ids[:, t : t + 1], state=state))
     assert rel_err(full, torch.cat(pieces, 1)) < 1e-4
     state.reset()
     chunks = [ours(ids[:, a:b], state=state) for a, b in ((0, 4), (4, 5), (5, 16), (16, 21))]
@@ -93,7 +93,7 @@ def test_left_padded_prefill_then_decode(pair):
     state = ours.new_state(batch_size=2, max_length=32)
     got = [ours(ids[:, :8], attention_mask=mask[:, :8], state=state)]
     for t in range(8, 12):
-        got.append(ours(ids[:, t: t + 1], state=state))
+        got.append(ours(ids[:, t : t + 1], state=state))
     assert rel_err(expected, torch.cat(got, 1), mask) < 1e-4
 
 
@@ -102,8 +102,14 @@ def test_greedy_32_tokens_equal_transformers_generate(pair):
     ref, ours = pair
     prompt = torch.randint(2, ref.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(5))
     if ref.config.layer_types.count("full_attention"):
-        expected = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32,
-                                min_new_tokens=32, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+        expected = ref.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, 6:].tolist()
     else:  # the reference's cache needs an attention layer: recompute the whole sequence instead
         seq = prompt
         for _ in range(32):
@@ -154,16 +160,18 @@ def test_half_precision_runs_and_stays_close(tmp_path, dtype):
     assert out.dtype == dtype
     assert rel_err(ref(ids, use_cache=False).logits, out.float()) < 0.05
     state = ours.new_state(1, 32)
-    stepped = torch.cat([ours(ids[:, :10], state=state)] + [ours(ids[:, t: t + 1], state=state)
-                                                             for t in range(10, 16)], 1)
+    stepped = torch.cat(
+        [ours(ids[:, :10], state=state)] + [ours(ids[:, t : t + 1], state=state) for t in range(10, 16)], 1
+    )
     assert rel_err(out.float(), stepped.float()) < 0.05
 
 
 def test_random_init_model_from_preset_config_shapes():
     from lfmkit import LFM2Config
 
-    cfg = LFM2Config.from_preset("lfm2-350m", num_hidden_layers=3, layer_types=["conv", "full_attention", "conv"],
-                                 vocab_size=256)
+    cfg = LFM2Config.from_preset(
+        "lfm2-350m", num_hidden_layers=3, layer_types=["conv", "full_attention", "conv"], vocab_size=256
+    )
     model = LFM2.from_config(cfg)
     assert model.num_parameters() == cfg.num_parameters()
     out = model(torch.tensor([[1, 2, 3]]))
@@ -172,8 +180,15 @@ def test_random_init_model_from_preset_config_shapes():
 
 def test_dense_qwen_shape_with_explicit_head_dim(tmp_path):
     """The all-attention layout with head_dim * heads != hidden matches the reference too."""
-    path, ref = make_checkpoint(tmp_path, layout="small", seed=9, layer_types=["full_attention"] * 2,
-                                head_dim=32, num_attention_heads=4, num_key_value_heads=2)
+    path, ref = make_checkpoint(
+        tmp_path,
+        layout="small",
+        seed=9,
+        layer_types=["full_attention"] * 2,
+        head_dim=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ours = LFM2.from_pretrained(path, dtype="float32")
     assert ours.config.head_size == 32
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(10))
@@ -197,16 +212,22 @@ def test_cuda_matches_cpu(tmp_path, dtype):
     assert rel_err(expected, got, mask) < (1e-4 if dtype == torch.float32 else 0.05)
     state = gpu.new_state(2, 32)
     steps = [gpu(ids[:, :15].cuda(), attention_mask=mask[:, :15].cuda(), state=state)]
-    steps += [gpu(ids[:, t: t + 1].cuda(), state=state) for t in range(15, 19)]
+    steps += [gpu(ids[:, t : t + 1].cuda(), state=state) for t in range(15, 19)]
     assert rel_err(expected, torch.cat(steps, 1).float().cpu(), mask) < (1e-4 if dtype == torch.float32 else 0.05)
 
 
 def test_constructed_model_is_initialised_and_from_config_is_seeded():
     from lfmkit import LFM2Config
 
-    cfg = LFM2Config.from_preset("lfm2-350m", num_hidden_layers=2, layer_types=["conv", "full_attention"],
-                                 vocab_size=256, hidden_size=128, block_ff_dim=384)
-    model = LFM2(cfg)   # no checkpoint: every weight still gets the documented init
+    cfg = LFM2Config.from_preset(
+        "lfm2-350m",
+        num_hidden_layers=2,
+        layer_types=["conv", "full_attention"],
+        vocab_size=256,
+        hidden_size=128,
+        block_ff_dim=384,
+    )
+    model = LFM2(cfg)  # no checkpoint: every weight still gets the documented init
     for name, p in model.named_parameters():
         assert torch.isfinite(p).all(), name
         if name.endswith("norm.weight"):
@@ -223,10 +244,12 @@ def test_building_on_meta_does_not_import_the_compiler_stack():
     import subprocess
     import sys
 
-    code = ("import sys, torch\n"
-            "from lfmkit import LFM2, LFM2Config\n"
-            "with torch.device('meta'):\n"
-            "    LFM2(LFM2Config.from_preset('lfm2-350m'))\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo'))[:3])\n")
+    code = (
+        "import sys, torch\n"
+        "from lfmkit import LFM2, LFM2Config\n"
+        "with torch.device('meta'):\n"
+        "    LFM2(LFM2Config.from_preset('lfm2-350m'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo'))[:3])\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

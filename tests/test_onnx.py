@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit.errors import ExportError
 from lfmkit.export.onnx import export_onnx, io_names
 from lfmkit.model.lfm2 import LFM2
@@ -22,6 +22,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 def _quantizer() -> str:
     try:
         import onnx_ir  # noqa: F401  (needed by ONNX Runtime's MatMulNBits quantiser)
+
         return "q4"
     except ImportError:
         return "int8"
@@ -60,33 +61,38 @@ def seed_loop(folder, messages_batch, max_new_tokens=16, filename="model.onnx"):
     layer_types = config.layer_types
 
     messages = messages_batch if len(messages_batch) > 1 else messages_batch[0]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="np", padding=True)
-    input_ids = inputs['input_ids']
-    attention_mask = inputs['attention_mask']
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="np", padding=True
+    )
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs["attention_mask"]
     prompts = [row[mask.astype(bool)].tolist() for row, mask in zip(input_ids, attention_mask)]
     batch_size = input_ids.shape[0]
     position_ids = np.tile(np.arange(0, input_ids.shape[-1]), (batch_size, 1))
     past_cache_values = {}
     for i in range(num_hidden_layers):
-        if layer_types[i] == 'full_attention':
-            for kv in ('key', 'value'):
-                past_cache_values[f'past_key_values.{i}.{kv}'] = np.zeros(
-                    [batch_size, num_key_value_heads, 0, head_dim], dtype=np.float32)
-        elif layer_types[i] == 'conv':
-            past_cache_values[f'past_conv.{i}'] = np.zeros([batch_size, hidden_size, conv_L_cache], dtype=np.float32)
+        if layer_types[i] == "full_attention":
+            for kv in ("key", "value"):
+                past_cache_values[f"past_key_values.{i}.{kv}"] = np.zeros(
+                    [batch_size, num_key_value_heads, 0, head_dim], dtype=np.float32
+                )
+        elif layer_types[i] == "conv":
+            past_cache_values[f"past_conv.{i}"] = np.zeros([batch_size, hidden_size, conv_L_cache], dtype=np.float32)
         else:
             raise ValueError(f"Unsupported layer type: {layer_types[i]}")
 
     generated_tokens = np.zeros((batch_size, 0), dtype=np.int64)
     first_logits = None
     for i in range(max_new_tokens):  # noqa: B007 - the seed's loop, as users run it
-        logits, *present_cache_values = sess.run(None, dict(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **past_cache_values,
-        ))
+        logits, *present_cache_values = sess.run(
+            None,
+            dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **past_cache_values,
+            ),
+        )
         if first_logits is None:
             first_logits = logits[:, -1]
         input_ids = logits[:, -1].argmax(-1, keepdims=True)
@@ -120,8 +126,10 @@ def until_eos(tokens, eos=7):
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is C. elegans?"}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "What is the capital of France? Tell me a story about a robot."}],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France? Tell me a story about a robot."},
+    ],
 ]
 
 
@@ -174,8 +182,15 @@ def test_chunked_prefill_equals_one_prefill(exported):
 
     def run(chunk, start, state):
         n = start + chunk.shape[1]
-        res = sess.run(None, dict(input_ids=chunk, attention_mask=np.ones((1, n), np.int64),
-                                  position_ids=np.arange(start, n)[None], **state))
+        res = sess.run(
+            None,
+            dict(
+                input_ids=chunk,
+                attention_mask=np.ones((1, n), np.int64),
+                position_ids=np.arange(start, n)[None],
+                **state,
+            ),
+        )
         return res[0], dict(zip(state, res[1:]))
 
     whole, _ = run(ids, 0, past)
@@ -192,8 +207,11 @@ def test_weight_quantised_variant(exported):
     out, model, files = exported
     qfile = next(f for f in files if f.name in ("model_q4.onnx", "model_int8.onnx"))
     ops = {n.op_type for n in onnx.load(str(qfile), load_external_data=False).graph.node}
-    assert ("MatMulNBits" in ops) if qfile.name == "model_q4.onnx" else ("MatMulInteger" in ops
-                                                                         or "DynamicQuantizeMatMul" in ops)
+    assert (
+        ("MatMulNBits" in ops)
+        if qfile.name == "model_q4.onnx"
+        else ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
+    )
     assert qfile.with_name(qfile.name + "_data").stat().st_size < (out / "model.onnx_data").stat().st_size / 2
     prompts, generated, first = seed_loop(out, CONVERSATIONS[:1], max_new_tokens=2, filename=qfile.name)
     _, ref_first = lfmkit_greedy(model, prompts[0], 1)
@@ -235,11 +253,17 @@ def test_conv_bias_model_exports_and_left_padding_is_exact(tmp_path):
     export_onnx(model, tmp_path / "out", quantize=None)
     sess = session(tmp_path / "out")
     cfg = model.config
-    feeds = dict(input_ids=np.array([[0, 0, 1, 6, 300, 301]]), attention_mask=np.array([[0, 0, 1, 1, 1, 1]]),
-                 position_ids=np.array([[0, 0, 0, 1, 2, 3]]))
+    feeds = dict(
+        input_ids=np.array([[0, 0, 1, 6, 300, 301]]),
+        attention_mask=np.array([[0, 0, 1, 1, 1, 1]]),
+        position_ids=np.array([[0, 0, 0, 1, 2, 3]]),
+    )
     for name in io_names(cfg)[0][3:]:
-        feeds[name] = (np.zeros((1, cfg.hidden_size, cfg.conv_L_cache), np.float32) if name.startswith("past_conv")
-                       else np.zeros((1, cfg.num_key_value_heads, 0, cfg.head_size), np.float32))
+        feeds[name] = (
+            np.zeros((1, cfg.hidden_size, cfg.conv_L_cache), np.float32)
+            if name.startswith("past_conv")
+            else np.zeros((1, cfg.num_key_value_heads, 0, cfg.head_size), np.float32)
+        )
     logits = sess.run(None, feeds)[0]
     with torch.no_grad():
         ref = model(torch.tensor([[1, 6, 300, 301]]))[0].numpy()

@@ -27,17 +27,38 @@ from lfmkit.train.judges import MT_BENCH_RUBRIC, parse_rating
 from lfmkit.train.prefs import PrefsConfig, build_pairs, progress_path
 
 SFT = [
-    {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                  {"role": "assistant", "content": "The capital of France is Paris."}]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a joke."},
-                  {"role": "assistant", "content": "Why did the chicken cross the road?"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Tell me a joke."},
+            {"role": "assistant", "content": "Why did the chicken cross the road?"},
+        ]
+    },
     {"prompt": [{"role": "user", "content": "Say hi."}]},
-    {"messages": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"},
-                  {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "6"}]},
-    {"prompt": [{"role": "user", "content": "Name a color."}],
-     "completion": [{"role": "assistant", "content": "Blue."}]},
-    {"messages": [{"role": "user", "content": "Count to three."},
-                  {"role": "assistant", "content": "One, two, three."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "2 + 2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3 + 3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    },
+    {
+        "prompt": [{"role": "user", "content": "Name a color."}],
+        "completion": [{"role": "assistant", "content": "Blue."}],
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Count to three."},
+            {"role": "assistant", "content": "One, two, three."},
+        ]
+    },
 ]
 K = 3
 
@@ -50,8 +71,16 @@ def setup(tmp_path_factory):
 
 def config(setup, name, **overrides):
     root, model, prompts = setup
-    values = dict(model=str(model), prompts=str(prompts), output=str(root / name / "pairs.jsonl"), num_samples=K,
-                  judges=["prefs_judges:checksum"], max_tokens=10, batch_size=4, progress=False)
+    values = dict(
+        model=str(model),
+        prompts=str(prompts),
+        output=str(root / name / "pairs.jsonl"),
+        num_samples=K,
+        judges=["prefs_judges:checksum"],
+        max_tokens=10,
+        batch_size=4,
+        progress=False,
+    )
     values.update(overrides)
     return PrefsConfig(**values)
 
@@ -79,10 +108,14 @@ def test_pairs_are_the_best_vs_the_worst_candidate_and_pass_the_filters(setup, u
         assert pair["chosen_score"] == max(scores) and pair["rejected_score"] == min(scores)
         for side in ("chosen", "rejected"):
             text = pair[side][0]["content"]
-            assert checksum(pair["prompt"], text) == pair[f"{side}_score"]            # the judge said so
-            assert pair[f"{side}_judgements"] == [{"judge": "prefs_judges:checksum",
-                                                   "score": pair[f"{side}_score"],
-                                                   "output": str(int(pair[f"{side}_score"]))}]
+            assert checksum(pair["prompt"], text) == pair[f"{side}_score"]  # the judge said so
+            assert pair[f"{side}_judgements"] == [
+                {
+                    "judge": "prefs_judges:checksum",
+                    "score": pair[f"{side}_score"],
+                    "output": str(int(pair[f"{side}_score"])),
+                }
+            ]
         assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
 
 
@@ -95,8 +128,9 @@ def test_every_candidate_is_the_sft_answer_or_one_of_k_batched_samples(setup, un
     tok = Tokenizer.from_pretrained(model_dir)
     for pair in rows(cfg.output):
         index = int(pair["source"].rsplit(":", 1)[1]) - 1
-        alone = lfmkit.generate(model, pair["prompt"], tokenizer=tok, n=K, max_tokens=10,
-                                seed=derived_seed(cfg.seed, index + 1))
+        alone = lfmkit.generate(
+            model, pair["prompt"], tokenizer=tok, n=K, max_tokens=10, seed=derived_seed(cfg.seed, index + 1)
+        )
         texts = [r.text for r in alone]
         row = SFT[index]
         reference = (row.get("messages") or row.get("completion") or [{}])[-1]
@@ -108,8 +142,9 @@ def test_every_candidate_is_the_sft_answer_or_one_of_k_batched_samples(setup, un
             else:
                 assert content == texts[int(source.split()[1])]
         sources = [c["source"] for c in pair["scores"]]
-        assert len(sources) == len(set([reference.get("content")] * (reference.get("role") == "assistant")
-                                       + texts)), "every distinct candidate is judged once"
+        assert len(sources) == len(set([reference.get("content")] * (reference.get("role") == "assistant") + texts)), (
+            "every distinct candidate is judged once"
+        )
 
 
 def test_the_pairs_file_reads_in_trl_and_in_lfmkit_train_dpo(setup, uninterrupted):
@@ -119,17 +154,46 @@ def test_the_pairs_file_reads_in_trl_and_in_lfmkit_train_dpo(setup, uninterrupte
 
     cfg, _ = uninterrupted
     pairs = rows(cfg.output)
-    ours = [dict(zip(("prompt_ids", "chosen_ids", "rejected_ids"), PairEncoder(Tokenizer.from_pretrained(
-        setup[1])).encode(p))) for p in pairs]
+    ours = [
+        dict(
+            zip(
+                ("prompt_ids", "chosen_ids", "rejected_ids"), PairEncoder(Tokenizer.from_pretrained(setup[1])).encode(p)
+            )
+        )
+        for p in pairs
+    ]
     assert trl_tokenized(setup[1], pairs) == ours
 
 
 def test_the_pairs_train_with_lfmkit_train_dpo(setup, uninterrupted, capsys):
     cfg, result = uninterrupted
     out = setup[0] / "dpo-on-pairs"
-    rc = main(["train", "dpo", "--no-progress", "--model", cfg.model, "--data", cfg.output, "--output", str(out),
-               "--loss", "sigmoid_norm", "--beta", "2", "--max-steps", "2", "--batch-size", "2", "--packing",
-               "--learning-rate", "1e-3", "--save-every", "0"])
+    rc = main(
+        [
+            "train",
+            "dpo",
+            "--no-progress",
+            "--model",
+            cfg.model,
+            "--data",
+            cfg.output,
+            "--output",
+            str(out),
+            "--loss",
+            "sigmoid_norm",
+            "--beta",
+            "2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--packing",
+            "--learning-rate",
+            "1e-3",
+            "--save-every",
+            "0",
+        ]
+    )
     assert rc == 0 and f"{result.pairs} pairs" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file()
 
@@ -137,11 +201,35 @@ def test_the_pairs_train_with_lfmkit_train_dpo(setup, uninterrupted, capsys):
 def test_a_run_killed_in_the_middle_resumes_without_loss_or_duplicates(setup, uninterrupted):
     full, _ = uninterrupted
     cfg = config(setup, "killed", min_chosen_score=8, min_gap=6)
-    argv = [sys.executable, "-m", "lfmkit", "prefs", "build", "--no-progress", "--model", cfg.model, "--prompts",
-            cfg.prompts, "--output", cfg.output, "--num-samples", str(K), "--judge", "prefs_judges:checksum",
-            "--max-tokens", "10", "--batch-size", "4", "--min-chosen-score", "8", "--min-gap", "6"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1",
-               **{KILL_AFTER: str(2 * (K + 1) + 1)})                     # in the third row's judging
+    argv = [
+        sys.executable,
+        "-m",
+        "lfmkit",
+        "prefs",
+        "build",
+        "--no-progress",
+        "--model",
+        cfg.model,
+        "--prompts",
+        cfg.prompts,
+        "--output",
+        cfg.output,
+        "--num-samples",
+        str(K),
+        "--judge",
+        "prefs_judges:checksum",
+        "--max-tokens",
+        "10",
+        "--batch-size",
+        "4",
+        "--min-chosen-score",
+        "8",
+        "--min-gap",
+        "6",
+    ]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", **{KILL_AFTER: str(2 * (K + 1) + 1)}
+    )  # in the third row's judging
     proc = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     done = rows(progress_path(Path(cfg.output)))[1:]
@@ -159,9 +247,9 @@ def test_a_torn_last_line_is_cut_and_its_row_redone(setup, uninterrupted):
     out, progress = Path(cfg.output), progress_path(Path(cfg.output))
     last = rows(out)[-1]["source"]
     kept = [line for line in progress.read_text().splitlines(keepends=True) if f'"{last}"' not in line]
-    progress.write_text("".join(kept) + '{"source": "sft.jso')                # killed while writing
+    progress.write_text("".join(kept) + '{"source": "sft.jso')  # killed while writing
     text = out.read_text()
-    out.write_text(text[:-len(text.splitlines()[-1]) // 2 - 1])               # half of the last pair
+    out.write_text(text[: -len(text.splitlines()[-1]) // 2 - 1])  # half of the last pair
     build_pairs(config(setup, "torn", min_chosen_score=8, min_gap=6, resume=True), verbose=False)
     assert out.read_text() == Path(full.output).read_text()
 
@@ -173,12 +261,12 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_old_output(set
     with pytest.raises(ConfigError, match="min_gap was 6 there, now 1 "):
         build_pairs(config(setup, "full", min_chosen_score=8, min_gap=1, resume=True), verbose=False)
     before = Path(full.output).read_text()
-    result = build_pairs(config(setup, "full", min_chosen_score=8, min_gap=6, resume=True, batch_size=1),
-                         verbose=False)
+    result = build_pairs(config(setup, "full", min_chosen_score=8, min_gap=6, resume=True, batch_size=1), verbose=False)
     assert result.skipped == len(SFT) and not result.outcomes and Path(full.output).read_text() == before
 
 
 # ---- LLM judges over an endpoint -------------------------------------------------------------------
+
 
 class FakeJudge(BaseHTTPRequestHandler):
     """An OpenAI-compatible chat endpoint that grades the answer in the rubric by its word count."""
@@ -191,8 +279,13 @@ class FakeJudge(BaseHTTPRequestHandler):
         prompt = body["messages"][0]["content"]
         answer = prompt.split("[The Start of Assistant's Answer]\n", 1)[1].rsplit("\n[The End", 1)[0]
         reply = f"The answer has {len(answer.split())} words. Rating: [[{min(10, len(answer.split()))}]]"
-        data = json.dumps({"id": "x", "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}).encode()
+        data = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -237,6 +330,7 @@ def test_rating_parsing_and_the_rubric():
 
 # ---- errors ----------------------------------------------------------------------------------------
 
+
 def error_line(capsys):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -249,19 +343,38 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("judge, message", [
-    (["--judge", "no_such_module:score"], "cannot import no_such_module"),
-    (["--judge", "prefs_judges:missing"], "has no function 'missing'"),
-    (["--judge", "prefs_judges:broken"], r"sft.jsonl:1: judge prefs_judges:broken raised ValueError: no idea"),
-    (["--judge", "prefs_judges:not_a_number"], "returned 'high'; a judge returns a finite number"),
-    ([], "no judge"),
-    (["--judge-endpoint", "http://127.0.0.1:{port}/v1"], "--judge-endpoint http://127.0.0.1:"),
-])
+@pytest.mark.parametrize(
+    "judge, message",
+    [
+        (["--judge", "no_such_module:score"], "cannot import no_such_module"),
+        (["--judge", "prefs_judges:missing"], "has no function 'missing'"),
+        (["--judge", "prefs_judges:broken"], r"sft.jsonl:1: judge prefs_judges:broken raised ValueError: no idea"),
+        (["--judge", "prefs_judges:not_a_number"], "returned 'high'; a judge returns a finite number"),
+        ([], "no judge"),
+        (["--judge-endpoint", "http://127.0.0.1:{port}/v1"], "--judge-endpoint http://127.0.0.1:"),
+    ],
+)
 def test_errors_are_one_line(setup, capsys, tmp_path, judge, message):
     _, model, prompts = setup
     judge = [j.replace("{port}", str(closed_port())) for j in judge]
-    rc = main(["prefs", "build", "--no-progress", "--model", str(model), "--prompts", str(prompts), "--output",
-               str(tmp_path / "pairs.jsonl"), "--num-samples", "2", "--max-tokens", "4", *judge])
+    rc = main(
+        [
+            "prefs",
+            "build",
+            "--no-progress",
+            "--model",
+            str(model),
+            "--prompts",
+            str(prompts),
+            "--output",
+            str(tmp_path / "pairs.jsonl"),
+            "--num-samples",
+            "2",
+            "--max-tokens",
+            "4",
+            *judge,
+        ]
+    )
     assert rc == 2
     assert message in error_line(capsys)
 

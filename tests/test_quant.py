@@ -4,8 +4,8 @@ float32, loading quantizes tensor by tensor to the same numbers, and decoding st
 import pytest
 import torch
 import torch.nn.functional as F
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, kernels
 from lfmkit.errors import ConfigError
 from lfmkit.fast import logit_agreement, quantize
@@ -87,6 +87,7 @@ def test_pure_pytorch_fallback_equals_dequantized_linear(bits, monkeypatch):
 def test_bad_modes_and_shapes_are_clear_errors():
     with pytest.raises(ConfigError, match="int3"):
         from lfmkit.quant import check_mode
+
         check_mode("int3")
     with pytest.raises(ConfigError, match="in_features"):
         QuantLinear(48, 16, bits=4)
@@ -96,8 +97,14 @@ def test_bad_modes_and_shapes_are_clear_errors():
 def tiny(tmp_path_factory):
     # 4 layers (conv, attn, conv, attn), widths the int4 format holds (multiples of 64). Deep toy
     # models with random weights are chaotic (their logits have no margins), so keep it shallow.
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("q"), layout="small", seed=5, hidden_size=64,
-                              intermediate_size=192, num_key_value_heads=2)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("q"),
+        layout="small",
+        seed=5,
+        hidden_size=64,
+        intermediate_size=192,
+        num_key_value_heads=2,
+    )
     return path, LFM2.from_pretrained(path, dtype="float32")
 
 
@@ -149,7 +156,7 @@ def test_quantized_prefill_then_decode_matches_full_forward(tiny, mode):
     state = q.new_state(1, max_length=32)
     pieces = [q.prefill(ids[:, :10], state, chunk_size=4)]
     for t in range(10, 24):
-        pieces.append(q(ids[:, t: t + 1], state=state))
+        pieces.append(q(ids[:, t : t + 1], state=state))
     steps = torch.cat(pieces, 1)
     # decode multiplies int8-quantized activations, the one-shot forward bf16 ones: close, not equal
     cos = F.cosine_similarity(full[:, 9:], steps, dim=-1)

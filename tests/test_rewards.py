@@ -30,24 +30,27 @@ MSGS = [{"role": "user", "content": "question"}]
 
 
 # ---- math ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("completion,answer,score", [
-    ("So the result is \\boxed{42}.", 42, 1.0),
-    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
-    ("\\boxed{\\dfrac{3}{4}}", "3/4", 1.0),
-    ("The answer is $1,234.", 1234, 1.0),
-    ("The answer is 1,234.50 dollars", "1234.5", 1.0),
-    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "Natalia sold 48 + 24 = 72.\n#### 72", 1.0),
-    ("<think>5 + 5 = 10, or is it 11?</think>The answer is 10.", 10, 1.0),
-    ("<think>5 + 5 = 10, or is it 11?</think>The answer is 10.", 11, 0.0),
-    ("<think>still thinking about 10", 10, 0.0),                     # unclosed trace: no answer
-    ("First 3 apples, then 4 more: x = 7.0", 7, 1.0),                 # the last number
-    ("It drops to -7 degrees.", -7, 1.0),
-    ("答案是18", 18, 1.0),
-    ("Die Antwort lautet 12.", "12", 1.0),
-    ("La réponse est 3,5", 3.5, 1.0),
-    ("The answer is 41.", 42, 0.0),
-    ("I do not know.", 42, 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,answer,score",
+    [
+        ("So the result is \\boxed{42}.", 42, 1.0),
+        ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+        ("\\boxed{\\dfrac{3}{4}}", "3/4", 1.0),
+        ("The answer is $1,234.", 1234, 1.0),
+        ("The answer is 1,234.50 dollars", "1234.5", 1.0),
+        ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "Natalia sold 48 + 24 = 72.\n#### 72", 1.0),
+        ("<think>5 + 5 = 10, or is it 11?</think>The answer is 10.", 10, 1.0),
+        ("<think>5 + 5 = 10, or is it 11?</think>The answer is 10.", 11, 0.0),
+        ("<think>still thinking about 10", 10, 0.0),  # unclosed trace: no answer
+        ("First 3 apples, then 4 more: x = 7.0", 7, 1.0),  # the last number
+        ("It drops to -7 degrees.", -7, 1.0),
+        ("答案是18", 18, 1.0),
+        ("Die Antwort lautet 12.", "12", 1.0),
+        ("La réponse est 3,5", 3.5, 1.0),
+        ("The answer is 41.", 42, 0.0),
+        ("I do not know.", 42, 0.0),
+    ],
+)
 def test_math_answer(completion, answer, score):
     assert math_answer(MSGS, completion, answer=answer) == score
 
@@ -56,12 +59,18 @@ def test_math_answer_without_a_reference_does_not_apply():
     assert math_answer(MSGS, "42") is None
 
 
-FORMATS = ["\\boxed{{{}}}", "The answer is {}.", "#### {}", "Work... so it is {}", "Final answer: {}",
-           "<think>maybe {}0</think>The answer is {}"]
+FORMATS = [
+    "\\boxed{{{}}}",
+    "The answer is {}.",
+    "#### {}",
+    "Work... so it is {}",
+    "Final answer: {}",
+    "<think>maybe {}0</think>The answer is {}",
+]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(-10**5, 10**5), st.sampled_from(FORMATS), st.booleans())   # (1e-6 relative tolerance)
+@given(st.integers(-(10**5), 10**5), st.sampled_from(FORMATS), st.booleans())  # (1e-6 relative tolerance)
 def test_math_answer_reads_numbers_in_every_format(n, form, thousands):
     text = f"{n:,}" if thousands and form.startswith("The answer") else str(n)
     completion = form.format(text, text) if form.count("{}") == 2 else form.format(text)
@@ -70,17 +79,32 @@ def test_math_answer_reads_numbers_in_every_format(n, form, thousands):
 
 
 # ---- instruction following ---------------------------------------------------------------
-@pytest.mark.parametrize("completion,ids,kwargs,score", [
-    ("all of this is lower case", ["change_case:english_lowercase"], [{}], 1.0),
-    ("This Has Capitals", ["change_case:english_lowercase"], [{}], 0.0),
-    ("no commas here but only four", ["punctuation:no_comma", "length_constraints:number_words"],
-     [{}, {"relation": "at least", "num_words": 10}], 0.5),
-    ("<think>Hmm, commas, in the trace, are fine</think>no commas in the answer at all",
-     ["punctuation:no_comma"], [{}], 1.0),
-    ("<think>unfinished", ["punctuation:no_comma"], [{}], 0.0),
-    ('Here it is. Is there anything else I can help with?', ["startend:end_checker"],
-     [{"end_phrase": "Is there anything else I can help with?", "num_words": None}], 1.0),
-])
+@pytest.mark.parametrize(
+    "completion,ids,kwargs,score",
+    [
+        ("all of this is lower case", ["change_case:english_lowercase"], [{}], 1.0),
+        ("This Has Capitals", ["change_case:english_lowercase"], [{}], 0.0),
+        (
+            "no commas here but only four",
+            ["punctuation:no_comma", "length_constraints:number_words"],
+            [{}, {"relation": "at least", "num_words": 10}],
+            0.5,
+        ),
+        (
+            "<think>Hmm, commas, in the trace, are fine</think>no commas in the answer at all",
+            ["punctuation:no_comma"],
+            [{}],
+            1.0,
+        ),
+        ("<think>unfinished", ["punctuation:no_comma"], [{}], 0.0),
+        (
+            "Here it is. Is there anything else I can help with?",
+            ["startend:end_checker"],
+            [{"end_phrase": "Is there anything else I can help with?", "num_words": None}],
+            1.0,
+        ),
+    ],
+)
 def test_instruction_following(completion, ids, kwargs, score):
     assert instruction_following(MSGS, completion, instruction_id_list=ids, kwargs=kwargs) == score
 
@@ -90,33 +114,54 @@ def test_instruction_following_without_instructions_does_not_apply():
 
 
 # ---- knowledge -------------------------------------------------------------------------------
-@pytest.mark.parametrize("completion,letter", [
-    ("B", "B"), ("(C)", "C"), ("D.", "D"), ("A) Paris", "A"), ("B. Paris is the capital", "B"),
-    ("The answer is (C).", "C"), ("Answer: D", "D"), ("**Answer:** B", "B"), ("\\boxed{A}", "A"),
-    ("Looking at the options, I pick... the answer is J", "J"), ("I am not sure", None),
-])
+@pytest.mark.parametrize(
+    "completion,letter",
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("D.", "D"),
+        ("A) Paris", "A"),
+        ("B. Paris is the capital", "B"),
+        ("The answer is (C).", "C"),
+        ("Answer: D", "D"),
+        ("**Answer:** B", "B"),
+        ("\\boxed{A}", "A"),
+        ("Looking at the options, I pick... the answer is J", "J"),
+        ("I am not sure", None),
+    ],
+)
 def test_choice_letter(completion, letter):
     assert choice_letter(completion) == letter
 
 
-@pytest.mark.parametrize("completion,answer,choices,score", [
-    ("The answer is B", "B", None, 1.0),
-    ("The answer is B", 1, None, 1.0),          # a 0-based index
-    ("(b)", "(B)", None, 0.0),                  # lower-case letters are words, not options
-    ("Paris", "B", ["London", "Paris", "Rome"], 1.0),
-    ("<think>A or B? A is wrong</think>Answer: B", "B", None, 1.0),
-    ("<think>the answer is B", "B", None, 0.0),
-    ("C", "B", None, 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,answer,choices,score",
+    [
+        ("The answer is B", "B", None, 1.0),
+        ("The answer is B", 1, None, 1.0),  # a 0-based index
+        ("(b)", "(B)", None, 0.0),  # lower-case letters are words, not options
+        ("Paris", "B", ["London", "Paris", "Rome"], 1.0),
+        ("<think>A or B? A is wrong</think>Answer: B", "B", None, 1.0),
+        ("<think>the answer is B", "B", None, 0.0),
+        ("C", "B", None, 0.0),
+    ],
+)
 def test_multiple_choice(completion, answer, choices, score):
     assert multiple_choice(MSGS, completion, answer=answer, choices=choices) == score
 
 
-@pytest.mark.parametrize("completion,answer,score", [
-    ("Paris", "paris", 1.0), ("The answer is Paris.", "Paris", 1.0), ("\\boxed{Paris}", "Paris", 1.0),
-    ("new york city!", ["NYC", "New York City"], 1.0), ("The Beatles", "beatles", 1.0),
-    ("Paris, France", "Paris", 0.0), ("<think>Paris?</think>Lyon", "Paris", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,answer,score",
+    [
+        ("Paris", "paris", 1.0),
+        ("The answer is Paris.", "Paris", 1.0),
+        ("\\boxed{Paris}", "Paris", 1.0),
+        ("new york city!", ["NYC", "New York City"], 1.0),
+        ("The Beatles", "beatles", 1.0),
+        ("Paris, France", "Paris", 0.0),
+        ("<think>Paris?</think>Lyon", "Paris", 0.0),
+    ],
+)
 def test_exact_answer(completion, answer, score):
     assert exact_answer(MSGS, completion, answer=answer) == score
 
@@ -126,31 +171,49 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "arguments": 
 TIME = {"name": "get_time", "arguments": {"tz": "CET"}}
 
 
-@pytest.mark.parametrize("completion,expected,score", [
-    (f'{CALL_START}[get_weather(location="Paris", days=2)]{CALL_END}', [WEATHER], 1.0),
-    (f'{CALL_START}[get_weather(days=2.0, location="Paris")]{CALL_END}', [WEATHER], 1.0),   # 2 == 2.0, any order
-    (f'{CALL_START}[{{"name": "get_weather", "arguments": {{"location": "Paris", "days": 2}}}}]{CALL_END}',
-     [WEATHER], 1.0),
-    (f'<think>I need the weather and the time</think>{CALL_START}[get_time(tz="CET"), '
-     f'get_weather(location="Paris", days=2)]{CALL_END}', [WEATHER, TIME], 1.0),
-    (f'{CALL_START}[get_time(tz="CET")]{CALL_END}', [WEATHER, TIME], 0.5),
-    (f'{CALL_START}[get_weather(location="Paris", days=2), get_news()]{CALL_END}', [WEATHER], 0.5),
-    (f'{CALL_START}[get_weather(location="Lyon", days=2)]{CALL_END}', [WEATHER], 0.0),
-    (f'{CALL_START}[get_weather(location=Paris)]{CALL_END}', [WEATHER], 0.0),     # does not parse
-    ("It is sunny in Paris.", [WEATHER], 0.0),
-    ("It is sunny in Paris.", [], 1.0),
-    (f'{CALL_START}[get_time(tz="CET")]{CALL_END}', [], 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,expected,score",
+    [
+        (f'{CALL_START}[get_weather(location="Paris", days=2)]{CALL_END}', [WEATHER], 1.0),
+        (f'{CALL_START}[get_weather(days=2.0, location="Paris")]{CALL_END}', [WEATHER], 1.0),  # 2 == 2.0, any order
+        (
+            f'{CALL_START}[{{"name": "get_weather", "arguments": {{"location": "Paris", "days": 2}}}}]{CALL_END}',
+            [WEATHER],
+            1.0,
+        ),
+        (
+            f'<think>I need the weather and the time</think>{CALL_START}[get_time(tz="CET"), '
+            f'get_weather(location="Paris", days=2)]{CALL_END}',
+            [WEATHER, TIME],
+            1.0,
+        ),
+        (f'{CALL_START}[get_time(tz="CET")]{CALL_END}', [WEATHER, TIME], 0.5),
+        (f'{CALL_START}[get_weather(location="Paris", days=2), get_news()]{CALL_END}', [WEATHER], 0.5),
+        (f'{CALL_START}[get_weather(location="Lyon", days=2)]{CALL_END}', [WEATHER], 0.0),
+        (f"{CALL_START}[get_weather(location=Paris)]{CALL_END}", [WEATHER], 0.0),  # does not parse
+        ("It is sunny in Paris.", [WEATHER], 0.0),
+        ("It is sunny in Paris.", [], 1.0),
+        (f'{CALL_START}[get_time(tz="CET")]{CALL_END}', [], 0.0),
+    ],
+)
 def test_tool_call(completion, expected, score):
     assert tool_call(MSGS, completion, tool_calls=expected) == score
 
 
 # ---- format ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("completion,score", [
-    ("<think>2 + 2 = 4</think>The answer is 4.", 1.0), ("  <think>\nreason\n</think>\n\nanswer", 1.0),
-    ("The answer is 4.", 0.0), ("<think>2 + 2 = 4", 0.0), ("<think></think>4", 0.0),
-    ("<think>2 + 2 = 4</think>", 0.0), ("<think>a</think><think>b</think>4", 0.0), ("4 <think>a</think>b", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,score",
+    [
+        ("<think>2 + 2 = 4</think>The answer is 4.", 1.0),
+        ("  <think>\nreason\n</think>\n\nanswer", 1.0),
+        ("The answer is 4.", 0.0),
+        ("<think>2 + 2 = 4", 0.0),
+        ("<think></think>4", 0.0),
+        ("<think>2 + 2 = 4</think>", 0.0),
+        ("<think>a</think><think>b</think>4", 0.0),
+        ("4 <think>a</think>b", 0.0),
+    ],
+)
 def test_think_format(completion, score):
     assert think_format(MSGS, completion) == score
 
@@ -184,7 +247,7 @@ def test_rewards_receive_only_the_fields_they_name():
 
     def everything(messages, completion, **fields):
         seen["fields"] = fields
-        return True                      # a bool counts as 1.0
+        return True  # a bool counts as 1.0
 
     rewards = as_reward_set([plain, (named, 2.0), everything])
     total, values = rewards.score(MSGS, "abc", {"answer": 7, "task": "x", "extra": [1]})
@@ -204,20 +267,22 @@ def test_reward_specs(tmp_path, monkeypatch):
     assert as_reward_set(["math", "math"]).names == ["math", "math#2"]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("nothing_like_this", "expected a built-in name"),
-    ("no_such_module_xyz:fn", "cannot import no_such_module_xyz"),
-    ("os:not_a_function_here", "has no function"),
-    ("missing_file.py:fn", "no such file"),
-    ("=math", "expected TASK=TARGET"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("nothing_like_this", "expected a built-in name"),
+        ("no_such_module_xyz:fn", "cannot import no_such_module_xyz"),
+        ("os:not_a_function_here", "has no function"),
+        ("missing_file.py:fn", "no such file"),
+        ("=math", "expected TASK=TARGET"),
+    ],
+)
 def test_bad_specs_are_config_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         load_function(spec) if "=" not in spec else parse_reward(spec)
 
 
-@pytest.mark.parametrize("returned,message", [("1.0", "must be a finite number"), (math.inf, "finite"),
-                                              (None, None)])
+@pytest.mark.parametrize("returned,message", [("1.0", "must be a finite number"), (math.inf, "finite"), (None, None)])
 def test_a_reward_returning_a_non_number_or_raising_names_the_row(returned, message):
     rewards = as_reward_set([Reward(lambda m, c: returned, name="mine")])
     if message is None:

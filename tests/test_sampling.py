@@ -9,7 +9,7 @@ import torch
 from lfmkit import GenerationError, SamplingParams
 from lfmkit.inference.sampling import MODEL_CARD_DEFAULTS, BatchSampler, derived_seed
 
-PROBS = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])          # a known distribution over 5 tokens
+PROBS = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])  # a known distribution over 5 tokens
 LOGITS = PROBS.log()
 
 
@@ -43,8 +43,9 @@ def test_defaults_are_the_model_card():
 
 
 def test_generation_config_overrides_the_model_card(tmp_path):
-    (tmp_path / "generation_config.json").write_text(json.dumps(
-        {"temperature": 0.7, "top_k": 40, "max_new_tokens": 99, "eos_token_id": [7, 2]}))
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"temperature": 0.7, "top_k": 40, "max_new_tokens": 99, "eos_token_id": [7, 2]})
+    )
     p = SamplingParams.for_model(tmp_path, top_p=0.9)
     assert (p.temperature, p.top_k, p.max_tokens, p.top_p, p.min_p) == (0.7, 40, 99, 0.9, 0.15)
     (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False}))
@@ -55,12 +56,30 @@ def test_generation_config_overrides_the_model_card(tmp_path):
         SamplingParams.for_model(tmp_path)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("max_tokens", 0), ("max_tokens", 1.5), ("temperature", -0.1), ("temperature", float("nan")),
-    ("top_k", -2), ("top_p", 0.0), ("top_p", 1.5), ("min_p", 1.1), ("repetition_penalty", 0.0),
-    ("presence_penalty", 2.5), ("frequency_penalty", -3), ("seed", "x"), ("stop", [""]), ("stop", [3]),
-    ("stop_token_ids", [-1]), ("n", 0), ("logprobs", 1), ("top_logprobs", 21), ("temperature", True),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("max_tokens", 0),
+        ("max_tokens", 1.5),
+        ("temperature", -0.1),
+        ("temperature", float("nan")),
+        ("top_k", -2),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("min_p", 1.1),
+        ("repetition_penalty", 0.0),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3),
+        ("seed", "x"),
+        ("stop", [""]),
+        ("stop", [3]),
+        ("stop_token_ids", [-1]),
+        ("n", 0),
+        ("logprobs", 1),
+        ("top_logprobs", 21),
+        ("temperature", True),
+    ],
+)
 def test_bad_parameter_is_named(name, value):
     with pytest.raises(GenerationError, match=f"'{name}'"):
         SamplingParams(**{name: value})
@@ -128,7 +147,7 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     logits = torch.tensor([2.0, 1.0, -1.0, -2.0])
     p = plain(repetition_penalty=2.0)
     s = BatchSampler(4, 1)
-    s.add_row(0, p, prompt_ids=[0, 2])      # the prompt counts
+    s.add_row(0, p, prompt_ids=[0, 2])  # the prompt counts
     expected = torch.softmax(torch.tensor([1.0, 1.0, -2.0, -2.0]), -1)
     torch.testing.assert_close(s.distribution(logits[None])[0], expected)
     # greedy with a penalty: argmax moves away from the repeated token
@@ -245,7 +264,7 @@ def reference_distribution(logits, p: SamplingParams):
     order = probs.argsort(descending=True)
     keep = torch.ones_like(probs, dtype=torch.bool)
     if p.top_k:
-        keep[order[p.top_k:]] = False
+        keep[order[p.top_k :]] = False
     q = torch.where(keep, probs, 0.0)
     q = q / q.sum()
     if p.top_p < 1:
@@ -266,8 +285,13 @@ def test_large_vocabulary_filters_match_a_full_sort(scale):
     torch.manual_seed(11)
     V = 3000
     logits = torch.randn(5, V) * scale
-    params = [plain(top_p=0.9), plain(top_k=100, top_p=0.8), plain(top_k=2000), plain(top_p=0.5, min_p=0.05),
-              plain(temperature=0.7, top_p=0.95)]
+    params = [
+        plain(top_p=0.9),
+        plain(top_k=100, top_p=0.8),
+        plain(top_k=2000),
+        plain(top_p=0.5, min_p=0.05),
+        plain(temperature=0.7, top_p=0.95),
+    ]
     s = BatchSampler(V, 5)
     for i, p in enumerate(params):
         s.add_row(i, p)

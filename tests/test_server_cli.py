@@ -34,9 +34,28 @@ def _start(checkpoint, *extra: str) -> tuple[subprocess.Popen, str]:
     """`lfmkit serve` on a free 127.0.0.1 port, once /health answers."""
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lfmkit", "serve", str(checkpoint), "--port", str(port),
-                             "--served-model-name", "tiny", "--threads", "1", "--log-level", "warning", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lfmkit",
+            "serve",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--served-model-name",
+            "tiny",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -56,11 +75,10 @@ def _start(checkpoint, *extra: str) -> tuple[subprocess.Popen, str]:
 def test_serve_command_end_to_end(checkpoint, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("k3y\n")
-    proc, url = _start(checkpoint, "--api-key-file", str(key_file), "--max-concurrent", "2",
-                       "--max-model-len", "256")
+    proc, url = _start(checkpoint, "--api-key-file", str(key_file), "--max-concurrent", "2", "--max-model-len", "256")
     try:
         with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
-            assert b"k3y" not in f.read()                     # the key is not in the process list
+            assert b"k3y" not in f.read()  # the key is not in the process list
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
         assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens >= 1
@@ -73,8 +91,7 @@ def test_serve_command_end_to_end(checkpoint, tmp_path):
 
 
 def _read_stream(url: str, max_tokens: int, started: threading.Event, lines: list[str]) -> None:
-    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True}
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
             if line:
@@ -87,15 +104,17 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(checkpoint):
     then ends with an SSE error event; both end with [DONE]; the process exits with status 0."""
     proc, url = _start(checkpoint, "--shutdown-grace", "5", "--max-concurrent", "2", "--max-model-len", "4096")
     streams = {name: (threading.Event(), []) for name in ("short", "long")}
-    readers = [threading.Thread(target=_read_stream, args=(url, n, *streams[name]))
-               for name, n in (("short", 24), ("long", 4000))]
+    readers = [
+        threading.Thread(target=_read_stream, args=(url, n, *streams[name]))
+        for name, n in (("short", 24), ("long", 4000))
+    ]
     try:
         for t in readers:
             t.start()
         assert all(started.wait(60) for started, _ in streams.values())
         proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 30
-        while True:                                          # the listening socket closes
+        while True:  # the listening socket closes
             try:
                 httpx.get(url + "/health", timeout=1)
             except httpx.ConnectError:
@@ -124,8 +143,9 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(checkpoint):
 
 
 def test_serve_bad_model_path_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lfmkit serve: error:") and "/nonexistent/model/dir" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -133,8 +153,12 @@ def test_serve_bad_model_path_is_one_line():
 
 def test_serve_unreadable_api_key_file_is_one_line(tmp_path):
     missing = tmp_path / "no-such-key"
-    proc = subprocess.run([sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir", "--api-key-file",
-                           str(missing)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir", "--api-key-file", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lfmkit serve: error: --api-key-file") and str(missing) in proc.stderr
     assert "Traceback" not in proc.stderr

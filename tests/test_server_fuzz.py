@@ -64,53 +64,116 @@ enabled = false
 
 @pytest.fixture(scope="module")
 def api_schema(app):
-    return schemathesis.openapi.from_asgi("/openapi.json", app,
-                                          config=schemathesis.Config.from_str(CONFIG))
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=schemathesis.Config.from_str(CONFIG))
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                                HealthCheck.data_too_large])
+@settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
+)
 def test_no_request_gets_a_5xx(case):
     case.call_and_validate(checks=[not_a_server_error, negative_data_rejection])
 
 
 CHAT_OK = [
     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-    {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."},
-                                  {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-     "temperature": 0, "top_k": -1, "seed": -2**63, "stop": ["x"], "n": 2, "logprobs": True, "top_logprobs": 3,
-     "stream": True, "stream_options": {"include_usage": True}, "unknown_field": {"is": "ignored"}},
-    {"model": MODEL, "messages": [
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
-     "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
-         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-     "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ],
+        "temperature": 0,
+        "top_k": -1,
+        "seed": -(2**63),
+        "stop": ["x"],
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "unknown_field": {"is": "ignored"},
+    },
+    {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                },
+            }
+        ],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    },
 ]
 COMPLETION_OK = [{"model": MODEL, "prompt": p, "max_tokens": 3} for p in ("Hi", ["a", "b"], [1, 2], [[1], [2, 3]])]
-CHAT_BAD = [{"model": "gpt-4"}, {"messages": "hi"}, {"messages": []},
-            {"messages": [{"role": "wizard", "content": "x"}]}, {"messages": [{"role": "user"}]},
-            {"messages": [{"role": "user", "content": 5}]},
-            {"messages": [{"role": "tool", "content": "42"}]}, {"messages": [{"role": "assistant"}]},
-            {"messages": [{"role": "user", "content": "x", "tool_calls": [
-                {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
-            {"temperature": "hot"}, {"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"max_tokens": 1.5},
-            {"max_tokens": True}, {"n": 0}, {"stop": ["ok", 3]}, {"presence_penalty": 3}, {"stream": "yes"},
-            {"seed": 2**64 + 1}, {"top_k": 10**20}, {"top_logprobs": 50}, {"stop_token_ids": [-1]}]
-COMPLETION_BAD = [{"prompt": {"a": 1}}, {"prompt": []}, {"prompt": [[1], []]}, {"prompt": [1, "x"]},
-                  {"prompt": [1, 2**40]}, {"logprobs": 21}]
+CHAT_BAD = [
+    {"model": "gpt-4"},
+    {"messages": "hi"},
+    {"messages": []},
+    {"messages": [{"role": "wizard", "content": "x"}]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "content": 5}]},
+    {"messages": [{"role": "tool", "content": "42"}]},
+    {"messages": [{"role": "assistant"}]},
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": "x",
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            }
+        ]
+    },
+    {"temperature": "hot"},
+    {"temperature": -1},
+    {"top_p": 0},
+    {"max_tokens": 0},
+    {"max_tokens": 1.5},
+    {"max_tokens": True},
+    {"n": 0},
+    {"stop": ["ok", 3]},
+    {"presence_penalty": 3},
+    {"stream": "yes"},
+    {"seed": 2**64 + 1},
+    {"top_k": 10**20},
+    {"top_logprobs": 50},
+    {"stop_token_ids": [-1]},
+]
+COMPLETION_BAD = [
+    {"prompt": {"a": 1}},
+    {"prompt": []},
+    {"prompt": [[1], []]},
+    {"prompt": [1, "x"]},
+    {"prompt": [1, 2**40]},
+    {"logprobs": 21},
+]
 
 
 def test_the_schema_says_what_the_server_accepts(served):
     from starlette.testclient import TestClient
 
-    with running_app(*served, max_length=512) as app:     # room for the tool conversation
+    with running_app(*served, max_length=512) as app:  # room for the tool conversation
         _check_examples(TestClient(app))
 
 
@@ -120,8 +183,10 @@ def _check_examples(client) -> None:
     def validator(name: str):
         return jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
 
-    for path, schema_name, good, bad in (("/v1/chat/completions", "ChatCompletionRequest", CHAT_OK, CHAT_BAD),
-                                         ("/v1/completions", "CompletionRequest", COMPLETION_OK, COMPLETION_BAD)):
+    for path, schema_name, good, bad in (
+        ("/v1/chat/completions", "ChatCompletionRequest", CHAT_OK, CHAT_BAD),
+        ("/v1/completions", "CompletionRequest", COMPLETION_OK, COMPLETION_BAD),
+    ):
         check = validator(schema_name)
         for body in good:
             assert check.is_valid(body), json.dumps(body)[:200]

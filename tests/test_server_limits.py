@@ -40,7 +40,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server, monkeypatch):
     monkeypatch.setattr(server.context, "max_body_bytes", 2**20)
     sent = []
 
-    async def body():                      # 100 chunks of 1 MiB, counted as the server pulls them
+    async def body():  # 100 chunks of 1 MiB, counted as the server pulls them
         for _ in range(100):
             sent.append(1)
             yield b"x" * 2**20
@@ -53,7 +53,11 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server, monkeypatch):
     r = asyncio.run(post())
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large" and set(r.json()["error"]) == {
-        "message", "type", "param", "code"}
+        "message",
+        "type",
+        "param",
+        "code",
+    }
     assert len(sent) <= 3, f"the server read {len(sent)} MiB of a body limited to 1 MiB"
 
     # the same over real HTTP, chunked
@@ -67,15 +71,19 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server, monkeypatch):
 def _poll_health(url: str, stop: threading.Event, latencies: list[float]) -> None:
     while not stop.is_set():
         start = time.perf_counter()
-        assert httpx.get(url + "/health", timeout=5).status_code == 200   # (a hang guard, not a benchmark)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # (a hang guard, not a benchmark)
         latencies.append(time.perf_counter() - start)
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("path,body,param", [
-    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "x" * 30_000_000}]}, "messages"),
-    (COMP, {"model": MODEL, "prompt": "x " * 15_000_000}, "prompt"),
-], ids=["chat", "completions"])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "x" * 30_000_000}]}, "messages"),
+        (COMP, {"model": MODEL, "prompt": "x " * 15_000_000}, "prompt"),
+    ],
+    ids=["chat", "completions"],
+)
 def test_a_30_mb_prompt_is_refused_and_health_answers_meanwhile(server, path, body, param):
     stop, latencies = threading.Event(), []
     poller = threading.Thread(target=_poll_health, args=(server.url, stop, latencies))
@@ -93,9 +101,10 @@ def test_a_30_mb_prompt_is_refused_and_health_answers_meanwhile(server, path, bo
 
 def test_a_prompt_just_under_the_bound_is_tokenized_and_measured(server):
     bound = server.context.bound
-    text = "ab " * (bound.max_chars // 3 - 10)          # fits the character bound, not the context
-    r = httpx.post(server.url + CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": text}]},
-                   timeout=60)
+    text = "ab " * (bound.max_chars // 3 - 10)  # fits the character bound, not the context
+    r = httpx.post(
+        server.url + CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": text}]}, timeout=60
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     assert "tokens" in r.json()["error"]["message"]
 
@@ -116,8 +125,9 @@ def test_preparing_a_request_does_not_block_the_event_loop(server, monkeypatch, 
     result = {}
 
     def chat():
-        result["r"] = httpx.post(server.url + CHAT, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
-                                 timeout=60)
+        result["r"] = httpx.post(
+            server.url + CHAT, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2}, timeout=60
+        )
 
     client = threading.Thread(target=chat)
     client.start()
@@ -134,8 +144,14 @@ def test_preparing_a_request_does_not_block_the_event_loop(server, monkeypatch, 
 # ---- auth: UTF-8 bytes ---------------------------------------------------------------------
 def test_a_non_ascii_api_key_matches_its_utf8_bytes(server):
     key = "sékret-✓"
-    with serve(server.context.tokenizer.path, tokenizer=server.context.tokenizer, model=server.context.engine.model,
-               api_key=key, max_concurrent=1) as s:
+    with serve(
+        server.context.tokenizer.path,
+        tokenizer=server.context.tokenizer,
+        model=server.context.engine.model,
+        api_key=key,
+        max_concurrent=1,
+    ) as s:
+
         def models(token: bytes) -> int:
             return httpx.get(s.url + "/v1/models", headers={b"authorization": b"Bearer " + token}).status_code
 
@@ -149,12 +165,12 @@ def test_a_non_ascii_api_key_matches_its_utf8_bytes(server):
 @given(st.text(alphabet=st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))))
 def test_to_json_always_encodes(text):
     out = to_json({"content": text, "tool_calls": [{"arguments": text}]})
-    out.encode("utf-8")                             # never raises
+    out.encode("utf-8")  # never raises
     back = json.loads(out)["content"]
     if not any("\ud800" <= c <= "\udfff" for c in text):
-        assert back == text                          # valid text is untouched
+        assert back == text  # valid text is untouched
     assert len(back) <= len(text)
 
 
 def test_to_json_joins_pairs_and_replaces_lone_surrogates():
-    assert json.loads(to_json({"a": "x\ud83d\ude00y\ud800z"})) == {"a": "x\U0001F600y\ufffdz"}
+    assert json.loads(to_json({"a": "x\ud83d\ude00y\ud800z"})) == {"a": "x\U0001f600y\ufffdz"}

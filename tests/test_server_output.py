@@ -30,12 +30,23 @@ GREEDY = {"temperature": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 def server(tmp_path_factory):
     from checkpoints import make_checkpoint
 
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("output"), layout="small", seed=3, with_tokenizer=True,
-                              hidden_size=64, intermediate_size=192)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("output"),
+        layout="small",
+        seed=3,
+        with_tokenizer=True,
+        hidden_size=64,
+        intermediate_size=192,
+    )
     tok = Tokenizer.from_pretrained(path)
     tools = [t["function"] for t in TOOLS]
-    examples = [(tok.encode(tok.apply_chat_template(q, tools=tools, add_generation_prompt=True)),
-                 tok.encode(call + "<|im_end|>")) for q, call in ((SHELL, SHELL_CALL), (ODD, ODD_CALL))]
+    examples = [
+        (
+            tok.encode(tok.apply_chat_template(q, tools=tools, add_generation_prompt=True)),
+            tok.encode(call + "<|im_end|>"),
+        )
+        for q, call in ((SHELL, SHELL_CALL), (ODD, ODD_CALL))
+    ]
     model = LFM2.from_pretrained(path).train().requires_grad_(True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -58,7 +69,7 @@ def _chat(server, messages, stream: bool):
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         raw = r.read()
-    raw.decode("utf-8")                                      # the whole stream is valid UTF-8
+    raw.decode("utf-8")  # the whole stream is valid UTF-8
     lines = [line for line in raw.decode().splitlines() if line]
     assert lines[-1] == "data: [DONE]"
     return [json.loads(line[6:]) for line in lines[:-1]]

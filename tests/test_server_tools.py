@@ -13,15 +13,25 @@ import json
 
 import pytest
 import torch
+from test_server import MODEL, serve
 
 from lfmkit import LFM2
 from lfmkit.text.tokenizer import Tokenizer
-from test_server import MODEL, serve
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather for a location",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city"}},
-                   "required": ["location"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a location",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string", "description": "The city"}},
+                "required": ["location"],
+            },
+        },
+    }
+]
 QUESTION = [{"role": "user", "content": "What is the weather like in Paris?"}]
 CALL_TEXT = '<|tool_call_start|>[get_weather(location="Paris")]<|tool_call_end|>'
 THOUGHT = "The user wants the weather."
@@ -35,15 +45,26 @@ def _examples(tok: Tokenizer) -> list[tuple[list[int], list[int]]]:
     tools = [t["function"] for t in TOOLS]
     ask = tok.apply_chat_template(QUESTION, tools=tools, add_generation_prompt=True)
     after = QUESTION + [
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": json.dumps({"location": "Paris"})}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": RESULT}]
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"location": "Paris"})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": RESULT},
+    ]
     answer_prompt = tok.apply_chat_template(after, tools=tools, add_generation_prompt=True)
     forced = CALL_TEXT[: CALL_TEXT.index("(") + 1]
-    pairs = [(ask, f"<think>{THOUGHT}</think>{CALL_TEXT}<|im_end|>"),
-             (ask + forced, CALL_TEXT[len(forced):] + "<|im_end|>"),
-             (answer_prompt, ANSWER + "<|im_end|>")]
+    pairs = [
+        (ask, f"<think>{THOUGHT}</think>{CALL_TEXT}<|im_end|>"),
+        (ask + forced, CALL_TEXT[len(forced) :] + "<|im_end|>"),
+        (answer_prompt, ANSWER + "<|im_end|>"),
+    ]
     return [(tok.encode(p), tok.encode(c)) for p, c in pairs]
 
 
@@ -51,12 +72,18 @@ def _examples(tok: Tokenizer) -> list[tuple[list[int], list[int]]]:
 def trained(tmp_path_factory):
     from checkpoints import make_checkpoint
 
-    path, _ = make_checkpoint(tmp_path_factory.mktemp("tools"), layout="small", seed=2, with_tokenizer=True,
-                              hidden_size=64, intermediate_size=192)
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("tools"),
+        layout="small",
+        seed=2,
+        with_tokenizer=True,
+        hidden_size=64,
+        intermediate_size=192,
+    )
     tok = Tokenizer.from_pretrained(path)
     model = LFM2.from_pretrained(path).train().requires_grad_(True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny matrices: one thread is ~10x faster on a busy 2-core machine
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~10x faster on a busy 2-core machine
     try:
         loss = _overfit(model, _examples(tok))
     finally:
@@ -74,8 +101,8 @@ def _overfit(model, examples, steps: int = 300) -> float:
         loss = 0.0
         for prompt, completion in examples:
             ids = torch.tensor([prompt + completion])
-            logits = model(ids[:, :-1])[0, len(prompt) - 1:]
-            loss = loss + torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt):])
+            logits = model(ids[:, :-1])[0, len(prompt) - 1 :]
+            loss = loss + torch.nn.functional.cross_entropy(logits.float(), ids[0, len(prompt) :])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -104,8 +131,10 @@ def test_tool_call_and_reasoning_round_trip(server):
     assert json.loads(call.function.arguments) == {"location": "Paris"}
 
     # The client runs the tool and sends the result back: the model answers in text.
-    follow = QUESTION + [choice.message.model_dump(exclude_none=True),
-                         {"role": "tool", "tool_call_id": call.id, "content": RESULT}]
+    follow = QUESTION + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": RESULT},
+    ]
     follow[1].pop("reasoning_content", None)
     r2 = client.chat.completions.create(model=MODEL, messages=follow, tools=TOOLS, **GREEDY)
     assert r2.choices[0].message.content == ANSWER
@@ -115,15 +144,15 @@ def test_tool_call_and_reasoning_round_trip(server):
 
 def test_streamed_tool_call(server):
     client = server.client()
-    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, stream=True,
-                                                 **GREEDY))
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, stream=True, **GREEDY))
     reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks if c.choices)
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert reasoning == THOUGHT
     assert content == ""
-    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == \
-        [(0, "get_weather", {"location": "Paris"})]
+    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
+        (0, "get_weather", {"location": "Paris"})
+    ]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
@@ -135,7 +164,8 @@ def test_tool_choice(server):
         assert r.choices[0].finish_reason == "tool_calls", choice
         assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
     # "none": the tools are not offered, so nothing is parsed as a call
-    r = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="none",
-                                       max_tokens=20, **GREEDY)
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="none", max_tokens=20, **GREEDY
+    )
     assert r.choices[0].finish_reason in ("stop", "length")
     assert not r.choices[0].message.tool_calls

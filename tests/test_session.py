@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from checkpoints import make_checkpoint
+
 from lfmkit import LFM2, ChatSession, ContextLengthError, LFM2Config, LFM2State, SamplingParams, Tokenizer
 from lfmkit.inference.generate import generate
 
@@ -50,8 +50,9 @@ def test_three_turns_prefill_only_new_tokens_and_equal_a_fresh_run(ckpt):
     for a, b in zip(fresh.conv + fresh.keys, chat.state.conv + chat.state.keys):
         if a is not None:
             n = len(chat.tokens)
-            torch.testing.assert_close(a[..., :n, :] if a.dim() == 4 else a, b[..., :n, :] if b.dim() == 4 else b,
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                a[..., :n, :] if a.dim() == 4 else a, b[..., :n, :] if b.dim() == 4 else b, atol=1e-5, rtol=1e-4
+            )
     # and its text is the template's rendering of the messages
     assert tok.decode(chat.tokens + chat.pending) in tok.apply_chat_template(chat.messages)
 
@@ -71,7 +72,7 @@ def test_undo_and_restore_replay_the_same_turn(ckpt):
     assert chat.send(TURNS[1]).token_ids == second.token_ids
     assert chat.undo() and chat.undo() and not chat.undo()
     assert chat.send(TURNS[0]).token_ids == first.token_ids
-    assert other.prompt_ids[:len(first.prompt_ids)] == first.prompt_ids
+    assert other.prompt_ids[: len(first.prompt_ids)] == first.prompt_ids
 
 
 def test_overwritten_snapshot_is_refused_and_fork_keeps_both_branches(ckpt):
@@ -82,7 +83,7 @@ def test_overwritten_snapshot_is_refused_and_fork_keeps_both_branches(ckpt):
     chat.send(TURNS[1])
     late = chat.snapshot()
     chat.restore(base)
-    chat.send(TURNS[2])           # rewrites the K/V slots `late` relied on
+    chat.send(TURNS[2])  # rewrites the K/V slots `late` relied on
     with pytest.raises(Exception, match="overwritten"):
         chat.restore(late)
     chat.restore(base)
@@ -145,9 +146,16 @@ class ScriptedModel(torch.nn.Module):
 
     def __init__(self, replies, gen_prompt, vocab_size=512):
         super().__init__()
-        self.config = LFM2Config(vocab_size=vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=2, block_ff_dim=16, layer_types=["conv"],
-                                 max_position_embeddings=4096)
+        self.config = LFM2Config(
+            vocab_size=vocab_size,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            block_ff_dim=16,
+            layer_types=["conv"],
+            max_position_embeddings=4096,
+        )
         self.replies, self.gen_prompt, self.seen = replies, gen_prompt, []
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
@@ -157,7 +165,7 @@ class ScriptedModel(torch.nn.Module):
     def new_state(self, batch_size=1, max_length=None, dtype=None):
         return LFM2State(self.config, batch_size, max_length or 4096)
 
-    prefill = LFM2.prefill   # the chunk loop, over this forward
+    prefill = LFM2.prefill  # the chunk loop, over this forward
 
     def forward(self, input_ids, attention_mask=None, state=None, logits_to_keep=0):
         b, t = input_ids.shape
@@ -165,7 +173,7 @@ class ScriptedModel(torch.nn.Module):
         state.advance(t, torch.full((b,), t))
         self.seen.extend(input_ids[0].tolist())
         g, k = self.gen_prompt, len(self.gen_prompt)
-        starts = [i + k for i in range(len(self.seen) - k + 1) if self.seen[i:i + k] == g]
+        starts = [i + k for i in range(len(self.seen) - k + 1) if self.seen[i : i + k] == g]
         reply = self.replies[min(len(starts), len(self.replies)) - 1]
         done = len(self.seen) - starts[-1]
         logits = torch.full((b, 1, self.config.vocab_size), -20.0)
@@ -178,8 +186,13 @@ def test_tool_round_trip(ckpt):
     call = tok.encode('<|tool_call_start|>[get_weather(location="Paris")]<|tool_call_end|>')
     answer = tok.encode("It is sunny and 21 degrees.")
     model = ScriptedModel([call, answer], tok.encode("<|im_start|>assistant\n"))
-    tools = [{"name": "get_weather", "description": "Get the current weather for a location",
-              "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "Get the current weather for a location",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        }
+    ]
     chat = ChatSession(model, tok, tools=tools, params=GREEDY.replace(max_tokens=40))
     reply = chat.send("What is the weather like in Paris?")
     assert reply.finish_reason == "stop" and reply.token_ids == call + [7]
@@ -187,10 +200,12 @@ def test_tool_round_trip(ckpt):
     assert "List of tools: <|tool_list_start|>" in tok.decode(reply.prompt_ids)
     final = chat.send_tool_results([{"temperature": 21, "unit": "celsius"}])
     assert final.text == "It is sunny and 21 degrees." and final.message.tool_calls == []
-    fed = tok.decode(final.prompt_ids[len(reply.prompt_ids):])
-    assert fed == ('<|tool_call_start|>[get_weather(location="Paris")]<|tool_call_end|><|im_end|>\n<|im_start|>tool\n'
-                   '<|tool_response_start|>{"temperature": 21, "unit": "celsius"}<|tool_response_end|><|im_end|>\n'
-                   '<|im_start|>assistant\n')
+    fed = tok.decode(final.prompt_ids[len(reply.prompt_ids) :])
+    assert fed == (
+        '<|tool_call_start|>[get_weather(location="Paris")]<|tool_call_end|><|im_end|>\n<|im_start|>tool\n'
+        '<|tool_response_start|>{"temperature": 21, "unit": "celsius"}<|tool_response_end|><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
     assert model.seen == chat.tokens  # the model saw exactly the session's token sequence
     # streamed, the call arrives as a parsed event
     chat.reset()

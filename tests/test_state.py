@@ -3,14 +3,21 @@
 import pytest
 import torch
 
-from lfmkit import ContextLengthError, LFM2, LFM2Config, LFM2State
+from lfmkit import LFM2, ContextLengthError, LFM2Config, LFM2State
 
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = LFM2Config(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, block_ff_dim=64,
-                     layer_types=["conv", "full_attention", "conv", "full_attention"], max_position_embeddings=256)
+    cfg = LFM2Config(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        block_ff_dim=64,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+        max_position_embeddings=256,
+    )
     return LFM2.from_config(cfg, seed=0)
 
 
@@ -85,7 +92,7 @@ def test_bad_sizes_rejected(model):
 def test_bfloat16_state_with_float32_model(model):
     st = model.new_state(1, 16, dtype=torch.bfloat16)
     ids = torch.tensor([[3, 4, 5, 6]])
-    stepped = torch.cat([model(ids[:, :2], state=st)] + [model(ids[:, t: t + 1], state=st) for t in (2, 3)], 1)
+    stepped = torch.cat([model(ids[:, :2], state=st)] + [model(ids[:, t : t + 1], state=st) for t in (2, 3)], 1)
     torch.testing.assert_close(stepped, model(ids), rtol=0.05, atol=0.05)
 
 
@@ -102,6 +109,6 @@ def test_rows_view_decodes_in_place_like_the_full_batch(model):
     expected = model(step, state=full)[1:]
     got = model(step[1:], state=view)
     assert torch.allclose(got, expected, atol=1e-6)
-    assert sub.lengths.tolist() == [6, 7, 7]        # the view's writes landed in the parent
+    assert sub.lengths.tolist() == [6, 7, 7]  # the view's writes landed in the parent
     assert torch.equal(sub.keys[1][1:, :, :7], full.keys[1][1:, :, :7])
     assert sub.rows(0, 3) is sub

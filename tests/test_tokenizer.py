@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from lfmkit import IncrementalDecoder, Tokenizer, TokenizerError
 from lfmkit.testing import REASONING_TOKENS, SPECIAL_TOKENS, build_test_tokenizer
 
-FIXTURE_SETTINGS = settings(max_examples=150, deadline=None,
-                            suppress_health_check=[HealthCheck.function_scoped_fixture])
+FIXTURE_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 SAMPLES = [
@@ -18,7 +19,7 @@ SAMPLES = [
     "Hello world!",
     "What is the capital of France?",
     "<|startoftext|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<|tool_call_start|>[get_weather(location=\"Paris\")]<|tool_call_end|>done",
+    '<|tool_call_start|>[get_weather(location="Paris")]<|tool_call_end|>done',
     "<think>step 1</think>answer",
     "  leading and trailing spaces  \n\n\ttabs",
     "Ünïcödé: 東京 서울 مرحبا 🙂🚀 — “quotes”",
@@ -28,6 +29,7 @@ SAMPLES = [
 
 
 # ---- the test tokenizer ---------------------------------------------------------------------
+
 
 def test_special_tokens_at_lfm2_ids(tok):
     for i, token in enumerate(SPECIAL_TOKENS):
@@ -60,6 +62,7 @@ def test_transformers_loads_it_with_the_same_special_tokens(hf):
 
 
 # ---- equality with transformers -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", SAMPLES)
 def test_encode_decode_match_transformers(tok, hf, text):
@@ -98,8 +101,15 @@ def test_encode_decode_round_trip(tok, text):
 
 
 @FIXTURE_SETTINGS
-@given(parts=st.lists(st.one_of(st.sampled_from(SPECIAL_TOKENS + REASONING_TOKENS),
-                                st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)), max_size=8))
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.sampled_from(SPECIAL_TOKENS + REASONING_TOKENS),
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+        ),
+        max_size=8,
+    )
+)
 def test_round_trip_with_special_tokens(tok, parts):
     text = "".join(parts)
     ids = tok.encode(text)
@@ -110,6 +120,7 @@ def test_round_trip_with_special_tokens(tok, parts):
 
 
 # ---- streaming decode -----------------------------------------------------------------------
+
 
 def stream(tok, ids, skip=False, chunks=None):
     decoder = tok.incremental_decoder(skip_special_tokens=skip)
@@ -175,6 +186,7 @@ def test_special_tokens_stream_whole(tok):
 
 # ---- loading errors -------------------------------------------------------------------------
 
+
 def test_missing_and_broken_files_raise_tokenizer_error(tmp_path, tok_dir):
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
@@ -218,8 +230,11 @@ def test_unparsable_files_are_named_with_the_parse_error(tmp_path, tok_dir):
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (tmp_path / name).write_bytes((tok_dir / name).read_bytes())
     (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {')
-    with pytest.raises(TokenizerError, match=r"tokenizer.json: not a usable tokenizer.json: EOF while parsing .* "
-                                             r"at line 1 column \d+"):
+    with pytest.raises(
+        TokenizerError,
+        match=r"tokenizer.json: not a usable tokenizer.json: EOF while parsing .* "
+        r"at line 1 column \d+",
+    ):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": 5}')
     with pytest.raises(TokenizerError, match="tokenizer.json: not a usable tokenizer.json: data did not match"):
@@ -232,12 +247,18 @@ def test_unparsable_files_are_named_with_the_parse_error(tmp_path, tok_dir):
     with pytest.raises(TokenizerError, match="tokenizer_config.json: eos_token must be a string or an object"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% if messages %}hi"}))
-    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: chat template does not compile: "
-                                             r"Unexpected end of template.* \(line 1\)"):
+    with pytest.raises(
+        TokenizerError,
+        match=r"tokenizer_config.json: chat template does not compile: "
+        r"Unexpected end of template.* \(line 1\)",
+    ):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }\n")
-    with pytest.raises(TokenizerError, match=r"chat_template.jinja: chat template does not compile: "
-                                             r"unexpected '}'"):
+    with pytest.raises(
+        TokenizerError,
+        match=r"chat_template.jinja: chat template does not compile: "
+        r"unexpected '}'",
+    ):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink()
     named = [{"name": "default", "template": "ok"}, {"name": "tool_use", "template": "{%"}]
@@ -259,17 +280,41 @@ def test_a_loaded_checkpoint_with_a_broken_tokenizer_says_so(tmp_path):
     with pytest.raises(TokenizerError, match=f"{path / 'tokenizer.json'}: not a usable tokenizer.json"):
         load_tokenizer_for(model)
     (path / "tokenizer.json").unlink()
-    assert load_tokenizer_for(model) is None   # no tokenizer at all: not an error
+    assert load_tokenizer_for(model) is None  # no tokenizer at all: not an error
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                      max_size=3),
-                           max_leaves=6)
-JINJA_PIECES = st.lists(st.sampled_from(["{%", "%}", "{{", "}}", "{#", "#}", " if ", " for m in messages ", " endif ",
-                                         " endfor ", "messages", "[0]", "|", "tojson", "(", ")", "'", "x", "\n"]),
-                        max_size=12).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+JINJA_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "{%",
+            "%}",
+            "{{",
+            "}}",
+            "{#",
+            "#}",
+            " if ",
+            " for m in messages ",
+            " endif ",
+            " endfor ",
+            "messages",
+            "[0]",
+            "|",
+            "tojson",
+            "(",
+            ")",
+            "'",
+            "x",
+            "\n",
+        ]
+    ),
+    max_size=12,
+).map("".join)
 
 
 def _corrupt(data, draw):
@@ -302,7 +347,7 @@ def test_corrupt_tokenizer_files_load_or_raise_one_tokenizer_error_line(tmp_path
     raw = (tok_dir / name).read_bytes() if name != "chat_template.jinja" else b"{{ messages }}"
     how = data.draw(st.sampled_from(["truncate", "garbage", "json", "structure", "template"]), label="how")
     if how == "truncate":
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
     elif how == "garbage":
         raw = data.draw(st.binary(max_size=40))
     elif how == "json":
@@ -311,7 +356,7 @@ def test_corrupt_tokenizer_files_load_or_raise_one_tokenizer_error_line(tmp_path
         parsed = json.loads(raw)
         _corrupt(parsed, data.draw)
         raw = json.dumps(parsed).encode()
-    else:   # a chat template of jinja-ish pieces, in its own file or in tokenizer_config.json & co.
+    else:  # a chat template of jinja-ish pieces, in its own file or in tokenizer_config.json & co.
         raw = data.draw(JINJA_PIECES).encode()
         if name != "chat_template.jinja":
             raw = json.dumps(dict(json.loads((tok_dir / name).read_bytes()), chat_template=raw.decode())).encode()

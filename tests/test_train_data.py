@@ -24,8 +24,9 @@ def trained_text(tok, ids, trained):
 @pytest.mark.parametrize("row", CHATS, ids=["plain", "tools", "reasoning", "story"])
 def test_chat_loss_mask_equals_transformers_assistant_mask(encoder, hf, row):
     kind, ids, trained = encoder.encode(row)
-    want = hf.apply_chat_template(row["messages"], tools=row.get("tools"), tokenize=True, return_dict=True,
-                                  return_assistant_tokens_mask=True)
+    want = hf.apply_chat_template(
+        row["messages"], tools=row.get("tools"), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert kind == "chat"
     assert ids == want["input_ids"]
     assert trained == [bool(m) for m in want["assistant_masks"]]
@@ -43,7 +44,7 @@ def test_reasoning_of_the_last_turn_is_trained_and_past_reasoning_dropped(encode
     _, ids, trained = encoder.encode(CHATS[2])
     full, text = tok.decode(ids), trained_text(tok, ids, trained)
     assert "<think>Then 4 * 3 = 12.</think>So the answer is 12." in text
-    assert "2 + 2 = 4</think>" not in full          # the template drops past reasoning
+    assert "2 + 2 = 4</think>" not in full  # the template drops past reasoning
     assert "The answer is 4." in text
 
 
@@ -114,19 +115,25 @@ def test_datasets_directory_saved_to_disk(tmp_path, encoder):
     assert stats.kinds == {"chat": 2}
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"messages": [{"role": "user", "content": "hi"}', "not valid JSON"),
-    ('{"question": "hi"}', "expected the fields 'messages', 'prompt' + 'completion', or 'text'"),
-    ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages'[0].role must be one of"),
-    ('{"messages": []}', "non-empty list"),
-    ('{"messages": [{"role": "user", "content": 5}]}', "content must be a string"),
-    ('{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]}', "function name"),
-    ('{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", '
-     '"arguments": "{oops"}}]}]}', "not valid JSON"),
-    ('{"prompt": "a", "completion": ["b"]}', "both be strings or both be message lists"),
-    ('{"text": 3}', "'text' must be a string"),
-    ('[1, 2]', "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"messages": [{"role": "user", "content": "hi"}', "not valid JSON"),
+        ('{"question": "hi"}', "expected the fields 'messages', 'prompt' + 'completion', or 'text'"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages'[0].role must be one of"),
+        ('{"messages": []}', "non-empty list"),
+        ('{"messages": [{"role": "user", "content": 5}]}', "content must be a string"),
+        ('{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]}', "function name"),
+        (
+            '{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", '
+            '"arguments": "{oops"}}]}]}',
+            "not valid JSON",
+        ),
+        ('{"prompt": "a", "completion": ["b"]}', "both be strings or both be message lists"),
+        ('{"text": 3}', "'text' must be a string"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
 def test_a_bad_row_names_the_file_and_line(tmp_path, encoder, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(TEXTS[0]) + "\n\n" + line + "\n")
@@ -158,8 +165,12 @@ def test_template_without_generation_blocks_cannot_mask_assistants(tok):
     enc = RowEncoder(tok, DataOptions(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}"))
     with pytest.raises(DataError, match="no {% generation %} blocks"):
         enc.encode(CHATS[0])
-    assert all(RowEncoder(tok, DataOptions(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}",
-                                           assistant_only_loss=False)).encode(CHATS[0])[2])
+    assert all(
+        RowEncoder(
+            tok,
+            DataOptions(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}", assistant_only_loss=False),
+        ).encode(CHATS[0])[2]
+    )
 
 
 def docs_of(n, start=0):
@@ -172,7 +183,7 @@ def test_mixing_weights_are_passes_per_epoch_and_fixed_by_the_seed():
     for epoch in (0, 1):
         docs = plan.epoch_documents(epoch)
         assert sum(d in a for d in docs) == 20 and sum(d in b for d in docs) == 3
-    assert plan.epoch_documents(0) != plan.epoch_documents(1)          # another half of b
+    assert plan.epoch_documents(0) != plan.epoch_documents(1)  # another half of b
     again = DataPlan([a, b], [2.0, 0.5], batch_size=4, max_length=64, packing=False, seed=3)
     assert again.epoch_rows(1) == plan.epoch_rows(1)
     assert plan.steps_in_epoch(0) == 6 and plan.total_steps(1.5) == 9

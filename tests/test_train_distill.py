@@ -44,10 +44,25 @@ def setup(tmp_path_factory):
 
 def settings_of(setup, name, **overrides):
     root, student, teacher, data = setup
-    values = dict(model=str(student), teacher=str(teacher), data=data, output=str(root / name), max_steps=STEPS,
-                  batch_size=4, grad_accum=2, max_length=128, learning_rate=1e-2, warmup_steps=1,
-                  lr_scheduler="cosine", packing=True, save_every=2, progress=False, kd_loss="forward_kl",
-                  temperature=1.0, alpha=0.9)
+    values = dict(
+        model=str(student),
+        teacher=str(teacher),
+        data=data,
+        output=str(root / name),
+        max_steps=STEPS,
+        batch_size=4,
+        grad_accum=2,
+        max_length=128,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        lr_scheduler="cosine",
+        packing=True,
+        save_every=2,
+        progress=False,
+        kd_loss="forward_kl",
+        temperature=1.0,
+        alpha=0.9,
+    )
     values.update(overrides)
     return values
 
@@ -86,7 +101,7 @@ def test_distillation_lowers_the_loss_and_the_students_kl_to_the_teacher(uninter
     after = kl_to_teacher(LFM2.from_pretrained(cfg["output"]), teacher, cfg)
     assert after < 0.8 * before, (before, after)
     records = read_metrics(Path(cfg["output"]) / "metrics.jsonl")
-    for r in records:             # the logged parts make up the loss: 0.9 * T^2 * kd + 0.1 * ce
+    for r in records:  # the logged parts make up the loss: 0.9 * T^2 * kd + 0.1 * ce
         assert r["loss"] == pytest.approx(0.9 * r["kd"] + 0.1 * r["ce"], rel=1e-5)
     assert records[-1]["kd"] < records[0]["kd"]
     saved = json.loads((Path(cfg["output"]) / "train_config.json").read_text())
@@ -99,7 +114,7 @@ def test_a_resumed_distillation_repeats_the_uninterrupted_losses(setup, uninterr
     real = distill_recipe.TeacherLoss.__call__
 
     def crash_in_step_5(self, model, batch):
-        if len(losses(cfg["output"])) == 4:      # step 4 is logged, checkpoint step-3 stands
+        if len(losses(cfg["output"])) == 4:  # step 4 is logged, checkpoint step-3 stands
             raise KeyboardInterrupt
         return real(self, model, batch)
 
@@ -111,7 +126,7 @@ def test_a_resumed_distillation_repeats_the_uninterrupted_losses(setup, uninterr
     assert latest_checkpoint(out).name == "step-3" and len(losses(out)) == 4
     result = distill_run({**cfg, "resume": True}, verbose=False)
     assert result.resumed_from == 3
-    assert losses(out) == losses(full["output"])                 # exactly, step by step
+    assert losses(out) == losses(full["output"])  # exactly, step by step
     ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(Path(full["output"]) / "model.safetensors"))
     assert all(torch.equal(ours[n], t) for n, t in theirs.items())
 
@@ -119,20 +134,21 @@ def test_a_resumed_distillation_repeats_the_uninterrupted_losses(setup, uninterr
 @pytest.fixture(scope="module")
 def full_cache(setup):
     path = setup[0] / "cache-full"
-    distill_cache(settings_of(setup, "unused", teacher_cache=str(path), top_k=512, cache_dtype="float32"),
-                  verbose=False)
+    distill_cache(
+        settings_of(setup, "unused", teacher_cache=str(path), top_k=512, cache_dtype="float32"), verbose=False
+    )
     return path
 
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_an_online_teacher_and_a_full_cache_give_the_same_losses(setup, full_cache, packing):
     """The cache was written from packed rows; training packed or padded reads it alike."""
-    common = dict(max_steps=2, kd_loss="jsd", jsd_beta=0.3, temperature=2.0, alpha=0.5, save_every=0,
-                  packing=packing)
+    common = dict(max_steps=2, kd_loss="jsd", jsd_beta=0.3, temperature=2.0, alpha=0.5, save_every=0, packing=packing)
     names = f"vs-online-{packing}", f"vs-cached-{packing}"
     online = distill_run(settings_of(setup, names[0], **common), verbose=False)
-    cached = distill_run(settings_of(setup, names[1], teacher="", teacher_cache=str(full_cache), **common),
-                         verbose=False)
+    cached = distill_run(
+        settings_of(setup, names[1], teacher="", teacher_cache=str(full_cache), **common), verbose=False
+    )
     assert cached.losses == pytest.approx(online.losses, rel=1e-5)
     a, b = (read_metrics(setup[0] / name / "metrics.jsonl") for name in names)
     assert [r["kd"] for r in b] == pytest.approx([r["kd"] for r in a], rel=1e-5)
@@ -142,7 +158,7 @@ def test_an_online_teacher_and_a_full_cache_give_the_same_losses(setup, full_cac
 def test_the_cache_holds_each_distinct_document_once(setup, full_cache):
     """The chat file is mixed in twice per epoch; the teacher still ran once per document."""
     cache = TeacherCache(full_cache)
-    n_chat, n_other = len(CHATS) - 1, len(PROMPT_COMPLETIONS + TEXTS)   # one chat has nothing to train on
+    n_chat, n_other = len(CHATS) - 1, len(PROMPT_COMPLETIONS + TEXTS)  # one chat has nothing to train on
     assert cache.index["documents"] == n_chat + n_other and cache.k == 512
     assert sum(int((e["targets"] != IGNORE_INDEX).sum()) for e in cache) == cache.index["tokens"]
 
@@ -150,8 +166,11 @@ def test_the_cache_holds_each_distinct_document_once(setup, full_cache):
 def test_alpha_zero_is_the_sft_loss(setup):
     common = dict(max_steps=2, save_every=0)
     kd = distill_run(settings_of(setup, "alpha0", alpha=0.0, **common), verbose=False)
-    cfg = {k: v for k, v in settings_of(setup, "sft", **common).items()
-           if k not in ("teacher", "kd_loss", "temperature", "alpha")}
+    cfg = {
+        k: v
+        for k, v in settings_of(setup, "sft", **common).items()
+        if k not in ("teacher", "kd_loss", "temperature", "alpha")
+    }
     plain = sft(cfg, verbose=False)
     assert kd.losses == pytest.approx(plain.losses, rel=1e-6)
     assert [r["ce"] for r in read_metrics(setup[0] / "alpha0" / "metrics.jsonl")] == pytest.approx(kd.losses)
@@ -195,18 +214,23 @@ def test_a_teacher_with_another_vocabulary_is_refused(setup, tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(2, 9), st.booleans()), min_size=1, max_size=6), min_size=1,
-                max_size=5), st.booleans())
+@given(
+    st.lists(st.lists(st.tuples(st.integers(2, 9), st.booleans()), min_size=1, max_size=6), min_size=1, max_size=5),
+    st.booleans(),
+)
 def test_a_collated_batch_splits_back_into_its_documents(docs, packed):
     """What the cached teacher looks up: every document of a packed or padded batch, in order."""
     documents = [Document([t for t, _ in d], [t if trained else IGNORE_INDEX for t, trained in d]) for d in docs]
     documents = [d for d in documents if d.trained_tokens]
     if not documents:
         return
-    rows = [documents[i:i + 2] for i in range(0, len(documents), 2)] if packed else [[d] for d in documents]
+    rows = [documents[i : i + 2] for i in range(0, len(documents), 2)] if packed else [[d] for d in documents]
     batch = collate(rows, 0, packed)
-    found = [document_digest(batch.input_ids[r, a:z], batch.targets[r, a:z]) for r, a, z in batch_documents(batch)
-             if (batch.targets[r, a:z] != IGNORE_INDEX).any()]
+    found = [
+        document_digest(batch.input_ids[r, a:z], batch.targets[r, a:z])
+        for r, a, z in batch_documents(batch)
+        if (batch.targets[r, a:z] != IGNORE_INDEX).any()
+    ]
     assert found == [document_digest(d.input_ids, d.targets) for row in rows for d in row]
 
 
@@ -223,10 +247,12 @@ def test_cli_cache_then_distill_from_one_yaml_file(setup, tmp_path, capsys, tok)
 
     root, student, teacher, data = setup
     yaml_file = tmp_path / "distill.yaml"
-    yaml_file.write_text(f"model: {student}\nteacher: {teacher}\ndata: [{data[0]}, {data[1]}]\n"
-                         f"output: {tmp_path / 'run'}\nteacher_cache: {tmp_path / 'cache'}\ntop_k: 16\n"
-                         f"max_length: 128\npacking: true\nbatch_size: 4\nmax_steps: 2\nkd_loss: reverse_kl\n"
-                         f"learning_rate: 1.0e-3\nprogress: false\n")
+    yaml_file.write_text(
+        f"model: {student}\nteacher: {teacher}\ndata: [{data[0]}, {data[1]}]\n"
+        f"output: {tmp_path / 'run'}\nteacher_cache: {tmp_path / 'cache'}\ntop_k: 16\n"
+        f"max_length: 128\npacking: true\nbatch_size: 4\nmax_steps: 2\nkd_loss: reverse_kl\n"
+        f"learning_rate: 1.0e-3\nprogress: false\n"
+    )
     assert main(["distill", "cache", "--config", str(yaml_file)]) == 0
     assert "wrote the teacher's top-16 log-probs of 7 documents" in capsys.readouterr().out
     assert main(["train", "distill", "--config", str(yaml_file), "--save-every", "1"]) == 0
@@ -237,36 +263,99 @@ def test_cli_cache_then_distill_from_one_yaml_file(setup, tmp_path, capsys, tok)
     assert [r["step"] for r in records] == [1, 2] and all("kd" in r and "ce" in r for r in records)
     ids = torch.tensor([tok.encode("Hello! How are you today?", add_special_tokens=True)])
     with torch.no_grad():
-        torch.testing.assert_close(Lfm2ForCausalLM.from_pretrained(out).eval()(ids).logits,
-                                   LFM2.from_pretrained(out)(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            Lfm2ForCausalLM.from_pretrained(out).eval()(ids).logits,
+            LFM2.from_pretrained(out)(ids),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_cli_flags_online_teacher_and_distill_cache(setup, tmp_path, capsys):
     root, student, teacher, data = setup
     data_flags = ["--data", data[0], "--data", data[1], "--max-length", "128"]
-    assert main(["train", "distill-cache", "--no-progress", "--teacher", str(teacher), *data_flags,
-                 "--output", str(tmp_path / "cache"), "--top-k", "4", "--teacher-quant", "int8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "distill-cache",
+                "--no-progress",
+                "--teacher",
+                str(teacher),
+                *data_flags,
+                "--output",
+                str(tmp_path / "cache"),
+                "--top-k",
+                "4",
+                "--teacher-quant",
+                "int8",
+            ]
+        )
+        == 0
+    )
     assert TeacherCache(tmp_path / "cache").k == 4
-    assert main(["train", "distill", "--no-progress", "--model", str(student), "--teacher", str(teacher),
-                 *data_flags, "--output", str(tmp_path / "run"), "--max-steps", "1", "--kd-loss", "jsd",
-                 "--jsd-beta", "0.2", "--temperature", "1.5", "--alpha", "0.9", "--teacher-quant", "int4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "distill",
+                "--no-progress",
+                "--model",
+                str(student),
+                "--teacher",
+                str(teacher),
+                *data_flags,
+                "--output",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "1",
+                "--kd-loss",
+                "jsd",
+                "--jsd-beta",
+                "0.2",
+                "--temperature",
+                "1.5",
+                "--alpha",
+                "0.9",
+                "--teacher-quant",
+                "int4",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert (saved["kd_loss"], saved["jsd_beta"], saved["temperature"], saved["alpha"]) == ("jsd", 0.2, 1.5, 0.9)
     assert saved["teacher_quant"] == "int4" and len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 1
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--alpha", "1.5"], "alpha must be in [0, 1], got 1.5"),
-    (["--temperature", "0"], "temperature must be positive"),
-    (["--jsd-beta", "-0.1"], "jsd_beta must be in [0, 1]"),
-    (["--teacher", ""], "teacher is required"),
-    (["--teacher-cache", "{root}/student"], "teacher_cache.json: not found"),
-    (["--teacher", "{root}/nowhere"], "nowhere"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--alpha", "1.5"], "alpha must be in [0, 1], got 1.5"),
+        (["--temperature", "0"], "temperature must be positive"),
+        (["--jsd-beta", "-0.1"], "jsd_beta must be in [0, 1]"),
+        (["--teacher", ""], "teacher is required"),
+        (["--teacher-cache", "{root}/student"], "teacher_cache.json: not found"),
+        (["--teacher", "{root}/nowhere"], "nowhere"),
+    ],
+)
 def test_cli_bad_distill_settings_are_one_line_errors(setup, capsys, extra, message):
     root, student, teacher, data = setup
-    args = ["train", "distill", "--no-progress", "--model", str(student), "--teacher", str(teacher),
-            "--data", data[1], "--output", str(root / "bad"), "--max-steps", "1"]
+    args = [
+        "train",
+        "distill",
+        "--no-progress",
+        "--model",
+        str(student),
+        "--teacher",
+        str(teacher),
+        "--data",
+        data[1],
+        "--output",
+        str(root / "bad"),
+        "--max-steps",
+        "1",
+    ]
     assert main(args + [e.format(root=root) for e in extra]) == 2
     assert message in error_line(capsys)
 
@@ -275,14 +364,29 @@ def test_cli_bad_cache_settings_and_yaml_are_one_line_errors(setup, tmp_path, ca
     root, student, teacher, data = setup
     assert main(["train", "distill-cache", "--teacher", str(teacher), "--data", data[1]]) == 2
     assert "teacher_cache is required" in error_line(capsys)
-    assert main(["train", "distill-cache", "--teacher", str(teacher), "--data", data[1], "--top-k", "1000",
-                 "--output", str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "distill-cache",
+                "--teacher",
+                str(teacher),
+                "--data",
+                data[1],
+                "--top-k",
+                "1000",
+                "--output",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     assert "top_k: 1000 is more than the teacher's vocabulary (512 ids)" in error_line(capsys)
-    assert main(["train", "distill-cache", "--teacher", str(teacher), "--data", data[1],
-                 "--output", str(student)]) == 2
+    assert main(["train", "distill-cache", "--teacher", str(teacher), "--data", data[1], "--output", str(student)]) == 2
     assert "non-empty directory that holds no teacher cache" in error_line(capsys)
     yaml_file = tmp_path / "bad.yaml"
-    yaml_file.write_text(f"model: {student}\nteacher: {teacher}\ndata: [{data[1]}]\noutput: {tmp_path / 'o'}\n"
-                         f"kd_loss: kl\n")
+    yaml_file.write_text(
+        f"model: {student}\nteacher: {teacher}\ndata: [{data[1]}]\noutput: {tmp_path / 'o'}\nkd_loss: kl\n"
+    )
     assert main(["train", "distill", "--config", str(yaml_file)]) == 2
     assert "kd_loss must be one of forward_kl, reverse_kl, jsd, got 'kl'" in error_line(capsys)

@@ -26,8 +26,16 @@ from lfmkit.train.preference import SimPO
 from lfmkit.train.preference_data import PairEncoder, to_pair
 from lfmkit.train.trainer import Trainer
 
-METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-           "logps/rejected", "grad_norm")
+METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "grad_norm",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +52,24 @@ def models(tmp_path_factory):
 def run(models, name, rows, **settings):
     root, policy, _ = models
     data = write_jsonl(root / f"{name}.jsonl", rows)
-    values = dict(model=str(policy), data=[str(data)], output=str(root / name), batch_size=len(rows), max_steps=2,
-                  learning_rate=1e-3, progress=False, save_every=0)
+    values = dict(
+        model=str(policy),
+        data=[str(data)],
+        output=str(root / name),
+        batch_size=len(rows),
+        max_steps=2,
+        learning_rate=1e-3,
+        progress=False,
+        save_every=0,
+    )
     values.update(settings)
     dpo(values, verbose=False)
     return read_metrics(root / name / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("rows", [CONVERSATIONAL, TEXT, IMPLICIT, IMPLICIT_TEXT],
-                         ids=["conversational", "text", "implicit", "implicit-text"])
+@pytest.mark.parametrize(
+    "rows", [CONVERSATIONAL, TEXT, IMPLICIT, IMPLICIT_TEXT], ids=["conversational", "text", "implicit", "implicit-text"]
+)
 def test_pairs_tokenize_as_in_trl(models, rows):
     _, policy, _ = models
     encoder = PairEncoder(Tokenizer.from_pretrained(policy))
@@ -60,12 +77,16 @@ def test_pairs_tokenize_as_in_trl(models, rows):
     assert got == trl_tokenized(policy, rows)
 
 
-@pytest.mark.parametrize("loss, rows, packing, own_ref", [
-    ("sigmoid", CONVERSATIONAL, False, False),
-    ("sigmoid_norm", TEXT, True, False),
-    ("sigmoid_norm", CONVERSATIONAL, True, True),
-    ("ipo", IMPLICIT, False, False),
-], ids=["sigmoid-chat-padded", "sigmoid_norm-text-packed", "sigmoid_norm-chat-own-ref", "ipo-implicit"])
+@pytest.mark.parametrize(
+    "loss, rows, packing, own_ref",
+    [
+        ("sigmoid", CONVERSATIONAL, False, False),
+        ("sigmoid_norm", TEXT, True, False),
+        ("sigmoid_norm", CONVERSATIONAL, True, True),
+        ("ipo", IMPLICIT, False, False),
+    ],
+    ids=["sigmoid-chat-padded", "sigmoid_norm-text-packed", "sigmoid_norm-chat-own-ref", "ipo-implicit"],
+)
 def test_first_steps_equal_trl_dpo_trainer(models, loss, rows, packing, own_ref):
     """Steps 1 and 2 (so the gradient and the AdamW update too) of lfmkit and TRL on the same
     pairs: a distinct reference model (non-zero rewards at step 1) or the policy's own."""
@@ -75,8 +96,9 @@ def test_first_steps_equal_trl_dpo_trainer(models, loss, rows, packing, own_ref)
     if not own_ref:
         settings["ref_model"] = str(ref)
     ours = run(models, name, rows, **settings)
-    want = trl_first_steps(policy, None if own_ref else ref, rows, root / f"trl-{name}", loss=loss, beta=0.5,
-                           learning_rate=1e-3)
+    want = trl_first_steps(
+        policy, None if own_ref else ref, rows, root / f"trl-{name}", loss=loss, beta=0.5, learning_rate=1e-3
+    )
     assert len(ours) == len(want) == 2
     for step, (got, expected) in enumerate(zip(ours, want), start=1):
         for key in METRICS:
@@ -95,8 +117,14 @@ def test_simpo_equals_trl_cpo_loss(models):
     logps = -30 * torch.rand(6, 2, generator=g)
     lengths = torch.randint(1, 40, (6, 2), generator=g).float()
     loss, chosen, rejected = SimPO(beta=2.0, gamma=0.8)(logps, None, lengths)
-    owner = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=0.8, beta=2.0, label_smoothing=0.0,
-                            accelerator=SimpleNamespace(device="cpu"))
+    owner = SimpleNamespace(
+        alpha=0.0,
+        loss_type="simpo",
+        simpo_gamma=0.8,
+        beta=2.0,
+        label_smoothing=0.0,
+        accelerator=SimpleNamespace(device="cpu"),
+    )
     avg = logps / lengths
     want = CPOTrainer.cpo_loss(owner, avg[:, 0], avg[:, 1])
     for a, b in zip((loss, chosen, rejected), want):
@@ -105,14 +133,14 @@ def test_simpo_equals_trl_cpo_loss(models):
 
 def test_packing_pairs_changes_nothing(models):
     padded = run(models, "padded", CONVERSATIONAL + TEXT, ref_model=str(models[2]), loss="sigmoid_norm")
-    packed = run(models, "packed", CONVERSATIONAL + TEXT, ref_model=str(models[2]), loss="sigmoid_norm",
-                 packing=True)
+    packed = run(models, "packed", CONVERSATIONAL + TEXT, ref_model=str(models[2]), loss="sigmoid_norm", packing=True)
     for a, b in zip(padded, packed):
         for key in METRICS:
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 
 # ---- the reference ------------------------------------------------------------------------------
+
 
 def held_out(model_dir, rows):
     encoder = PairEncoder(Tokenizer.from_pretrained(model_dir))
@@ -160,7 +188,7 @@ def test_resume_reads_the_cached_reference_and_equals_the_uninterrupted_run(mode
     def no_second_reference_pass(*args, **kwargs):
         raise AssertionError("the reference ran again on resume")
 
-    recipe = importlib.import_module("lfmkit.train.dpo")        # the module (lfmkit.train.dpo is the function)
+    recipe = importlib.import_module("lfmkit.train.dpo")  # the module (lfmkit.train.dpo is the function)
     monkeypatch.setattr(recipe, "_compute_reference", no_second_reference_pass)
     resumed = run(models, "resume-cut", CONVERSATIONAL, **settings, resume=True)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
@@ -183,9 +211,13 @@ def synthetic_pairs(seed: int, n: int, chosen_longer: bool) -> list[dict]:
     for i in range(n):
         long, short = rng.randint(10, 14), rng.randint(2, 4)
         c, r = (long, short) if chosen_longer else (short, long)
-        rows.append({"prompt": [{"role": "user", "content": f"Say something {i}."}],
-                     "chosen": [{"role": "assistant", "content": answer(True, c)}],
-                     "rejected": [{"role": "assistant", "content": answer(False, r)}]})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Say something {i}."}],
+                "chosen": [{"role": "assistant", "content": answer(True, c)}],
+                "rejected": [{"role": "assistant", "content": answer(False, r)}],
+            }
+        )
     return rows
 
 
@@ -195,9 +227,22 @@ def trained(models):
     root, policy, _ = models
     data = write_jsonl(root / "synthetic.jsonl", synthetic_pairs(0, 16, chosen_longer=True))
     for loss in ("sigmoid", "sigmoid_norm"):
-        dpo(dict(model=str(policy), data=[str(data)], output=str(root / f"synthetic-{loss}"), loss=loss, beta=0.1,
-                 max_steps=10, batch_size=16, learning_rate=3e-4, packing=True, progress=False, save_every=0),
-            verbose=False)
+        dpo(
+            dict(
+                model=str(policy),
+                data=[str(data)],
+                output=str(root / f"synthetic-{loss}"),
+                loss=loss,
+                beta=0.1,
+                max_steps=10,
+                batch_size=16,
+                learning_rate=3e-4,
+                packing=True,
+                progress=False,
+                save_every=0,
+            ),
+            verbose=False,
+        )
     return {loss: root / f"synthetic-{loss}" for loss in ("sigmoid", "sigmoid_norm")}
 
 
@@ -205,8 +250,9 @@ def log_ratios(models, trained_dir, rows):
     """(rho [pairs, 2] of the trained policy against the starting model, completion lengths)."""
     policy = models[1]
     pairs = held_out(policy, rows)
-    rho = (reference_log_probs(LFM2.from_pretrained(trained_dir), pairs, 2048, 8)
-           - reference_log_probs(LFM2.from_pretrained(policy), pairs, 2048, 8))
+    rho = reference_log_probs(LFM2.from_pretrained(trained_dir), pairs, 2048, 8) - reference_log_probs(
+        LFM2.from_pretrained(policy), pairs, 2048, 8
+    )
     return rho, torch.tensor([[p.chosen_length, p.rejected_length] for p in pairs], dtype=torch.float64)
 
 
@@ -230,8 +276,8 @@ def test_length_normalization_removes_the_length_bias(models, trained):
     ranks most pairs right."""
     reversed_rows = synthetic_pairs(2, 16, chosen_longer=False)
     rho, _ = log_ratios(models, trained["sigmoid"], reversed_rows)
-    assert rho[:, 1].mean() > rho[:, 0].mean()                   # the long, worse answers gained more
-    assert (rho[:, 0] > rho[:, 1]).double().mean() <= 0.5        # plain DPO's own reward: mostly wrong
+    assert rho[:, 1].mean() > rho[:, 0].mean()  # the long, worse answers gained more
+    assert (rho[:, 0] > rho[:, 1]).double().mean() <= 0.5  # plain DPO's own reward: mostly wrong
     rho, lengths = log_ratios(models, trained["sigmoid_norm"], reversed_rows)
     assert rho[:, 1].mean() < 0 < rho[:, 0].mean()
     per_token = rho / lengths
@@ -240,13 +286,23 @@ def test_length_normalization_removes_the_length_bias(models, trained):
 
 # ---- errors and the command line -----------------------------------------------------------------
 
-@pytest.mark.parametrize("row, message", [
-    ({"prompt": "Hi", "chosen": "a"}, "needs 'chosen' and 'rejected'"),
-    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "must all be strings"),
-    ({"prompt": [{"role": "bot", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}],
-      "rejected": [{"role": "assistant", "content": "b"}]}, "role must be one of"),
-    ({"chosen": "same", "rejected": 3}, "both be strings or both be message lists"),
-])
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "Hi", "chosen": "a"}, "needs 'chosen' and 'rejected'"),
+        ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "must all be strings"),
+        (
+            {
+                "prompt": [{"role": "bot", "content": "x"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "role must be one of",
+        ),
+        ({"chosen": "same", "rejected": 3}, "both be strings or both be message lists"),
+    ],
+)
 def test_bad_rows_are_one_error_naming_the_line(models, row, message):
     root, policy, _ = models
     data = write_jsonl(root / "bad.jsonl", [TEXT[0], row])
@@ -254,12 +310,15 @@ def test_bad_rows_are_one_error_naming_the_line(models, row, message):
         dpo(dict(model=str(policy), data=[str(data)], output=str(root / "bad-run"), progress=False), verbose=False)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(loss="kto"), "loss must be one of sigmoid, sigmoid_norm, ipo, simpo"),
-    (dict(beta=0), "beta must be a positive number"),
-    (dict(loss="simpo", ref_model="x"), "reference-free"),
-    (dict(assistant_only_loss=False), "does not apply to preference pairs"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(loss="kto"), "loss must be one of sigmoid, sigmoid_norm, ipo, simpo"),
+        (dict(beta=0), "beta must be a positive number"),
+        (dict(loss="simpo", ref_model="x"), "reference-free"),
+        (dict(assistant_only_loss=False), "does not apply to preference pairs"),
+    ],
+)
 def test_bad_settings_are_config_errors(models, settings, message):
     with pytest.raises(ConfigError, match=message):
         dpo(dict(model="m", data=["d.jsonl"], output="o", **settings), verbose=False)
@@ -269,15 +328,67 @@ def test_train_dpo_command(models, capsys):
     root, policy, ref = models
     data = write_jsonl(root / "cli.jsonl", TEXT)
     out = root / "cli-run"
-    rc = main(["train", "dpo", "--no-progress", "--model", str(policy), "--ref-model", str(ref), "--data", str(data),
-               "--output", str(out), "--loss", "simpo", "--beta", "2", "--simpo-gamma", "0.4", "--max-steps", "2",
-               "--batch-size", "2", "--packing", "--learning-rate", "1e-3", "--save-every", "1"])
+    rc = main(
+        [
+            "train",
+            "dpo",
+            "--no-progress",
+            "--model",
+            str(policy),
+            "--ref-model",
+            str(ref),
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--loss",
+            "simpo",
+            "--beta",
+            "2",
+            "--simpo-gamma",
+            "0.4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--packing",
+            "--learning-rate",
+            "1e-3",
+            "--save-every",
+            "1",
+        ]
+    )
     assert rc == 2 and "reference-free" in capsys.readouterr().err
-    rc = main(["train", "dpo", "--no-progress", "--model", str(policy), "--data", str(data), "--output", str(out),
-               "--loss", "simpo", "--beta", "2", "--simpo-gamma", "0.4", "--max-steps", "2", "--batch-size", "2",
-               "--packing", "--learning-rate", "1e-3", "--save-every", "1"])
+    rc = main(
+        [
+            "train",
+            "dpo",
+            "--no-progress",
+            "--model",
+            str(policy),
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--loss",
+            "simpo",
+            "--beta",
+            "2",
+            "--simpo-gamma",
+            "0.4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--packing",
+            "--learning-rate",
+            "1e-3",
+            "--save-every",
+            "1",
+        ]
+    )
     assert rc == 0 and "trained 2 steps" in capsys.readouterr().out
     metrics = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2] and set(METRICS) <= set(metrics[0])
-    assert not (out / REFERENCE_FILE).exists()                       # SimPO needs no reference
+    assert not (out / REFERENCE_FILE).exists()  # SimPO needs no reference
     assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step-2").is_dir()

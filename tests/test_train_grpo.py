@@ -37,8 +37,8 @@ def root(tmp_path_factory):
     colors = "red green blue cyan pink gold".split()
     write_jsonl(root / "held.jsonl", [{"prompt": f"Numbers please: {w}"} for w in colors])
     (root / "toy_rewards.py").write_text(
-        "def digits(messages, completion):\n"
-        "    return sum(c.isdigit() for c in completion) / max(1, len(completion))\n")
+        "def digits(messages, completion):\n    return sum(c.isdigit() for c in completion) / max(1, len(completion))\n"
+    )
     return root
 
 
@@ -53,9 +53,20 @@ def digits(messages, completion):
 
 
 def settings(root, name, **overrides):
-    values = dict(model=str(root / "model"), prompts=[str(root / "train.jsonl")], output=str(root / name),
-                  max_steps=4, batch_size=8, num_generations=4, max_completion_length=6, learning_rate=3e-3,
-                  lr_scheduler="constant", save_every=0, progress=False, seed=0)
+    values = dict(
+        model=str(root / "model"),
+        prompts=[str(root / "train.jsonl")],
+        output=str(root / name),
+        max_steps=4,
+        batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        lr_scheduler="constant",
+        save_every=0,
+        progress=False,
+        seed=0,
+    )
     values.update(overrides)
     return values
 
@@ -77,7 +88,7 @@ def fixed_rollouts(model, seed=0, old_noise=0.0, ref_noise=0.0, truncated=()):
     with torch.no_grad():
         own = direct_logps(model, collate_rollouts(rollouts, 0), 1.0)
     for i, r in enumerate(rollouts):
-        base = own[i, :len(r.completion_ids)]
+        base = own[i, : len(r.completion_ids)]
         if old_noise:
             r.old_logps = base + old_noise * torch.randn(base.shape, generator=g)
         if ref_noise:
@@ -92,9 +103,9 @@ def direct_logps(model, batch, temperature):
     out = torch.zeros(batch.input_ids.shape[0], MAX_COMPLETION)
     for i in range(batch.input_ids.shape[0]):
         cols = (batch.targets[i] != -100).nonzero()[:, 0] if (batch.targets[i] != -100).any() else None
-        if cols is None:        # a masked row: take the completion positions from the input instead
+        if cols is None:  # a masked row: take the completion positions from the input instead
             continue
-        out[i, :len(cols)] = logp[i, cols, batch.targets[i, cols]]
+        out[i, : len(cols)] = logp[i, cols, batch.targets[i, cols]]
     return out
 
 
@@ -105,8 +116,8 @@ def layout(rollouts, values):
     for i, r in enumerate(rollouts):
         v = values(r) if values is not None else None
         if v is not None:
-            out[i, :len(v)] = v
-        mask[i, :len(r.completion_ids)] = 0.0 if r.truncated else 1.0
+            out[i, : len(v)] = v
+        mask[i, : len(r.completion_ids)] = 0.0 if r.truncated else 1.0
     return out, mask
 
 
@@ -132,24 +143,46 @@ def trl_loss(logp, old, ref, adv, mask, loss_type, eps_low, eps_high, beta):
     accelerator = types.SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x)
     fake = types.SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=eps_low,
-        epsilon_high=eps_high, use_vllm=False, model=types.SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1, max_completion_length=MAX_COMPLETION, accelerator=accelerator,
-        _entropy_bonus_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
-        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1))
-    inputs = {"prompt_ids": torch.ones(rows, 1, dtype=torch.long), "prompt_mask": torch.ones(rows, 1, dtype=torch.long),
-              "completion_ids": torch.ones(rows, MAX_COMPLETION, dtype=torch.long), "completion_mask": mask.long(),
-              "advantages": adv, "old_per_token_logps": old, "num_items_in_batch": mask.sum()}
+        aux_loss_enabled=False,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
+        loss_type=loss_type,
+        epsilon_low=eps_low,
+        epsilon_high=eps_high,
+        use_vllm=False,
+        model=types.SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=MAX_COMPLETION,
+        accelerator=accelerator,
+        _entropy_bonus_enabled=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+    )
+    inputs = {
+        "prompt_ids": torch.ones(rows, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(rows, 1, dtype=torch.long),
+        "completion_ids": torch.ones(rows, MAX_COMPLETION, dtype=torch.long),
+        "completion_mask": mask.long(),
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "num_items_in_batch": mask.sum(),
+    }
     if beta:
         inputs["ref_per_token_logps"] = ref
     return GRPOTrainer._compute_loss(fake, None, inputs), fake._metrics["train"]
 
 
 CASES = [  # (loss_type, old-log-prob noise, beta, temperature, truncated rows masked)
-    ("dapo", 0.0, 0.0, 1.0, ()), ("dapo", 0.4, 0.0, 1.0, ()), ("dapo", 0.4, 0.05, 0.7, (2,)),
-    ("grpo", 0.0, 0.0, 1.0, ()), ("grpo", 0.4, 0.04, 1.0, ()), ("grpo", 0.4, 0.0, 1.3, (1, 4)),
-    ("dr_grpo", 0.0, 0.0, 1.0, ()), ("dr_grpo", 0.4, 0.1, 1.0, (0,)),
+    ("dapo", 0.0, 0.0, 1.0, ()),
+    ("dapo", 0.4, 0.0, 1.0, ()),
+    ("dapo", 0.4, 0.05, 0.7, (2,)),
+    ("grpo", 0.0, 0.0, 1.0, ()),
+    ("grpo", 0.4, 0.04, 1.0, ()),
+    ("grpo", 0.4, 0.0, 1.3, (1, 4)),
+    ("dr_grpo", 0.0, 0.0, 1.0, ()),
+    ("dr_grpo", 0.4, 0.1, 1.0, (0,)),
 ]
 
 
@@ -176,11 +209,14 @@ def test_loss_equals_the_formula_and_trls_compute_loss(model, loss_type, old_noi
     assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6), (float(ours), float(expected))
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (float(ours), float(theirs))
     # the clip fractions and KL we log are TRL's (per-token means over the step)
-    for ours_name, trl_name in [("clip_low", "clip_ratio/low_mean"), ("clip_high", "clip_ratio/high_mean"),
-                                ("clip_region", "clip_ratio/region_mean")] + ([("kl", "kl")] if beta else []):
+    for ours_name, trl_name in [
+        ("clip_low", "clip_ratio/low_mean"),
+        ("clip_high", "clip_ratio/high_mean"),
+        ("clip_region", "clip_ratio/region_mean"),
+    ] + ([("kl", "kl")] if beta else []):
         assert float(out.parts[ours_name]) / batch.items == pytest.approx(metrics[trl_name][0], abs=1e-6)
     if old_noise:
-        assert metrics["clip_ratio/region_mean"][0] > 0      # the case exercises clipping
+        assert metrics["clip_ratio/region_mean"][0] > 0  # the case exercises clipping
 
 
 def test_loss_gradient_equals_the_formulas(model):
@@ -209,12 +245,12 @@ def test_advantages_are_trls(scale):
     expected = []
     for g in groups:
         real = g[~g.isnan()]
-        std = (real.std() if scale == "group" else rewards[~rewards.isnan()].std())
+        std = real.std() if scale == "group" else rewards[~rewards.isnan()].std()
         a = g - real.mean()
         expected.append(a / (std + 1e-4) if scale != "none" else a)
     expected = torch.nan_to_num(torch.cat(expected), nan=0.0)
     assert torch.allclose(adv, expected, atol=1e-6)
-    assert adv[5] == 0.0                                     # nothing applied: no signal
+    assert adv[5] == 0.0  # nothing applied: no signal
     if scale != "batch":
         assert zero_std[8:].all() and not zero_std[:8].any()  # the last group all tied
 
@@ -240,7 +276,7 @@ def test_rollouts_run_on_the_training_weights(root):
     first = [r for r in records if "logprob_diff" in r]
     assert [r["step"] for r in first] == [1, 3, 5]
     assert all(r["logprob_diff"] < 1e-5 for r in first), [r["logprob_diff"] for r in first]
-    assert records[0]["kl"] == 0.0 and records[-1]["kl"] > 0        # the policy moved away from the reference
+    assert records[0]["kl"] == 0.0 and records[-1]["kl"] > 0  # the policy moved away from the reference
     assert all(r["rollout_tokens_per_s"] > 0 for r in first)
     assert len(result.losses) == 6
 
@@ -258,12 +294,20 @@ def test_held_out_reward_rises_on_a_toy_task_and_is_reproducible(root):
 
 
 def test_resume_equals_the_uninterrupted_run(root):
-    values = settings(root, "full", max_steps=6, num_iterations=2, save_every=2, beta=0.05,
-                      eval_prompts=str(root / "held.jsonl"), eval_every=4)
+    values = settings(
+        root,
+        "full",
+        max_steps=6,
+        num_iterations=2,
+        save_every=2,
+        beta=0.05,
+        eval_prompts=str(root / "held.jsonl"),
+        eval_every=4,
+    )
     full = grpo(values, rewards=[digits], verbose=False)
     interrupted = {**values, "output": str(root / "resumed")}
     grpo(interrupted, rewards=[digits], verbose=False)
-    shutil.rmtree(root / "resumed" / "checkpoints" / "step-6")     # as if killed after the step-4 checkpoint
+    shutil.rmtree(root / "resumed" / "checkpoints" / "step-6")  # as if killed after the step-4 checkpoint
     resumed = grpo({**interrupted, "resume": True}, rewards=[digits], verbose=False)
     assert resumed.resumed_from == 4 and resumed.losses == full.losses[4:]
     timing = {"elapsed_s", "tokens_per_s", "rollout_s", "rollout_tokens_per_s"}
@@ -278,8 +322,11 @@ def test_resume_equals_the_uninterrupted_run(root):
 
 
 def test_lora_trains_only_adapters_with_the_adapters_off_as_reference(root):
-    result = grpo(settings(root, "lora", max_steps=2, lora_r=4, lora_alpha=8, beta=0.1, learning_rate=1e-2),
-                  rewards=[digits], verbose=False)
+    result = grpo(
+        settings(root, "lora", max_steps=2, lora_r=4, lora_alpha=8, beta=0.1, learning_rate=1e-2),
+        rewards=[digits],
+        verbose=False,
+    )
     records = read_metrics(root / "lora" / "metrics.jsonl")
     assert records[0]["kl"] == 0.0 and records[1]["kl"] > 0
     assert (root / "lora" / "adapter_model.safetensors").is_file()
@@ -291,8 +338,11 @@ def test_truncated_completions_can_be_masked(root):
     """The tiny model never ends a turn within 3 tokens: masked, nothing is trained (no update),
     and the step's rollout metrics are still those of the unmasked run on the same rollouts."""
     for name, mask in (("unmasked", False), ("masked", True)):
-        grpo(settings(root, name, max_steps=1, max_completion_length=3, mask_truncated_completions=mask),
-             rewards=[digits], verbose=False)
+        grpo(
+            settings(root, name, max_steps=1, max_completion_length=3, mask_truncated_completions=mask),
+            rewards=[digits],
+            verbose=False,
+        )
     plain, masked = (read_metrics(root / n / "metrics.jsonl")[0] for n in ("unmasked", "masked"))
     assert masked["truncated"] == plain["truncated"] == 1.0
     assert plain["trained_tokens"] == 24 and masked["trained_tokens"] == 0
@@ -305,16 +355,19 @@ def test_truncated_completions_can_be_masked(root):
 
 
 # ---- configuration and the command line ----------------------------------------------------
-@pytest.mark.parametrize("overrides,message", [
-    (dict(batch_size=6), "multiple of num_generations"),
-    (dict(num_generations=1, batch_size=8), "at least 2"),
-    (dict(loss_type="bnpo"), "loss_type must be one of"),
-    (dict(scale_rewards="max"), "scale_rewards must be one of"),
-    (dict(num_iterations=2, save_every=3), "multiple of num_iterations"),
-    (dict(packing=True), "packing does not apply"),
-    (dict(temperature=0.0), "temperature must be in"),
-    (dict(rewards=[]), "rewards is required"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(batch_size=6), "multiple of num_generations"),
+        (dict(num_generations=1, batch_size=8), "at least 2"),
+        (dict(loss_type="bnpo"), "loss_type must be one of"),
+        (dict(scale_rewards="max"), "scale_rewards must be one of"),
+        (dict(num_iterations=2, save_every=3), "multiple of num_iterations"),
+        (dict(packing=True), "packing does not apply"),
+        (dict(temperature=0.0), "temperature must be in"),
+        (dict(rewards=[]), "rewards is required"),
+    ],
+)
 def test_bad_settings_are_named(root, overrides, message):
     values = {**settings(root, "bad"), "rewards": ["math"], **overrides}
     with pytest.raises(Exception, match=message):
@@ -323,31 +376,74 @@ def test_bad_settings_are_named(root, overrides, message):
 
 def test_cli_trains_with_a_reward_from_a_file_and_writes_the_curves(root, capsys, monkeypatch):
     monkeypatch.chdir(root)
-    code = main(["train", "grpo", "--no-progress", "--model", str(root / "model"), "--prompts", "train.jsonl",
-                 "--reward", "toy_rewards:digits", "--reward", "math:0.5", "--output", "cli", "--max-steps", "2",
-                 "--num-generations", "4", "--max-completion-length", "5", "--eval-prompts", "held.jsonl",
-                 "--loss-type", "grpo", "--epsilon-high", "0.28"])
+    code = main(
+        [
+            "train",
+            "grpo",
+            "--no-progress",
+            "--model",
+            str(root / "model"),
+            "--prompts",
+            "train.jsonl",
+            "--reward",
+            "toy_rewards:digits",
+            "--reward",
+            "math:0.5",
+            "--output",
+            "cli",
+            "--max-steps",
+            "2",
+            "--num-generations",
+            "4",
+            "--max-completion-length",
+            "5",
+            "--eval-prompts",
+            "held.jsonl",
+            "--loss-type",
+            "grpo",
+            "--epsilon-high",
+            "0.28",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "held-out reward" in out
     saved = GRPOConfig.from_dict(json.loads((root / "cli" / "train_config.json").read_text()))
     assert saved.rewards == ["toy_rewards:digits", "math:0.5"] and saved.loss_type == "grpo"
     records = read_metrics(root / "cli" / "metrics.jsonl")
-    assert "reward/digits" in records[0] and "reward/math" not in records[0]    # no "answer": never applied
+    assert "reward/digits" in records[0] and "reward/math" not in records[0]  # no "answer": never applied
     for name in ("reward.png", "loss.png", "eval_rewards.jsonl", "model.safetensors"):
         assert (root / "cli" / name).is_file(), name
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--reward", "no_such_module:fn"], "cannot import no_such_module"),
-    (["--reward", "math", "--batch-size", "6"], "multiple of num_generations"),
-    (["--reward", "math", "--prompts", "bad.jsonl"], "bad.jsonl:2: needs 'prompt'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--reward", "no_such_module:fn"], "cannot import no_such_module"),
+        (["--reward", "math", "--batch-size", "6"], "multiple of num_generations"),
+        (["--reward", "math", "--prompts", "bad.jsonl"], "bad.jsonl:2: needs 'prompt'"),
+    ],
+)
 def test_cli_errors_are_one_line(root, capsys, monkeypatch, args, message):
     monkeypatch.chdir(root)
     write_jsonl(root / "bad.jsonl", [{"prompt": "fine"}, {"question": "no prompt"}])
     prompts = [] if "--prompts" in args else ["--prompts", "train.jsonl"]
-    code = main(["train", "grpo", "--no-progress", "--model", str(root / "model"), *prompts, *args,
-                 "--output", f"err-{abs(hash(message))}", "--max-steps", "1", "--num-generations", "4"])
+    code = main(
+        [
+            "train",
+            "grpo",
+            "--no-progress",
+            "--model",
+            str(root / "model"),
+            *prompts,
+            *args,
+            "--output",
+            f"err-{abs(hash(message))}",
+            "--max-steps",
+            "1",
+            "--num-generations",
+            "4",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert message in err, err

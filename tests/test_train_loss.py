@@ -87,9 +87,9 @@ def hf_loss(model_dir, docs):
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE_INDEX)
     for r, d in enumerate(docs):
-        ids[r, :len(d)] = torch.tensor(d.input_ids)
-        mask[r, :len(d)] = 1
-        labels[r, 1:len(d)] = torch.tensor(d.targets[:-1])     # label t = the token trained at t
+        ids[r, : len(d)] = torch.tensor(d.input_ids)
+        mask[r, : len(d)] = 1
+        labels[r, 1 : len(d)] = torch.tensor(d.targets[:-1])  # label t = the token trained at t
     with torch.no_grad():
         return float(ref(input_ids=ids, attention_mask=mask, labels=labels).loss)
 
@@ -97,14 +97,24 @@ def hf_loss(model_dir, docs):
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
 def test_step_one_loss_equals_transformers_on_the_same_tokens_and_mask(run_inputs, packing):
     root, model_dir, data = run_inputs
-    config = SFTConfig(model=str(model_dir), data=[str(data)], output=str(root / f"out-{packing}"), max_steps=1,
-                       batch_size=4, grad_accum=2, packing=packing, max_length=96, progress=False, save_every=0)
+    config = SFTConfig(
+        model=str(model_dir),
+        data=[str(data)],
+        output=str(root / f"out-{packing}"),
+        max_steps=1,
+        batch_size=4,
+        grad_accum=2,
+        packing=packing,
+        max_length=96,
+        progress=False,
+        save_every=0,
+    )
     result = sft(config, verbose=False)
     docs, weights = load_data(config, Tokenizer.from_pretrained(model_dir), verbose=False)
     _, rows = DataPlan(docs, weights, 4, 96, packing, config.seed).step_rows(0)
     step_docs = [d for row in rows for d in row]
     if packing:
-        assert len(step_docs) > len(rows)          # several documents share a row
+        assert len(step_docs) > len(rows)  # several documents share a row
     want = hf_loss(model_dir, step_docs)
     assert abs(result.losses[0] - want) / want < 1e-5
 
@@ -115,14 +125,23 @@ def test_gradient_accumulation_does_not_change_the_step(run_inputs):
     tokenizer = Tokenizer.from_pretrained(model_dir)
     results = []
     for accum in (1, 2, 4):
-        config = SFTConfig(model=str(model_dir), data=[str(data)], output=str(root / f"acc{accum}"), max_steps=1,
-                           batch_size=4, grad_accum=accum, max_length=96, progress=False, save_every=0,
-                           learning_rate=1e-3)
+        config = SFTConfig(
+            model=str(model_dir),
+            data=[str(data)],
+            output=str(root / f"acc{accum}"),
+            max_steps=1,
+            batch_size=4,
+            grad_accum=accum,
+            max_length=96,
+            progress=False,
+            save_every=0,
+            learning_rate=1e-3,
+        )
         docs, weights = load_data(config, tokenizer, verbose=False)
         plan = DataPlan(docs, weights, 4, 96, False, config.seed)
         model = LFM2.from_pretrained(model_dir, dtype="float32")
         trainer = Trainer(model, plan, config, pad_id=0)
-        trainer.optimizer.step = trainer.optimizer.zero_grad = lambda *a, **k: None   # keep the gradients
+        trainer.optimizer.step = trainer.optimizer.zero_grad = lambda *a, **k: None  # keep the gradients
         record = trainer.step(0)
         results.append((record["loss"], record["grad_norm"], [p.grad.clone() for p in model.parameters()]))
     (l1, n1, g1) = results[0]

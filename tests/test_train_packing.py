@@ -64,7 +64,7 @@ def test_without_document_ids_the_documents_leak_into_each_other(model):
     alone = torch.cat([model(d[None]) for d in docs], dim=1)
     first = len(docs[0])
     assert rel(plain[:, :first], alone[:, :first]) < 1e-5
-    assert rel(plain[:, first:first + 1], alone[:, first:first + 1]) > 1e-3
+    assert rel(plain[:, first : first + 1], alone[:, first : first + 1]) > 1e-3
 
 
 @torch.no_grad()
@@ -105,7 +105,7 @@ def test_packed_and_padded_loss_of_the_same_batch_are_equal(model):
     vocab = model.config.vocab_size
     docs = []
     for d in documents(vocab, [7, 3, 12, 2, 5, 9]):
-        trained = [j >= len(d) // 3 for j in range(len(d))]        # a prompt part without loss
+        trained = [j >= len(d) // 3 for j in range(len(d))]  # a prompt part without loss
         docs.append(to_document(d.tolist(), trained, max_length=64)[0])
     loss = CausalLMLoss(chunk_size=5)
     rows = [[docs[i] for i in b] for b in pack_best_fit_decreasing([len(d) for d in docs], 16)]
@@ -115,8 +115,9 @@ def test_packed_and_padded_loss_of_the_same_batch_are_equal(model):
         model.zero_grad(set_to_none=True)
         out = loss(model, batch)
         out.total.backward()
-        results.append((out.total.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
-                        batch.trained_tokens))
+        results.append(
+            (out.total.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, batch.trained_tokens)
+        )
     (a, ga, na), (b, gb, nb) = results
     assert na == nb == sum(d.trained_tokens for d in docs)
     assert abs(float(a - b)) / float(b) < 1e-5

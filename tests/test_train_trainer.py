@@ -38,9 +38,21 @@ def setup(tmp_path_factory):
 
 def config(setup, name, **overrides):
     root, model_dir, data = setup
-    values = dict(model=str(model_dir), data=data, output=str(root / name), max_steps=STEPS, batch_size=4,
-                  grad_accum=2, max_length=128, learning_rate=2e-3, warmup_steps=2, lr_scheduler="cosine",
-                  packing=True, save_every=2, progress=False)
+    values = dict(
+        model=str(model_dir),
+        data=data,
+        output=str(root / name),
+        max_steps=STEPS,
+        batch_size=4,
+        grad_accum=2,
+        max_length=128,
+        learning_rate=2e-3,
+        warmup_steps=2,
+        lr_scheduler="cosine",
+        packing=True,
+        save_every=2,
+        progress=False,
+    )
     values.update(overrides)
     return SFTConfig(**values)
 
@@ -82,8 +94,14 @@ def test_loss_goes_down(setup, uninterrupted):
 
 def test_output_holds_model_metrics_plot_and_checkpoints(uninterrupted):
     _, out = uninterrupted
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl",
-                 "train_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.jsonl",
+        "train_config.json",
+    ):
         assert (out / name).is_file(), name
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -107,7 +125,7 @@ def test_saved_model_loads_in_transformers_with_the_same_logits(uninterrupted, t
     assert AutoTokenizer.from_pretrained(out).chat_template == tok.chat_template
     start = LFM2.from_pretrained(setup_model_dir(out))
     with torch.no_grad():
-        assert not torch.allclose(start(ids), ours(ids))                  # it did train
+        assert not torch.allclose(start(ids), ours(ids))  # it did train
 
 
 def setup_model_dir(out):
@@ -145,13 +163,13 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(setup, uninterrupted)
     _, full = uninterrupted
     cfg = config(setup, "crashed", save_every=3)
     calls = sum(micro_batch_counts(cfg)[:4])
-    with pytest.raises(Interrupt):     # dies in step 5, after step 4 was logged: checkpoint step-3 stands
+    with pytest.raises(Interrupt):  # dies in step 5, after step 4 was logged: checkpoint step-3 stands
         sft(cfg, loss=interrupting_loss(after_calls=calls), verbose=False)
     out = Path(cfg.output)
     assert latest_checkpoint(out).name == "step-3" and len(losses(out)) == 4
     result = sft(config(setup, "crashed", resume=True), verbose=False)
     assert result.resumed_from == 3 and len(result.losses) == STEPS - 3
-    assert losses(out) == losses(full)                       # exactly, step by step
+    assert losses(out) == losses(full)  # exactly, step by step
     for name, tensor in weights(full).items():
         assert torch.equal(weights(out)[name], tensor), name
 
@@ -161,10 +179,35 @@ def test_sigkill_at_any_moment_then_resume_equals_the_uninterrupted_run(setup, u
     mid-save or done), then --resume in a fresh process state."""
     _, full = uninterrupted
     cfg = config(setup, "killed", save_every=1)
-    argv = [sys.executable, "-m", "lfmkit", "train", "sft", "--no-progress", "--model", cfg.model,
-            "--output", cfg.output, "--max-steps", str(STEPS), "--batch-size", "4", "--grad-accum", "2",
-            "--max-length", "128", "--learning-rate", "2e-3", "--warmup-steps", "2", "--lr-scheduler", "cosine",
-            "--packing", "--save-every", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "lfmkit",
+        "train",
+        "sft",
+        "--no-progress",
+        "--model",
+        cfg.model,
+        "--output",
+        cfg.output,
+        "--max-steps",
+        str(STEPS),
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-length",
+        "128",
+        "--learning-rate",
+        "2e-3",
+        "--warmup-steps",
+        "2",
+        "--lr-scheduler",
+        "cosine",
+        "--packing",
+        "--save-every",
+        "1",
+    ]
     for spec in cfg.data:
         argv += ["--data", spec]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
@@ -196,7 +239,7 @@ def test_half_written_checkpoints_are_ignored(tmp_path):
     ckpts = tmp_path / "checkpoints"
     (ckpts / "step-3").mkdir(parents=True)
     (ckpts / "step-3" / "trainer_state.json").write_text("{}")
-    (ckpts / "step-5").mkdir()                          # no trainer_state.json: incomplete
+    (ckpts / "step-5").mkdir()  # no trainer_state.json: incomplete
     (ckpts / ".tmp-step-7-123").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-3"
 
@@ -211,7 +254,7 @@ def test_prepare_model_trains_only_what_requires_grad_and_save_model_is_delegate
 
     cfg = config(setup, "adapter", max_steps=2, save_every=2)
     sft(cfg, prepare_model=prepare, save_model=lambda m, out: saved.append((m, out)), verbose=False)
-    (model, out), = saved
+    ((model, out),) = saved
     start = LFM2.from_pretrained(cfg.model)
     for (name, p), (_, p0) in zip(model.named_parameters(), start.named_parameters()):
         assert torch.equal(p, p0) != name.endswith("norm.weight"), name
@@ -226,5 +269,5 @@ def test_bf16_autocast_and_gradient_checkpointing_train(setup, uninterrupted):
     result, _ = uninterrupted
     got = sft(config(setup, "bf16", bf16=True, gradient_checkpointing=True, save_every=0), verbose=False)
     assert len(got.losses) == STEPS
-    for ours, fp32 in zip(got.losses, result.losses):     # the float32 run's curve, within bf16 rounding
+    for ours, fp32 in zip(got.losses, result.losses):  # the float32 run's curve, within bf16 rounding
         assert abs(ours - fp32) / fp32 < 2e-2

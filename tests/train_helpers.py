@@ -7,37 +7,74 @@ from pathlib import Path
 
 from checkpoints import make_checkpoint
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather for a location",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city"}},
-                   "required": ["location"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a location",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string", "description": "The city"}},
+                "required": ["location"],
+            },
+        },
+    }
+]
 
 CHATS = [
-    {"messages": [{"role": "user", "content": "What is the capital of France?"},
-                  {"role": "assistant", "content": "The capital of France is Paris."}]},
-    {"messages": [{"role": "system", "content": "You are a helpful assistant trained by Liquid AI."},
-                  {"role": "user", "content": "What is the weather like in Paris?"},
-                  {"role": "assistant", "content": "Let me check the weather for you.",
-                   "tool_calls": [{"type": "function", "function": {"name": "get_weather",
-                                                                    "arguments": {"location": "Paris"}}}]},
-                  {"role": "tool", "content": '{"temperature": 21, "unit": "celsius"}'},
-                  {"role": "assistant", "content": "It is sunny and 21 degrees."}],
-     "tools": TOOLS},
-    {"messages": [{"role": "user", "content": "What is 2 + 2?"},
-                  {"role": "assistant", "content": "<think>2 + 2 = 4</think>The answer is 4."},
-                  {"role": "user", "content": "And 4 * 3?"},
-                  {"role": "assistant", "reasoning_content": "Then 4 * 3 = 12.", "content": "So the answer is 12."}]},
-    {"messages": [{"role": "user", "content": "Tell me a story about a robot."},
-                  {"role": "assistant", "content": "Once upon a time, there was a small robot who wanted to "
-                                                   "learn how to paint the sea and the sky."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant trained by Liquid AI."},
+            {"role": "user", "content": "What is the weather like in Paris?"},
+            {
+                "role": "assistant",
+                "content": "Let me check the weather for you.",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}
+                ],
+            },
+            {"role": "tool", "content": '{"temperature": 21, "unit": "celsius"}'},
+            {"role": "assistant", "content": "It is sunny and 21 degrees."},
+        ],
+        "tools": TOOLS,
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "<think>2 + 2 = 4</think>The answer is 4."},
+            {"role": "user", "content": "And 4 * 3?"},
+            {"role": "assistant", "reasoning_content": "Then 4 * 3 = 12.", "content": "So the answer is 12."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Tell me a story about a robot."},
+            {
+                "role": "assistant",
+                "content": "Once upon a time, there was a small robot who wanted to "
+                "learn how to paint the sea and the sky.",
+            },
+        ]
+    },
 ]
 PROMPT_COMPLETIONS = [
     {"prompt": "Hello! How are you", "completion": " today? I am fine, thank you."},
-    {"prompt": [{"role": "user", "content": "What is C. elegans?"}],
-     "completion": [{"role": "assistant", "content": "It's a tiny nematode that lives in temperate soil."}]},
+    {
+        "prompt": [{"role": "user", "content": "What is C. elegans?"}],
+        "completion": [{"role": "assistant", "content": "It's a tiny nematode that lives in temperate soil."}],
+    },
 ]
-TEXTS = [{"text": "The quick brown fox jumps over the lazy dog."},
-         {"text": "Le renard brun saute par-dessus le chien paresseux."}]
+TEXTS = [
+    {"text": "The quick brown fox jumps over the lazy dog."},
+    {"text": "Le renard brun saute par-dessus le chien paresseux."},
+]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -35,22 +35,37 @@ MAX_TOOL_ROUNDS = 8
 
 def register(sub) -> None:
     p = add_parser(
-        sub, "chat", help="chat with a model in the terminal (multi-turn, streaming, tools)",
+        sub,
+        "chat",
+        help="chat with a model in the terminal (multi-turn, streaming, tools)",
         description="Interactive multi-turn chat. The model's state is kept between turns, so each turn only "
-                    "processes the new message. Type /help in the chat for commands; Ctrl-C stops a reply, "
-                    "Ctrl-D leaves.")
+        "processes the new message. Type /help in the chat for commands; Ctrl-C stops a reply, "
+        "Ctrl-D leaves.",
+    )
     add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--tools", default=None, metavar="tools.json",
-                   help="JSON file with a list of tool definitions (OpenAI style or bare {name, description, "
-                        "parameters}); the model's calls are shown and you type each result")
-    p.add_argument("--tool-command", default=None, metavar="CMD",
-                   help="run CMD for each tool call instead of asking: it gets {\"name\", \"arguments\"} as JSON on "
-                        "stdin and its stdout is the result")
-    p.add_argument("--max-length", type=int, default=8192,
-                   help="tokens the conversation may hold (state size; default 8192)")
-    p.add_argument("--no-color", action="store_true",
-                   help="no ANSI colours (also off when not a terminal, with TERM=dumb or NO_COLOR set)")
+    p.add_argument(
+        "--tools",
+        default=None,
+        metavar="tools.json",
+        help="JSON file with a list of tool definitions (OpenAI style or bare {name, description, "
+        "parameters}); the model's calls are shown and you type each result",
+    )
+    p.add_argument(
+        "--tool-command",
+        default=None,
+        metavar="CMD",
+        help='run CMD for each tool call instead of asking: it gets {"name", "arguments"} as JSON on '
+        "stdin and its stdout is the result",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=8192, help="tokens the conversation may hold (state size; default 8192)"
+    )
+    p.add_argument(
+        "--no-color",
+        action="store_true",
+        help="no ANSI colours (also off when not a terminal, with TERM=dumb or NO_COLOR set)",
+    )
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -129,7 +144,9 @@ class ChatApp:
                     if mode is not None:
                         self.write("\n")
                     mode = None
-                    self.write(self.style.bold("[tool call] ") + format_tool_calls([ev.call], markers=False)[1:-1] + "\n")
+                    self.write(
+                        self.style.bold("[tool call] ") + format_tool_calls([ev.call], markers=False)[1:-1] + "\n"
+                    )
                 elif isinstance(ev, ToolCallError):
                     self.write(self.style.dim(f"\n[tool call did not parse: {ev.message}]\n"))
             if chunk.result is not None:
@@ -146,8 +163,13 @@ class ChatApp:
         with Interrupt() as stop:
             result = self.stream(self.session.stream(text, should_stop=stop.event.is_set))
             rounds = 0
-            while (result is not None and result.finish_reason == "stop" and result.message.tool_calls
-                   and rounds < MAX_TOOL_ROUNDS and not stop.event.is_set()):
+            while (
+                result is not None
+                and result.finish_reason == "stop"
+                and result.message.tool_calls
+                and rounds < MAX_TOOL_ROUNDS
+                and not stop.event.is_set()
+            ):
                 rounds += 1
                 results = self.tool_results(result.message.tool_calls, stop)
                 if results is None:
@@ -177,8 +199,9 @@ class ChatApp:
     def run_tool_command(self, call) -> str:
         payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
         try:
-            proc = subprocess.run(shlex.split(self.args.tool_command), input=payload, capture_output=True,
-                                  text=True, timeout=120)
+            proc = subprocess.run(
+                shlex.split(self.args.tool_command), input=payload, capture_output=True, text=True, timeout=120
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"error: tool command failed: {exc}"
         if proc.returncode != 0:
@@ -230,9 +253,11 @@ class ChatApp:
                 self.write(f"error: {exc}\n")
         elif name == "info":
             p = s.params
-            self.write(f"turns {s.turns}, tokens {s.context_used}/{s.max_length}, prefilled {s.prefilled_tokens}\n"
-                       f"temperature {p.temperature}, top_k {p.top_k}, top_p {p.top_p}, min_p {p.min_p}, "
-                       f"repetition_penalty {p.repetition_penalty}, max_tokens {p.max_tokens}, seed {p.seed}\n")
+            self.write(
+                f"turns {s.turns}, tokens {s.context_used}/{s.max_length}, prefilled {s.prefilled_tokens}\n"
+                f"temperature {p.temperature}, top_k {p.top_k}, top_p {p.top_p}, min_p {p.min_p}, "
+                f"repetition_penalty {p.repetition_penalty}, max_tokens {p.max_tokens}, seed {p.seed}\n"
+            )
         else:
             self.write(f"unknown command /{name}; /help lists them\n")
         return True
@@ -285,9 +310,9 @@ def run(args) -> int:
 
         raise TokenizerError(f"{args.model}: the checkpoint has no tokenizer, which chat needs")
     params = sampling_params(args, model)
-    session = ChatSession(model, tokenizer, system=args.system, tools=tools, params=params,
-                          max_length=args.max_length)
-    color = (sys.stdout.isatty() and not args.no_color and os.environ.get("TERM") != "dumb"
-             and "NO_COLOR" not in os.environ)
+    session = ChatSession(model, tokenizer, system=args.system, tools=tools, params=params, max_length=args.max_length)
+    color = (
+        sys.stdout.isatty() and not args.no_color and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
+    )
     style = Style(color=color)
     return ChatApp(args, session, style).loop()

@@ -38,33 +38,56 @@ examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model to GGUF (llama.cpp, Ollama) or ONNX (ONNX Runtime)",
-                       description="Export an LFM2 model to the edge runtimes.")
+    p = sub.add_parser(
+        "export",
+        help="export a model to GGUF (llama.cpp, Ollama) or ONNX (ONNX Runtime)",
+        description="Export an LFM2 model to the edge runtimes.",
+    )
     fmt = p.add_subparsers(dest="format", metavar="FORMAT")
     fmt.required = True
 
     import argparse
 
-    g = fmt.add_parser("gguf", help="one .gguf file for llama.cpp / Ollama", description=GGUF_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = fmt.add_parser(
+        "gguf",
+        help="one .gguf file for llama.cpp / Ollama",
+        description=GGUF_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("model", help="checkpoint directory, Hugging Face id (local cache) or .gguf file")
     g.add_argument("output", help="the .gguf file to write")
-    g.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
-                   help="weight type of the matrices (default: f16)")
-    g.add_argument("--tokenizer", metavar="DIR",
-                   help="folder with tokenizer.json / tokenizer_config.json (default: MODEL's folder)")
+    g.add_argument(
+        "--type",
+        default="f16",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+        help="weight type of the matrices (default: f16)",
+    )
+    g.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="folder with tokenizer.json / tokenizer_config.json (default: MODEL's folder)",
+    )
     g.add_argument("--name", help="model name stored in general.name")
     g.set_defaults(func=run_gguf)
 
-    o = fmt.add_parser("onnx", help="model.onnx + config and tokenizer for ONNX Runtime", description=ONNX_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    o = fmt.add_parser(
+        "onnx",
+        help="model.onnx + config and tokenizer for ONNX Runtime",
+        description=ONNX_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     o.add_argument("model", help="checkpoint directory, Hugging Face id (local cache) or .gguf file")
     o.add_argument("outdir", help="folder to write (created if needed)")
-    o.add_argument("--quantize", default="q4", choices=["q4", "int8", "none"],
-                   help="also write a weight-quantised graph: q4 = int4 MatMulNBits (model_q4.onnx, default), "
-                        "int8 = dynamic int8 (model_int8.onnx), none = float32 only")
-    o.add_argument("--tokenizer", metavar="DIR",
-                   help="folder with the tokenizer files to copy (default: MODEL's folder)")
+    o.add_argument(
+        "--quantize",
+        default="q4",
+        choices=["q4", "int8", "none"],
+        help="also write a weight-quantised graph: q4 = int4 MatMulNBits (model_q4.onnx, default), "
+        "int8 = dynamic int8 (model_int8.onnx), none = float32 only",
+    )
+    o.add_argument(
+        "--tokenizer", metavar="DIR", help="folder with the tokenizer files to copy (default: MODEL's folder)"
+    )
     o.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
     o.set_defaults(func=run_onnx)
 
@@ -91,9 +114,11 @@ def run_gguf(args) -> int:
     out = write_gguf(model, args.output, type=args.type, tokenizer_dir=tokenizer, name=args.name)
     info = gguf_summary(out)
     types = ", ".join(f"{n} {t}" for t, n in sorted(info["tensor_types"].items()))
-    print(f"wrote {out} ({_mib(info['bytes'])}, {info['tensors']} tensors: {types}; "
-          f"vocab {info['vocab']:,}{', chat template' if info['chat_template'] else ''}) "
-          f"in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"wrote {out} ({_mib(info['bytes'])}, {info['tensors']} tensors: {types}; "
+        f"vocab {info['vocab']:,}{', chat template' if info['chat_template'] else ''}) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     return 0
 
 
@@ -103,8 +128,13 @@ def run_onnx(args) -> int:
     t0 = time.perf_counter()
     model, path = _load(args.model, dtype="float32")
     tokenizer = args.tokenizer or (path if path.is_dir() else None)
-    written = export_onnx(model, args.outdir, quantize=None if args.quantize == "none" else args.quantize,
-                          tokenizer_dir=tokenizer, opset=args.opset)
+    written = export_onnx(
+        model,
+        args.outdir,
+        quantize=None if args.quantize == "none" else args.quantize,
+        tokenizer_dir=tokenizer,
+        opset=args.opset,
+    )
     for f in written:
         print(f"wrote {f} ({_mib(f.stat().st_size)})")
     print(f"done in {time.perf_counter() - t0:.1f}s")

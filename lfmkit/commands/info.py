@@ -8,10 +8,13 @@ from ..config import PRESETS, LFM2Config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="show a model's config, size, layer layout and state size",
-                       description="Print a model's configuration summary. MODEL is a checkpoint directory, "
-                                   "a Hugging Face id (read from the local cache), a .gguf file, or a preset "
-                                   f"name ({', '.join(PRESETS)}).")
+    p = sub.add_parser(
+        "info",
+        help="show a model's config, size, layer layout and state size",
+        description="Print a model's configuration summary. MODEL is a checkpoint directory, "
+        "a Hugging Face id (read from the local cache), a .gguf file, or a preset "
+        f"name ({', '.join(PRESETS)}).",
+    )
     p.add_argument("model", help="checkpoint directory, Hub id, .gguf file, or preset name")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
@@ -57,8 +60,10 @@ def run(args) -> int:
         ("heads / kv heads", f"{facts['heads']} / {facts['kv_heads']} (head_dim {facts['head_dim']})"),
         ("vocab", f"{facts['vocab_size']:,}" + (" (tied embeddings)" if facts["tied_embeddings"] else "")),
         ("context", f"{facts['context_length']:,} tokens"),
-        ("state per token", f"{per_tok:,} B in bf16 ({per_tok / dense_kv:.0%} of an all-attention model "
-                            f"of this depth, {dense_kv:,} B)"),
+        (
+            "state per token",
+            f"{per_tok:,} B in bf16 ({per_tok / dense_kv:.0%} of an all-attention model of this depth, {dense_kv:,} B)",
+        ),
         ("state per sequence", f"+ {facts['state_fixed_bytes_bf16']:,} B of conv windows, fixed"),
         ("state at 32k tokens", f"{(per_tok * 32768 + facts['state_fixed_bytes_bf16']) / 2**20:,.0f} MiB per sequence"),
     ]

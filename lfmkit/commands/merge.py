@@ -44,14 +44,21 @@ def parse_size(text: str) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("merge", help="merge checkpoints (linear, slerp, ties, dare, ...) from a mergekit YAML config",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "merge",
+        help="merge checkpoints (linear, slerp, ties, dare, ...) from a mergekit YAML config",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="the merge config (mergekit's YAML format)")
     p.add_argument("output", help="the checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drop (default: 0)")
-    p.add_argument("--max-shard-size", type=parse_size, metavar="SIZE",
-                   help="largest safetensors shard to write, and so the most output held in memory "
-                        "(default: 1GiB)")
+    p.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="largest safetensors shard to write, and so the most output held in memory (default: 1GiB)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in a non-empty OUTPUT")
     p.set_defaults(func=run)
 
@@ -64,10 +71,17 @@ def run(args) -> int:
     cfg = load_merge_config(args.config)
     for note in cfg.notes:
         print(f"lfmkit merge: note: {note}", file=sys.stderr)
-    out = merge(cfg, args.output, seed=args.seed, max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
-                overwrite=args.overwrite)
+    out = merge(
+        cfg,
+        args.output,
+        seed=args.seed,
+        max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
+        overwrite=args.overwrite,
+    )
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     models = {s.model for seg in cfg.segments for s in seg.sources} | ({cfg.base_model} if cfg.base_model else set())
-    print(f"merged {len(models)} models with {cfg.method.name} into {out} ({len(shards)} shard"
-          f"{'s' if len(shards) != 1 else ''}) in {time.perf_counter() - start:.1f}s")
+    print(
+        f"merged {len(models)} models with {cfg.method.name} into {out} ({len(shards)} shard"
+        f"{'s' if len(shards) != 1 else ''}) in {time.perf_counter() - start:.1f}s"
+    )
     return 0

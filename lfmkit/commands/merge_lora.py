@@ -20,13 +20,20 @@ examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model (a plain HF checkpoint)",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "merge-lora",
+        help="fold a LoRA adapter into its base model (a plain HF checkpoint)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("base", help="base checkpoint directory, Hugging Face id (local cache) or .gguf file")
     p.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("output", help="folder to write the merged checkpoint to (created if needed)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the written weights (default: the base checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the written weights (default: the base checkpoint's)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,6 +52,8 @@ def run(args) -> int:
     model.save_pretrained(out, dtype=dtype)
     source = getattr(model, "source_path", None)
     copied = [p.name for p in copy_tokenizer_files(source, out)] if source and Path(source).is_dir() else []
-    print(f"merged {layers} adapters of {args.adapter} into {args.base} -> {out} ({dtype}"
-          f"{', tokenizer' if 'tokenizer.json' in copied else ''}) in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"merged {layers} adapters of {args.adapter} into {args.base} -> {out} ({dtype}"
+        f"{', tokenizer' if 'tokenizer.json' in copied else ''}) in {time.perf_counter() - t0:.1f}s"
+    )
     return 0

@@ -23,32 +23,60 @@ conversation without the answer. See docs/training.md.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prefs", help="build preference pairs (sample, judge, pair)",
-                       description="Preference data for `lfmkit train dpo`.")
+    p = sub.add_parser(
+        "prefs",
+        help="build preference pairs (sample, judge, pair)",
+        description="Preference data for `lfmkit train dpo`.",
+    )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
-    b = actions.add_parser("build", help="semi-online pairs: sample K completions, judge, keep best vs worst",
-                           description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = actions.add_parser(
+        "build",
+        help="semi-online pairs: sample K completions, judge, keep best vs worst",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--model", required=True, help="the model to sample from (directory, Hub id or .gguf)")
-    b.add_argument("--prompts", required=True, metavar="SFT.jsonl",
-                   help="conversations: 'messages' rows (the last assistant message is the reference answer) or "
-                        "'prompt' message lists (.jsonl/.json/.parquet or a `datasets` directory)")
+    b.add_argument(
+        "--prompts",
+        required=True,
+        metavar="SFT.jsonl",
+        help="conversations: 'messages' rows (the last assistant message is the reference answer) or "
+        "'prompt' message lists (.jsonl/.json/.parquet or a `datasets` directory)",
+    )
     b.add_argument("--output", required=True, metavar="PAIRS.jsonl", help="the pairs file (appended; + .progress)")
     b.add_argument("--num-samples", type=int, default=4, metavar="K", help="completions sampled per prompt (default 4)")
-    b.add_argument("--judge", action="append", default=[], dest="judges", metavar="MODULE:FUNCTION",
-                   help="a Python judge, function(messages, completion) -> float; repeatable")
-    b.add_argument("--judge-endpoint", action="append", default=[], dest="judge_endpoints", metavar="URL",
-                   help="an LLM judge: an OpenAI-compatible server (lfmkit serve, llama.cpp, vLLM, hosted); "
-                        "repeatable")
+    b.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        dest="judges",
+        metavar="MODULE:FUNCTION",
+        help="a Python judge, function(messages, completion) -> float; repeatable",
+    )
+    b.add_argument(
+        "--judge-endpoint",
+        action="append",
+        default=[],
+        dest="judge_endpoints",
+        metavar="URL",
+        help="an LLM judge: an OpenAI-compatible server (lfmkit serve, llama.cpp, vLLM, hosted); repeatable",
+    )
     b.add_argument("--judge-model", help="the 'model' field sent to the judge endpoint (default 'judge')")
-    b.add_argument("--judge-rubric", metavar="FILE",
-                   help="rubric prompt with {conversation} and {response}; it must ask for '[[N]]' "
-                        "(default: MT-Bench's 1-10 grading prompt)")
+    b.add_argument(
+        "--judge-rubric",
+        metavar="FILE",
+        help="rubric prompt with {conversation} and {response}; it must ask for '[[N]]' "
+        "(default: MT-Bench's 1-10 grading prompt)",
+    )
     b.add_argument("--judge-api-key", help="bearer token for the endpoint (default: $LFMKIT_JUDGE_API_KEY)")
     b.add_argument("--judge-workers", type=int, default=8, help="concurrent requests per endpoint (default 8)")
     b.add_argument("--min-chosen-score", type=float, help="keep pairs whose chosen score is at least this")
-    b.add_argument("--min-gap", type=float, default=0.0,
-                   help="keep pairs whose chosen score exceeds the rejected by at least this (default 0: any "
-                        "positive gap)")
+    b.add_argument(
+        "--min-gap",
+        type=float,
+        default=0.0,
+        help="keep pairs whose chosen score exceeds the rejected by at least this (default 0: any positive gap)",
+    )
     b.add_argument("--max-tokens", type=int, default=512, help="tokens per sampled completion (default 512)")
     b.add_argument("--temperature", type=float, help="sampling temperature (default: the model's generation config)")
     b.add_argument("--top-p", type=float, help="nucleus sampling (default: the model's generation config)")

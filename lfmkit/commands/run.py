@@ -44,14 +44,21 @@ def add_parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 def add_model_args(p) -> None:
     p.add_argument("model", help="checkpoint directory, Hugging Face id (LiquidAI/LFM2-1.2B) or .gguf file")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cpu)")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="weights and state dtype (default: float32 on CPU, the checkpoint's dtype elsewhere)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights and state dtype (default: float32 on CPU, the checkpoint's dtype elsewhere)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
 def add_sampling_args(p) -> None:
-    g = p.add_argument_group("sampling", "defaults: the checkpoint's generation_config.json, else the model "
-                                         "card (temperature 0.3, min_p 0.15, repetition_penalty 1.05)")
+    g = p.add_argument_group(
+        "sampling",
+        "defaults: the checkpoint's generation_config.json, else the model "
+        "card (temperature 0.3, min_p 0.15, repetition_penalty 1.05)",
+    )
     g.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 256)")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     g.add_argument("--greedy", action="store_true", help="argmax decoding: temperature 0, no min_p, no penalties")
@@ -62,8 +69,13 @@ def add_sampling_args(p) -> None:
     g.add_argument("--presence-penalty", type=float, default=None)
     g.add_argument("--frequency-penalty", type=float, default=None)
     g.add_argument("--seed", type=int, default=None, help="same seed, same output")
-    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when the output contains TEXT (repeatable; TEXT is not printed)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop when the output contains TEXT (repeatable; TEXT is not printed)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-turn token")
 
 
@@ -71,8 +83,8 @@ def load(args):
     """The model and its tokenizer (None when the checkpoint ships none)."""
     import torch
 
-    from ..loader import load as load_model
     from ..inference.generate import load_tokenizer_for
+    from ..loader import load as load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,8 +97,18 @@ def load(args):
 def sampling_params(args, model):
     from ..inference.sampling import SamplingParams
 
-    names = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-             "frequency_penalty", "seed", "stop")
+    names = (
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+    )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if args.ignore_eos:
         overrides["ignore_eos"] = True
@@ -101,26 +123,37 @@ def sampling_params(args, model):
 # ---- lfmkit run ------------------------------------------------------------------------------
 def register(sub) -> None:
     p = add_parser(
-        sub, "run", help="generate text from a prompt (streams)",
+        sub,
+        "run",
+        help="generate text from a prompt (streams)",
         description="Generate from one prompt and stream the text to stdout. With --chat the prompt is "
-                    "wrapped in the model's chat template as a user message; --json prints one JSON object "
-                    "with the prompt, its token ids, the generated ids and text instead.",
+        "wrapped in the model's chat template as a user message; --json prints one JSON object "
+        "with the prompt, its token ids, the generated ids and text instead.",
         epilog='examples:\n  lfmkit run LiquidAI/LFM2-350M "The capital of France is"\n'
-               '  lfmkit run ./my-lfm2 --chat "Write a haiku about CPUs" --temperature 0.7\n'
-               '  echo "Summarise: ..." | lfmkit run ./my-lfm2 --chat --json -',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        '  lfmkit run ./my-lfm2 --chat "Write a haiku about CPUs" --temperature 0.7\n'
+        '  echo "Summarise: ..." | lfmkit run ./my-lfm2 --chat --json -',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
-    p.add_argument("prompt", nargs="?", default=None,
-                   help='the prompt text ("-" or nothing: read it from stdin)')
+    p.add_argument("prompt", nargs="?", default=None, help='the prompt text ("-" or nothing: read it from stdin)')
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (a user turn)")
     p.add_argument("--system", default=None, help="system prompt (implies --chat)")
-    p.add_argument("--ids", default=None, metavar="1,2,3",
-                   help="the prompt as comma-separated token ids instead of text")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (prompt, prompt_ids, generated_ids, text, finish_reason, usage, "
-                        "timings) instead of streaming")
-    p.add_argument("--logprobs", type=int, default=None, metavar="K",
-                   help="with --json: each generated token's logprob and the K likeliest alternatives")
+    p.add_argument(
+        "--ids", default=None, metavar="1,2,3", help="the prompt as comma-separated token ids instead of text"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (prompt, prompt_ids, generated_ids, text, finish_reason, usage, "
+        "timings) instead of streaming",
+    )
+    p.add_argument(
+        "--logprobs",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --json: each generated token's logprob and the K likeliest alternatives",
+    )
     p.add_argument("--stats", action="store_true", help="print prefill / decode speed to stderr at the end")
     add_sampling_args(p)
     p.set_defaults(func=run)
@@ -140,7 +173,7 @@ def _prompt(args, tokenizer):
     if tokenizer is None:
         raise GenerationError(f"{args.model}: the checkpoint has no tokenizer; give the prompt as --ids 1,2,3")
     if args.chat or args.system is not None:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages = [{"role": "system", "content": args.system}] if args.system else []
         return messages + [{"role": "user", "content": text}]
     return text
 
@@ -170,9 +203,12 @@ def run(args) -> int:
     prefill_s = (first or end) - start
     decode_s = end - (first or end)
     n_gen = len(result.token_ids)
-    timings = {"prefill_s": round(prefill_s, 4), "decode_s": round(decode_s, 4),
-               "prefill_tokens_per_s": round(len(ids) / prefill_s, 2) if prefill_s > 0 else None,
-               "decode_tokens_per_s": round((n_gen - 1) / decode_s, 2) if n_gen > 1 and decode_s > 0 else None}
+    timings = {
+        "prefill_s": round(prefill_s, 4),
+        "decode_s": round(decode_s, 4),
+        "prefill_tokens_per_s": round(len(ids) / prefill_s, 2) if prefill_s > 0 else None,
+        "decode_tokens_per_s": round((n_gen - 1) / decode_s, 2) if n_gen > 1 and decode_s > 0 else None,
+    }
     if args.json:
         obj = {
             "model": str(getattr(model, "source_path", args.model)),
@@ -182,25 +218,35 @@ def run(args) -> int:
             "text": result.text,
             "finish_reason": result.finish_reason,
             "stop_reason": result.stop_reason,
-            "usage": {"prompt_tokens": result.usage.prompt_tokens,
-                      "completion_tokens": result.usage.completion_tokens,
-                      "total_tokens": result.usage.total_tokens},
+            "usage": {
+                "prompt_tokens": result.usage.prompt_tokens,
+                "completion_tokens": result.usage.completion_tokens,
+                "total_tokens": result.usage.total_tokens,
+            },
             "params": params.to_dict(),
             "timings": timings,
         }
         if result.logprobs is not None:
-            obj["logprobs"] = [{"token_id": e.token_id, "logprob": e.logprob,
-                                "top": [{"token_id": t, "logprob": lp} for t, lp in e.top]}
-                               for e in result.logprobs]
+            obj["logprobs"] = [
+                {
+                    "token_id": e.token_id,
+                    "logprob": e.logprob,
+                    "top": [{"token_id": t, "logprob": lp} for t, lp in e.top],
+                }
+                for e in result.logprobs
+            ]
         print(json.dumps(obj, ensure_ascii=False))
     else:
         if result.text and not result.text.endswith("\n"):
             out.write("\n")
         out.flush()
     if args.stats:
-        print(f"[{len(ids)} prompt tokens in {prefill_s:.2f}s"
-              + (f" ({timings['prefill_tokens_per_s']} tok/s)" if timings["prefill_tokens_per_s"] else "")
-              + f", {n_gen} generated in {decode_s:.2f}s"
-              + (f" ({timings['decode_tokens_per_s']} tok/s)" if timings["decode_tokens_per_s"] else "")
-              + f", finish: {result.finish_reason}]", file=sys.stderr)
+        print(
+            f"[{len(ids)} prompt tokens in {prefill_s:.2f}s"
+            + (f" ({timings['prefill_tokens_per_s']} tok/s)" if timings["prefill_tokens_per_s"] else "")
+            + f", {n_gen} generated in {decode_s:.2f}s"
+            + (f" ({timings['decode_tokens_per_s']} tok/s)" if timings["decode_tokens_per_s"] else "")
+            + f", finish: {result.finish_reason}]",
+            file=sys.stderr,
+        )
     return 0

@@ -9,43 +9,82 @@ import os
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve MODEL (checkpoint directory or Hugging Face id) with an OpenAI-compatible API: "
-                    "GET /v1/models, POST /v1/chat/completions, POST /v1/completions (streaming with "
-                    "\"stream\": true), GET /health, GET /metrics (Prometheus). Requests are decoded "
-                    "together in one continuously refilled batch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "GET /v1/models, POST /v1/chat/completions, POST /v1/completions (streaming with "
+        '"stream": true), GET /health, GET /metrics (Prometheus). Requests are decoded '
+        "together in one continuously refilled batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("model", help="checkpoint directory or Hugging Face id (with tokenizer files)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--served-model-name", default=None,
-                   help="the model name clients send in 'model' (unset: MODEL as given)")
+    p.add_argument(
+        "--served-model-name", default=None, help="the model name clients send in 'model' (unset: MODEL as given)"
+    )
     key = p.add_mutually_exclusive_group()
-    key.add_argument("--api-key", default=None,
-                     help="require 'Authorization: Bearer KEY' on /v1/* (visible in the process list: prefer "
-                          "--api-key-file or $LFMKIT_API_KEY; unset: $LFMKIT_API_KEY, else open)")
-    key.add_argument("--api-key-file", default=None, metavar="PATH",
-                     help="read the API key from PATH (its first line, surrounding whitespace stripped)")
-    p.add_argument("--max-concurrent", type=int, default=8,
-                   help="sequences decoded together (batch slots); more requests wait in the queue")
-    p.add_argument("--max-queued", type=int, default=64,
-                   help="requests allowed to wait for a slot; beyond that: HTTP 429 with Retry-After")
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="tokens per sequence, prompt + completion (unset: min(model context, 4096)); "
-                        "memory for the K/V state is reserved for max-concurrent sequences of this length")
-    p.add_argument("--prefill-chunk", type=int, default=128,
-                   help="prompt tokens prefilled per step while other streams decode (smaller: "
-                        "smoother streams, larger: faster time to first token)")
+    key.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (visible in the process list: prefer "
+        "--api-key-file or $LFMKIT_API_KEY; unset: $LFMKIT_API_KEY, else open)",
+    )
+    key.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="PATH",
+        help="read the API key from PATH (its first line, surrounding whitespace stripped)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=8,
+        help="sequences decoded together (batch slots); more requests wait in the queue",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=64,
+        help="requests allowed to wait for a slot; beyond that: HTTP 429 with Retry-After",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="tokens per sequence, prompt + completion (unset: min(model context, 4096)); "
+        "memory for the K/V state is reserved for max-concurrent sequences of this length",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=128,
+        help="prompt tokens prefilled per step while other streams decode (smaller: "
+        "smoother streams, larger: faster time to first token)",
+    )
     p.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")
-    p.add_argument("--quantize", default=None, choices=("int8", "int4"),
-                   help="weight-only quantization at load (lfmkit.quant): smaller and faster decode on CPU")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=("int8", "int4"),
+        help="weight-only quantization at load (lfmkit.quant): smaller and faster decode on CPU",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
-    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
-                   help="on SIGTERM / Ctrl-C: stop accepting, let running requests finish this long, then end "
-                        "the rest (streams with an error event and [DONE])")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-                   help="server log level")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM / Ctrl-C: stop accepting, let running requests finish this long, then end "
+        "the rest (streams with an error event and [DONE])",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,8 +97,9 @@ def api_key(args) -> str | None:
             with open(args.api_key_file, encoding="utf-8") as f:
                 key = f.readline().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--api-key-file {args.api_key_file}: cannot read the key "
-                              f"({getattr(exc, 'strerror', None) or exc})") from None
+            raise ConfigError(
+                f"--api-key-file {args.api_key_file}: cannot read the key ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
         if not key:
             raise ConfigError(f"--api-key-file {args.api_key_file}: the file's first line is empty")
         return key
@@ -89,11 +129,16 @@ def build_context(args):
     path = resolve_model_path(args.model)
     model = load(path, quant=args.quantize or None, dtype=args.dtype, device=args.device)
     tokenizer = Tokenizer.from_pretrained(path)
-    config = EngineConfig(max_concurrent=args.max_concurrent, max_queued=args.max_queued,
-                          max_length=args.max_model_len, prefill_chunk=args.prefill_chunk)
+    config = EngineConfig(
+        max_concurrent=args.max_concurrent,
+        max_queued=args.max_queued,
+        max_length=args.max_model_len,
+        prefill_chunk=args.prefill_chunk,
+    )
     engine = Engine(model, tokenizer, config, ServingMetrics())
-    return ServerContext(engine, tokenizer, args.served_model_name or args.model,
-                         defaults=generation_config_defaults(path), api_key=key)
+    return ServerContext(
+        engine, tokenizer, args.served_model_name or args.model, defaults=generation_config_defaults(path), api_key=key
+    )
 
 
 def run(args) -> int:
@@ -103,8 +148,9 @@ def run(args) -> int:
     except ImportError as exc:
         from ..errors import LFMKitError
 
-        raise LFMKitError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
-                          f"pip install 'lfmkit[serve]'") from None
+        raise LFMKitError(
+            f"serving needs FastAPI and uvicorn ({exc.name} is missing): pip install 'lfmkit[serve]'"
+        ) from None
     from ..serve.runner import run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

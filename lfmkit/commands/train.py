@@ -25,9 +25,15 @@ from ..train.dpo_config import LOSSES, DPOConfig
 # (flag, config field, argparse options) for every setting the command line exposes.
 _FLAGS = [
     ("--model", dict(help="checkpoint directory, Hub id (local cache) or .gguf file")),
-    ("--data", dict(action="append", metavar="PATH[:WEIGHT]",
-                    help="training data, repeatable: .jsonl/.json/.parquet/.txt or a `datasets` directory, "
-                         "with an optional mixing weight (passes per epoch; default 1)")),
+    (
+        "--data",
+        dict(
+            action="append",
+            metavar="PATH[:WEIGHT]",
+            help="training data, repeatable: .jsonl/.json/.parquet/.txt or a `datasets` directory, "
+            "with an optional mixing weight (passes per epoch; default 1)",
+        ),
+    ),
     ("--output", dict(help="directory for the final model, checkpoints, metrics.jsonl and loss.png")),
     ("--max-steps", dict(type=int, help="optimizer steps to run (overrides --epochs)")),
     ("--epochs", dict(type=float, help="passes over the data mixture (default 3)")),
@@ -40,20 +46,35 @@ _FLAGS = [
     ("--batch-size", dict(type=int, help="sequences per optimizer step, global (default 8)")),
     ("--grad-accum", dict(type=int, help="micro-batches per optimizer step (default 1)")),
     ("--max-length", dict(type=int, help="tokens per sequence; longer documents are truncated (default 1024)")),
-    ("--packing", dict(action=argparse.BooleanOptionalAction,
-                       help="pack documents into max-length rows, each restarting attention, RoPE and the conv "
-                            "(default off)")),
-    ("--assistant-only-loss", dict(action=argparse.BooleanOptionalAction,
-                                   help="loss on assistant turns only for chat rows (default on)")),
-    ("--completion-only-loss", dict(action=argparse.BooleanOptionalAction,
-                                    help="loss on the completion only for prompt/completion rows (default on)")),
+    (
+        "--packing",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            help="pack documents into max-length rows, each restarting attention, RoPE and the conv (default off)",
+        ),
+    ),
+    (
+        "--assistant-only-loss",
+        dict(action=argparse.BooleanOptionalAction, help="loss on assistant turns only for chat rows (default on)"),
+    ),
+    (
+        "--completion-only-loss",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            help="loss on the completion only for prompt/completion rows (default on)",
+        ),
+    ),
     ("--chat-template", dict(metavar="FILE", help="a .jinja chat template to render conversations with")),
     ("--seed", dict(type=int, help="seed for data order and initialisation (default 42)")),
     ("--save-every", dict(type=int, help="checkpoint every N steps and at the end; 0 = none (default 500)")),
     ("--save-limit", dict(type=int, help="keep only the newest N checkpoints")),
     ("--resume", dict(action="store_true", help="continue from the last complete checkpoint in --output")),
-    ("--gradient-checkpointing", dict(action=argparse.BooleanOptionalAction,
-                                      help="recompute activations in backward (less memory, ~30%% slower)")),
+    (
+        "--gradient-checkpointing",
+        dict(
+            action=argparse.BooleanOptionalAction, help="recompute activations in backward (less memory, ~30%% slower)"
+        ),
+    ),
     ("--bf16", dict(action=argparse.BooleanOptionalAction, help="bfloat16 autocast (float32 master weights)")),
     ("--device", dict(help="cpu, cuda, cuda:N (default: cuda when available)")),
     ("--save-dtype", dict(choices=("float32", "bfloat16", "float16"), help="dtype of the final model")),
@@ -66,58 +87,113 @@ _FLAGS = [
 
 _TEACHER_FLAGS = [
     ("--teacher", dict(help="teacher checkpoint (directory, Hub id or .gguf); it must share the student's tokenizer")),
-    ("--teacher-quant", dict(choices=TEACHER_QUANTS, help="load the teacher in fp32, bf16, int8 or int4 "
-                                                           "(default: its stored dtype)")),
+    (
+        "--teacher-quant",
+        dict(choices=TEACHER_QUANTS, help="load the teacher in fp32, bf16, int8 or int4 (default: its stored dtype)"),
+    ),
 ]
-_DISTILL_FLAGS = _FLAGS + _TEACHER_FLAGS + [
-    ("--teacher-cache", dict(metavar="DIR", help="train from this top-k cache (lfmkit train distill-cache) "
-                                                 "instead of running the teacher")),
-    ("--kd-loss", dict(choices=KD_LOSSES, help="divergence to the teacher (default forward_kl)")),
-    ("--temperature", dict(type=float, help="softmax temperature of both distributions (default 2.0)")),
-    ("--alpha", dict(type=float, help="weight of the distillation term; 1 - alpha weighs the hard-label CE "
-                                      "(default 0.5)")),
-    ("--jsd-beta", dict(type=float, help="beta of the generalized JSD, kd-loss jsd (default 0.5)")),
-]
+_DISTILL_FLAGS = (
+    _FLAGS
+    + _TEACHER_FLAGS
+    + [
+        (
+            "--teacher-cache",
+            dict(
+                metavar="DIR",
+                help="train from this top-k cache (lfmkit train distill-cache) instead of running the teacher",
+            ),
+        ),
+        ("--kd-loss", dict(choices=KD_LOSSES, help="divergence to the teacher (default forward_kl)")),
+        ("--temperature", dict(type=float, help="softmax temperature of both distributions (default 2.0)")),
+        (
+            "--alpha",
+            dict(type=float, help="weight of the distillation term; 1 - alpha weighs the hard-label CE (default 0.5)"),
+        ),
+        ("--jsd-beta", dict(type=float, help="beta of the generalized JSD, kd-loss jsd (default 0.5)")),
+    ]
+)
 # Preference pairs have no loss masks to choose: every flag of `train sft` but those two.
 _DPO_FLAGS = [(f, o) for f, o in _FLAGS if f not in ("--assistant-only-loss", "--completion-only-loss")] + [
     ("--ref-model", dict(help="reference model (default: the starting model; with LoRA, its adapters off)")),
-    ("--loss", dict(choices=LOSSES, help="sigmoid (DPO), sigmoid_norm (length-normalized DPO), ipo, simpo "
-                                         "(reference-free); default sigmoid")),
+    (
+        "--loss",
+        dict(
+            choices=LOSSES,
+            help="sigmoid (DPO), sigmoid_norm (length-normalized DPO), ipo, simpo (reference-free); default sigmoid",
+        ),
+    ),
     ("--beta", dict(type=float, help="DPO's beta, IPO's tau, SimPO's beta (default 0.1)")),
     ("--simpo-gamma", dict(type=float, help="SimPO's target reward margin (default 0.5)")),
 ]
-_CACHE_DATA = ("--data", "--max-length", "--packing", "--assistant-only-loss", "--completion-only-loss",
-               "--chat-template", "--device")
-_CACHE_FLAGS = _TEACHER_FLAGS + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA] + [
-    ("--model", dict(help="the student, whose tokenizer reads the data (default: the teacher's)")),
-    ("--output", dict(dest="teacher_cache", metavar="DIR", help="the cache folder to write (YAML: teacher_cache)")),
-    ("--top-k", dict(type=int, help="log-probs kept per trained token (default 64)")),
-    ("--cache-dtype", dict(choices=CACHE_DTYPES, help="dtype of the stored log-probs (default float16)")),
-    ("--batch-size", dict(type=int, help="with --grad-accum: the teacher runs batch_size / grad_accum rows at a "
-                                         "time, the training micro-batch (default 8)")),
-    ("--grad-accum", dict(type=int, help="see --batch-size (default 1)")),
-]
+_CACHE_DATA = (
+    "--data",
+    "--max-length",
+    "--packing",
+    "--assistant-only-loss",
+    "--completion-only-loss",
+    "--chat-template",
+    "--device",
+)
+_CACHE_FLAGS = (
+    _TEACHER_FLAGS
+    + [(f, o) for f, o in _FLAGS if f in _CACHE_DATA]
+    + [
+        ("--model", dict(help="the student, whose tokenizer reads the data (default: the teacher's)")),
+        ("--output", dict(dest="teacher_cache", metavar="DIR", help="the cache folder to write (YAML: teacher_cache)")),
+        ("--top-k", dict(type=int, help="log-probs kept per trained token (default 64)")),
+        ("--cache-dtype", dict(choices=CACHE_DTYPES, help="dtype of the stored log-probs (default float16)")),
+        (
+            "--batch-size",
+            dict(
+                type=int,
+                help="with --grad-accum: the teacher runs batch_size / grad_accum rows at a "
+                "time, the training micro-batch (default 8)",
+            ),
+        ),
+        ("--grad-accum", dict(type=int, help="see --batch-size (default 1)")),
+    ]
+)
 
 
 def register(sub) -> None:
     from . import train_grpo
 
-    p = sub.add_parser("train", help="fine-tune a model (sft, distill, dpo, grpo)",
-                       description="Fine-tune an LFM2 model. See docs/training.md.")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model (sft, distill, dpo, grpo)",
+        description="Fine-tune an LFM2 model. See docs/training.md.",
+    )
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE")
-    add_recipe(recipes, "sft", _FLAGS, run_sft, help="supervised fine-tuning (full or LoRA)",
-               description="Supervised fine-tuning on chat, prompt/completion or text data. "
-                           "Settings come from --config (YAML), overridden by flags.")
-    add_recipe(recipes, "distill", _DISTILL_FLAGS, run_distill, help="knowledge distillation from a teacher",
-               description="Train the student --model against a teacher's next-token distributions (online "
-                           "--teacher, or --teacher-cache), mixed with the hard-label CE by --alpha. Every "
-                           "setting of `train sft` applies. Settings come from --config (YAML), overridden by flags.")
+    add_recipe(
+        recipes,
+        "sft",
+        _FLAGS,
+        run_sft,
+        help="supervised fine-tuning (full or LoRA)",
+        description="Supervised fine-tuning on chat, prompt/completion or text data. "
+        "Settings come from --config (YAML), overridden by flags.",
+    )
+    add_recipe(
+        recipes,
+        "distill",
+        _DISTILL_FLAGS,
+        run_distill,
+        help="knowledge distillation from a teacher",
+        description="Train the student --model against a teacher's next-token distributions (online "
+        "--teacher, or --teacher-cache), mixed with the hard-label CE by --alpha. Every "
+        "setting of `train sft` applies. Settings come from --config (YAML), overridden by flags.",
+    )
     add_distill_cache(recipes, "distill-cache")
-    add_recipe(recipes, "dpo", _DPO_FLAGS, run_dpo,
-               help="preference optimization on chosen/rejected pairs (DPO, IPO, SimPO)",
-               description="Direct preference optimization on TRL-format pairs (prompt/chosen/rejected). Every "
-                           "setting of `train sft` applies but the loss masks; the defaults that differ are TRL's "
-                           "DPOConfig (learning rate 1e-6). Settings come from --config (YAML), overridden by flags.")
+    add_recipe(
+        recipes,
+        "dpo",
+        _DPO_FLAGS,
+        run_dpo,
+        help="preference optimization on chosen/rejected pairs (DPO, IPO, SimPO)",
+        description="Direct preference optimization on TRL-format pairs (prompt/chosen/rejected). Every "
+        "setting of `train sft` applies but the loss masks; the defaults that differ are TRL's "
+        "DPOConfig (learning rate 1e-6). Settings come from --config (YAML), overridden by flags.",
+    )
     train_grpo.register(recipes, _FLAGS)
     p.set_defaults(func=lambda args: p.print_help() or 0, recipe=None)
 
@@ -126,23 +202,30 @@ def add_recipe(recipes, name: str, flags: list, func, **texts) -> argparse.Argum
     """A subcommand taking --config and `flags` (only the flags given override the YAML file)."""
     s = recipes.add_parser(name, **texts)
     s.add_argument("--config", metavar="FILE", help="YAML file of settings (SFTConfig / DistillConfig field names)")
-    s.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                   help="no progress bar")
+    s.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
+    )
     for flag, options in flags:
         s.add_argument(flag, default=argparse.SUPPRESS, **options)
-    s.set_defaults(func=func, settings=[options.get("dest") or flag.lstrip("-").replace("-", "_")
-                                        for flag, options in flags])
+    s.set_defaults(
+        func=func, settings=[options.get("dest") or flag.lstrip("-").replace("-", "_") for flag, options in flags]
+    )
     return s
 
 
 def add_distill_cache(parsers, name: str) -> argparse.ArgumentParser:
     """`distill-cache` (also `lfmkit distill cache`): the teacher's top-k log-probs, written once."""
-    return add_recipe(parsers, name, _CACHE_FLAGS, run_distill_cache,
-                      help="run a teacher once and write its top-k log-probs for `train distill --teacher-cache`",
-                      description="Tokenize --data as training will, run --teacher once over every distinct "
-                                  "document and write its top-k log-probs to --output. `train distill "
-                                  "--teacher-cache DIR` with the same data settings reads them (the same "
-                                  "--config file serves both).")
+    return add_recipe(
+        parsers,
+        name,
+        _CACHE_FLAGS,
+        run_distill_cache,
+        help="run a teacher once and write its top-k log-probs for `train distill --teacher-cache`",
+        description="Tokenize --data as training will, run --teacher once over every distinct "
+        "document and write its top-k log-probs to --output. `train distill "
+        "--teacher-cache DIR` with the same data settings reads them (the same "
+        "--config file serves both).",
+    )
 
 
 def config_from_args(args, kind: type[SFTConfig] = SFTConfig) -> SFTConfig:
@@ -188,6 +271,8 @@ def run_distill_cache(args) -> int:
     from ..train.distill_recipe import distill_cache
 
     cache = TeacherCache(distill_cache(config_from_args(args, DistillCacheConfig)))
-    print(f"wrote the teacher's top-{cache.k} log-probs of {cache.index['documents']:,} documents "
-          f"({cache.index['tokens']:,} trained tokens) to {cache.path}")
+    print(
+        f"wrote the teacher's top-{cache.k} log-probs of {cache.index['documents']:,} documents "
+        f"({cache.index['tokens']:,} trained tokens) to {cache.path}"
+    )
     return 0

@@ -16,13 +16,26 @@ from ..train.grpo_config import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
 # SFT flags that mean nothing for GRPO (prompts replace data; completions are generated).
 _NOT_SHARED = {"--data", "--packing", "--assistant-only-loss", "--completion-only-loss", "--max-length"}
 _GRPO_FLAGS = [
-    ("--prompts", dict(action="append", metavar="FILE",
-                       help="prompt rows ({\"prompt\": text or messages, <reward fields>}), repeatable: "
-                            ".jsonl/.json/.parquet or a `datasets` directory")),
-    ("--reward", dict(action="append", dest="rewards", metavar="[TASK=]FN[:WEIGHT]",
-                      help="reward function, repeatable: a built-in (math, ifeval, multiple_choice, exact, tool_call, "
-                           "think_format), module:function or file.py:function; TASK= limits it to rows whose "
-                           "'task' is TASK; :WEIGHT scales it (default 1)")),
+    (
+        "--prompts",
+        dict(
+            action="append",
+            metavar="FILE",
+            help='prompt rows ({"prompt": text or messages, <reward fields>}), repeatable: '
+            ".jsonl/.json/.parquet or a `datasets` directory",
+        ),
+    ),
+    (
+        "--reward",
+        dict(
+            action="append",
+            dest="rewards",
+            metavar="[TASK=]FN[:WEIGHT]",
+            help="reward function, repeatable: a built-in (math, ifeval, multiple_choice, exact, tool_call, "
+            "think_format), module:function or file.py:function; TASK= limits it to rows whose "
+            "'task' is TASK; :WEIGHT scales it (default 1)",
+        ),
+    ),
     ("--num-generations", dict(type=int, help="completions per prompt (default 8)")),
     ("--max-prompt-length", dict(type=int, help="longer prompts are dropped (default 512)")),
     ("--max-completion-length", dict(type=int, help="tokens per completion at most (default 512)")),
@@ -36,30 +49,48 @@ _GRPO_FLAGS = [
     ("--epsilon-high", dict(type=float, help="clip the ratio above at 1 + epsilon-high (default 0.2; DAPO: 0.28)")),
     ("--beta", dict(type=float, help="KL coefficient to the starting model (default 0)")),
     ("--num-iterations", dict(type=int, help="optimizer steps on each batch of rollouts (default 1)")),
-    ("--scale-rewards", dict(choices=SCALE_REWARDS, help="divide advantages by the std of the group (default), "
-                                                         "the batch, or none")),
-    ("--mask-truncated-completions", dict(action=argparse.BooleanOptionalAction,
-                                          help="no loss on completions cut by max-completion-length (default off)")),
-    ("--eval-prompts", dict(metavar="FILE", help="held-out prompts: the mean reward before, after (and every "
-                                                 "--eval-every steps) goes to eval_rewards.jsonl and reward.png")),
+    (
+        "--scale-rewards",
+        dict(choices=SCALE_REWARDS, help="divide advantages by the std of the group (default), the batch, or none"),
+    ),
+    (
+        "--mask-truncated-completions",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            help="no loss on completions cut by max-completion-length (default off)",
+        ),
+    ),
+    (
+        "--eval-prompts",
+        dict(
+            metavar="FILE",
+            help="held-out prompts: the mean reward before, after (and every "
+            "--eval-every steps) goes to eval_rewards.jsonl and reward.png",
+        ),
+    ),
     ("--eval-every", dict(type=int, help="also evaluate every N steps (default 0: before and after only)")),
     ("--eval-temperature", dict(type=float, help="sampling temperature of the evaluation (default 0: greedy)")),
     ("--eval-generations", dict(type=int, help="completions per held-out prompt (default 1)")),
 ]
-_HELP_CHANGES = {"--batch-size": "completions per optimizer step, global: prompts per step x num-generations "
-                                 "(default 8)",
-                 "--learning-rate": "peak AdamW learning rate (default 1e-6, TRL's GRPO default)"}
+_HELP_CHANGES = {
+    "--batch-size": "completions per optimizer step, global: prompts per step x num-generations (default 8)",
+    "--learning-rate": "peak AdamW learning rate (default 1e-6, TRL's GRPO default)",
+}
 
 
 def register(recipes, sft_flags) -> None:
     """Add `grpo` to `lfmkit train`'s recipes; `sft_flags` are the SFT command's (flag, options)."""
-    g = recipes.add_parser("grpo", help="reinforcement learning with verifiable rewards (GRPO; full or LoRA)",
-                           description="GRPO on prompts with verifiable rewards: rollouts from lfmkit's own "
-                                       "generation on the training weights. Settings come from --config (YAML), "
-                                       "overridden by flags.")
+    g = recipes.add_parser(
+        "grpo",
+        help="reinforcement learning with verifiable rewards (GRPO; full or LoRA)",
+        description="GRPO on prompts with verifiable rewards: rollouts from lfmkit's own "
+        "generation on the training weights. Settings come from --config (YAML), "
+        "overridden by flags.",
+    )
     g.add_argument("--config", metavar="FILE", help="YAML file of settings (GRPOConfig field names)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                   help="no progress bar")
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
+    )
     shared = [(f, dict(o, help=_HELP_CHANGES.get(f, o.get("help")))) for f, o in sft_flags if f not in _NOT_SHARED]
     for flag, options in shared + _GRPO_FLAGS:
         g.add_argument(flag, default=argparse.SUPPRESS, **options)

@@ -28,22 +28,41 @@ THINK_START, THINK_END = "<think>", "</think>"
 # "the answer is" in English, MGSM's languages (lm-eval's native-CoT answer phrases) and the
 # model card's (ar, ko); lowercased, matched case-insensitively.
 ANSWER_PHRASES = (
-    "the final answer is", "the answer is", "final answer:", "answer:",
-    "la respuesta es", "respuesta:",                       # es
-    "la réponse est", "réponse :", "réponse:",             # fr
-    "die antwort lautet", "die antwort ist", "antwort:",   # de
-    "ответ —", "ответ -", "ответ:", "ответ",               # ru
-    "答案是", "答案：", "答案:",                              # zh
-    "答えは", "答え：", "答え:",                              # ja
-    "คำตอบคือ",                                            # th
-    "jibu ni",                                             # sw
-    "উত্তর হল", "উত্তর:",                                   # bn
-    "సమాధానం",                                             # te
-    "الإجابة هي", "الجواب هو", "الإجابة:",                   # ar
-    "정답은", "답은", "답:",                                  # ko
+    "the final answer is",
+    "the answer is",
+    "final answer:",
+    "answer:",
+    "la respuesta es",
+    "respuesta:",  # es
+    "la réponse est",
+    "réponse :",
+    "réponse:",  # fr
+    "die antwort lautet",
+    "die antwort ist",
+    "antwort:",  # de
+    "ответ —",
+    "ответ -",
+    "ответ:",
+    "ответ",  # ru
+    "答案是",
+    "答案：",
+    "答案:",  # zh
+    "答えは",
+    "答え：",
+    "答え:",  # ja
+    "คำตอบคือ",  # th
+    "jibu ni",  # sw
+    "উত্তর হল",
+    "উত্তর:",  # bn
+    "సమాధానం",  # te
+    "الإجابة هي",
+    "الجواب هو",
+    "الإجابة:",  # ar
+    "정답은",
+    "답은",
+    "답:",  # ko
 )
-_PHRASE = re.compile("|".join(re.escape(p) for p in sorted(ANSWER_PHRASES, key=len, reverse=True)),
-                     re.IGNORECASE)
+_PHRASE = re.compile("|".join(re.escape(p) for p in sorted(ANSWER_PHRASES, key=len, reverse=True)), re.IGNORECASE)
 _CURRENCY = "$€£¥₹"
 # A number: optional sign (not glued to a Latin word or number, so 2023-11-20 has no negative
 # parts; CJK text may touch it: 答案是18), optional
@@ -104,7 +123,7 @@ def _last_boxed(text: str) -> str | None:
     while j < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         j += 1
-    return text[i: j - 1] if depth == 0 else text[i:]
+    return text[i : j - 1] if depth == 0 else text[i:]
 
 
 def _boxed_answer(content: str) -> str | None:
@@ -130,7 +149,7 @@ def _fraction_text(value: Fraction) -> str:
 def _after_phrase(text: str) -> str | None:
     last = None
     for m in _PHRASE.finditer(text):
-        line = text[m.end():].split("\n", 1)[0]
+        line = text[m.end() :].split("\n", 1)[0]
         nums = _numbers(line)
         if nums:
             last = nums[-1] if "=" in line else nums[0]

@@ -60,12 +60,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context = context[:-n_spaces]
     whole = encode_text(tokenizer, context + continuation)
     ctx = encode_text(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def score_continuations(model, requests: Sequence[tuple[list[int], list[list[int]]]],
-                        batch_size: int = 16) -> list[ContinuationScore]:
+def score_continuations(
+    model, requests: Sequence[tuple[list[int], list[list[int]]]], batch_size: int = 16
+) -> list[ContinuationScore]:
     """For each (context ids, [continuation ids ...]): every continuation's summed log-probability
     and whether greedy decoding would produce it, plus the argmax token after the context.
 
@@ -80,7 +81,7 @@ def score_continuations(model, requests: Sequence[tuple[list[int], list[list[int
     order = sorted(range(len(requests)), key=lambda i: requests[i][0])
     out: list[ContinuationScore | None] = [None] * len(requests)
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+        idx = order[start : start + batch_size]
         for i, score in zip(idx, _score_batch(model, [requests[i] for i in idx], batch_size)):
             out[i] = score
     return out
@@ -93,7 +94,7 @@ def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> list[int]:
     if any(not c for c in conts):
         raise EvalError("a continuation encodes to no tokens")
     longest = max((len(c) for c in conts), default=0)
-    return ctx[max(0, len(ctx) + longest - 1 - limit):]
+    return ctx[max(0, len(ctx) + longest - 1 - limit) :]
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -120,16 +121,16 @@ def _score_batch(model, batch, max_rows: int) -> list[ContinuationScore]:
     if p:
         prefix_state = model.new_state(batch_size=1, max_length=p + width)
         model.prefill(torch.tensor([batch[0][0][:p]], device=model.device), prefix_state)
-    first: dict[int, torch.Tensor] = {}                       # question -> log-probs after its context
+    first: dict[int, torch.Tensor] = {}  # question -> log-probs after its context
     tails: dict[tuple[int, int], tuple[float, bool]] = {}
     for start in range(0, len(rows), max_rows):
-        group = rows[start: start + max_rows]
+        group = rows[start : start + max_rows]
         logp = _row_logprobs(model, prefix_state, p, width, group, batch)
         for (b, k, _), lp in zip(group, logp):
             first.setdefault(b, lp[0])
             if k is not None:
                 cont = torch.tensor(batch[b][1][k][1:], device=lp.device)
-                rest = lp[1: 1 + len(cont)]
+                rest = lp[1 : 1 + len(cont)]
                 tails[(b, k)] = (float(rest.gather(-1, cont[:, None]).sum()), bool((rest.argmax(-1) == cont).all()))
     scores = []
     for b, (_, conts) in enumerate(batch):
@@ -154,14 +155,15 @@ def _row_logprobs(model, prefix_state, p: int, width: int, group, batch) -> list
     picks, counts = [], []
     for r, (b, k, toks) in enumerate(group):
         ids[r, : len(toks)] = torch.tensor(toks)
-        own = len(batch[b][0]) - p                           # the context's tokens in this row
+        own = len(batch[b][0]) - p  # the context's tokens in this row
         n = 1 if k is None else len(batch[b][1][k])
         picks += [r * width + own - 1 + j for j in range(n)]
         counts.append(n)
     ids = ids.to(model.device)
-    step = max(1, ROW_TOKENS_PER_PASS // len(group))     # bounds activation memory for long prompts
-    hidden = torch.cat([model(ids[:, a: a + step], state=state, return_hidden=True)
-                        for a in range(0, width, step)], dim=1)                  # [R, width, H]
+    step = max(1, ROW_TOKENS_PER_PASS // len(group))  # bounds activation memory for long prompts
+    hidden = torch.cat(
+        [model(ids[:, a : a + step], state=state, return_hidden=True) for a in range(0, width, step)], dim=1
+    )  # [R, width, H]
     picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(picks, device=hidden.device)]
     logp = model.lm_head(picked).float().log_softmax(-1)
     return list(logp.split(counts))
@@ -201,7 +203,7 @@ class LocalBackend:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out: list[str] = [""] * len(ids)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             results = generate(self.model, [ids[i] for i in idx], params, tokenizer=self.tokenizer, truncate=True)
             for i, r in zip(idx, results):
                 out[i] = r.text
@@ -213,11 +215,24 @@ class EndpointBackend:
 
     name = "endpoint"
     # Greedy over the server's defaults (lfmkit and vLLM would otherwise apply repetition penalties).
-    GREEDY = {"temperature": 0.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
-              "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    GREEDY = {
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, concurrency: int = 8,
-                 timeout: float = 600.0, chat_template_kwargs: dict | None = None):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 600.0,
+        chat_template_kwargs: dict | None = None,
+    ):
         import httpx
 
         base = url.rstrip("/")
@@ -251,8 +266,9 @@ class EndpointBackend:
             r.raise_for_status()
             return r.json()["data"][0]["id"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-            raise EvalError(f"--endpoint {self.base}/models: cannot list the served models ({exc}); "
-                            f"pass --endpoint-model NAME") from None
+            raise EvalError(
+                f"--endpoint {self.base}/models: cannot list the served models ({exc}); pass --endpoint-model NAME"
+            ) from None
 
     def _complete(self, prompt, max_tokens: int, stop: list[str]) -> str:
         body = {"model": self.model, "max_tokens": max_tokens, **self.GREEDY, **self.extra}
@@ -269,13 +285,14 @@ class EndpointBackend:
 
     def score_mc(self, prompts: list, continuations: list[list[str]]) -> list[tuple[list[float], str]]:
         if any(continuations):
-            raise EvalError("--mc-rule choices needs prompt log-likelihoods, which OpenAI-compatible chat "
-                            "servers do not return; use --mc-rule vocab with --endpoint")
+            raise EvalError(
+                "--mc-rule choices needs prompt log-likelihoods, which OpenAI-compatible chat "
+                "servers do not return; use --mc-rule vocab with --endpoint"
+            )
         return [([], text) for text in self._map(lambda p: self._complete(p, 1, []), prompts)]
 
     def generate(self, prompts: list, max_tokens: int, stop: list[str]) -> list[str]:
         return self._map(lambda p: self._complete(p, max_tokens, stop), prompts)
 
 
-__all__ = ["LocalBackend", "EndpointBackend", "score_continuations", "encode_pair", "encode_text",
-           "ContinuationScore"]
+__all__ = ["LocalBackend", "EndpointBackend", "score_continuations", "encode_pair", "encode_text", "ContinuationScore"]

@@ -36,7 +36,7 @@ class Split:
 class DataFiles:
     """Every file a task read, for results.json: paths and one combined hash."""
 
-    files: dict[str, str] = field(default_factory=dict)     # path -> sha256
+    files: dict[str, str] = field(default_factory=dict)  # path -> sha256
 
     def add(self, split: Split) -> None:
         self.files[str(split.path)] = split.sha256
@@ -59,8 +59,10 @@ def read_split(folder: Path, split: str, dataset: str, required: tuple[str, ...]
     """Rows of `folder/<split>.*`; EvalError naming the file to supply or the bad row."""
     path = find_split(folder, split)
     if path is None:
-        raise EvalError(f"missing data: put {dataset}'s '{split}' split at {folder / (split + '.jsonl')} "
-                        f"(or .csv / .parquet) with its columns {', '.join(required)}")
+        raise EvalError(
+            f"missing data: put {dataset}'s '{split}' split at {folder / (split + '.jsonl')} "
+            f"(or .csv / .parquet) with its columns {', '.join(required)}"
+        )
     return read_file(path, required, f"{dataset}'s columns")
 
 
@@ -113,8 +115,9 @@ def _parse(path: Path, raw: bytes) -> list[dict]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise EvalError(f"{path}: reading parquet needs pyarrow (pip install 'lfmkit[eval]'), "
-                        f"or convert the file to .jsonl") from None
+        raise EvalError(
+            f"{path}: reading parquet needs pyarrow (pip install 'lfmkit[eval]'), or convert the file to .jsonl"
+        ) from None
     try:
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - pyarrow raises its own hierarchy

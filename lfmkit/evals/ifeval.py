@@ -22,8 +22,10 @@ class IFEval:
     columns = ("key", "prompt", "instruction_id_list", "kwargs")
 
     def method(self, opts: LoadOptions) -> str:
-        return (f"greedy generation, {len(VERIFIERS)} offline instruction verifiers (strict and loose); score = "
-                f"prompt-level strict accuracy{', chat template' if opts.chat else ''}")
+        return (
+            f"greedy generation, {len(VERIFIERS)} offline instruction verifiers (strict and loose); score = "
+            f"prompt-level strict accuracy{', chat template' if opts.chat else ''}"
+        )
 
     def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
         if opts.num_fewshot:
@@ -35,8 +37,9 @@ class IFEval:
         for i, row in enumerate(first_n(split.rows, opts.limit)):
             ids, kwargs = row["instruction_id_list"], row["kwargs"]
             if not (isinstance(ids, list) and isinstance(kwargs, list) and len(ids) == len(kwargs)):
-                raise EvalError(f"{split.path}: row {i + 1}: 'instruction_id_list' and 'kwargs' must be lists "
-                                f"of the same length")
+                raise EvalError(
+                    f"{split.path}: row {i + 1}: 'instruction_id_list' and 'kwargs' must be lists of the same length"
+                )
             unknown = [x for x in ids if x not in VERIFIERS]
             if unknown:
                 raise EvalError(f"{split.path}: row {i + 1}: unknown instruction id {unknown[0]!r}")
@@ -47,8 +50,13 @@ class IFEval:
         ids, kwargs = item.target["ids"], item.target["kwargs"]
         strict = [follows(output, i, k) for i, k in zip(ids, kwargs)]
         loose = [follows(output, i, k, loose=True) for i, k in zip(ids, kwargs)]
-        return {"prediction": None, "correct": all(strict), "inst_strict": strict, "inst_loose": loose,
-                "prompt_loose": all(loose)}
+        return {
+            "prediction": None,
+            "correct": all(strict),
+            "inst_strict": strict,
+            "inst_loose": loose,
+            "prompt_loose": all(loose),
+        }
 
     @staticmethod
     def metrics(samples: list[dict]) -> dict[str, float]:

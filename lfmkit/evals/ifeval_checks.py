@@ -38,8 +38,10 @@ def _relation(count: int, threshold: int, relation: str) -> bool:
 _ALPHA, _DIGIT = "([A-Za-z])", "([0-9])"
 _PREFIXES = "(Mr|St|Mrs|Ms|Dr)[.]"
 _SUFFIXES = "(Inc|Ltd|Jr|Sr|Co)"
-_STARTERS = (r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|"
-             r"That\s|This\s|Wherever)")
+_STARTERS = (
+    r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|"
+    r"That\s|This\s|Wherever)"
+)
 _ACRONYMS = "([A-Z][.][A-Z][.](?:[A-Z][.])?)"
 _WEBSITES = "[.](com|net|org|io|gov|edu|me)"
 
@@ -279,7 +281,7 @@ def follows(response: str, instruction_id: str, kwargs: dict | None = None, loos
     verifier = VERIFIERS.get(instruction_id)
     if verifier is None:
         raise EvalError(f"IFEval: unknown instruction id {instruction_id!r}")
-    args = {k: v for k, v in (kwargs or {}).items() if v}      # the reference drops None / 0 / ""
+    args = {k: v for k, v in (kwargs or {}).items() if v}  # the reference drops None / 0 / ""
     candidates = loose_variants(response) if loose else [response]
     try:
         return any(c.strip() and verifier(c, **args) for c in candidates)

@@ -39,7 +39,7 @@ better, "[[2]]" if assistant 2 is better, and "[[tie]]" for a tie.
 [The End of Assistant 2's Answer]"""
 
 _VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.IGNORECASE)
-WIN, TIE, LOSS = "win", "tie", "loss"    # from A's side
+WIN, TIE, LOSS = "win", "tie", "loss"  # from A's side
 
 
 def parse_verdict(reply: str) -> str | None:
@@ -69,7 +69,7 @@ class Rates:
     win: float
     tie: float
     loss: float
-    score: float                                    # win + tie / 2
+    score: float  # win + tie / 2
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
@@ -83,11 +83,20 @@ class JudgeResult:
 
     def to_dict(self) -> dict:
         def rates(r: Rates) -> dict:
-            return {"win": r.win, "tie": r.tie, "loss": r.loss, "score": r.score,
-                    "ci95": {k: list(v) for k, v in r.ci.items()}}
+            return {
+                "win": r.win,
+                "tie": r.tie,
+                "loss": r.loss,
+                "score": r.score,
+                "ci95": {k: list(v) for k, v in r.ci.items()},
+            }
 
-        return {"n": len(next(iter(self.outcomes.values()), [])), "jury": rates(self.jury),
-                "judges": {k: rates(v) for k, v in self.judges.items()}, "outcomes": self.outcomes}
+        return {
+            "n": len(next(iter(self.outcomes.values()), [])),
+            "jury": rates(self.jury),
+            "judges": {k: rates(v) for k, v in self.judges.items()},
+            "outcomes": self.outcomes,
+        }
 
 
 def _rates(per_prompt: list[list[str]]) -> tuple[float, float, float]:
@@ -116,12 +125,21 @@ def rates_with_ci(per_prompt: list[list[str]], bootstrap: int, seed: int, level:
     return out
 
 
-def judge_pairwise(prompts: list, answers_a: list[str], answers_b: list[str], judges: dict[str, Callable[[str], str]],
-                   bootstrap: int = 1000, seed: int = 0, template: str = JUDGE_TEMPLATE) -> JudgeResult:
+def judge_pairwise(
+    prompts: list,
+    answers_a: list[str],
+    answers_b: list[str],
+    judges: dict[str, Callable[[str], str]],
+    bootstrap: int = 1000,
+    seed: int = 0,
+    template: str = JUDGE_TEMPLATE,
+) -> JudgeResult:
     """Judge A against B on every prompt with every judge, both orders; pool the judges as a jury."""
     if not (len(prompts) == len(answers_a) == len(answers_b)):
-        raise EvalError(f"judge: {len(prompts)} prompts, {len(answers_a)} answers A and {len(answers_b)} answers B; "
-                        f"they must pair up one to one")
+        raise EvalError(
+            f"judge: {len(prompts)} prompts, {len(answers_a)} answers A and {len(answers_b)} answers B; "
+            f"they must pair up one to one"
+        )
     if not prompts:
         raise EvalError("judge: no prompts")
     if not judges:
@@ -154,5 +172,12 @@ class EndpointJudge:
         return self.backend.generate([[{"role": "user", "content": text}]], self.max_tokens, [])[0]
 
 
-__all__ = ["judge_pairwise", "JudgeResult", "EndpointJudge", "parse_verdict", "combine", "rates_with_ci",
-           "JUDGE_TEMPLATE"]
+__all__ = [
+    "judge_pairwise",
+    "JudgeResult",
+    "EndpointJudge",
+    "parse_verdict",
+    "combine",
+    "rates_with_ci",
+    "JUDGE_TEMPLATE",
+]

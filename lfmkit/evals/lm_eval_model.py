@@ -26,15 +26,24 @@ from ..inference.generate import generate, load_tokenizer_for
 from ..inference.sampling import SamplingParams
 from .backends import score_continuations
 
-DEFAULT_MAX_GEN_TOKS = 256     # lm-eval's HF backend default
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend default
 
 
 @register_model("lfmkit")
 class LMEvalModel(TemplateLM):
     """An lfmkit model (path or loaded) behind lm-eval's LM interface."""
 
-    def __init__(self, pretrained=None, model=None, tokenizer=None, batch_size: int | str = 16,
-                 quant: str | None = None, dtype: str | None = None, device: str | None = None, **_ignored):
+    def __init__(
+        self,
+        pretrained=None,
+        model=None,
+        tokenizer=None,
+        batch_size: int | str = 16,
+        quant: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        **_ignored,
+    ):
         super().__init__()
         if model is None:
             if pretrained is None:
@@ -78,12 +87,13 @@ class LMEvalModel(TemplateLM):
         groups: dict[tuple, list[int]] = defaultdict(list)
         conts = []
         for i, (_, ctx, cont) in enumerate(requests):
-            full = (list(ctx) + list(cont))[-(self.max_length + 1):]   # lm-eval's left truncation
+            full = (list(ctx) + list(cont))[-(self.max_length + 1) :]  # lm-eval's left truncation
             groups[tuple(full[: len(full) - len(cont)])].append(i)
             conts.append(list(cont))
         keys = list(groups)
-        scores = score_continuations(self.model, [(list(k), [conts[i] for i in groups[k]]) for k in keys],
-                                     self.batch_size)
+        scores = score_continuations(
+            self.model, [(list(k), [conts[i] for i in groups[k]]) for k in keys], self.batch_size
+        )
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         for key, score in zip(keys, scores):
             for i, ll, greedy in zip(groups[key], score.logliks, score.greedy):
@@ -93,9 +103,15 @@ class LMEvalModel(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
         for (string,) in [r.args for r in requests]:
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
             scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
             out.append(sum(ll for ll, _ in scores))
         return out
@@ -110,14 +126,14 @@ class LMEvalModel(TemplateLM):
             until = kwargs.get("until") or []
             until = (until,) if isinstance(until, str) else tuple(until)
             max_tokens = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-            prompts.append(self.tok_encode(context)[-(self.max_length - max_tokens):])
+            prompts.append(self.tok_encode(context)[-(self.max_length - max_tokens) :])
             groups[(until, max_tokens)].append(i)
         out = [""] * len(prompts)
         for (until, max_tokens), idx in groups.items():
             params = SamplingParams.greedy(max_tokens=max_tokens, stop=list(until))
             idx = sorted(idx, key=lambda i: -len(prompts[i]))
             for start in range(0, len(idx), self.batch_size):
-                batch = idx[start: start + self.batch_size]
+                batch = idx[start : start + self.batch_size]
                 results = generate(self.model, [prompts[i] for i in batch], params, tokenizer=self.tokenizer)
                 for i, r in zip(batch, results):
                     out[i] = r.text

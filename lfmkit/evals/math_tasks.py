@@ -43,9 +43,11 @@ class MathTask:
 
     def method(self, opts: LoadOptions) -> str:
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
-        return (f"greedy generation, then lfmkit.evals.extract_answer (boxed, 'the answer is' in {len(MGSM_WORDS)}+ "
-                f"languages, ####, last number; normalized, numeric comparison); {shots}-shot"
-                f"{', chat template' if opts.chat else ''}")
+        return (
+            f"greedy generation, then lfmkit.evals.extract_answer (boxed, 'the answer is' in {len(MGSM_WORDS)}+ "
+            f"languages, ####, last number; normalized, numeric comparison); {shots}-shot"
+            f"{', chat template' if opts.chat else ''}"
+        )
 
     def score(self, item: GenItem, output: str) -> dict:
         prediction = extract_answer(output)
@@ -54,7 +56,7 @@ class MathTask:
 
 def _strip_prefix(text: str, prefix: str) -> str:
     text = str(text).strip()
-    return text[len(prefix):].strip() if text.startswith(prefix) else text
+    return text[len(prefix) :].strip() if text.startswith(prefix) else text
 
 
 class GSM8K(MathTask):
@@ -81,8 +83,10 @@ class GSM8K(MathTask):
                 prompt = Prompt(row["question"], shots=[(r["question"], r["answer"]) for r in examples])
                 stop = []
             else:
-                prompt = Prompt(f"Question: {row['question']}\nAnswer:",
-                                shots=[(f"Question: {r['question']}\nAnswer:", r["answer"]) for r in examples])
+                prompt = Prompt(
+                    f"Question: {row['question']}\nAnswer:",
+                    shots=[(f"Question: {r['question']}\nAnswer:", r["answer"]) for r in examples],
+                )
                 stop = ["Question:", *PLAIN_STOPS]
             items.append(GenItem(i, "default", prompt, target, stop))
         return items, files
@@ -96,9 +100,11 @@ class MGSM(MathTask):
         folder = data_dir / self.name
         configs = [folder] if find_split(folder, "test") else config_folders(folder)
         if not configs:
-            raise EvalError(f"missing data: put {self.dataset}'s 'test' (and, for few-shot, 'train') split of each "
-                            f"language at {folder}/<lang>/test.jsonl ({', '.join(MGSM_WORDS)}) with its columns "
-                            f"question, answer, answer_number")
+            raise EvalError(
+                f"missing data: put {self.dataset}'s 'test' (and, for few-shot, 'train') split of each "
+                f"language at {folder}/<lang>/test.jsonl ({', '.join(MGSM_WORDS)}) with its columns "
+                f"question, answer, answer_number"
+            )
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         files, items = DataFiles(), []
         for cfg in configs:
@@ -110,18 +116,24 @@ class MGSM(MathTask):
             if shots:
                 train = read_split(cfg, "train", self.dataset, ("question", "answer"))
                 files.add(train)
-                examples = [(_strip_prefix(r["question"], q_word), _strip_prefix(r["answer"], a_word))
-                            for r in train.rows[:shots]]
+                examples = [
+                    (_strip_prefix(r["question"], q_word), _strip_prefix(r["answer"], a_word))
+                    for r in train.rows[:shots]
+                ]
             for row in first_n(test.rows, opts.limit):
                 question = _strip_prefix(row["question"], q_word)
                 if opts.chat:
                     prompt, stop = Prompt(question, shots=examples), []
                 else:
-                    prompt = Prompt(f"{q_word} {question}\n{a_word}",
-                                    shots=[(f"{q_word} {q}\n{a_word}", a) for q, a in examples])
+                    prompt = Prompt(
+                        f"{q_word} {question}\n{a_word}", shots=[(f"{q_word} {q}\n{a_word}", a) for q, a in examples]
+                    )
                     stop = [q_word, *PLAIN_STOPS]
-                items.append(GenItem(len(items), cfg.name if cfg != folder else "default", prompt,
-                                     str(row["answer_number"]), stop))
+                items.append(
+                    GenItem(
+                        len(items), cfg.name if cfg != folder else "default", prompt, str(row["answer_number"]), stop
+                    )
+                )
         return items, files
 
 

@@ -26,9 +26,20 @@ LETTERS = ["A", "B", "C", "D"]
 
 # openai/MMMLU's configs and lm-eval's display names (tasks/openai-mmmlu/languages.json).
 MMMLU_LANGUAGES = {
-    "AR_XY": "Arabic", "BN_BD": "Bengali", "DE_DE": "German", "ES_LA": "Spanish", "FR_FR": "French",
-    "HI_IN": "Hindi", "ID_ID": "Indonesian", "IT_IT": "Italian", "JA_JP": "Japanese", "KO_KR": "Korean",
-    "PT_BR": "Brazilian Portuguese", "SW_KE": "Swahili", "YO_NG": "Yoruba", "ZH_CN": "Simplified Chinese",
+    "AR_XY": "Arabic",
+    "BN_BD": "Bengali",
+    "DE_DE": "German",
+    "ES_LA": "Spanish",
+    "FR_FR": "French",
+    "HI_IN": "Hindi",
+    "ID_ID": "Indonesian",
+    "IT_IT": "Italian",
+    "JA_JP": "Japanese",
+    "KO_KR": "Korean",
+    "PT_BR": "Brazilian Portuguese",
+    "SW_KE": "Swahili",
+    "YO_NG": "Yoruba",
+    "ZH_CN": "Simplified Chinese",
 }
 # The model card's seven languages, for the docs and the missing-data message.
 CARD_MMMLU = ("AR_XY", "DE_DE", "ES_LA", "FR_FR", "JA_JP", "KO_KR", "ZH_CN")
@@ -71,9 +82,11 @@ class MultipleChoiceTask:
     metric = "acc"
 
     def method(self, opts: LoadOptions) -> str:
-        rule = ("vocab: argmax over the whole vocabulary after the prompt, decoded and stripped, equals the letter"
-                if opts.mc_rule == "vocab" else
-                "choices: highest log-likelihood of the choice continuations (lm-eval)")
+        rule = (
+            "vocab: argmax over the whole vocabulary after the prompt, decoded and stripped, equals the letter"
+            if opts.mc_rule == "vocab"
+            else "choices: highest log-likelihood of the choice continuations (lm-eval)"
+        )
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         return f"multiple choice, {rule}; {shots}-shot{', chat template' if opts.chat else ''}"
 
@@ -101,13 +114,21 @@ class MMLU(MultipleChoiceTask):
         for subject in sorted(by_subject):
             examples = pool.get(subject, [])[:shots]
             system = description(subject)
-            shot_pairs = [(mmlu_question(r["question"], _choices(r, f"{folder}/dev")),
-                           LETTERS[answer_index(r["answer"], f"{folder}/dev")]) for r in examples]
+            shot_pairs = [
+                (
+                    mmlu_question(r["question"], _choices(r, f"{folder}/dev")),
+                    LETTERS[answer_index(r["answer"], f"{folder}/dev")],
+                )
+                for r in examples
+            ]
             for i, row in first_n(by_subject[subject], opts.limit):
                 where = f"{test.path}: row {i + 1}"
                 prompt = Prompt(mmlu_question(row["question"], _choices(row, where)), system, shot_pairs)
-                items.append(MCItem(len(items), subject, prompt, list(LETTERS), list(LETTERS),
-                                    answer_index(row["answer"], where)))
+                items.append(
+                    MCItem(
+                        len(items), subject, prompt, list(LETTERS), list(LETTERS), answer_index(row["answer"], where)
+                    )
+                )
         return items, files
 
 
@@ -117,11 +138,13 @@ class MMMLU(MultipleChoiceTask):
 
     def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
         folder = data_dir / self.name
-        configs = ([folder] if find_split(folder, "test") else config_folders(folder))
+        configs = [folder] if find_split(folder, "test") else config_folders(folder)
         if not configs:
-            raise EvalError(f"missing data: put {self.dataset}'s 'test' split of each language at "
-                            f"{folder}/<CONFIG>/test.jsonl (e.g. {', '.join(CARD_MMMLU)}; the model card's seven) "
-                            f"with its columns {', '.join(self.columns)}")
+            raise EvalError(
+                f"missing data: put {self.dataset}'s 'test' split of each language at "
+                f"{folder}/<CONFIG>/test.jsonl (e.g. {', '.join(CARD_MMMLU)}; the model card's seven) "
+                f"with its columns {', '.join(self.columns)}"
+            )
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         files, items = DataFiles(), []
         for cfg in configs:
@@ -136,11 +159,14 @@ class MMMLU(MultipleChoiceTask):
                 rows = by_subject[subject]
                 system = description(subject, display)
                 for i in first_n(rows, opts.limit):
-                    pairs = [(self._question(split.rows[j]), LETTERS[self._answer(split, j)])
-                             for j in [j for j in rows[: shots + 1] if j != i][:shots]]
+                    pairs = [
+                        (self._question(split.rows[j]), LETTERS[self._answer(split, j)])
+                        for j in [j for j in rows[: shots + 1] if j != i][:shots]
+                    ]
                     prompt = Prompt(self._question(split.rows[i]), system, pairs)
-                    items.append(MCItem(len(items), language, prompt, list(LETTERS), list(LETTERS),
-                                        self._answer(split, i)))
+                    items.append(
+                        MCItem(len(items), language, prompt, list(LETTERS), list(LETTERS), self._answer(split, i))
+                    )
         return items, files
 
     @staticmethod
@@ -169,25 +195,35 @@ class GPQA(MultipleChoiceTask):
         folder = data_dir / self.name
         configs = [folder] if find_split(folder, "train") else config_folders(folder)
         if not configs:
-            raise EvalError(f"missing data: put {self.dataset}'s 'train' split at {folder}/train.jsonl (or one "
-                            f"folder per config: {folder}/gpqa_diamond/train.jsonl) with its columns "
-                            f"{', '.join(self.columns)}")
+            raise EvalError(
+                f"missing data: put {self.dataset}'s 'train' split at {folder}/train.jsonl (or one "
+                f"folder per config: {folder}/gpqa_diamond/train.jsonl) with its columns "
+                f"{', '.join(self.columns)}"
+            )
         files, items = DataFiles(), []
         for cfg in configs:
             split = read_split(cfg, "train", self.dataset, self.columns)
             files.add(split)
-            rng = random.Random(opts.seed)     # the choice order: lm-eval shuffles, we seed it
+            rng = random.Random(opts.seed)  # the choice order: lm-eval shuffles, we seed it
             for row in first_n(split.rows, opts.limit):
                 correct = gpqa_clean(row["Correct Answer"])
                 choices = [gpqa_clean(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)] + [correct]
                 rng.shuffle(choices)
-                items.append(self._item(len(items), cfg.name if cfg != folder else "default", row["Question"],
-                                        choices, choices.index(correct), opts.mc_rule))
+                items.append(
+                    self._item(
+                        len(items),
+                        cfg.name if cfg != folder else "default",
+                        row["Question"],
+                        choices,
+                        choices.index(correct),
+                        opts.mc_rule,
+                    )
+                )
         return items, files
 
     @staticmethod
     def _item(index: int, subtask: str, question: str, choices: list[str], target: int, rule: str) -> MCItem:
-        if rule == "choices":   # lm-eval's gpqa_*_zeroshot
+        if rule == "choices":  # lm-eval's gpqa_*_zeroshot
             listed = "\n".join(f"({letter}) {c}" for letter, c in zip(LETTERS, choices))
             labels = [f"({letter})" for letter in LETTERS]
         else:

@@ -27,10 +27,12 @@ def lfmkit_version() -> str:
 
 def write_outputs(directory: Path, summary: dict, samples: dict[str, list[dict]]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    summary = {"lfmkit_version": lfmkit_version(),
-               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **summary}
-    (directory / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                            encoding="utf-8")
+    summary = {
+        "lfmkit_version": lfmkit_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **summary,
+    }
+    (directory / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for task, rows in samples.items():
         with open(directory / f"samples_{task}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
@@ -42,8 +44,16 @@ def format_table(summary: dict) -> str:
     rows = [("task", "metric", "score", "± stderr", "n", "method")]
     for name, r in summary["results"].items():
         method = r.get("mc_rule") and f"mc-rule {r['mc_rule']}" or r["metric"]
-        rows.append((name, r["metric"], f"{100 * r['score']:.2f}", f"{100 * r['stderr']:.2f}", str(r["n"]),
-                     f"{r['num_fewshot']}-shot, {method}"))
+        rows.append(
+            (
+                name,
+                r["metric"],
+                f"{100 * r['score']:.2f}",
+                f"{100 * r['stderr']:.2f}",
+                str(r["n"]),
+                f"{r['num_fewshot']}-shot, {method}",
+            )
+        )
         for sub, s in r.get("subtasks", {}).items():
             rows.append((f"  {sub}", "", f"{100 * s['score']:.2f}", f"{100 * s['stderr']:.2f}", str(s["n"]), ""))
         for metric, value in r.get("metrics", {}).items():

@@ -37,8 +37,11 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
 def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwargs: dict | None = None):
     """A backend for a path, an lfmkit model, or a backend given as is (anything with the backend
     interface: `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
-    if not isinstance(model, (str, Path, torch.nn.Module)) and hasattr(model, "generate") and hasattr(
-            model, "score_mc"):
+    if (
+        not isinstance(model, (str, Path, torch.nn.Module))
+        and hasattr(model, "generate")
+        and hasattr(model, "score_mc")
+    ):
         return model
     if isinstance(model, (str, Path)):
         from ..loader import load
@@ -76,16 +79,24 @@ def run_mc(backend, items: list[MCItem], rule: str, chat: bool) -> list[dict]:
     samples = []
     for it, prompt, (logliks, top_text) in zip(items, prompts, backend.score_mc(prompts, conts)):
         if rule == "choices":
-            best = max(range(len(logliks)), key=lambda k: (logliks[k], -k))   # first of equals, like argmax
+            best = max(range(len(logliks)), key=lambda k: (logliks[k], -k))  # first of equals, like argmax
             prediction, correct = it.letters[best], best == it.target
             output = {"logliks": logliks}
         else:
             prediction = top_text.strip()
             correct = prediction == it.letters[it.target]
             output = top_text
-        samples.append({"index": it.index, "subtask": it.subtask, "prompt": _shown(backend, prompt),
-                        "output": output, "prediction": prediction, "target": it.letters[it.target],
-                        "correct": bool(correct)})
+        samples.append(
+            {
+                "index": it.index,
+                "subtask": it.subtask,
+                "prompt": _shown(backend, prompt),
+                "output": output,
+                "prediction": prediction,
+                "target": it.letters[it.target],
+                "correct": bool(correct),
+            }
+        )
     return samples
 
 
@@ -101,8 +112,16 @@ def run_generate(backend, task, items: list[GenItem], chat: bool, max_tokens: in
     samples = []
     for it, prompt, out in zip(items, prompts, outputs):
         scored = task.score(it, out)
-        samples.append({"index": it.index, "subtask": it.subtask, "prompt": _shown(backend, prompt), "output": out,
-                        "target": it.target, **scored})
+        samples.append(
+            {
+                "index": it.index,
+                "subtask": it.subtask,
+                "prompt": _shown(backend, prompt),
+                "output": out,
+                "target": it.target,
+                **scored,
+            }
+        )
     return samples
 
 
@@ -121,10 +140,23 @@ def aggregate(task, samples: list[dict]) -> dict:
     return out
 
 
-def evaluate(model, tasks: list[str] | str, data: str | Path, output: str | Path | None = None, *,
-             tokenizer=None, limit: int | None = None, num_fewshot: int | None = None, batch_size: int = 16,
-             seed: int = 0, apply_chat_template: bool = False, think: bool | None = None,
-             mc_rule: str = "vocab", max_tokens: int = 1024, model_name: str | None = None) -> dict:
+def evaluate(
+    model,
+    tasks: list[str] | str,
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    tokenizer=None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    apply_chat_template: bool = False,
+    think: bool | None = None,
+    mc_rule: str = "vocab",
+    max_tokens: int = 1024,
+    model_name: str | None = None,
+) -> dict:
     """Run `tasks` on `model` over the data in `data`; return (and write to `output`) the results."""
     if mc_rule not in MC_RULES:
         raise EvalError(f"--mc-rule must be one of {', '.join(MC_RULES)}, got {mc_rule!r}")
@@ -151,16 +183,32 @@ def evaluate(model, tasks: list[str] | str, data: str | Path, output: str | Path
         else:
             samples = run_generate(backend, task, items, apply_chat_template, max_tokens)
         shots = task.default_fewshot if num_fewshot is None else num_fewshot
-        results[task.name] = {**aggregate(task, samples), "method": task.method(opts), "num_fewshot": shots,
-                              "data": {"dataset": task.dataset, **files.summary()}}
+        results[task.name] = {
+            **aggregate(task, samples),
+            "method": task.method(opts),
+            "num_fewshot": shots,
+            "data": {"dataset": task.dataset, **files.summary()},
+        }
         if task.kind == "mc":
             results[task.name]["mc_rule"] = mc_rule
         all_samples[task.name] = samples
-    config = {"tasks": names, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size, "seed": seed,
-              "apply_chat_template": apply_chat_template, "think": think, "mc_rule": mc_rule,
-              "max_tokens": max_tokens}
-    summary = {"model": model_name or _model_name(model, backend), "backend": backend.name, "config": config,
-               "results": results}
+    config = {
+        "tasks": names,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "seed": seed,
+        "apply_chat_template": apply_chat_template,
+        "think": think,
+        "mc_rule": mc_rule,
+        "max_tokens": max_tokens,
+    }
+    summary = {
+        "model": model_name or _model_name(model, backend),
+        "backend": backend.name,
+        "config": config,
+        "results": results,
+    }
     if output is not None:
         write_outputs(Path(output), summary, all_samples)
     return summary

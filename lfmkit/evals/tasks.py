@@ -20,7 +20,7 @@ class Prompt:
     user: str
     system: str = ""
     shots: list[tuple[str, str]] = field(default_factory=list)
-    delimiter: str = " "            # between a question and its answer (lm-eval's target_delimiter)
+    delimiter: str = " "  # between a question and its answer (lm-eval's target_delimiter)
 
     def text(self) -> str:
         """lm-eval's plain layout: description, then "question answer" blocks joined by blank lines."""

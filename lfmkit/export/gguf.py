@@ -40,15 +40,21 @@ def check_exportable(config: LFM2Config, type: str = "f16") -> None:
     if type not in TYPES:
         raise ExportError(f"unsupported GGUF type {type!r}; choose one of {', '.join(TYPES)}")
     if config.conv_bias:
-        raise ExportError("config field 'conv_bias' is true: llama.cpp's LFM2 short convolution has no "
-                          "biases, so this model cannot be written as GGUF")
+        raise ExportError(
+            "config field 'conv_bias' is true: llama.cpp's LFM2 short convolution has no "
+            "biases, so this model cannot be written as GGUF"
+        )
     if config.num_attention_heads * config.head_size != config.hidden_size:
-        raise ExportError(f"config field 'head_dim': {config.num_attention_heads} heads x {config.head_size} "
-                          f"!= hidden_size {config.hidden_size}; llama.cpp's LFM2 needs "
-                          f"heads x head_dim == hidden_size (dense Qwen3-shaped presets cannot be written)")
+        raise ExportError(
+            f"config field 'head_dim': {config.num_attention_heads} heads x {config.head_size} "
+            f"!= hidden_size {config.hidden_size}; llama.cpp's LFM2 needs "
+            f"heads x head_dim == hidden_size (dense Qwen3-shaped presets cannot be written)"
+        )
     if not config.conv_layers:
-        raise ExportError("the model has no short-convolution layers: architecture 'lfm2' in llama.cpp is "
-                          "the conv+attention hybrid (an all-attention model is not an LFM2)")
+        raise ExportError(
+            "the model has no short-convolution layers: architecture 'lfm2' in llama.cpp is "
+            "the conv+attention hybrid (an all-attention model is not an LFM2)"
+        )
     if config.conv_L_cache < 2:
         raise ExportError(f"config field 'conv_L_cache' is {config.conv_L_cache}; llama.cpp needs at least 2")
 
@@ -62,11 +68,13 @@ def _check_weights(model) -> dict[str, torch.Tensor]:
         try:
             gguf_name(name)
         except KeyError:
-            raise ExportError(f"tensor '{name}' has no GGUF counterpart (a quantised or modified model? "
-                              f"export the float model)") from None
+            raise ExportError(
+                f"tensor '{name}' has no GGUF counterpart (a quantised or modified model? export the float model)"
+            ) from None
         if not torch.is_floating_point(p):
-            raise ExportError(f"tensor '{name}' is {p.dtype}, not floating point: dequantise the model "
-                              f"before exporting")
+            raise ExportError(
+                f"tensor '{name}' is {p.dtype}, not floating point: dequantise the model before exporting"
+            )
         tensors[name] = p
     return tensors
 
@@ -75,8 +83,8 @@ def _check_weights(model) -> dict[str, torch.Tensor]:
 @dataclass
 class _Planned:
     name: str
-    shape: tuple[int, ...]          # numpy (row-major) shape of the stored array
-    qtype: "object"                 # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # numpy (row-major) shape of the stored array
+    qtype: "object"  # gguf.GGMLQuantizationType
     nbytes: int
     np_dtype: np.dtype
     make: Callable[[], np.ndarray]
@@ -98,26 +106,32 @@ def _plan(name: str, t: torch.Tensor, kind: str) -> _Planned:
 
     t = t.detach()
     if name.endswith("shortconv.conv.weight"):
-        t = t.reshape(t.shape[0], -1)            # [hidden, 1, k] -> [hidden, k]
+        t = t.reshape(t.shape[0], -1)  # [hidden, 1, k] -> [hidden, k]
     shape = tuple(t.shape)
     n = t.numel()
     if kind == "f32":
-        return _Planned(name, shape, Q.F32, 4 * n, np.dtype(np.float32),
-                        lambda: t.to("cpu", torch.float32).contiguous().numpy())
+        return _Planned(
+            name, shape, Q.F32, 4 * n, np.dtype(np.float32), lambda: t.to("cpu", torch.float32).contiguous().numpy()
+        )
     if kind == "f16":
-        return _Planned(name, shape, Q.F16, 2 * n, np.dtype(np.float16),
-                        lambda: t.to("cpu", torch.float16).contiguous().numpy())
+        return _Planned(
+            name, shape, Q.F16, 2 * n, np.dtype(np.float16), lambda: t.to("cpu", torch.float16).contiguous().numpy()
+        )
     if kind == "bf16":
         byte_shape = shape[:-1] + (shape[-1] * 2,)
-        return _Planned(name, byte_shape, Q.BF16, 2 * n, np.dtype(np.uint8),
-                        lambda: t.to("cpu", torch.bfloat16).contiguous().view(torch.uint8).numpy()
-                        .reshape(byte_shape))
+        return _Planned(
+            name,
+            byte_shape,
+            Q.BF16,
+            2 * n,
+            np.dtype(np.uint8),
+            lambda: t.to("cpu", torch.bfloat16).contiguous().view(torch.uint8).numpy().reshape(byte_shape),
+        )
     qtype = Q.Q8_0 if kind == "q8_0" else Q.Q4_0
     per_row = shape[-1] // ggml_quant.BLOCK * ggml_quant.BLOCK_BYTES[kind]
     byte_shape = shape[:-1] + (per_row,)
     nbytes = int(np.prod(byte_shape))
-    return _Planned(name, byte_shape, qtype, nbytes, np.dtype(np.uint8),
-                    lambda: ggml_quant.quantize(t, kind).numpy())
+    return _Planned(name, byte_shape, qtype, nbytes, np.dtype(np.uint8), lambda: ggml_quant.quantize(t, kind).numpy())
 
 
 def _add_metadata(writer, config: LFM2Config, vocab, type: str, name: str | None) -> None:
@@ -142,9 +156,11 @@ def _add_metadata(writer, config: LFM2Config, vocab, type: str, name: str | None
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
     writer.add_token_merges(vocab.merges)
-    for setter, value in ((writer.add_bos_token_id, vocab.bos_token_id),
-                          (writer.add_eos_token_id, vocab.eos_token_id),
-                          (writer.add_pad_token_id, vocab.pad_token_id)):
+    for setter, value in (
+        (writer.add_bos_token_id, vocab.bos_token_id),
+        (writer.add_eos_token_id, vocab.eos_token_id),
+        (writer.add_pad_token_id, vocab.pad_token_id),
+    ):
         if value is not None:
             setter(int(value))
     writer.add_add_bos_token(vocab.add_bos)
@@ -159,12 +175,19 @@ def _tokenizer_dir_of(model, tokenizer_dir) -> Path:
     src = getattr(model, "source_path", None)
     if src and Path(src).is_dir():
         return Path(src)
-    raise ExportError("a GGUF file embeds the tokenizer, but this model was not loaded from a folder with "
-                      "tokenizer.json: pass tokenizer_dir= (CLI: --tokenizer DIR)")
+    raise ExportError(
+        "a GGUF file embeds the tokenizer, but this model was not loaded from a folder with "
+        "tokenizer.json: pass tokenizer_dir= (CLI: --tokenizer DIR)"
+    )
 
 
-def write_gguf(model, path: str | os.PathLike, type: str = "f16", tokenizer_dir: str | os.PathLike | None = None,
-               name: str | None = None) -> Path:
+def write_gguf(
+    model,
+    path: str | os.PathLike,
+    type: str = "f16",
+    tokenizer_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> Path:
     """Write `model` (an LFM2, or a checkpoint path to load) as a GGUF file llama.cpp runs.
 
     type: f32 | f16 | bf16 | q8_0 | q4_0. tokenizer_dir: folder with tokenizer.json (default:
@@ -183,9 +206,13 @@ def write_gguf(model, path: str | os.PathLike, type: str = "f16", tokenizer_dir:
     config: LFM2Config = model.config
     check_exportable(config, type)
     tensors = _check_weights(model)
-    vocab = read_vocab(_tokenizer_dir_of(model, tokenizer_dir), config.vocab_size,
-                       bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_ids[0],
-                       pad_token_id=config.pad_token_id)
+    vocab = read_vocab(
+        _tokenizer_dir_of(model, tokenizer_dir),
+        config.vocab_size,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_ids[0],
+        pad_token_id=config.pad_token_id,
+    )
 
     planned = []
     for hf, t in tensors.items():
@@ -214,5 +241,3 @@ def write_gguf(model, path: str | os.PathLike, type: str = "f16", tokenizer_dir:
         tmp.unlink(missing_ok=True)
         raise
     return out
-
-

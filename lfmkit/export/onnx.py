@@ -79,7 +79,7 @@ class OnnxStep(nn.Module):
         hd = cfg.head_size
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv, persistent=False)
-        self.scale = hd ** -0.5
+        self.scale = hd**-0.5
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         cfg = self.cfg
@@ -88,9 +88,9 @@ class OnnxStep(nn.Module):
         T = input_ids.shape[1]
         S = attention_mask.shape[1]
         x = F.embedding(input_ids, core.embed_tokens.weight)
-        new_mask = attention_mask[:, S - T:].to(x.dtype)                        # [B, T]
-        freqs = position_ids[..., None].to(torch.float32) * self.inv_freq      # [B, T, hd/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]                        # [B, 1, T, hd]
+        new_mask = attention_mask[:, S - T :].to(x.dtype)  # [B, T]
+        freqs = position_ids[..., None].to(torch.float32) * self.inv_freq  # [B, T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         bias = None
         if cfg.attention_layers:
@@ -98,7 +98,7 @@ class OnnxStep(nn.Module):
             query_idx = torch.arange(T, device=x.device) + (S - T)
             allowed = (key_idx[None, :] <= query_idx[:, None])[None] & attention_mask[:, None, :].bool()
             zero = torch.zeros((), dtype=x.dtype)
-            bias = torch.where(allowed, zero, torch.finfo(x.dtype).min)[:, None]   # [B, 1, T, S]
+            bias = torch.where(allowed, zero, torch.finfo(x.dtype).min)[:, None]  # [B, 1, T, S]
         presents = []
         k = 0
         for i, layer in enumerate(core.layers):
@@ -121,11 +121,11 @@ class OnnxStep(nn.Module):
 
     def _conv(self, conv, h, past_conv, new_mask):
         b_gate, c_gate, xx = _linear(h, conv.in_proj).chunk(3, dim=-1)
-        bx = (b_gate * xx * new_mask[..., None]).transpose(1, 2)               # [B, H, T]
-        full = torch.cat((past_conv.to(bx.dtype), bx), dim=-1)                 # [B, H, L + T]
-        present = full[:, :, -self.cfg.conv_L_cache:]
+        bx = (b_gate * xx * new_mask[..., None]).transpose(1, 2)  # [B, H, T]
+        full = torch.cat((past_conv.to(bx.dtype), bx), dim=-1)  # [B, H, L + T]
+        present = full[:, :, -self.cfg.conv_L_cache :]
         y = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])  # [B, H, T + L - k + 1]
-        y = y[:, :, y.shape[2] - bx.shape[2]:]
+        y = y[:, :, y.shape[2] - bx.shape[2] :]
         return _linear(c_gate * y.transpose(1, 2), conv.out_proj), present
 
     def _attention(self, attn, h, past_k, past_v, cos, sin, bias):
@@ -156,12 +156,15 @@ class OnnxStep(nn.Module):
 def check_exportable(model, quantize: str | None) -> None:
     """Raise ExportError for what this exporter cannot write."""
     if quantize not in (None, *QUANTIZED_FILES):
-        raise ExportError(f"unsupported ONNX quantisation {quantize!r}; choose one of "
-                          f"{', '.join(QUANTIZED_FILES)} or none")
+        raise ExportError(
+            f"unsupported ONNX quantisation {quantize!r}; choose one of {', '.join(QUANTIZED_FILES)} or none"
+        )
     for name, p in model.state_dict().items():
         if not torch.is_floating_point(p):
-            raise ExportError(f"tensor '{name}' is {p.dtype}, not floating point: export the float model "
-                              f"(ONNX weight quantisation is done by --quantize)")
+            raise ExportError(
+                f"tensor '{name}' is {p.dtype}, not floating point: export the float model "
+                f"(ONNX weight quantisation is done by --quantize)"
+            )
     from ..io.gguf import gguf_name  # the Hugging Face parameter names of the architecture
 
     for name in model.state_dict():
@@ -169,8 +172,10 @@ def check_exportable(model, quantize: str | None) -> None:
             gguf_name(name)
         except KeyError:
             if not name.endswith(".bias"):  # conv_bias models carry biases; the graph handles them
-                raise ExportError(f"tensor '{name}' is not part of the LFM2 architecture this exporter "
-                                  f"writes; export the plain float model") from None
+                raise ExportError(
+                    f"tensor '{name}' is not part of the LFM2 architecture this exporter "
+                    f"writes; export the plain float model"
+                ) from None
     cfg = model.config
     if cfg.conv_L_cache < 1:
         raise ExportError(f"config field 'conv_L_cache' must be at least 1, got {cfg.conv_L_cache}")
@@ -191,8 +196,12 @@ def _example_inputs(cfg, batch: int = 2, seq: int = 3, past: int = 2):
 
 
 def _dynamic_axes(cfg) -> dict[str, dict[int, str]]:
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total_seq"},
-            "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "total_seq"},
+        "position_ids": {0: "batch", 1: "seq"},
+        "logits": {0: "batch", 1: "seq"},
+    }
     for i, t in enumerate(cfg.layer_types):
         if t == ATTENTION:
             for kv in ("key", "value"):
@@ -209,8 +218,14 @@ def _save_with_external_data(proto, path: Path) -> None:
 
     data = path.with_name(path.name + "_data")
     data.unlink(missing_ok=True)
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
 
 
 ALIGN = 4096
@@ -246,6 +261,7 @@ def _attach_weights(proto, weights: dict[str, torch.Tensor], declared: set[str],
     initializers = []
     dropped = set()
     with open(data_path, "wb") as f:
+
         def store(name: str, tensor: torch.Tensor) -> None:
             nonlocal offset
             arr = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -292,8 +308,10 @@ def _check_quantizer(kind: str | None) -> None:
             from onnxruntime.quantization import quantize_dynamic  # noqa: F401
     except ImportError as exc:
         extra = " (pip install onnx-ir)" if "onnx_ir" in str(exc) else ""
-        raise ExportError(f"--quantize {kind}: ONNX Runtime's quantiser is not importable: {exc}{extra}; "
-                          f"or choose --quantize int8 / none") from None
+        raise ExportError(
+            f"--quantize {kind}: ONNX Runtime's quantiser is not importable: {exc}{extra}; "
+            f"or choose --quantize int8 / none"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -321,14 +339,24 @@ def _quantize(src: Path, kind: str, out: Path) -> None:
 
         data = out.with_name(out.name + "_data")
         data.unlink(missing_ok=True)
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         use_external_data_format=True,
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(
+            str(src),
+            str(out),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
         _save_with_external_data(onnx.load(str(out)), out)  # one data file named like the model
 
 
-def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
-                tokenizer_dir: str | os.PathLike | None = None, opset: int = 17) -> list[Path]:
+def export_onnx(
+    model,
+    outdir: str | os.PathLike,
+    quantize: str | None = "q4",
+    tokenizer_dir: str | os.PathLike | None = None,
+    opset: int = 17,
+) -> list[Path]:
     """Write model.onnx (+ model.onnx_data), the quantised variant, config.json and tokenizer files.
 
     model: an LFM2 (its weights are exported in float32) or a checkpoint path to load.
@@ -346,13 +374,21 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a directory")
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else (
-        Path(model.source_path) if getattr(model, "source_path", None) and Path(model.source_path).is_dir()
-        else None)
+    tok_dir = (
+        Path(tokenizer_dir)
+        if tokenizer_dir is not None
+        else (
+            Path(model.source_path)
+            if getattr(model, "source_path", None) and Path(model.source_path).is_dir()
+            else None
+        )
+    )
     if tok_dir is None or not (tok_dir / "tokenizer.json").is_file():
         where = f"{tok_dir}: no tokenizer.json" if tok_dir is not None else "the model has no tokenizer folder"
-        raise ExportError(f"{where}; the ONNX folder needs the tokenizer files next to model.onnx "
-                          f"(pass tokenizer_dir= / --tokenizer DIR)")
+        raise ExportError(
+            f"{where}; the ONNX folder needs the tokenizer files next to model.onnx "
+            f"(pass tokenizer_dir= / --tokenizer DIR)"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     import onnx
@@ -379,9 +415,18 @@ def export_onnx(model, outdir: str | os.PathLike, quantize: str | None = "q4",
         raw = Path(tmp) / MODEL_FILE
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(step, _example_inputs(cfg), str(raw), dynamo=False, input_names=inputs,
-                              output_names=outputs, dynamic_axes=_dynamic_axes(cfg), opset_version=opset,
-                              do_constant_folding=False, export_params=False)
+            torch.onnx.export(
+                step,
+                _example_inputs(cfg),
+                str(raw),
+                dynamo=False,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=_dynamic_axes(cfg),
+                opset_version=opset,
+                do_constant_folding=False,
+                export_params=False,
+            )
         del twin, step
         proto = onnx.load(str(raw))
         final = out / MODEL_FILE

@@ -7,5 +7,13 @@ from .decode_step import FusedDecode
 from .install import deoptimize, install_fast_modules, logit_agreement, optimize, quantize, weight_bytes
 from .modules import FastLFM2
 
-__all__ = ["optimize", "quantize", "deoptimize", "install_fast_modules", "FusedDecode", "FastLFM2",
-           "weight_bytes", "logit_agreement"]
+__all__ = [
+    "optimize",
+    "quantize",
+    "deoptimize",
+    "install_fast_modules",
+    "FusedDecode",
+    "FastLFM2",
+    "weight_bytes",
+    "logit_agreement",
+]

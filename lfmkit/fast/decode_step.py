@@ -8,7 +8,8 @@ filters) into C structs, and `csrc/decode_step.cpp` runs the layers in one OpenM
 `lfmkit.fast.optimize` attaches a `FusedDecode` to the model as `model.fused_decode`;
 `FastLFM2.forward` hands it single-token steps against a state with no padding, and it
 returns None (the module path runs instead) whenever it cannot take one: no kernels, a float
-or biased layer, a state on another device or dtype, or `LFMKIT_NO_FUSED_DECODE=1`. Results equal the module path up to float rounding.
+or biased layer, a state on another device or dtype, or `LFMKIT_NO_FUSED_DECODE=1`. Results
+equal the module path up to float rounding.
 """
 
 from __future__ import annotations
@@ -32,19 +33,47 @@ class _Linear(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("is_attn", _i64), ("op_norm", _p), ("ffn_norm", _p), ("mix", _Linear), ("out", _Linear),
-                ("w13", _Linear), ("w2", _Linear), ("conv_w", _p), ("q_norm", _p), ("k_norm", _p)]
+    _fields_ = [
+        ("is_attn", _i64),
+        ("op_norm", _p),
+        ("ffn_norm", _p),
+        ("mix", _Linear),
+        ("out", _Linear),
+        ("w13", _Linear),
+        ("w2", _Linear),
+        ("conv_w", _p),
+        ("q_norm", _p),
+        ("k_norm", _p),
+    ]
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [("n_layers", _i64), ("hidden", _i64), ("ff", _i64), ("n_heads", _i64), ("n_kv", _i64),
-                ("head_dim", _i64), ("conv_L", _i64), ("vocab", _i64), ("eps", ctypes.c_float),
-                ("layers", ctypes.POINTER(_Layer)), ("final_norm", _p), ("embed", _Linear), ("head", _Linear)]
+    _fields_ = [
+        ("n_layers", _i64),
+        ("hidden", _i64),
+        ("ff", _i64),
+        ("n_heads", _i64),
+        ("n_kv", _i64),
+        ("head_dim", _i64),
+        ("conv_L", _i64),
+        ("vocab", _i64),
+        ("eps", ctypes.c_float),
+        ("layers", ctypes.POINTER(_Layer)),
+        ("final_norm", _p),
+        ("embed", _Linear),
+        ("head", _Linear),
+    ]
 
 
 class _StateView(ctypes.Structure):
-    _fields_ = [("a", ctypes.POINTER(_p)), ("b", ctypes.POINTER(_p)), ("max_len", _i64), ("lengths", _p),
-                ("positions", _p), ("valid", _p)]
+    _fields_ = [
+        ("a", ctypes.POINTER(_p)),
+        ("b", ctypes.POINTER(_p)),
+        ("max_len", _i64),
+        ("lengths", _p),
+        ("positions", _p),
+        ("valid", _p),
+    ]
 
 
 class _Unsupported(Exception):
@@ -55,7 +84,7 @@ def _linear(mod: nn.Module | None, keep: list) -> _Linear:
     spec: KernelSpec | None = mod.kernel_spec() if isinstance(mod, QuantLinear) else None
     if spec is None:
         raise _Unsupported(f"{type(mod).__name__} is not a kernel-backed quantized linear")
-    keep.append(mod)                          # the plan points into its buffers
+    keep.append(mod)  # the plan points into its buffers
     keep.append(mod.__dict__.get("_wsum"))
     return _Linear(*spec)
 
@@ -77,8 +106,8 @@ class FusedDecode:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self._plan: tuple | None = None      # (C model struct, the objects it points into)
-        self._local = threading.local()      # scratch per thread: the C step runs without the GIL
+        self._plan: tuple | None = None  # (C model struct, the objects it points into)
+        self._local = threading.local()  # scratch per thread: the C step runs without the GIL
         self.disabled = os.environ.get("LFMKIT_NO_FUSED_DECODE", "0") not in ("0", "")
         self.reason: str | None = "disabled by LFMKIT_NO_FUSED_DECODE" if self.disabled else None
 
@@ -129,17 +158,34 @@ class FusedDecode:
         emb = m.model.embed_tokens
         if not isinstance(emb, QuantEmbedding):
             raise _Unsupported("the embedding is not quantized")
-        cm = _Model(cfg.num_hidden_layers, cfg.hidden_size, ff, cfg.num_attention_heads, cfg.num_key_value_heads,
-                    cfg.head_size, cfg.conv_L_cache, cfg.vocab_size, cfg.norm_eps, layers,
-                    _f32(m.model.embedding_norm.weight), _linear(emb.table, keep), _linear(m.lm_head, keep))
+        cm = _Model(
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            ff,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_size,
+            cfg.conv_L_cache,
+            cfg.vocab_size,
+            cfg.norm_eps,
+            layers,
+            _f32(m.model.embedding_norm.weight),
+            _linear(emb.table, keep),
+            _linear(m.lm_head, keep),
+        )
         return cm, (layers, keep), lib
 
     # ---- running -------------------------------------------------------------------------
     def __call__(self, input_ids: torch.Tensor, state: LFM2State) -> torch.Tensor | None:
         """Logits [B, 1, vocab] for input_ids [B, 1] at each row's next slot, or None."""
         plan = self._build()
-        if (plan is None or state.dtype != torch.float32 or state.device.type != "cpu"
-                or input_ids.device.type != "cpu" or not state.padding_free()):
+        if (
+            plan is None
+            or state.dtype != torch.float32
+            or state.device.type != "cpu"
+            or input_ids.device.type != "cpu"
+            or not state.padding_free()
+        ):
             return None
         cm, _, lib = plan
         b, s = state.batch_size, state.max_length
@@ -155,8 +201,16 @@ class FusedDecode:
             n = lib.lfm_decode_scratch_bytes(ctypes.byref(cm), b, s)
             scratch = scratches[(b, s)] = torch.empty(n, dtype=torch.uint8)
         logits = torch.empty(b, 1, self.model.config.vocab_size, dtype=torch.float32)
-        lib.lfm_decode_step(ctypes.byref(cm), ctypes.byref(view[0]), b, ids.data_ptr(), cos.data_ptr(),
-                            sin.data_ptr(), scratch.data_ptr(), logits.data_ptr())
+        lib.lfm_decode_step(
+            ctypes.byref(cm),
+            ctypes.byref(view[0]),
+            b,
+            ids.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            scratch.data_ptr(),
+            logits.data_ptr(),
+        )
         state.counted_externally(1)
         return logits
 
@@ -165,7 +219,7 @@ class FusedDecode:
         None for buffers the C code cannot index (not contiguous)."""
         first = state.conv[0] if state.conv[0] is not None else state.keys[0]
         key = (id(self), first.data_ptr(), state.lengths.data_ptr(), state.valid.data_ptr(), state.max_length)
-        cached = state.__dict__.get("_fused_view")   # clones and row views copy it: check the key
+        cached = state.__dict__.get("_fused_view")  # clones and row views copy it: check the key
         if cached is not None and cached[0] == key:
             return cached[1]
         for t in (*state.conv, *state.keys, *state.values, state.lengths, state.positions, state.valid):
@@ -174,9 +228,18 @@ class FusedDecode:
         n = len(state.conv)
         a = (_p * n)(*[(c if c is not None else k).data_ptr() for c, k in zip(state.conv, state.keys)])
         bv = (_p * n)(*[v.data_ptr() if v is not None else 0 for v in state.values])
-        view = (_StateView(ctypes.cast(a, ctypes.POINTER(_p)), ctypes.cast(bv, ctypes.POINTER(_p)),
-                           state.max_length, state.lengths.data_ptr(), state.positions.data_ptr(),
-                           state.valid.data_ptr()), a, bv)
+        view = (
+            _StateView(
+                ctypes.cast(a, ctypes.POINTER(_p)),
+                ctypes.cast(bv, ctypes.POINTER(_p)),
+                state.max_length,
+                state.lengths.data_ptr(),
+                state.positions.data_ptr(),
+                state.valid.data_ptr(),
+            ),
+            a,
+            bv,
+        )
         state.__dict__["_fused_view"] = (key, view)
         return view
 

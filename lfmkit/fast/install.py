@@ -30,7 +30,7 @@ from ..quant.linear import QuantEmbedding, QuantLinear, adjacent
 from .decode_step import FusedDecode
 from .modules import REFERENCE, SWAPS
 
-CHUNK_ROWS = 128          # rows quantized at a time (bounds temporary memory)
+CHUNK_ROWS = 128  # rows quantized at a time (bounds temporary memory)
 # Linears that read the same input, stored back to back when quantized (in this order).
 GROUPS = (("w1", "w3"), ("q_proj", "k_proj", "v_proj"))
 
@@ -97,8 +97,11 @@ def optimize(model: nn.Module, quant: str | None = None, group_size: int = 32) -
         model.to(torch.bfloat16)
     elif mode in ("int8", "int4"):
         model.float()
-        old = {f"{n}.weight": m.weight for n, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Embedding)) and not isinstance(m, QuantLinear)}
+        old = {
+            f"{n}.weight": m.weight
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Embedding)) and not isinstance(m, QuantLinear)
+        }
         with torch.no_grad():
             for name, layer in install_quantized_linears(model, mode, group_size).items():
                 w = old[name].detach()

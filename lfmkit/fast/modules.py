@@ -25,7 +25,7 @@ from ..model.lfm2 import LFM2, Attention, FeedForward, RMSNorm, ShortConv, StepC
 from ..model.state import LFM2State
 from ..quant.linear import QuantLinear, fused_view
 
-FUSED_MAX_ROWS = 64   # up to this many token rows, small ops run in the fused C loops
+FUSED_MAX_ROWS = 64  # up to this many token rows, small ops run in the fused C loops
 
 
 def no_grad_needed(*tensors: torch.Tensor | None) -> bool:
@@ -48,7 +48,7 @@ class FastRMSNorm(RMSNorm):
         rows = x.numel() // x.shape[-1]
         lib = _lib(x, self.weight) if rows <= FUSED_MAX_ROWS else None
         if lib is None:
-            if x.dtype == self.weight.dtype == torch.float32:   # one op, the weight folded in
+            if x.dtype == self.weight.dtype == torch.float32:  # one op, the weight folded in
                 return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
             return super().forward(x)
         out = torch.empty_like(x)
@@ -59,8 +59,7 @@ class FastRMSNorm(RMSNorm):
 class FastShortConv(ShortConv):
     def mix(self, bcx: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         state, weight, bias = ctx.state, self.conv.weight, self.conv.bias
-        if state is None or bcx.shape[1] != 1 or ctx.token_mask is not None \
-                or not no_grad_needed(bcx, weight, bias):
+        if state is None or bcx.shape[1] != 1 or ctx.token_mask is not None or not no_grad_needed(bcx, weight, bias):
             return super().mix(bcx, ctx)
         window = state.conv[self.layer_idx]
         lib = _lib(bcx, window, weight, bias)
@@ -68,8 +67,17 @@ class FastShortConv(ShortConv):
             return super().mix(bcx, ctx)
         b, _, h3 = bcx.shape
         y = torch.empty(b, 1, h3 // 3, dtype=bcx.dtype)
-        lib.lfm_conv_step(bcx.data_ptr(), h3, window.data_ptr(), weight.data_ptr(),
-                          bias.data_ptr() if bias is not None else None, b, h3 // 3, self.kernel, y.data_ptr())
+        lib.lfm_conv_step(
+            bcx.data_ptr(),
+            h3,
+            window.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr() if bias is not None else None,
+            b,
+            h3 // 3,
+            self.kernel,
+            y.data_ptr(),
+        )
         return y
 
 
@@ -85,7 +93,7 @@ def _cached_fused(module: torch.nn.Module, parts: list[torch.nn.Module]) -> Quan
 
 class FastFeedForward(FeedForward):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not no_grad_needed(x, *self.parameters()):   # adapters on w1/w3 train: the reference
+        if not no_grad_needed(x, *self.parameters()):  # adapters on w1/w3 train: the reference
             return super().forward(x)
         w13 = _cached_fused(self, [self.w1, self.w3])
         if w13 is None:
@@ -124,28 +132,51 @@ class FastLFM2(LFM2):
     """An LFM2 whose single-token steps go through the fused decode step when it can take them
     (`self.fused_decode`, set by `optimize`); every other call is the reference forward."""
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                state: LFM2State | None = None, logits_to_keep: int = 0,
-                return_hidden: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        state: LFM2State | None = None,
+        logits_to_keep: int = 0,
+        return_hidden: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         fused = self.__dict__.get("fused_decode")
-        if (fused is not None and state is not None and attention_mask is None and not return_hidden
-                and document_ids is None
-                and input_ids.dim() == 2 and input_ids.shape[1] == 1 and state.batch_size == input_ids.shape[0]
-                and not torch.is_grad_enabled()):
+        if (
+            fused is not None
+            and state is not None
+            and attention_mask is None
+            and not return_hidden
+            and document_ids is None
+            and input_ids.dim() == 2
+            and input_ids.shape[1] == 1
+            and state.batch_size == input_ids.shape[0]
+            and not torch.is_grad_enabled()
+        ):
             logits = fused(input_ids, state)
             if logits is not None:
                 return logits
-        return super().forward(input_ids, attention_mask=attention_mask, state=state,
-                               logits_to_keep=logits_to_keep, return_hidden=return_hidden,
-                               document_ids=document_ids)
+        return super().forward(
+            input_ids,
+            attention_mask=attention_mask,
+            state=state,
+            logits_to_keep=logits_to_keep,
+            return_hidden=return_hidden,
+            document_ids=document_ids,
+        )
 
     def _apply(self, fn, recurse=True):
         fused = self.__dict__.get("fused_decode")
         if fused is not None:
-            fused.reset()   # tensors may have moved or changed dtype: gather the pointers again
+            fused.reset()  # tensors may have moved or changed dtype: gather the pointers again
         return super()._apply(fn, recurse)
 
 
-SWAPS = {RMSNorm: FastRMSNorm, ShortConv: FastShortConv, FeedForward: FastFeedForward, Attention: FastAttention,
-         LFM2: FastLFM2}
+SWAPS = {
+    RMSNorm: FastRMSNorm,
+    ShortConv: FastShortConv,
+    FeedForward: FastFeedForward,
+    Attention: FastAttention,
+    LFM2: FastLFM2,
+}
 REFERENCE = {fast: ref for ref, fast in SWAPS.items()}

@@ -20,9 +20,9 @@ import torch
 from ..errors import TokenizerError
 from .sampling import SampleOutput, SamplingParams
 
-FINISH_STOP = "stop"         # eos, a stop token or a stop string
-FINISH_LENGTH = "length"     # max_tokens reached
-FINISH_ABORT = "abort"       # the caller asked to stop
+FINISH_STOP = "stop"  # eos, a stop token or a stop string
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_ABORT = "abort"  # the caller asked to stop
 
 
 @dataclass
@@ -31,7 +31,7 @@ class TokenLogprob:
 
     token_id: int
     logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)   # (token id, logprob), best first
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), best first
 
 
 class StopStringMatcher:
@@ -58,15 +58,15 @@ class StopStringMatcher:
         if best is not None:
             self._held = ""
             self.matched = best[1]
-            return buf[:best[0]], True
+            return buf[: best[0]], True
         hold = 0
         for s in self.stops:
             for k in range(min(len(s) - 1, len(buf)), hold, -1):
                 if buf.endswith(s[:k]):
                     hold = k
                     break
-        self._held = buf[len(buf) - hold:] if hold else ""
-        return buf[:len(buf) - hold], False
+        self._held = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold], False
 
     def flush(self) -> str:
         out, self._held = self._held, ""
@@ -99,7 +99,7 @@ class Completion:
         if self.decoder is not None:
             try:
                 piece = self.decoder.push(token)
-            except TokenizerError:   # padded vocabularies: ids past the tokenizer's have no text
+            except TokenizerError:  # padded vocabularies: ids past the tokenizer's have no text
                 piece = ""
             text, stopped = self.matcher.push(piece)
             if stopped:
@@ -152,10 +152,19 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     return ids, (None if all(len(p) == width for p in prompts) else mask)
 
 
-__all__ = ["Completion", "StopStringMatcher", "TokenLogprob", "logprob_entries", "left_padded", "stop_token_ids",
-           "FINISH_STOP", "FINISH_LENGTH", "FINISH_ABORT"]
+__all__ = [
+    "Completion",
+    "StopStringMatcher",
+    "TokenLogprob",
+    "logprob_entries",
+    "left_padded",
+    "stop_token_ids",
+    "FINISH_STOP",
+    "FINISH_LENGTH",
+    "FINISH_ABORT",
+]

@@ -67,10 +67,10 @@ class EngineOverloadedError(GenerationError):
 
 @dataclass
 class EngineConfig:
-    max_concurrent: int = 8         # batch slots = sequences decoded together
-    max_queued: int = 64            # requests allowed to wait for a slot; beyond: 429
-    max_length: int | None = None   # tokens per slot (prompt + completion); None: min(context, 4096)
-    prefill_chunk: int = 128        # prompt tokens prefilled per step while streams are running
+    max_concurrent: int = 8  # batch slots = sequences decoded together
+    max_queued: int = 64  # requests allowed to wait for a slot; beyond: 429
+    max_length: int | None = None  # tokens per slot (prompt + completion); None: min(context, 4096)
+    prefill_chunk: int = 128  # prompt tokens prefilled per step while streams are running
 
     def validate(self) -> None:
         for name in ("max_concurrent", "prefill_chunk"):
@@ -87,21 +87,22 @@ class _Request:
     handle: RequestHandle
     prompt: list[int]
     params: SamplingParams
-    max_new: int                    # completion tokens allowed per choice
+    max_new: int  # completion tokens allowed per choice
     skip_special_tokens: bool
     prefilled: int = 0
-    open: int = 0                   # choices still generating
+    open: int = 0  # choices still generating
 
 
 @dataclass(eq=False)
 class _Sequence:
     """One choice of a request, living in one batch slot."""
+
     request: _Request
     index: int
     slot: int
-    completion: Completion          # its stop rule and text (shared with generate)
-    sampler_slot: int               # its row in the BatchSampler (stable while it lives)
-    filled: int                     # state slots its row uses (prompt and tokens fed, no padding)
+    completion: Completion  # its stop rule and text (shared with generate)
+    sampler_slot: int  # its row in the BatchSampler (stable while it lives)
+    filled: int  # state slots its row uses (prompt and tokens fed, no padding)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
 
@@ -109,8 +110,9 @@ class _Sequence:
 class Engine:
     """Continuous-batching generation over one model (see the module docstring)."""
 
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None,
-                 metrics: ServingMetrics | None = None):
+    def __init__(
+        self, model, tokenizer=None, config: EngineConfig | None = None, metrics: ServingMetrics | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.config = cfg = config or EngineConfig()
@@ -128,8 +130,8 @@ class Engine:
         self.metrics.slots.set(cfg.max_concurrent)
         self._ids = itertools.count()
         self._cv = threading.Condition()
-        self._waiting: deque[_Request] = deque()   # guarded by _cv
-        self._running: list[_Sequence] = []         # _running[i].slot == i; engine thread only
+        self._waiting: deque[_Request] = deque()  # guarded by _cv
+        self._running: list[_Sequence] = []  # _running[i].slot == i; engine thread only
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0
@@ -182,20 +184,29 @@ class Engine:
         if room < 1:
             raise ContextLengthError(
                 f"this model's maximum context length is {self.max_length} tokens, but the prompt has "
-                f"{len(prompt)} tokens, leaving no room for the completion")
+                f"{len(prompt)} tokens, leaving no room for the completion"
+            )
         if params.max_tokens is not None and params.max_tokens > room:
             raise ContextLengthError(
                 f"this model's maximum context length is {self.max_length} tokens, but {len(prompt)} prompt "
-                f"tokens plus max_tokens={params.max_tokens} need {len(prompt) + params.max_tokens}")
+                f"tokens plus max_tokens={params.max_tokens} need {len(prompt) + params.max_tokens}"
+            )
         n = params.n or 1
         if n > self.config.max_concurrent:
-            raise GenerationError(f"n={n} is more than this server's {self.config.max_concurrent} "
-                                  f"concurrent sequences (--max-concurrent)")
+            raise GenerationError(
+                f"n={n} is more than this server's {self.config.max_concurrent} concurrent sequences (--max-concurrent)"
+            )
         return room if params.max_tokens is None else int(params.max_tokens)
 
-    def submit(self, prompt: list[int], params: SamplingParams, *,
-               loop: asyncio.AbstractEventLoop | None = None, request_id: str | None = None,
-               skip_special_tokens: bool = True) -> RequestHandle:
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        request_id: str | None = None,
+        skip_special_tokens: bool = True,
+    ) -> RequestHandle:
         """Queue a request; events arrive on the returned handle (async iteration if `loop`).
 
         Raises ContextLengthError / GenerationError for a request that can never run here and
@@ -214,7 +225,8 @@ class Engine:
                 raise EngineOverloadedError(
                     f"the server is busy: {len(self._waiting)} requests are waiting for a slot "
                     f"(limit {self.config.max_queued}); retry later",
-                    retry_after=self._retry_after())
+                    retry_after=self._retry_after(),
+                )
             self._waiting.append(req)
             self._cv.notify_all()
         return handle
@@ -265,7 +277,7 @@ class Engine:
                 continue
             group = self._take_group(budget)
             if not group:
-                break              # not enough free slots yet
+                break  # not enough free slots yet
             budget -= self._prefill_group(group)
         if self._running:
             self._decode(list(self._running))
@@ -327,12 +339,12 @@ class Engine:
                 self._prefill_rows([req])
             return
         seqs = []
-        for i, req in enumerate(group):                                        # rows first .. first+k-1
+        for i, req in enumerate(group):  # rows first .. first+k-1
             self.state.drop_left_padding(first + i, width - len(req.prompt))
             seqs.append(self._start_sequence(req, 0, len(req.prompt)))
         rows = list(range(k))
         for i, req in enumerate(group):
-            for index in range(1, req.handle.n):                               # more choices: copies
+            for index in range(1, req.handle.n):  # more choices: copies
                 self.state.copy_row(self.state, first + i, len(self._running))
                 seqs.append(self._start_sequence(req, index, len(req.prompt)))
                 rows.append(i)
@@ -340,7 +352,7 @@ class Engine:
 
     def _prefill_chunk(self, req: _Request, budget: int) -> int:
         """Prefill up to `budget` prompt tokens of a long prompt; start its sequences when done."""
-        chunk = req.prompt[req.prefilled: req.prefilled + budget]
+        chunk = req.prompt[req.prefilled : req.prefilled + budget]
         ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
         try:
             logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
@@ -366,8 +378,9 @@ class Engine:
         decoder = None
         if self.tokenizer is not None:
             decoder = self.tokenizer.incremental_decoder(skip_special_tokens=req.skip_special_tokens)
-        completion = Completion(stop_token_ids(req.params, self.eos_ids), req.max_new, decoder,
-                                list(req.params.stop or []))
+        completion = Completion(
+            stop_token_ids(req.params, self.eos_ids), req.max_new, decoder, list(req.params.stop or [])
+        )
         sampler_slot = self._free_sampler_slots.pop()
         self.sampler.add_row(sampler_slot, req.params, req.prompt, seed=derived_seed(req.params.seed, index))
         seq = _Sequence(req, index, len(self._running), completion, sampler_slot, filled)
@@ -409,15 +422,15 @@ class Engine:
             if len(seqs) == 1:
                 self._fail_request(seqs[0].request, "sampling", exc)
                 return
-            for i, seq in enumerate(seqs):                       # find the row that fails alone
+            for i, seq in enumerate(seqs):  # find the row that fails alone
                 if self._alive(seq):
-                    self._emit([seq], logits[i: i + 1])
+                    self._emit([seq], logits[i : i + 1])
             return
         now = time.perf_counter()
         for seq, tok, entry in zip(seqs, tokens, entries):
             if not self._alive(seq):
-                continue                                         # its request failed just now
-            if seq.request.handle.cancelled:                     # cancelled during the forward
+                continue  # its request failed just now
+            if seq.request.handle.cancelled:  # cancelled during the forward
                 with self._blame(seq.request, "the cancel"):
                     self._finish(seq, "cancelled")
                 continue
@@ -434,8 +447,11 @@ class Engine:
         self.metrics.generation_tokens.inc()
         seq.tokens.append(tok)
         text = seq.completion.accept(tok)
-        seq.request.handle._push(TokenEvent(seq.index, tok, text, entry.logprob if entry else None,
-                                            entry.top if entry and entry.top else None))
+        seq.request.handle._push(
+            TokenEvent(
+                seq.index, tok, text, entry.logprob if entry else None, entry.top if entry and entry.top else None
+            )
+        )
         if seq.completion.finish_reason is not None:
             self._finish(seq, seq.completion.finish_reason)
 
@@ -489,7 +505,7 @@ class Engine:
             waiting = req in self._waiting
             if waiting:
                 self._waiting.remove(req)
-        if waiting:                     # only the prompt being prefilled in the side state fails waiting
+        if waiting:  # only the prompt being prefilled in the side state fails waiting
             self._side.reset()
         for seq in [s for s in self._running if s.request is req]:
             self.metrics.finished.inc(reason="error")
@@ -498,7 +514,7 @@ class Engine:
         try:
             message = f"internal error while generating this request ({type(exc).__name__} in {what})"
             req.handle._push(ErrorEvent(message))
-        except Exception:               # a handle that cannot take events: nobody to tell
+        except Exception:  # a handle that cannot take events: nobody to tell
             log.exception("request %s: the error could not be delivered", req.handle.request_id)
 
     def _fail_all(self, message: str) -> None:
@@ -519,5 +535,12 @@ class Engine:
         self._side.reset()
 
 
-__all__ = ["Engine", "EngineConfig", "EngineOverloadedError", "RequestHandle", "TokenEvent",
-           "FinishEvent", "ErrorEvent"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineOverloadedError",
+    "RequestHandle",
+    "TokenEvent",
+    "FinishEvent",
+    "ErrorEvent",
+]

@@ -30,24 +30,32 @@ a batch gets cheaper as its rows finish.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..errors import ContextLengthError, GenerationError
-from .completion import (FINISH_ABORT, Completion, StopStringMatcher, TokenLogprob,
-                         left_padded, logprob_entries, stop_token_ids)
-from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
 from ..model.state import LFM2State
+from .completion import (
+    FINISH_ABORT,
+    Completion,
+    StopStringMatcher,
+    TokenLogprob,
+    left_padded,
+    logprob_entries,
+    stop_token_ids,
+)
+from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
+
 
 # ---- results ---------------------------------------------------------------------------------
 @dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
-    prefill_tokens: int = 0     # prompt tokens this call actually ran through the model
+    prefill_tokens: int = 0  # prompt tokens this call actually ran through the model
 
     @property
     def total_tokens(self) -> int:
@@ -60,13 +68,13 @@ class GenerationResult:
 
     token_ids: list[int]
     text: str | None
-    finish_reason: str                      # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | "length" | "abort"
     prompt_ids: list[int]
     usage: Usage
-    stop_reason: int | str | None = None    # the stop token id or stop string that ended it
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     logprobs: list[TokenLogprob] | None = None
-    index: int = 0                          # which of the prompt's n completions
-    prompt_index: int = 0                   # which prompt of the batch
+    index: int = 0  # which of the prompt's n completions
+    prompt_index: int = 0  # which prompt of the batch
 
     @functools.cached_property
     def message(self):
@@ -80,9 +88,9 @@ class GenerationResult:
 class GenerationChunk:
     """What one decode step added to a streamed completion."""
 
-    text: str                               # newly visible text (may be empty)
-    token_ids: list[int]                    # the token(s) this step produced
-    events: list = field(default_factory=list)   # lfmkit.chat.StreamParser events for `text`
+    text: str  # newly visible text (may be empty)
+    token_ids: list[int]  # the token(s) this step produced
+    events: list = field(default_factory=list)  # lfmkit.chat.StreamParser events for `text`
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     result: GenerationResult | None = None  # set on the last chunk
@@ -93,8 +101,16 @@ class _Row:
     """One sequence being generated: its prompt, tokens, text and logprobs; the stop rule is a
     `Completion` (completion.py), shared with the serving engine."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                 tokenizer, prompt_index: int, index: int, prefill_tokens: int):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stop_ids: frozenset[int],
+        tokenizer,
+        prompt_index: int,
+        index: int,
+        prefill_tokens: int,
+    ):
         self.prompt_ids = prompt_ids
         self.params = params
         self.prompt_index = prompt_index
@@ -157,8 +173,8 @@ def _is_single_prompt(prompts: Any) -> bool:
             raise GenerationError("prompt: empty list (give text, token ids or messages)")
         first = prompts[0]
         if isinstance(first, (list, tuple, str, torch.Tensor)):
-            return False          # a batch of prompts
-        return True               # token ids (ints, numpy ints) or message dicts
+            return False  # a batch of prompts
+        return True  # token ids (ints, numpy ints) or message dicts
     raise GenerationError(f"prompt: expected text, token ids or messages, got {type(prompts).__name__}")
 
 
@@ -176,8 +192,9 @@ def encode_prompt(prompt: Any, tokenizer, tools=None, chat_template_kwargs: dict
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
         if tokenizer is None:
             raise GenerationError("prompt: messages need a tokenizer with a chat template (pass tokenizer=...)")
-        text = tokenizer.apply_chat_template(list(prompt), tools=tools, add_generation_prompt=True,
-                                             **(chat_template_kwargs or {}))
+        text = tokenizer.apply_chat_template(
+            list(prompt), tools=tools, add_generation_prompt=True, **(chat_template_kwargs or {})
+        )
         return tokenizer.encode(text)
     if isinstance(prompt, (list, tuple)):
         ids = []
@@ -199,7 +216,7 @@ def eos_token_ids(model, tokenizer=None) -> set[int]:
     ids = set(model.config.eos_token_ids)
     path = getattr(model, "source_path", None)
     if path:
-        try:   # read once per version of the file
+        try:  # read once per version of the file
             mtime = (Path(path) / GENERATION_CONFIG).stat().st_mtime_ns
         except OSError:
             mtime = 0
@@ -219,8 +236,9 @@ def load_tokenizer_for(model):
     return None if path is None else Tokenizer.from_checkpoint(path)
 
 
-def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncate: bool,
-                   limit: int, what: str, index: int | None) -> list[int]:
+def _context_check(
+    model, prompt_ids: list[int], params: SamplingParams, truncate: bool, limit: int, what: str, index: int | None
+) -> list[int]:
     """The prompt, or its newest tokens when truncating; ContextLengthError when it cannot fit."""
     who = "prompt" if index is None else f"prompt {index}"
     if not prompt_ids:
@@ -229,16 +247,23 @@ def _context_check(model, prompt_ids: list[int], params: SamplingParams, truncat
     if need <= limit:
         return prompt_ids
     if truncate and params.max_tokens < limit:
-        return prompt_ids[len(prompt_ids) - (limit - params.max_tokens):]
+        return prompt_ids[len(prompt_ids) - (limit - params.max_tokens) :]
     raise ContextLengthError(
         f"{who} has {len(prompt_ids)} tokens and max_tokens is {params.max_tokens}: {need} tokens do not fit "
-        f"{what} of {limit} tokens (shorten the prompt, lower max_tokens, or pass truncate=True)")
+        f"{what} of {limit} tokens (shorten the prompt, lower max_tokens, or pass truncate=True)"
+    )
 
 
 # ---- the decode loop -------------------------------------------------------------------------
 @torch.no_grad()
-def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row], sampler: BatchSampler,
-                should_stop: Callable[[], bool] | None = None) -> Iterator[list[tuple[_Row, str, int]]]:
+def decode_rows(
+    model,
+    state: LFM2State,
+    logits: torch.Tensor,
+    rows: list[_Row],
+    sampler: BatchSampler,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[list[tuple[_Row, str, int]]]:
     """Sample and feed tokens until every row has finished.
 
     `logits` [len(rows), V] are the prefill's last-position logits; row i of the state and
@@ -246,7 +271,7 @@ def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row],
     row that got a token. A finished row's last token is never fed to the model; the running
     rows are kept in the first state rows (a finished row's place is taken by the last one).
     """
-    running = list(range(len(rows)))          # running[i]: the row (and sampler slot) in state row i
+    running = list(range(len(rows)))  # running[i]: the row (and sampler slot) in state row i
     step_ids = torch.empty(len(rows), 1, dtype=torch.long, device=logits.device)
     while True:
         if should_stop is not None and should_stop():
@@ -282,13 +307,15 @@ def decode_rows(model, state: LFM2State, logits: torch.Tensor, rows: list[_Row],
 
 
 @torch.no_grad()
-def prefill(model, state: LFM2State, prompts: list[list[int]], pad_id: int | None = None,
-            chunk_size: int | None = None) -> torch.Tensor:
+def prefill(
+    model, state: LFM2State, prompts: list[list[int]], pad_id: int | None = None, chunk_size: int | None = None
+) -> torch.Tensor:
     """Run left-padded prompts (one per state row) into the state; return last logits [B, V]."""
     ids, mask = left_padded(prompts, model.config.pad_token_id if pad_id is None else pad_id)
     device = model.device
-    return model.prefill(ids.to(device), state, attention_mask=mask.to(device) if mask is not None else None,
-                         chunk_size=chunk_size)[:, -1]
+    return model.prefill(
+        ids.to(device), state, attention_mask=mask.to(device) if mask is not None else None, chunk_size=chunk_size
+    )[:, -1]
 
 
 def _prepare(model, prompts, params, tokenizer, tools, chat_template_kwargs, overrides):
@@ -305,37 +332,54 @@ def _prepare(model, prompts, params, tokenizer, tools, chat_template_kwargs, ove
         if not isinstance(p, SamplingParams):
             raise GenerationError(f"params: expected SamplingParams, got {type(p).__name__}")
         p.validate()
-    needs_text = any(isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], dict))
-                     for p in prompt_list) or any(p.stop for p in params_list)
+    needs_text = any(
+        isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], dict)) for p in prompt_list
+    ) or any(p.stop for p in params_list)
     if tokenizer is None and needs_text:
         tokenizer = load_tokenizer_for(model)
         if tokenizer is None:
-            raise GenerationError("text prompts, messages and stop strings need a tokenizer, and the model's "
-                                  "checkpoint has none: pass tokenizer=...")
+            raise GenerationError(
+                "text prompts, messages and stop strings need a tokenizer, and the model's "
+                "checkpoint has none: pass tokenizer=..."
+            )
     ids = [encode_prompt(p, tokenizer, tools, chat_template_kwargs) for p in prompt_list]
     return single, ids, params_list, tokenizer
 
 
-def _start(model, prompts, params, tokenizer, *, tools=None, chat_template_kwargs=None, truncate=False,
-           max_length=None, prefill_chunk=None, **overrides):
+def _start(
+    model,
+    prompts,
+    params,
+    tokenizer,
+    *,
+    tools=None,
+    chat_template_kwargs=None,
+    truncate=False,
+    max_length=None,
+    prefill_chunk=None,
+    **overrides,
+):
     """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler)."""
-    single, ids, params_list, tokenizer = _prepare(model, prompts, params, tokenizer, tools,
-                                                   chat_template_kwargs, overrides)
+    single, ids, params_list, tokenizer = _prepare(
+        model, prompts, params, tokenizer, tools, chat_template_kwargs, overrides
+    )
     context = model.config.max_position_embeddings
     for i, (p, sp) in enumerate(zip(ids, params_list)):
-        ids[i] = _context_check(model, p, sp, truncate, context, "the model's context",
-                                None if single else i)
+        ids[i] = _context_check(model, p, sp, truncate, context, "the model's context", None if single else i)
     width = max(len(p) for p in ids)
     need = width + max(sp.max_tokens for sp in params_list)
     if max_length is not None and need > max_length:
-        raise ContextLengthError(f"the longest prompt ({width} tokens) plus max_tokens "
-                                 f"({need - width}) needs {need} tokens; max_length is {max_length}")
+        raise ContextLengthError(
+            f"the longest prompt ({width} tokens) plus max_tokens "
+            f"({need - width}) needs {need} tokens; max_length is {max_length}"
+        )
     vocab = model.config.vocab_size
     for i, p in enumerate(ids):
         bad = [t for t in p if not 0 <= t < vocab]
         if bad:
-            raise GenerationError(f"prompt{'' if single else f' {i}'}: token id {bad[0]} is outside the "
-                                  f"model's vocabulary (size {vocab})")
+            raise GenerationError(
+                f"prompt{'' if single else f' {i}'}: token id {bad[0]} is outside the model's vocabulary (size {vocab})"
+            )
     n_rows = sum(sp.n for sp in params_list)
     state = model.new_state(batch_size=n_rows, max_length=max_length or need)
     sampler = BatchSampler(vocab, n_rows, device=model.device)
@@ -359,10 +403,20 @@ def _start(model, prompts, params, tokenizer, *, tools=None, chat_template_kwarg
     return single, rows, state, logits, sampler
 
 
-def generate(model, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-             tokenizer=None, tools=None, chat_template_kwargs: dict | None = None, truncate: bool = False,
-             max_length: int | None = None, prefill_chunk: int | None = None,
-             should_stop: Callable[[], bool] | None = None, **overrides):
+def generate(
+    model,
+    prompts,
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    tokenizer=None,
+    tools=None,
+    chat_template_kwargs: dict | None = None,
+    truncate: bool = False,
+    max_length: int | None = None,
+    prefill_chunk: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **overrides,
+):
     """Generate completions for one prompt or a batch.
 
     Returns one `GenerationResult` for a single prompt with n == 1, else a list (prompt-major:
@@ -371,18 +425,38 @@ def generate(model, prompts, params: SamplingParams | Sequence[SamplingParams] |
     on top. `params` may also be one SamplingParams per prompt.
     """
     single, rows, state, logits, sampler = _start(
-        model, prompts, params, tokenizer, tools=tools, chat_template_kwargs=chat_template_kwargs,
-        truncate=truncate, max_length=max_length, prefill_chunk=prefill_chunk, **overrides)
+        model,
+        prompts,
+        params,
+        tokenizer,
+        tools=tools,
+        chat_template_kwargs=chat_template_kwargs,
+        truncate=truncate,
+        max_length=max_length,
+        prefill_chunk=prefill_chunk,
+        **overrides,
+    )
     for _ in decode_rows(model, state, logits, rows, sampler, should_stop):
         pass
     results = [r.result() for r in rows]
     return results[0] if single and len(results) == 1 else results
 
 
-def stream_generate(model, prompt, params: SamplingParams | None = None, *, tokenizer=None, tools=None,
-                    chat_template_kwargs: dict | None = None, truncate: bool = False,
-                    max_length: int | None = None, prefill_chunk: int | None = None, parse: bool = True,
-                    should_stop: Callable[[], bool] | None = None, **overrides) -> Iterator[GenerationChunk]:
+def stream_generate(
+    model,
+    prompt,
+    params: SamplingParams | None = None,
+    *,
+    tokenizer=None,
+    tools=None,
+    chat_template_kwargs: dict | None = None,
+    truncate: bool = False,
+    max_length: int | None = None,
+    prefill_chunk: int | None = None,
+    parse: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **overrides,
+) -> Iterator[GenerationChunk]:
     """Stream one completion of one prompt: a `GenerationChunk` per decode step.
 
     Each chunk carries the newly visible text and, with `parse=True` and a tokenizer, the
@@ -392,15 +466,25 @@ def stream_generate(model, prompt, params: SamplingParams | None = None, *, toke
     if not _is_single_prompt(prompt):
         raise GenerationError("stream_generate takes one prompt; use generate() for a batch")
     single, rows, state, logits, sampler = _start(
-        model, prompt, params, tokenizer, tools=tools, chat_template_kwargs=chat_template_kwargs,
-        truncate=truncate, max_length=max_length, prefill_chunk=prefill_chunk, **overrides)
+        model,
+        prompt,
+        params,
+        tokenizer,
+        tools=tools,
+        chat_template_kwargs=chat_template_kwargs,
+        truncate=truncate,
+        max_length=max_length,
+        prefill_chunk=prefill_chunk,
+        **overrides,
+    )
     if len(rows) != 1:
         raise GenerationError("stream_generate streams one completion: 'n' must be 1")
     yield from stream_rows(model, state, logits, rows[0], sampler, parse=parse, should_stop=should_stop)
 
 
-def stream_rows(model, state, logits, row: _Row, sampler, parse: bool = True,
-                should_stop: Callable[[], bool] | None = None) -> Iterator[GenerationChunk]:
+def stream_rows(
+    model, state, logits, row: _Row, sampler, parse: bool = True, should_stop: Callable[[], bool] | None = None
+) -> Iterator[GenerationChunk]:
     """The streaming form of `decode_rows` for one row (used by stream_generate and ChatSession)."""
     parser = None
     if parse and row.has_text:
@@ -410,8 +494,12 @@ def stream_rows(model, state, logits, row: _Row, sampler, parse: bool = True,
     for step in decode_rows(model, state, logits, [row], sampler, should_stop):
         for r, text, token in step:
             events = parser.feed(text) if parser is not None and text else []
-            chunk = GenerationChunk(text=text, token_ids=[token] if token >= 0 else [], events=events,
-                                    logprobs=[r.logprobs[-1]] if r.logprobs and token >= 0 else [])
+            chunk = GenerationChunk(
+                text=text,
+                token_ids=[token] if token >= 0 else [],
+                events=events,
+                logprobs=[r.logprobs[-1]] if r.logprobs and token >= 0 else [],
+            )
             if r.finish_reason is not None:
                 if parser is not None:
                     chunk.events = chunk.events + parser.finish()
@@ -420,5 +508,16 @@ def stream_rows(model, state, logits, row: _Row, sampler, parse: bool = True,
             yield chunk
 
 
-__all__ = ["generate", "stream_generate", "GenerationResult", "GenerationChunk", "TokenLogprob", "Usage",
-           "StopStringMatcher", "prefill", "decode_rows", "eos_token_ids", "encode_prompt"]
+__all__ = [
+    "generate",
+    "stream_generate",
+    "GenerationResult",
+    "GenerationChunk",
+    "TokenLogprob",
+    "Usage",
+    "StopStringMatcher",
+    "prefill",
+    "decode_rows",
+    "eos_token_ids",
+    "encode_prompt",
+]

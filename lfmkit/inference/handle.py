@@ -16,6 +16,7 @@ from dataclasses import dataclass
 @dataclass
 class TokenEvent:
     """One generated token of choice `index`; `text` is the newly visible text (may be empty)."""
+
     index: int
     token_id: int
     text: str
@@ -26,6 +27,7 @@ class TokenEvent:
 @dataclass
 class FinishEvent:
     """Choice `index` ended. `reason`: "stop", "length" or "cancelled"; `text`: held-back text."""
+
     index: int
     reason: str
     text: str = ""
@@ -35,14 +37,14 @@ class FinishEvent:
 @dataclass
 class ErrorEvent:
     """The request failed inside the engine (not the client's fault); no more events follow."""
+
     message: str
 
 
 class RequestHandle:
     """What `Engine.submit` returns: iterate (async if a loop was given, else sync); `cancel()`."""
 
-    def __init__(self, request_id: str, n: int, prompt_tokens: int,
-                 loop: asyncio.AbstractEventLoop | None):
+    def __init__(self, request_id: str, n: int, prompt_tokens: int, loop: asyncio.AbstractEventLoop | None):
         self.request_id = request_id
         self.n = n
         self.prompt_tokens = prompt_tokens
@@ -51,7 +53,7 @@ class RequestHandle:
         self._loop = loop
         self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
         self._wake = None
-        self._open = n                  # choices whose FinishEvent the consumer has not seen
+        self._open = n  # choices whose FinishEvent the consumer has not seen
 
     def _push(self, event) -> None:
         """Deliver an event (called from the engine thread)."""
@@ -60,7 +62,7 @@ class RequestHandle:
             return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:            # the event loop is closed: nobody is listening
+        except RuntimeError:  # the event loop is closed: nobody is listening
             self.cancelled = True
 
     def _seen(self, event) -> None:

@@ -151,28 +151,42 @@ class ServingMetrics:
     """Every metric `lfmkit serve` exposes on `GET /metrics` (names prefixed `lfmkit_`)."""
 
     def __init__(self):
-        self.requests = Counter("lfmkit_requests_total", "HTTP requests by endpoint and status code.",
-                                ("endpoint", "status"))
+        self.requests = Counter(
+            "lfmkit_requests_total", "HTTP requests by endpoint and status code.", ("endpoint", "status")
+        )
         self.prompt_tokens = Counter("lfmkit_prompt_tokens_total", "Prompt tokens prefilled.")
         self.generation_tokens = Counter("lfmkit_generation_tokens_total", "Tokens generated.")
-        self.finished = Counter("lfmkit_sequences_finished_total", "Generated sequences by finish reason.",
-                                ("reason",))
-        self.rejected = Counter("lfmkit_requests_rejected_total",
-                                "Requests refused because the queue was full.")
+        self.finished = Counter("lfmkit_sequences_finished_total", "Generated sequences by finish reason.", ("reason",))
+        self.rejected = Counter("lfmkit_requests_rejected_total", "Requests refused because the queue was full.")
         self.queue_depth = Gauge("lfmkit_queue_depth", "Requests waiting for a batch slot.")
         self.running = Gauge("lfmkit_running_sequences", "Sequences in the running batch.")
         self.slots = Gauge("lfmkit_batch_slots", "Batch slots (maximum concurrent sequences).")
-        self.ttft = Histogram("lfmkit_time_to_first_token_seconds",
-                              "Time from request arrival to its first generated token.", TTFT_BUCKETS)
-        self.token_latency = Histogram("lfmkit_time_per_output_token_seconds",
-                                       "Time between consecutive tokens of one sequence.", TOKEN_BUCKETS)
-        self.request_latency = Histogram("lfmkit_request_duration_seconds",
-                                         "Time from request arrival to its last token.", REQUEST_BUCKETS)
+        self.ttft = Histogram(
+            "lfmkit_time_to_first_token_seconds",
+            "Time from request arrival to its first generated token.",
+            TTFT_BUCKETS,
+        )
+        self.token_latency = Histogram(
+            "lfmkit_time_per_output_token_seconds", "Time between consecutive tokens of one sequence.", TOKEN_BUCKETS
+        )
+        self.request_latency = Histogram(
+            "lfmkit_request_duration_seconds", "Time from request arrival to its last token.", REQUEST_BUCKETS
+        )
 
     def all(self) -> list[_Metric]:
-        return [self.requests, self.prompt_tokens, self.generation_tokens, self.finished, self.rejected,
-                self.queue_depth, self.running, self.slots, self.ttft, self.token_latency,
-                self.request_latency]
+        return [
+            self.requests,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.finished,
+            self.rejected,
+            self.queue_depth,
+            self.running,
+            self.slots,
+            self.ttft,
+            self.token_latency,
+            self.request_latency,
+        ]
 
     def render(self) -> str:
         lines: list[str] = []

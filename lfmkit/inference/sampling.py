@@ -49,7 +49,7 @@ from ..errors import GenerationError
 # The model card's recommended sampling settings for every LFM2 checkpoint.
 MODEL_CARD_DEFAULTS = {"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05}
 MAX_TOP_LOGPROBS = 20
-NUCLEUS_CANDIDATES = 1024   # top_p looks at the likeliest 1024 tokens first (exact: falls back to all)
+NUCLEUS_CANDIDATES = 1024  # top_p looks at the likeliest 1024 tokens first (exact: falls back to all)
 GENERATION_CONFIG = "generation_config.json"
 
 
@@ -58,20 +58,20 @@ class SamplingParams:
     """How to pick each next token, and when to stop."""
 
     max_tokens: int = 256
-    temperature: float = MODEL_CARD_DEFAULTS["temperature"]   # 0 = greedy (argmax)
-    top_k: int = 0                                            # 0 (or -1) = off
-    top_p: float = 1.0                                        # 1 = off
-    min_p: float = MODEL_CARD_DEFAULTS["min_p"]               # 0 = off
+    temperature: float = MODEL_CARD_DEFAULTS["temperature"]  # 0 = greedy (argmax)
+    top_k: int = 0  # 0 (or -1) = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = MODEL_CARD_DEFAULTS["min_p"]  # 0 = off
     repetition_penalty: float = MODEL_CARD_DEFAULTS["repetition_penalty"]  # 1 = off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)             # stop strings (not in the output)
-    stop_token_ids: list[int] = field(default_factory=list)   # extra stop tokens besides eos
-    ignore_eos: bool = False                                  # keep going past eos
-    n: int = 1                                                # completions per prompt
-    logprobs: bool = False                                    # logprob of each chosen token
-    top_logprobs: int = 0                                     # and of the k likeliest tokens
+    stop: list[str] = field(default_factory=list)  # stop strings (not in the output)
+    stop_token_ids: list[int] = field(default_factory=list)  # extra stop tokens besides eos
+    ignore_eos: bool = False  # keep going past eos
+    n: int = 1  # completions per prompt
+    logprobs: bool = False  # logprob of each chosen token
+    top_logprobs: int = 0  # and of the k likeliest tokens
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -94,8 +94,7 @@ class SamplingParams:
         return cls(**base)
 
     @classmethod
-    def from_generation_config(cls, source: str | os.PathLike | dict | None,
-                               **overrides: Any) -> "SamplingParams":
+    def from_generation_config(cls, source: str | os.PathLike | dict | None, **overrides: Any) -> "SamplingParams":
         """Defaults from a `generation_config.json` (file, directory or dict), else the model card."""
         values = dict(generation_config_defaults(source))
         values.update(overrides)
@@ -117,8 +116,7 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @property
     def wants_logprobs(self) -> bool:
@@ -235,10 +233,10 @@ def derived_seed(seed: int | None, index: int) -> int | None:
 class SampleOutput:
     """One sampled token per row; logprobs only when some row asked for them."""
 
-    tokens: torch.Tensor                       # [B] long
-    logprobs: torch.Tensor | None = None       # [B] float: raw logprob of the chosen token
-    top_ids: torch.Tensor | None = None        # [B, K] long
-    top_logprobs: torch.Tensor | None = None   # [B, K] float
+    tokens: torch.Tensor  # [B] long
+    logprobs: torch.Tensor | None = None  # [B] float: raw logprob of the chosen token
+    top_ids: torch.Tensor | None = None  # [B, K] long
+    top_logprobs: torch.Tensor | None = None  # [B, K] float
 
 
 @dataclass
@@ -246,21 +244,21 @@ class _Plan:
     """What one batch composition needs; rebuilt only when rows are added or removed."""
 
     slots: list[int]
-    index: torch.Tensor | slice               # rows of the history tensors
+    index: torch.Tensor | slice  # rows of the history tensors
     greedy: list[bool]
     all_greedy: bool
     any_greedy: bool
     greedy_mask: torch.Tensor | None
-    penalties: bool                           # some row has a penalty: keep histories
-    rep: torch.Tensor | None                  # [B, 1]; None when no row uses it
+    penalties: bool  # some row has a penalty: keep histories
+    rep: torch.Tensor | None  # [B, 1]; None when no row uses it
     presence: torch.Tensor | None
     frequency: torch.Tensor | None
-    temperature: torch.Tensor | None          # [B, 1], 1 for greedy rows
-    top_k: torch.Tensor | None                # [B, 1] long, V when off; None when no row uses it
-    top_p: torch.Tensor | None                # [B, 1]; None when no row uses it
-    min_p: torch.Tensor | None                # [B, 1]; None when no row uses it
-    candidates: int                           # tokens top_k / top_p look at first (V: all)
-    p_only: torch.Tensor | None               # [B, 1] bool: sampled rows with top_p and no top_k
+    temperature: torch.Tensor | None  # [B, 1], 1 for greedy rows
+    top_k: torch.Tensor | None  # [B, 1] long, V when off; None when no row uses it
+    top_p: torch.Tensor | None  # [B, 1]; None when no row uses it
+    min_p: torch.Tensor | None  # [B, 1]; None when no row uses it
+    candidates: int  # tokens top_k / top_p look at first (V: all)
+    p_only: torch.Tensor | None  # [B, 1] bool: sampled rows with top_p and no top_k
     top_logprobs: int
     logprobs: bool
 
@@ -280,13 +278,14 @@ class BatchSampler:
         self.params: list[SamplingParams | None] = [None] * max_rows
         self.generators: list[torch.Generator | None] = [None] * max_rows
         # Penalty history, allocated when the first row with a penalty arrives.
-        self._seen: torch.Tensor | None = None     # [max_rows, V] bool: prompt + generated
-        self._counts: torch.Tensor | None = None   # [max_rows, V] float: generated-token counts
+        self._seen: torch.Tensor | None = None  # [max_rows, V] bool: prompt + generated
+        self._counts: torch.Tensor | None = None  # [max_rows, V] float: generated-token counts
         self._plans: dict[Any, _Plan] = {}
 
     # ---- rows ----------------------------------------------------------------------------
-    def add_row(self, slot: int, params: SamplingParams, prompt_ids: Sequence[int] | torch.Tensor = (),
-                seed: Any = _PARAMS_SEED) -> None:
+    def add_row(
+        self, slot: int, params: SamplingParams, prompt_ids: Sequence[int] | torch.Tensor = (), seed: Any = _PARAMS_SEED
+    ) -> None:
         """Start a new sequence in `slot`: its params, a fresh generator, history = the prompt.
 
         `seed` overrides `params.seed` (e.g. the n-th completion of a request).
@@ -294,8 +293,9 @@ class BatchSampler:
         if not 0 <= slot < self.max_rows:
             raise ValueError(f"slot {slot} out of range 0..{self.max_rows - 1}")
         self.params[slot] = params
-        self.generators[slot] = None if params.is_greedy else make_generator(
-            params.seed if seed is _PARAMS_SEED else seed)
+        self.generators[slot] = (
+            None if params.is_greedy else make_generator(params.seed if seed is _PARAMS_SEED else seed)
+        )
         if params.has_penalties and self._seen is None:
             self._seen = torch.zeros(self.max_rows, self.vocab_size, dtype=torch.bool, device=self.device)
             self._counts = torch.zeros(self.max_rows, self.vocab_size, dtype=torch.float32, device=self.device)
@@ -343,23 +343,40 @@ class BatchSampler:
         greedy = [p.is_greedy for p in params]
         penalties = any(p.has_penalties for p in params)
         sampled = [p for p in params if not p.is_greedy]
-        index: torch.Tensor | slice = (slice(0, batch) if slot_list == list(range(batch))
-                                       else torch.tensor(slot_list, dtype=torch.long, device=dev))
+        index: torch.Tensor | slice = (
+            slice(0, batch)
+            if slot_list == list(range(batch))
+            else torch.tensor(slot_list, dtype=torch.long, device=dev)
+        )
         plan = _Plan(
-            slots=slot_list, index=index, greedy=greedy, all_greedy=all(greedy), any_greedy=any(greedy),
+            slots=slot_list,
+            index=index,
+            greedy=greedy,
+            all_greedy=all(greedy),
+            any_greedy=any(greedy),
             greedy_mask=col(greedy, torch.bool)[:, 0] if any(greedy) and not all(greedy) else None,
             penalties=penalties,
-            rep=col([p.repetition_penalty for p in params]) if any(p.repetition_penalty != 1.0 for p in params) else None,
+            rep=col([p.repetition_penalty for p in params])
+            if any(p.repetition_penalty != 1.0 for p in params)
+            else None,
             presence=col([p.presence_penalty for p in params]) if any(p.presence_penalty for p in params) else None,
             frequency=col([p.frequency_penalty for p in params]) if any(p.frequency_penalty for p in params) else None,
             temperature=col([p.temperature if p.temperature > 0 else 1.0 for p in params]) if sampled else None,
-            top_k=(col([p.top_k if p.top_k > 0 else self.vocab_size for p in params], torch.long)
-                   if any(0 < p.top_k < self.vocab_size for p in sampled) else None),
-            top_p=col([p.top_p if p.top_p < 1.0 else 2.0 for p in params]) if any(p.top_p < 1.0 for p in sampled) else None,
+            top_k=(
+                col([p.top_k if p.top_k > 0 else self.vocab_size for p in params], torch.long)
+                if any(0 < p.top_k < self.vocab_size for p in sampled)
+                else None
+            ),
+            top_p=col([p.top_p if p.top_p < 1.0 else 2.0 for p in params])
+            if any(p.top_p < 1.0 for p in sampled)
+            else None,
             min_p=col([p.min_p for p in params]) if any(p.min_p > 0.0 for p in sampled) else None,
             candidates=self._candidates(sampled),
-            p_only=(col([not p.is_greedy and p.top_k == 0 and p.top_p < 1.0 for p in params], torch.bool)
-                    if any(p.top_k == 0 and p.top_p < 1.0 for p in sampled) else None),
+            p_only=(
+                col([not p.is_greedy and p.top_k == 0 and p.top_p < 1.0 for p in params], torch.bool)
+                if any(p.top_k == 0 and p.top_p < 1.0 for p in sampled)
+                else None
+            ),
             top_logprobs=max(p.top_logprobs for p in params),
             logprobs=any(p.wants_logprobs for p in params),
         )
@@ -374,9 +391,9 @@ class BatchSampler:
             if 0 < p.top_k < V:
                 need = max(need, p.top_k)
             elif p.top_p < 1.0:
-                need = max(need, NUCLEUS_CANDIDATES)   # checked: falls back to V if too few
+                need = max(need, NUCLEUS_CANDIDATES)  # checked: falls back to V if too few
             else:
-                return V                               # a row that keeps the whole vocabulary
+                return V  # a row that keeps the whole vocabulary
         return min(need, V) if need else V
 
     # ---- sampling ------------------------------------------------------------------------
@@ -481,8 +498,9 @@ class BatchSampler:
             counts.scatter_add_(1, tokens[:, None], torch.ones(tokens.shape[0], 1, device=counts.device))
         else:
             self._seen[plan.index, tokens] = True
-            self._counts.index_put_((plan.index, tokens), torch.ones(tokens.shape[0], device=self.device),
-                                    accumulate=True)
+            self._counts.index_put_(
+                (plan.index, tokens), torch.ones(tokens.shape[0], device=self.device), accumulate=True
+            )
 
     # ---- inspection (tests, explanations) ------------------------------------------------
     @torch.no_grad()
@@ -505,5 +523,13 @@ class BatchSampler:
         return out
 
 
-__all__ = ["SamplingParams", "BatchSampler", "SampleOutput", "MODEL_CARD_DEFAULTS", "make_generator",
-           "derived_seed", "generation_config_defaults", "generation_config_eos"]
+__all__ = [
+    "SamplingParams",
+    "BatchSampler",
+    "SampleOutput",
+    "MODEL_CARD_DEFAULTS",
+    "make_generator",
+    "derived_seed",
+    "generation_config_defaults",
+    "generation_config_eos",
+]

@@ -27,11 +27,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-
 from ..errors import ContextLengthError, GenerationError
+from ..model.state import StateSnapshot
 from .generate import GenerationChunk, GenerationResult, _Row, eos_token_ids, load_tokenizer_for, prefill, stream_rows
 from .sampling import BatchSampler, SamplingParams
-from ..model.state import StateSnapshot
 
 DEFAULT_MAX_LENGTH = 8192
 
@@ -50,9 +49,17 @@ class SessionSnapshot:
 class ChatSession:
     """A conversation with one model whose state carries over from turn to turn."""
 
-    def __init__(self, model, tokenizer=None, *, system: str | None = None, tools: list | None = None,
-                 params: SamplingParams | None = None, max_length: int | None = None,
-                 chat_template_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        system: str | None = None,
+        tools: list | None = None,
+        params: SamplingParams | None = None,
+        max_length: int | None = None,
+        chat_template_kwargs: dict | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(model)
         if self.tokenizer is None:
@@ -78,9 +85,9 @@ class ChatSession:
         if tools is not ...:
             self.tools = tools
         self.state.reset()
-        self.tokens: list[int] = []      # fed to the model, in order
-        self.pending: list[int] = []     # generated but not yet fed (the reply's last token)
-        self._kv: list[int] = []         # what the state's K/V slots hold (may run past `tokens`)
+        self.tokens: list[int] = []  # fed to the model, in order
+        self.pending: list[int] = []  # generated but not yet fed (the reply's last token)
+        self._kv: list[int] = []  # what the state's K/V slots hold (may run past `tokens`)
         self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
         self._turns: list[SessionSnapshot] = []
 
@@ -97,15 +104,17 @@ class ChatSession:
         """Ids the template puts after an assistant message's content (LFM2: `<|im_end|>\\n`)."""
         marker = "\u2063lfmkit\u2063"
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}])
-        tail = text[text.rfind(marker) + len(marker):] if marker in text else ""
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}]
+        )
+        tail = text[text.rfind(marker) + len(marker) :] if marker in text else ""
         if not tail:
             tail = (self.tokenizer.eos_token or "<|im_end|>") + "\n"
         return self.tokenizer.encode(tail)
 
     def _render(self, messages: list[dict], generation_prompt: bool, tools=None) -> str:
-        return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=generation_prompt,
-                                                  **self.template_kwargs)
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=generation_prompt, **self.template_kwargs
+        )
 
     def _new_ids(self, new_messages: list[dict]) -> list[int]:
         """Tokens to feed for `new_messages` and the generation prompt, given what is fed already."""
@@ -117,28 +126,41 @@ class ChatSession:
         before = self._render(self.messages, False, self.tools)
         after = self._render(self.messages + new_messages, True, self.tools)
         if after.startswith(before):
-            delta = after[len(before):]
+            delta = after[len(before) :]
         else:  # a template that re-renders history differently: render the new messages alone
             delta = self._render(new_messages, True)
             bos = self.tokenizer.bos_token
             if bos and delta.startswith(bos):
-                delta = delta[len(bos):]
+                delta = delta[len(bos) :]
         return self.pending + closing + self.tokenizer.encode(delta)
 
     # ---- turns ---------------------------------------------------------------------------
-    def send(self, content: str | list | None = None, *, role: str = "user",
-             params: SamplingParams | None = None, should_stop: Callable[[], bool] | None = None,
-             **overrides) -> GenerationResult:
+    def send(
+        self,
+        content: str | list | None = None,
+        *,
+        role: str = "user",
+        params: SamplingParams | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **overrides,
+    ) -> GenerationResult:
         """Add a message and generate the reply; returns it (tool calls in `.message.tool_calls`)."""
         result = None
-        for chunk in self.stream(content, role=role, params=params, should_stop=should_stop, parse=False,
-                                 **overrides):
+        for chunk in self.stream(content, role=role, params=params, should_stop=should_stop, parse=False, **overrides):
             result = chunk.result or result
         return result
 
-    def stream(self, content: str | list | None = None, *, role: str = "user",
-               params: SamplingParams | None = None, should_stop: Callable[[], bool] | None = None,
-               parse: bool = True, messages: list[dict] | None = None, **overrides) -> Iterator[GenerationChunk]:
+    def stream(
+        self,
+        content: str | list | None = None,
+        *,
+        role: str = "user",
+        params: SamplingParams | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        parse: bool = True,
+        messages: list[dict] | None = None,
+        **overrides,
+    ) -> Iterator[GenerationChunk]:
         """Add a message (or `messages`) and stream the reply, one chunk per decode step."""
         new = list(messages) if messages is not None else []
         if content is not None:
@@ -147,20 +169,28 @@ class ChatSession:
             raise GenerationError("send: no message given")
         yield from self._turn(new, params, should_stop, parse, overrides)
 
-    def send_tool_results(self, results: Any, *, params: SamplingParams | None = None,
-                          should_stop: Callable[[], bool] | None = None, **overrides) -> GenerationResult:
+    def send_tool_results(
+        self,
+        results: Any,
+        *,
+        params: SamplingParams | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **overrides,
+    ) -> GenerationResult:
         """Give the model the results of its tool calls (one per call) and let it continue."""
         result = None
-        for chunk in self.stream_tool_results(results, params=params, should_stop=should_stop, parse=False,
-                                              **overrides):
+        for chunk in self.stream_tool_results(
+            results, params=params, should_stop=should_stop, parse=False, **overrides
+        ):
             result = chunk.result or result
         return result
 
     def stream_tool_results(self, results: Any, **kwargs) -> Iterator[GenerationChunk]:
         return self.stream(messages=tool_messages(results), **kwargs)
 
-    def _turn(self, new_messages: list[dict], params: SamplingParams | None, should_stop, parse: bool,
-              overrides: dict) -> Iterator[GenerationChunk]:
+    def _turn(
+        self, new_messages: list[dict], params: SamplingParams | None, should_stop, parse: bool, overrides: dict
+    ) -> Iterator[GenerationChunk]:
         params = params or self.params
         if overrides:
             params = params.replace(**overrides)
@@ -173,9 +203,11 @@ class ChatSession:
         need = start + len(feed) + params.max_tokens
         if need > self.max_length:
             raise ContextLengthError(
-                f"the conversation has {self.context_used} tokens, the new message adds {len(feed) - len(self.pending)} "
+                f"the conversation has {self.context_used} tokens, the new message adds "
+                f"{len(feed) - len(self.pending)} "
                 f"and max_tokens is {params.max_tokens}: {need} tokens do not fit the session's "
-                f"{self.max_length}-token state (reset the chat, lower max_tokens, or use a larger max_length)")
+                f"{self.max_length}-token state (reset the chat, lower max_tokens, or use a larger max_length)"
+            )
         vocab = self.model.config.vocab_size
         sampler = BatchSampler(vocab, 1, device=self.model.device)
         try:
@@ -188,8 +220,9 @@ class ChatSession:
             prompt = list(self.tokens)
             sampler.add_row(0, params, prompt)
             row = _Row(prompt, params, self.stop_ids, self.tokenizer, 0, 0, len(feed))
-            for chunk in stream_rows(self.model, self.state, logits, row, sampler, parse=parse,
-                                     should_stop=should_stop):
+            for chunk in stream_rows(
+                self.model, self.state, logits, row, sampler, parse=parse, should_stop=should_stop
+            ):
                 if chunk.result is not None:
                     self._finish_turn(chunk.result, mark)
                 yield chunk
@@ -203,11 +236,11 @@ class ChatSession:
     def _fed(self, ids: list[int]) -> None:
         n = len(self.tokens)
         self.tokens.extend(ids)
-        self._kv[n:n + len(ids)] = ids
+        self._kv[n : n + len(ids)] = ids
 
     def _finish_turn(self, result: GenerationResult, mark: SessionSnapshot) -> None:
         generated = result.token_ids
-        fed = int(self.state.lengths[0]) - len(self.tokens)   # the state knows what went in
+        fed = int(self.state.lengths[0]) - len(self.tokens)  # the state knows what went in
         self._fed(generated[:fed])
         self.pending = list(generated[fed:])
         self.messages.append({"role": "assistant", "content": result.text or ""})
@@ -215,20 +248,23 @@ class ChatSession:
 
     # ---- going back ----------------------------------------------------------------------
     def snapshot(self) -> SessionSnapshot:
-        return SessionSnapshot(self.state.snapshot(), list(self.tokens), list(self.pending),
-                               copy.deepcopy(self.messages), len(self._turns))
+        return SessionSnapshot(
+            self.state.snapshot(), list(self.tokens), list(self.pending), copy.deepcopy(self.messages), len(self._turns)
+        )
 
     def restore(self, snap: SessionSnapshot) -> None:
         """Go back to a snapshot of this session (invalid once its tokens were overwritten)."""
         n = len(snap.tokens)
         if self._kv[:n] != snap.tokens:
-            raise GenerationError("restore: this snapshot's tokens were overwritten since it was taken "
-                                  "(take a fork() to keep two branches alive)")
+            raise GenerationError(
+                "restore: this snapshot's tokens were overwritten since it was taken "
+                "(take a fork() to keep two branches alive)"
+            )
         self.state.restore(snap.state)
         self.tokens = list(snap.tokens)
         self.pending = list(snap.pending)
         self.messages = copy.deepcopy(snap.messages)
-        del self._turns[snap.turns:]
+        del self._turns[snap.turns :]
 
     def undo(self) -> bool:
         """Drop the last turn (message and reply); False when there is none."""
@@ -248,8 +284,12 @@ class ChatSession:
 
     # ---- saving --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"messages": copy.deepcopy(self.messages), "tools": self.tools, "tokens": list(self.tokens),
-                "pending": list(self.pending)}
+        return {
+            "messages": copy.deepcopy(self.messages),
+            "tools": self.tools,
+            "tokens": list(self.tokens),
+            "pending": list(self.pending),
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the conversation (messages, tools, exact tokens) as JSON."""
@@ -266,8 +306,9 @@ class ChatSession:
         except (ValueError, KeyError, TypeError) as exc:
             raise GenerationError(f"{path}: not a saved chat ({exc})") from None
         if len(tokens) + len(pending) > self.max_length:
-            raise ContextLengthError(f"{path}: {len(tokens) + len(pending)} tokens do not fit the session's "
-                                     f"{self.max_length}-token state")
+            raise ContextLengthError(
+                f"{path}: {len(tokens) + len(pending)} tokens do not fit the session's {self.max_length}-token state"
+            )
         self.tools = data.get("tools", self.tools)
         self.reset()
         if tokens:
@@ -281,8 +322,10 @@ class ChatSession:
         self.system = sys_msgs[0]["content"] if sys_msgs else None
 
     def __repr__(self) -> str:
-        return (f"ChatSession(turns={self.turns}, tokens={self.context_used}/{self.max_length}, "
-                f"prefilled={self.prefilled_tokens})")
+        return (
+            f"ChatSession(turns={self.turns}, tokens={self.context_used}/{self.max_length}, "
+            f"prefilled={self.prefilled_tokens})"
+        )
 
 
 def tool_messages(results: Any) -> list[dict]:

@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from .hub import resolve_model_path
 from .safetensors import DTYPE_NAMES, SafetensorsFile, checkpoint_files
 
-MAX_LISTED = 8   # names listed in a missing / unexpected tensors error
+MAX_LISTED = 8  # names listed in a missing / unexpected tensors error
 
 
 @dataclass
@@ -36,9 +36,9 @@ class StoredTensor:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype                            # as stored (GGUF q8_0/q4_0: read as float32)
+    dtype: torch.dtype  # as stored (GGUF q8_0/q4_0: read as float32)
     file: Path
-    label: str                                    # the name the file itself uses (for messages)
+    label: str  # the name the file itself uses (for messages)
     _rows: Callable[[int, int], torch.Tensor] = field(repr=False)
 
     def read(self, dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,22 +59,24 @@ class Checkpoint:
 
     path: Path
     config: LFM2Config
-    format: str                                   # "safetensors" | "gguf"
-    dtype: torch.dtype                            # the dtype its weights are stored in
-    described_by: str                             # what defines the expected tensors (messages)
+    format: str  # "safetensors" | "gguf"
+    dtype: torch.dtype  # the dtype its weights are stored in
+    described_by: str  # what defines the expected tensors (messages)
     tensors: Callable[[], Iterator[StoredTensor]] = field(repr=False)
     tokenizer_dir: Callable[[], str | None] = field(repr=False)
 
 
-def open_checkpoint(path: str | os.PathLike, revision: str | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Checkpoint:
     """A checkpoint directory, Hub id or .gguf file, opened for loading (no tensor read yet)."""
     resolved = resolve_model_path(path, revision=revision, cache_dir=cache_dir)
     if resolved.is_file() and resolved.suffix == ".gguf":
         return _open_gguf(resolved)
     if not resolved.is_dir():
-        raise CheckpointError(f"{resolved}: expected a checkpoint directory (config.json + *.safetensors) "
-                              f"or a .gguf file")
+        raise CheckpointError(
+            f"{resolved}: expected a checkpoint directory (config.json + *.safetensors) or a .gguf file"
+        )
     config = LFM2Config.from_pretrained(resolved)
     files = checkpoint_files(resolved)
 
@@ -82,12 +84,24 @@ def open_checkpoint(path: str | os.PathLike, revision: str | None = None,
         for f in files:
             st = SafetensorsFile(f)
             for name, (dtype, shape, _, _) in st.entries.items():
-                yield StoredTensor(name, shape, dtype, st.path, name,
-                                   lambda a, b, st=st, name=name: st.read_rows(name, a, b)
-                                   if st.entries[name][1] else st.read(name))
+                yield StoredTensor(
+                    name,
+                    shape,
+                    dtype,
+                    st.path,
+                    name,
+                    lambda a, b, st=st, name=name: st.read_rows(name, a, b) if st.entries[name][1] else st.read(name),
+                )
 
-    return Checkpoint(resolved, config, "safetensors", DTYPE_NAMES.get(config.torch_dtype, torch.float32),
-                      f"its config ({resolved / 'config.json'})", tensors, lambda: str(resolved))
+    return Checkpoint(
+        resolved,
+        config,
+        "safetensors",
+        DTYPE_NAMES.get(config.torch_dtype, torch.float32),
+        f"its config ({resolved / 'config.json'})",
+        tensors,
+        lambda: str(resolved),
+    )
 
 
 def _open_gguf(path: Path) -> Checkpoint:
@@ -105,7 +119,7 @@ def _open_gguf(path: Path) -> Checkpoint:
             cache: list[torch.Tensor] = []
 
             def rows(a: int, b: int, w=w, cache=cache) -> torch.Tensor:
-                if not cache:   # GGUF blocks dequantise whole; row reads slice one copy
+                if not cache:  # GGUF blocks dequantise whole; row reads slice one copy
                     cache.append(w.to_tensor(dtype))
                 return cache[0][a:b] if w.shape else cache[0]
 
@@ -118,8 +132,9 @@ def _open_gguf(path: Path) -> Checkpoint:
     return Checkpoint(path, config, "gguf", dtype, "the model its GGUF keys describe", tensors, tokenizer_dir)
 
 
-def load_tensors(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]],
-                 sink: Callable[[StoredTensor], None], strict: bool = True) -> list[str]:
+def load_tensors(
+    ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]], sink: Callable[[StoredTensor], None], strict: bool = True
+) -> list[str]:
     """Hand every stored tensor named in `expected` (name -> shape) to `sink`; raise
     CheckpointError for a wrong shape, and (when `strict`) for unexpected or missing tensors.
     Returns the names that were missing (only non-empty when not strict)."""
@@ -128,13 +143,14 @@ def load_tensors(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]],
     for t in ckpt.tensors():
         if t.name not in expected:
             if t.name == "lm_head.weight" and ckpt.config.tie_word_embeddings:
-                continue   # some exports write the tied head too; it equals the embedding
+                continue  # some exports write the tied head too; it equals the embedding
             unexpected.append(f"{t.label} (in {t.file.name})" if ckpt.format == "safetensors" else t.label)
             continue
         want = tuple(expected[t.name])
         if tuple(t.shape) != want:
-            raise CheckpointError(f"{t.file}: tensor '{t.label}' has shape {list(t.shape)}, but "
-                                  f"{ckpt.described_by} implies {list(want)}")
+            raise CheckpointError(
+                f"{t.file}: tensor '{t.label}' has shape {list(t.shape)}, but {ckpt.described_by} implies {list(want)}"
+            )
         sink(t)
         loaded.add(t.name)
     missing = sorted(set(expected) - loaded)

@@ -44,12 +44,12 @@ def _q8_0_blocks(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _q4_0_blocks(blocks: torch.Tensor) -> torch.Tensor:
-    idx = blocks.abs().argmax(dim=-1, keepdim=True)   # first index of the largest magnitude
+    idx = blocks.abs().argmax(dim=-1, keepdim=True)  # first index of the largest magnitude
     m = torch.gather(blocks, -1, idx)
     d = m / -8
     inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
     q = torch.trunc(blocks * inv + 8.5).clamp_(0, 15).to(torch.uint8)
-    packed = q[:, : BLOCK // 2] | (q[:, BLOCK // 2:] << 4)
+    packed = q[:, : BLOCK // 2] | (q[:, BLOCK // 2 :] << 4)
     return torch.cat((_scale_bytes(d), packed), dim=-1)
 
 
@@ -73,19 +73,20 @@ def quantize(weight: torch.Tensor, qtype: str) -> torch.Tensor:
     rows_per_chunk = max(1, CHUNK_ELEMENTS // cols)
     out = torch.empty(flat.shape[0], cols // BLOCK * BLOCK_BYTES[qtype], dtype=torch.uint8)
     for start in range(0, flat.shape[0], rows_per_chunk):
-        part = flat[start: start + rows_per_chunk].to("cpu", torch.float32)
+        part = flat[start : start + rows_per_chunk].to("cpu", torch.float32)
         blocks = part.reshape(-1, BLOCK)
-        out[start: start + part.shape[0]] = fn(blocks).reshape(part.shape[0], -1)
+        out[start : start + part.shape[0]] = fn(blocks).reshape(part.shape[0], -1)
     return out.reshape(*weight.shape[:-1], -1)
 
 
-def dequantize(data: torch.Tensor, qtype: str, shape: tuple[int, ...],
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize(
+    data: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """uint8 blocks (any leading shape, rows of whole blocks) -> float tensor of `shape`."""
     if qtype not in BLOCK_BYTES:
         raise ValueError(f"unknown GGML block type {qtype!r}")
     blocks = data.reshape(-1, BLOCK_BYTES[qtype])
-    d = blocks[:, :2].contiguous().view(torch.float16).to(torch.float32)    # [n, 1]
+    d = blocks[:, :2].contiguous().view(torch.float16).to(torch.float32)  # [n, 1]
     if qtype == "q8_0":
         q = blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32)
     else:

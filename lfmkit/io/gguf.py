@@ -69,7 +69,6 @@ def hf_name(gguf_tensor: str) -> str:
     raise KeyError(gguf_tensor)
 
 
-
 # ---- reading ---------------------------------------------------------------------------------
 def open_reader(path: str | os.PathLike):
     from gguf import GGUFReader
@@ -111,8 +110,7 @@ def read_gguf_config(path: str | os.PathLike, reader=None) -> LFM2Config:
     kv = need("attention.head_count_kv")
     kv = [int(x) for x in kv] if isinstance(kv, list) else [int(kv)] * n_layers
     if len(kv) != n_layers:
-        raise CheckpointError(f"{path}: '{ARCH}.attention.head_count_kv' has {len(kv)} entries for "
-                              f"{n_layers} blocks")
+        raise CheckpointError(f"{path}: '{ARCH}.attention.head_count_kv' has {len(kv)} entries for {n_layers} blocks")
     heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -123,10 +121,14 @@ def read_gguf_config(path: str | os.PathLike, reader=None) -> LFM2Config:
     key_len = _field(reader, f"{ARCH}.attention.key_length")
     try:
         return LFM2Config(
-            vocab_size=int(vocab), hidden_size=hidden, num_hidden_layers=n_layers,
-            num_attention_heads=heads, num_key_value_heads=max(kv) or heads,
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(kv) or heads,
             head_dim=int(key_len) if key_len and int(key_len) != hidden // heads else None,
-            block_ff_dim=int(need("feed_forward_length")), block_auto_adjust_ff_dim=False,
+            block_ff_dim=int(need("feed_forward_length")),
+            block_auto_adjust_ff_dim=False,
             layer_types=[ATTENTION if k > 0 else CONV for k in kv],
             conv_L_cache=int(_field(reader, f"{ARCH}.shortconv.l_cache", 3)),
             norm_eps=float(need("attention.layer_norm_rms_epsilon")),
@@ -136,7 +138,8 @@ def read_gguf_config(path: str | os.PathLike, reader=None) -> LFM2Config:
             bos_token_id=int(_field(reader, "tokenizer.ggml.bos_token_id", 1)),
             eos_token_id=int(_field(reader, "tokenizer.ggml.eos_token_id", 7)),
             pad_token_id=int(_field(reader, "tokenizer.ggml.padding_token_id", 0)),
-            torch_dtype="float32", name=_field(reader, "general.name"),
+            torch_dtype="float32",
+            name=_field(reader, "general.name"),
         )
     except Exception as exc:  # ConfigError or a bad value type
         raise CheckpointError(f"{path}: GGUF keys do not describe a valid LFM2 model ({exc})") from None
@@ -147,9 +150,9 @@ class GGUFWeight:
     """One stored tensor: its lfmkit name, GGML type name and raw data (a view of the file)."""
 
     name: str
-    type: str                  # "f32", "f16", "bf16", "q8_0", "q4_0"
-    shape: tuple[int, ...]     # the lfmkit parameter shape
-    data: np.ndarray           # float array, or uint8 blocks for bf16/q8_0/q4_0
+    type: str  # "f32", "f16", "bf16", "q8_0", "q4_0"
+    shape: tuple[int, ...]  # the lfmkit parameter shape
+    data: np.ndarray  # float array, or uint8 blocks for bf16/q8_0/q4_0
 
     def to_tensor(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dequantised copy as a torch tensor of `self.shape`."""
@@ -175,8 +178,10 @@ def iter_gguf_weights(path: str | os.PathLike, reader=None) -> Iterator[GGUFWeig
     for t in reader.tensors:
         kind = names.get(int(t.tensor_type))
         if kind is None:
-            raise CheckpointError(f"{path}: tensor '{t.name}' has GGML type {t.tensor_type.name}; lfmkit reads "
-                                  f"F32, F16, BF16, Q8_0 and Q4_0 (re-export with one of those)")
+            raise CheckpointError(
+                f"{path}: tensor '{t.name}' has GGML type {t.tensor_type.name}; lfmkit reads "
+                f"F32, F16, BF16, Q8_0 and Q4_0 (re-export with one of those)"
+            )
         try:
             name = hf_name(t.name)
         except KeyError:
@@ -219,14 +224,17 @@ def read_gguf_vocab(path: str | os.PathLike, reader=None) -> GGUFVocab | None:
         v = _field(reader, key)
         return int(v) if v is not None else None
 
-    return GGUFVocab(tokens=list(tokens), token_types=[int(t) for t in types],
-                     merges=list(_field(reader, "tokenizer.ggml.merges") or []),
-                     bos_token_id=opt_int("tokenizer.ggml.bos_token_id"),
-                     eos_token_id=opt_int("tokenizer.ggml.eos_token_id"),
-                     pad_token_id=opt_int("tokenizer.ggml.padding_token_id"),
-                     add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-                     add_eos=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
-                     chat_template=_field(reader, "tokenizer.chat_template"))
+    return GGUFVocab(
+        tokens=list(tokens),
+        token_types=[int(t) for t in types],
+        merges=list(_field(reader, "tokenizer.ggml.merges") or []),
+        bos_token_id=opt_int("tokenizer.ggml.bos_token_id"),
+        eos_token_id=opt_int("tokenizer.ggml.eos_token_id"),
+        pad_token_id=opt_int("tokenizer.ggml.padding_token_id"),
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        add_eos=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+        chat_template=_field(reader, "tokenizer.chat_template"),
+    )
 
 
 def extract_tokenizer(path: str | os.PathLike, directory: str | os.PathLike) -> Path:
@@ -252,4 +260,3 @@ def gguf_summary(path: str | os.PathLike) -> dict:
         "vocab": len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
         "chat_template": "tokenizer.chat_template" in reader.fields,
     }
-

@@ -60,20 +60,27 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def read_vocab(tokenizer_dir: str | Path, vocab_size: int,
-               bos_token_id: int | None = None, eos_token_id: int | None = None,
-               pad_token_id: int | None = None) -> GGUFVocab:
+def read_vocab(
+    tokenizer_dir: str | Path,
+    vocab_size: int,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> GGUFVocab:
     """Build the GGUF tokenizer metadata for a model with `vocab_size` embedding rows."""
     d = Path(tokenizer_dir)
     tj = d / "tokenizer.json"
     if not tj.is_file():
-        raise ExportError(f"{d}: no tokenizer.json; GGUF files embed the tokenizer, so pass a folder "
-                          f"that has one (--tokenizer DIR)")
+        raise ExportError(
+            f"{d}: no tokenizer.json; GGUF files embed the tokenizer, so pass a folder that has one (--tokenizer DIR)"
+        )
     data = _read_json(tj)
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise ExportError(f"{tj}: tokenizer model type {model.get('type')!r} is not supported; "
-                          f"llama.cpp's LFM2 vocabulary is byte-level BPE")
+        raise ExportError(
+            f"{tj}: tokenizer model type {model.get('type')!r} is not supported; "
+            f"llama.cpp's LFM2 vocabulary is byte-level BPE"
+        )
     vocab: dict[str, int] = model.get("vocab") or {}
     by_id: dict[int, str] = {i: t for t, i in vocab.items()}
     added_types: dict[int, int] = {}
@@ -131,17 +138,27 @@ def read_vocab(tokenizer_dir: str | Path, vocab_size: int,
     jinja = d / "chat_template.jinja"
     if template is None and jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
-    return GGUFVocab(tokens=tokens, token_types=types, merges=merges, bos_token_id=bos,
-                     eos_token_id=eos, pad_token_id=pad, add_bos=bool(add_bos), add_eos=bool(add_eos),
-                     chat_template=template if isinstance(template, str) else None)
+    return GGUFVocab(
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        add_bos=bool(add_bos),
+        add_eos=bool(add_eos),
+        chat_template=template if isinstance(template, str) else None,
+    )
 
 
 # ---- the way back: a Hugging Face tokenizer folder from GGUF metadata ---------------------------
 # LFM2's pre-tokenizer split (the regex llama.cpp selects for tokenizer.ggml.pre = "lfm2"): words
 # with at most one leading non-letter, numbers in runs of up to three digits, punctuation runs,
 # newlines, spaces.
-LFM2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LFM2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def write_tokenizer(vocab: GGUFVocab, directory: str | Path, model_max_length: int | None = None) -> Path:
@@ -153,15 +170,23 @@ def write_tokenizer(vocab: GGUFVocab, directory: str | Path, model_max_length: i
     table = {t: i for i, (t, kind) in enumerate(zip(vocab.tokens, vocab.token_types)) if kind != UNUSED}
     merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
     tok = Tokenizer(models.BPE(vocab=table, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LFM2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LFM2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    specials = [AddedToken(t, special=True, normalized=False)
-                for t, kind in zip(vocab.tokens, vocab.token_types) if kind == CONTROL]
-    users = [AddedToken(t, special=False, normalized=False)
-             for t, kind in zip(vocab.tokens, vocab.token_types) if kind == USER_DEFINED]
+    specials = [
+        AddedToken(t, special=True, normalized=False)
+        for t, kind in zip(vocab.tokens, vocab.token_types)
+        if kind == CONTROL
+    ]
+    users = [
+        AddedToken(t, special=False, normalized=False)
+        for t, kind in zip(vocab.tokens, vocab.token_types)
+        if kind == USER_DEFINED
+    ]
     tok.add_special_tokens(specials)
     tok.add_tokens(users)
 
@@ -175,13 +200,18 @@ def write_tokenizer(vocab: GGUFVocab, directory: str | Path, model_max_length: i
         special = [(bos, vocab.bos_token_id)] + ([(eos, vocab.eos_token_id)] if vocab.add_eos and eos else [])
         tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
     tok.save(str(d / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
-              "add_bos_token": vocab.add_bos, "add_eos_token": vocab.add_eos,
-              "clean_up_tokenization_spaces": False}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": pad,
+        "add_bos_token": vocab.add_bos,
+        "add_eos_token": vocab.add_eos,
+        "clean_up_tokenization_spaces": False,
+    }
     if model_max_length:
         config["model_max_length"] = model_max_length
     if vocab.chat_template:
         config["chat_template"] = vocab.chat_template
-    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return d

@@ -10,8 +10,12 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 
-def resolve_model_path(path: str | os.PathLike, revision: str | None = None,
-                       cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None) -> Path:
+def resolve_model_path(
+    path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
     """A local directory (or .gguf file) for `path`: as is, or a Hub id through the HF cache."""
     p = Path(os.path.expanduser(str(path)))
     if p.exists():
@@ -24,24 +28,29 @@ def resolve_model_path(path: str | os.PathLike, revision: str | None = None,
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - optional dependency
-        raise CheckpointError(f"{path}: not a local directory, and huggingface_hub is not installed "
-                              f"to fetch it from the Hub (pip install huggingface-hub)") from None
+        raise CheckpointError(
+            f"{path}: not a local directory, and huggingface_hub is not installed "
+            f"to fetch it from the Hub (pip install huggingface-hub)"
+        ) from None
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"]
     try:
-        return Path(snapshot_download(text, revision=revision, cache_dir=cache_dir,
-                                      allow_patterns=patterns, local_files_only=True))
+        return Path(
+            snapshot_download(
+                text, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=True
+            )
+        )
     except LocalEntryNotFoundError:
         if local_files_only:
-            raise CheckpointError(f"{path}: not in the local Hugging Face cache, and offline "
-                                  f"(HF_HUB_OFFLINE is set)") from None
+            raise CheckpointError(
+                f"{path}: not in the local Hugging Face cache, and offline (HF_HUB_OFFLINE is set)"
+            ) from None
     except Exception as exc:  # noqa: BLE001 - the hub library raises many types
         raise CheckpointError(f"{path}: cannot read it from the Hugging Face cache: {exc}") from None
     try:
         return Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: download from the Hugging Face Hub failed: "
-                              f"{type(exc).__name__}: {exc}") from None
-
-
+        raise CheckpointError(
+            f"{path}: download from the Hugging Face Hub failed: {type(exc).__name__}: {exc}"
+        ) from None

@@ -18,13 +18,26 @@ from ..checks import read_json_object, shown
 from ..errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-               "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-               "bf16": torch.bfloat16}
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 MAX_HEADER_BYTES = 100 * 2**20
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -59,7 +72,7 @@ class SafetensorsFile:
                 header = json.loads(f.read(n).decode("utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
-        except (ValueError, RecursionError) as exc:   # not UTF-8, not JSON, a 5000-digit number, deep nesting
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, a 5000-digit number, deep nesting
             raise CheckpointError(f"{self.path}: corrupt safetensors header ({exc})") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: corrupt safetensors header (not a JSON object)")
@@ -78,8 +91,10 @@ class SafetensorsFile:
                 numel *= s
             nbytes = numel * torch.empty((), dtype=dtype).element_size()
             if end - begin != nbytes or begin < 0 or self.data_start + end > size:
-                raise CheckpointError(f"{self.path}: tensor '{name}': data offsets {begin}..{end} do not "
-                                      f"match shape {list(shape)} {info['dtype']} or the file size")
+                raise CheckpointError(
+                    f"{self.path}: tensor '{name}': data offsets {begin}..{end} do not "
+                    f"match shape {list(shape)} {info['dtype']} or the file size"
+                )
             self.entries[name] = (dtype, shape, begin, end)
 
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,8 +134,10 @@ def checkpoint_files(directory: Path) -> list[Path]:
     if index.is_file():
         weight_map = read_json_object(index, CheckpointError).get("weight_map")
         if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
-            raise CheckpointError(f"{index}: not a valid safetensors index ('weight_map' must map tensor names "
-                                  f"to shard file names, got {shown(weight_map)})")
+            raise CheckpointError(
+                f"{index}: not a valid safetensors index ('weight_map' must map tensor names "
+                f"to shard file names, got {shown(weight_map)})"
+            )
         files = sorted({directory / f for f in weight_map.values()})
         for f in files:
             if not f.is_file():
@@ -183,8 +200,9 @@ class ShardWriter:
             fname = f"model-{i:05d}-of-{len(self._written):05d}.safetensors"
             path.replace(self.directory / fname)
             weight_map.update(dict.fromkeys(names, fname))
-        index.write_text(json.dumps({"metadata": {"total_size": self._total}, "weight_map": weight_map}, indent=2),
-                         encoding="utf-8")
+        index.write_text(
+            json.dumps({"metadata": {"total_size": self._total}, "weight_map": weight_map}, indent=2), encoding="utf-8"
+        )
         single.unlink(missing_ok=True)
         return self.directory
 
@@ -204,8 +222,9 @@ class ShardWriter:
             self.discard()
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], directory: str | os.PathLike,
-                      max_shard_bytes: int | None = None) -> Path:
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], directory: str | os.PathLike, max_shard_bytes: int | None = None
+) -> Path:
     """Write `tensors` as model.safetensors, or as shards of at most `max_shard_bytes` + index."""
     with ShardWriter(directory, max_shard_bytes) as writer:
         for name, t in tensors.items():

@@ -33,17 +33,18 @@ import threading
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("kernels.cpp", "decode_step.cpp")   # one translation unit, in this order
+SOURCES = ("kernels.cpp", "decode_step.cpp")  # one translation unit, in this order
 
 
 def source() -> str:
     return "\n".join((CSRC / name).read_text() for name in SOURCES)
 
+
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
-build_error: str | None = None   # why the kernels are unavailable, for `lfmkit bench` to print
+build_error: str | None = None  # why the kernels are unavailable, for `lfmkit bench` to print
 
 
 def _cpu_supported() -> bool:
@@ -57,8 +58,9 @@ def _cpu_supported() -> bool:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("LFMKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME")
-                                                         or os.path.expanduser("~/.cache"), "lfmkit")
+    root = os.environ.get("LFMKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lfmkit"
+    )
     return Path(root) / "kernels"
 
 
@@ -68,8 +70,7 @@ def _build(compiler: str, code: str, target: Path) -> None:
         src = Path(tmp) / "kernels.cpp"
         src.write_text(code)
         out = Path(tmp) / target.name
-        proc = subprocess.run([compiler, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run([compiler, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
         os.replace(out, target)  # atomic: concurrent builders never see half a file
@@ -124,7 +125,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_rmsnorm.argtypes = [p, p, i64, i64, f32, p]
     lib.lfm_conv_step.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.lfm_silu_mul.argtypes = [p, i64, i64, p]
-    for fn in ("lfm_q4_linear", "lfm_q8_linear", "lfm_rmsnorm", "lfm_conv_step", "lfm_silu_mul", "lfm_quantize_act", "lfm_q4_gemm", "lfm_q8_gemm", "lfm_q4_dequant_bf16", "lfm_q8_dequant_bf16"):
+    for fn in (
+        "lfm_q4_linear",
+        "lfm_q8_linear",
+        "lfm_rmsnorm",
+        "lfm_conv_step",
+        "lfm_silu_mul",
+        "lfm_quantize_act",
+        "lfm_q4_gemm",
+        "lfm_q8_gemm",
+        "lfm_q4_dequant_bf16",
+        "lfm_q8_dequant_bf16",
+    ):
         getattr(lib, fn).restype = None
     lib.lfm_decode_scratch_bytes.argtypes = [p, i64, i64]
     lib.lfm_decode_scratch_bytes.restype = i64

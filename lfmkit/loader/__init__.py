@@ -31,9 +31,15 @@ from ..model.loading import expected_tensors, set_parameter
 from ..quant.formats import check_mode
 
 
-def load(path: str | os.PathLike, quant: str | None = None, dtype: torch.dtype | str | None = None,
-         device: torch.device | str | None = None, fast: bool = True, group_size: int = 32,
-         **kwargs) -> LFM2:
+def load(
+    path: str | os.PathLike,
+    quant: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    fast: bool = True,
+    group_size: int = 32,
+    **kwargs,
+) -> LFM2:
     """A model for inference from a directory, Hub id or .gguf file.
 
     quant: None (float, in `dtype`), "int8" or "int4" (quantized while loading; our kernels run
@@ -51,8 +57,9 @@ def load(path: str | os.PathLike, quant: str | None = None, dtype: torch.dtype |
     return optimize(model) if fast else model
 
 
-def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-                    device: torch.device | str | None = None) -> LFM2:
+def load_gguf_model(
+    path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None
+) -> LFM2:
     """The reference model from a GGUF file (weights dequantised; float32, or bfloat16 for bf16 files)."""
     if not str(path).endswith(".gguf"):
         raise CheckpointError(f"{path}: not a .gguf file")
@@ -68,8 +75,7 @@ def _skeleton(config: LFM2Config, mode: str, group_size: int) -> tuple[LFM2, dic
     return model, targets, shapes
 
 
-def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32, fast: bool = True,
-                   **kwargs) -> LFM2:
+def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32, fast: bool = True, **kwargs) -> LFM2:
     """Load a checkpoint straight into int8/int4, a few rows at a time (see the module doc)."""
     mode = check_mode(mode)
     if mode in ("fp32", "bf16"):
@@ -93,8 +99,7 @@ def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32, fas
     return install_fast_modules(model) if fast else model
 
 
-def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: int = 0,
-                     std: float = 0.02) -> LFM2:
+def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: int = 0, std: float = 0.02) -> LFM2:
     """A random-weight model of `config` built directly in `mode` (no full float copy), fast."""
     mode = check_mode(mode)
     if mode in ("fp32", "bf16"):
@@ -116,7 +121,7 @@ def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: 
 
 
 def _tie(model: LFM2, targets: dict) -> None:
-    if "model.embed_tokens.weight" not in targets:   # a quantized table is the tied head already
+    if "model.embed_tokens.weight" not in targets:  # a quantized table is the tied head already
         model.tie_weights()
 
 

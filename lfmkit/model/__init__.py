@@ -4,5 +4,15 @@ float checkpoints in and out. Trainable, and equal to transformers' Lfm2ForCausa
 from .lfm2 import LFM2, PREFILL_CHUNK, Attention, Block, FeedForward, RMSNorm, ShortConv, StepContext
 from .state import LFM2State, StateSnapshot
 
-__all__ = ["LFM2", "LFM2State", "StateSnapshot", "RMSNorm", "ShortConv", "Attention", "FeedForward", "Block",
-           "StepContext", "PREFILL_CHUNK"]
+__all__ = [
+    "LFM2",
+    "LFM2State",
+    "StateSnapshot",
+    "RMSNorm",
+    "ShortConv",
+    "Attention",
+    "FeedForward",
+    "Block",
+    "StepContext",
+    "PREFILL_CHUNK",
+]

@@ -76,8 +76,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin of shape [batch, seq, head_dim] for integer positions [batch, seq]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
-                                             dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     freqs = positions[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -87,8 +86,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           causal: bool) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
     """Softmax attention, q [b, H, t, d], k/v [b, KV, S, d], mask [b, 1, t, S] bool (True = keep).
 
     A few query rows (decode) use two batched matmuls over the grouped heads, which on CPU is
@@ -98,12 +96,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     kv = k.shape[1]
     if t <= 4 and not causal:
         g = h // kv
-        qg = q.reshape(b, kv, g * t, d) * (d ** -0.5)
-        scores = torch.matmul(qg, k.transpose(-1, -2))               # [b, kv, g*t, S]
+        qg = q.reshape(b, kv, g * t, d) * (d**-0.5)
+        scores = torch.matmul(qg, k.transpose(-1, -2))  # [b, kv, g*t, S]
         if mask is not None:
             m = mask.expand(b, 1, t, mask.shape[-1]).repeat(1, 1, g, 1) if g > 1 else mask
             scores = scores.masked_fill(~m, float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)           # [b, kv, g*t, d]
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [b, kv, g*t, d]
         return out.reshape(b, h, t, d)
     if mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
@@ -114,14 +112,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 class StepContext:
     """What every layer of one forward call shares: positions, masks and state slots."""
 
-    cos: torch.Tensor                      # [B or 1, 1, T, head_dim] (broadcasts over heads)
+    cos: torch.Tensor  # [B or 1, 1, T, head_dim] (broadcasts over heads)
     sin: torch.Tensor
-    token_mask: torch.Tensor | None        # [B, T] float/bool, 1 = real token; None = all real
-    attn_mask: torch.Tensor | None         # [B, 1, T, S] bool; None = plain causal over T
+    token_mask: torch.Tensor | None  # [B, T] float/bool, 1 = real token; None = all real
+    attn_mask: torch.Tensor | None  # [B, 1, T, S] bool; None = plain causal over T
     state: LFM2State | None = None
-    start: int | None = None               # uniform write slot (all rows at the same length)
-    slots: torch.Tensor | None = None      # [B, T] per-row write slots when rows differ
-    kv_end: int = 0                        # keys to attend over: [0, kv_end)
+    start: int | None = None  # uniform write slot (all rows at the same length)
+    slots: torch.Tensor | None = None  # [B, T] per-row write slots when rows differ
+    kv_end: int = 0  # keys to attend over: [0, kv_end)
     doc_positions: torch.Tensor | None = None  # [B, T] position inside its document (packed rows)
 
 
@@ -147,8 +145,7 @@ class ShortConv(nn.Module):
         self.layer_idx = layer_idx
         self.kernel = config.conv_L_cache
         self.in_proj = Linear(h, 3 * h, bias=config.conv_bias)
-        self.conv = Conv1d(h, h, kernel_size=self.kernel, groups=h, bias=config.conv_bias,
-                              padding=self.kernel - 1)
+        self.conv = Conv1d(h, h, kernel_size=self.kernel, groups=h, bias=config.conv_bias, padding=self.kernel - 1)
         self.out_proj = Linear(h, h, bias=config.conv_bias)
 
     def forward(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -156,14 +153,14 @@ class ShortConv(nn.Module):
 
     def mix(self, bcx: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """C * conv(B * x) for in_proj's output [b, t, 3h]; reads and updates the conv window."""
-        B, C, xx = bcx.chunk(3, dim=-1)       # each [b, t, h]
+        B, C, xx = bcx.chunk(3, dim=-1)  # each [b, t, h]
         bx = B * xx
         if ctx.token_mask is not None:
             # Padding contributes nothing to the window (with conv_bias, in_proj(0) != 0, so the
             # mask goes after the projection: a padded row equals the same prompt run alone).
             bx = bx * ctx.token_mask[..., None].to(bx.dtype)
-        bx = bx.transpose(1, 2)                            # [b, h, t]
-        weight = self.conv.weight                          # [h, 1, k]
+        bx = bx.transpose(1, 2)  # [b, h, t]
+        weight = self.conv.weight  # [h, 1, k]
         window = ctx.state.conv[self.layer_idx] if ctx.state is not None else None
         if ctx.doc_positions is not None:
             y = self.packed_conv(bx, ctx.doc_positions)
@@ -177,16 +174,16 @@ class ShortConv(nn.Module):
             if self.conv.bias is not None:
                 y = y + self.conv.bias[:, None]
         else:
-            full = torch.cat((window.to(bx.dtype), bx), dim=-1)   # [b, h, L + t]
-            window.copy_(full[..., -window.shape[-1]:])
-            y = F.conv1d(full, weight, self.conv.bias, groups=bx.shape[1])[..., -bx.shape[-1]:]
+            full = torch.cat((window.to(bx.dtype), bx), dim=-1)  # [b, h, L + t]
+            window.copy_(full[..., -window.shape[-1] :])
+            y = F.conv1d(full, weight, self.conv.bias, groups=bx.shape[1])[..., -bx.shape[-1] :]
         return C * y.transpose(1, 2)
 
     def packed_conv(self, bx: torch.Tensor, doc_positions: torch.Tensor) -> torch.Tensor:
         """The causal depthwise conv of `bx` [b, h, t] with the window restarting at every
         document: y[t] = sum over lags j of w[k-1-j] * bx[t-j], taking lag j only where the token
         is at least j into its document (documents are contiguous runs, so t-j is then inside it)."""
-        weight = self.conv.weight[:, 0, :]                 # [h, k]; column k-1 multiplies lag 0
+        weight = self.conv.weight[:, 0, :]  # [h, k]; column k-1 multiplies lag 0
         t = bx.shape[-1]
         y = bx * weight[:, -1:]
         for lag in range(1, min(self.kernel, t)):
@@ -228,8 +225,8 @@ class Attention(nn.Module):
         if state is not None:
             kbuf, vbuf = state.keys[self.layer_idx], state.values[self.layer_idx]
             if ctx.start is not None:
-                kbuf[:, :, ctx.start: ctx.start + t] = k
-                vbuf[:, :, ctx.start: ctx.start + t] = v
+                kbuf[:, :, ctx.start : ctx.start + t] = k
+                vbuf[:, :, ctx.start : ctx.start + t] = v
             else:
                 rows = torch.arange(b, device=x.device)[:, None]
                 kbuf[rows, :, ctx.slots] = k.transpose(1, 2).to(kbuf.dtype)
@@ -295,13 +292,18 @@ class LFM2(nn.Module):
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: LFM2Config, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None, seed: int | None = 0) -> "LFM2":
+    def from_config(
+        cls,
+        config: LFM2Config,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        seed: int | None = 0,
+    ) -> "LFM2":
         """A model with random weights (std 0.02 linears, unit norms), e.g. for benchmarks."""
         if seed is not None:
             torch.manual_seed(seed)
         with torch.device(device or "cpu"):
-            model = cls(config)   # initialised by init_weights, under the seed
+            model = cls(config)  # initialised by init_weights, under the seed
         return model.to(dtype=dtype or torch.float32).eval()
 
     def init_weights(self, std: float = 0.02) -> None:
@@ -316,8 +318,9 @@ class LFM2(nn.Module):
                 nn.init.ones_(m.weight)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, **kwargs) -> "LFM2":
+    def from_pretrained(
+        cls, path: str, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None, **kwargs
+    ) -> "LFM2":
         """Load a Hugging Face LFM2 checkpoint (directory, Hub id, or .gguf file) as the
         reference model: float weights, trainable (parameters require grad, as in
         transformers), in eval mode. For inference with quantized weights and our kernels use
@@ -356,17 +359,28 @@ class LFM2(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors counted once
 
-    def new_state(self, batch_size: int = 1, max_length: int | None = None,
-                  dtype: torch.dtype | None = None) -> LFM2State:
+    def new_state(
+        self, batch_size: int = 1, max_length: int | None = None, dtype: torch.dtype | None = None
+    ) -> LFM2State:
         """Allocate an inference state for this model (default: the full context)."""
-        return LFM2State(self.config, batch_size=batch_size,
-                         max_length=max_length or self.config.max_position_embeddings,
-                         dtype=dtype or self.dtype, device=self.device)
+        return LFM2State(
+            self.config,
+            batch_size=batch_size,
+            max_length=max_length or self.config.max_position_embeddings,
+            dtype=dtype or self.dtype,
+            device=self.device,
+        )
 
     # ---- forward -------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                state: LFM2State | None = None, logits_to_keep: int = 0,
-                return_hidden: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        state: LFM2State | None = None,
+        logits_to_keep: int = 0,
+        return_hidden: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [batch, seq, vocab] (only the last `logits_to_keep` positions if > 0), or with
         `return_hidden` the final-norm hidden states [batch, seq, hidden] the head would read.
 
@@ -403,8 +417,13 @@ class LFM2(nn.Module):
             return x
         return self.lm_head(x)
 
-    def prefill(self, input_ids: torch.Tensor, state: LFM2State, attention_mask: torch.Tensor | None = None,
-                chunk_size: int | None = None) -> torch.Tensor:
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        state: LFM2State,
+        attention_mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
         """Run a prompt into `state` in chunks of `chunk_size` tokens per row; logits of the last
         position [batch, 1, vocab]. Chunking bounds the activation memory of long prompts while
         every chunk is still one large matrix multiply per weight. The default takes
@@ -422,16 +441,19 @@ class LFM2(nn.Module):
             logits = self(input_ids[:, a:b], attention_mask=mask, state=state, logits_to_keep=1)
         return logits
 
-    def _context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 state: LFM2State | None) -> StepContext:
+    def _context(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, state: LFM2State | None
+    ) -> StepContext:
         b, t = input_ids.shape
         device = input_ids.device
         cfg = self.config
         mask = None
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                                 f"input_ids shape {tuple(input_ids.shape)}")
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                    f"input_ids shape {tuple(input_ids.shape)}"
+                )
             mask = attention_mask.to(device=device, dtype=torch.bool)
             if bool(mask.all()):
                 mask = None
@@ -472,7 +494,7 @@ class LFM2(nn.Module):
             slots = None
             kv_end = start + t
             new_valid = mask if mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)
-            state.valid[:, start: start + t] = new_valid
+            state.valid[:, start : start + t] = new_valid
             query_slot = (start + torch.arange(t, device=device)).expand(b, t)
         else:
             slots = state.lengths[:, None] + torch.arange(t, device=device)
@@ -486,31 +508,38 @@ class LFM2(nn.Module):
             allowed = state.valid[:, None, :kv_end] & (key_slot[None, None] <= query_slot[..., None])
             allowed = allowed | (key_slot[None, None] == query_slot[..., None])  # never an empty row
             attn_mask = allowed[:, None]
-        return StepContext(cos, sin, token_mask, attn_mask, state=state, start=start, slots=slots,
-                           kv_end=kv_end)
+        return StepContext(cos, sin, token_mask, attn_mask, state=state, start=start, slots=slots, kv_end=kv_end)
 
-    def _packed_context(self, input_ids: torch.Tensor, document_ids: torch.Tensor,
-                        attention_mask: torch.Tensor | None, state: LFM2State | None) -> StepContext:
+    def _packed_context(
+        self,
+        input_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        state: LFM2State | None,
+    ) -> StepContext:
         """Positions and masks for packed rows: per-document RoPE positions, a block-diagonal
         causal mask (None when every row is one document), and the positions the conv reads."""
         if state is not None or attention_mask is not None:
-            raise ValueError("document_ids is for the stateless training forward: pass it without "
-                             "state and without attention_mask")
+            raise ValueError(
+                "document_ids is for the stateless training forward: pass it without state and without attention_mask"
+            )
         if document_ids.shape != input_ids.shape:
-            raise ValueError(f"document_ids shape {tuple(document_ids.shape)} does not match "
-                             f"input_ids shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"document_ids shape {tuple(document_ids.shape)} does not match "
+                f"input_ids shape {tuple(input_ids.shape)}"
+            )
         b, t = input_ids.shape
         device = input_ids.device
         docs = document_ids.to(device)
         first = torch.ones(b, t, dtype=torch.bool, device=device)
-        first[:, 1:] = docs[:, 1:] != docs[:, :-1]          # a document starts here
+        first[:, 1:] = docs[:, 1:] != docs[:, :-1]  # a document starts here
         index = torch.arange(t, device=device).expand(b, t)
         starts = torch.where(first, index, torch.zeros_like(index)).cummax(-1).values
         positions = index - starts
         cos, sin = rope_tables(positions, self.config.head_size, self.config.rope_theta, self.dtype)
-        if not bool(first[:, 1:].any()):                    # one document per row: a plain forward
+        if not bool(first[:, 1:].any()):  # one document per row: a plain forward
             return StepContext(cos[:, None], sin[:, None], None, None)
-        run = first.long().cumsum(-1)                       # document number along the row
+        run = first.long().cumsum(-1)  # document number along the row
         causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
         attn_mask = ((run[:, :, None] == run[:, None, :]) & causal)[:, None]
         return StepContext(cos[:, None], sin[:, None], None, attn_mask, doc_positions=positions)
@@ -520,10 +549,11 @@ class LFM2(nn.Module):
         the slot numbers, RoPE comes from a cached table, and attention needs no mask."""
         start = state.uniform_length()
         state.check_room(t)
-        state.valid[:, start: start + t] = True
+        state.valid[:, start : start + t] = True
         cos, sin = self._rope_cache(start + t)
-        return StepContext(cos[start: start + t], sin[start: start + t], None, None, state=state,
-                           start=start, kv_end=start + t)
+        return StepContext(
+            cos[start : start + t], sin[start : start + t], None, None, state=state, start=start, kv_end=start + t
+        )
 
     def _rope_cache(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables for positions [0, n) with n >= length, grown by doubling."""
@@ -534,9 +564,19 @@ class LFM2(nn.Module):
             positions = torch.arange(n, device=self.device)[None]
             cos, sin = rope_tables(positions, self.config.head_size, self.config.rope_theta, dtype)
             cache = (cos[0], sin[0])
-            object.__setattr__(self, "_rope", cache)   # a plain attribute, not a buffer
+            object.__setattr__(self, "_rope", cache)  # a plain attribute, not a buffer
         return cache
 
 
-__all__ = ["LFM2", "RMSNorm", "ShortConv", "Attention", "FeedForward", "Block", "StepContext",
-           "rope_tables", "attend", "PREFILL_CHUNK"]
+__all__ = [
+    "LFM2",
+    "RMSNorm",
+    "ShortConv",
+    "Attention",
+    "FeedForward",
+    "Block",
+    "StepContext",
+    "rope_tables",
+    "attend",
+    "PREFILL_CHUNK",
+]

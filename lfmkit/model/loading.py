@@ -33,9 +33,15 @@ def set_parameter(model: nn.Module, name: str, tensor: torch.Tensor, requires_gr
     setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor, requires_grad=requires_grad))
 
 
-def load_model(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-               device: torch.device | str | None = None, revision: str | None = None,
-               cache_dir: str | os.PathLike | None = None, strict: bool = True):
+def load_model(
+    cls,
+    path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    strict: bool = True,
+):
     """An instance of `cls` (LFM2) with the weights of a directory, Hub id or .gguf file."""
     ckpt = open_checkpoint(path, revision=revision, cache_dir=cache_dir)
     target = parse_dtype(dtype) or ckpt.dtype
@@ -52,14 +58,18 @@ def load_model(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = N
 
     load_tensors(ckpt, expected_tensors(model), sink, strict=strict)
     model.tie_weights()
-    model.source_path = ckpt.tokenizer_dir()   # where tokenizer and generation config live
+    model.source_path = ckpt.tokenizer_dir()  # where tokenizer and generation config live
     if ckpt.format == "gguf":
         model.gguf_path = str(ckpt.path)
     return model.eval()
 
 
-def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtype | str | None = None,
-               max_shard_bytes: int | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
     """Write config.json and model.safetensors (or shards + index) in the Hugging Face layout."""
     dtype = parse_dtype(dtype)
     config = model.config

@@ -35,8 +35,14 @@ class StateSnapshot:
 class LFM2State:
     """Preallocated per-layer state for `batch_size` rows of up to `max_length` tokens."""
 
-    def __init__(self, config: LFM2Config, batch_size: int = 1, max_length: int = 2048,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        config: LFM2Config,
+        batch_size: int = 1,
+        max_length: int = 2048,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_length < 1:
@@ -136,7 +142,8 @@ class LFM2State:
         first = int(self.lengths[0])
         self._uniform_length = first if bool((self.lengths == first).all()) else None
         self._dense = bool((self.positions == self.lengths).all()) and all(
-            bool(self.valid[r, : int(n)].all()) for r, n in enumerate(self.lengths.tolist()))
+            bool(self.valid[r, : int(n)].all()) for r, n in enumerate(self.lengths.tolist())
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------
     def reset(self, rows: list[int] | torch.Tensor | None = None) -> None:
@@ -225,12 +232,11 @@ class LFM2State:
                 if t is not None:
                     t[row, :, : end - n] = t[row, :, n:end].clone()
         self.valid[row, : end - n] = self.valid[row, n:end].clone()
-        self.valid[row, end - n:] = False
+        self.valid[row, end - n :] = False
         self.lengths[row] = end - n
         self._resync()
 
-    def rows(self, start: int, stop: int, lengths: list[int] | None = None,
-             dense: bool | None = None) -> "LFM2State":
+    def rows(self, start: int, stop: int, lengths: list[int] | None = None, dense: bool | None = None) -> "LFM2State":
         """A zero-copy state over rows [start, stop): every write lands in this state.
 
         Batches shrink or split this way without copying K/V (finished rows leave a generate
@@ -267,6 +273,8 @@ class LFM2State:
         return new
 
     def __repr__(self) -> str:
-        return (f"LFM2State(batch_size={self.batch_size}, max_length={self.max_length}, "
-                f"dtype={self.dtype}, filled={self.lengths.tolist()}, "
-                f"{self.nbytes() / 2**20:.1f} MiB, {self.bytes_per_token()} B/token)")
+        return (
+            f"LFM2State(batch_size={self.batch_size}, max_length={self.max_length}, "
+            f"dtype={self.dtype}, filled={self.lengths.tolist()}, "
+            f"{self.nbytes() / 2**20:.1f} MiB, {self.bytes_per_token()} B/token)"
+        )

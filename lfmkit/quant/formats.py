@@ -47,18 +47,19 @@ def quantize_int4(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, 
     """Group-wise symmetric int4 in the packed layout above: (qweight uint8, scales float16)."""
     n, k = w.shape
     if k % group_size or group_size % 32:
-        raise ConfigError(f"int4 needs in_features ({k}) divisible by the group size ({group_size}), "
-                          f"itself a multiple of 32")
+        raise ConfigError(
+            f"int4 needs in_features ({k}) divisible by the group size ({group_size}), itself a multiple of 32"
+        )
     if k % 64:
         raise ConfigError(f"int4 needs in_features divisible by 64, got {k}")
     g = w.float().reshape(n, k // group_size, group_size)
     idx = g.abs().argmax(dim=-1, keepdim=True)
-    extreme = torch.gather(g, -1, idx)                       # signed largest-magnitude value
+    extreme = torch.gather(g, -1, idx)  # signed largest-magnitude value
     scales = (extreme / -8.0).squeeze(-1).to(torch.float16)
     s = scales.float()
     inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
     q = (torch.round(g * inv[..., None]).clamp_(-8, 7) + 8).to(torch.uint8).reshape(n, k // 64, 2, 32)
-    packed = q[:, :, 0] | (q[:, :, 1] << 4)                 # [n, k/64, 32]
+    packed = q[:, :, 0] | (q[:, :, 1] << 4)  # [n, k/64, 32]
     return packed.reshape(n, k // 2).contiguous(), scales
 
 
@@ -66,8 +67,7 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype=torch.float32) 
     return (q.float() * scales[:, None]).to(dtype)
 
 
-def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, group_size: int = 32,
-                    dtype=torch.float32) -> torch.Tensor:
+def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, group_size: int = 32, dtype=torch.float32) -> torch.Tensor:
     n, half = q.shape
     k = half * 2
     b = q.reshape(n, k // 64, 1, 32)

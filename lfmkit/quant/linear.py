@@ -24,11 +24,11 @@ from .. import kernels
 from ..errors import ConfigError
 from .formats import dequantize_int4, dequantize_int8, fits, quantize_int4, quantize_int8
 
-SMALL_BATCH = 16          # rows up to which the matrix-vector kernels beat dequant + GEMM
-PREFILL_TILE_BYTES = 8 << 20   # bf16 weight rows expanded at a time for a prefill GEMM
+SMALL_BATCH = 16  # rows up to which the matrix-vector kernels beat dequant + GEMM
+PREFILL_TILE_BYTES = 8 << 20  # bf16 weight rows expanded at a time for a prefill GEMM
 
 
-_SCRATCH = threading.local()   # per thread: the kernels run without the GIL
+_SCRATCH = threading.local()  # per thread: the kernels run without the GIL
 
 
 def _scratch(m: int, k: int) -> tuple[int, int, int]:
@@ -37,8 +37,11 @@ def _scratch(m: int, k: int) -> tuple[int, int, int]:
     cache = _SCRATCH.__dict__.setdefault("buffers", {})
     bufs = cache.get((m, k))
     if bufs is None:
-        tensors = (torch.empty(m * k, dtype=torch.int8), torch.empty(m * k // 32, dtype=torch.float32),
-                   torch.empty(m * k // 32, dtype=torch.int32))
+        tensors = (
+            torch.empty(m * k, dtype=torch.int8),
+            torch.empty(m * k // 32, dtype=torch.float32),
+            torch.empty(m * k // 32, dtype=torch.int32),
+        )
         bufs = cache[(m, k)] = (*(t.data_ptr() for t in tensors), tensors)
     return bufs[0], bufs[1], bufs[2]
 
@@ -47,40 +50,44 @@ def _scratch(m: int, k: int) -> tuple[int, int, int]:
 class KernelSpec(NamedTuple):
     """What qkernel needs to multiply by one quantized weight (see csrc/kernels.cpp)."""
 
-    w: int        # weight codes
-    s: int        # scales
-    wsum: int     # int8: weight sums per activation block, else 0
+    w: int  # weight codes
+    s: int  # scales
+    wsum: int  # int8: weight sums per activation block, else 0
     K: int
     N: int
     bits: int
-    ab: int       # activation block: int8 256 (or 32 for narrow widths), int4 32
+    ab: int  # activation block: int8 256 (or 32 for narrow widths), int4 32
 
 
 class QuantLinear(nn.Module):
     """A bias-free linear layer with int8 or int4 weights; float activations in and out."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int = 32,
-                 device=None):
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int = 32, device=None):
         super().__init__()
         if bits not in (4, 8):
             raise ConfigError(f"QuantLinear supports 4 or 8 bits, not {bits}")
         if not fits(in_features, bits, group_size):
-            raise ConfigError(f"int{bits} linears need in_features divisible by "
-                              f"{64 if bits == 4 else 32} (and by group_size), got {in_features}")
+            raise ConfigError(
+                f"int{bits} linears need in_features divisible by "
+                f"{64 if bits == 4 else 32} (and by group_size), got {in_features}"
+            )
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size
         if bits == 8:
             self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
             self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         else:
-            self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8,
-                                                        device=device))
-            self.register_buffer("scales", torch.empty(out_features, in_features // group_size,
-                                                       dtype=torch.float16, device=device))
+            self.register_buffer(
+                "qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device)
+            )
+            self.register_buffer(
+                "scales", torch.empty(out_features, in_features // group_size, dtype=torch.float16, device=device)
+            )
 
     @classmethod
-    def over(cls, qweight: torch.Tensor, scales: torch.Tensor, in_features: int, bits: int,
-             group_size: int = 32) -> "QuantLinear":
+    def over(
+        cls, qweight: torch.Tensor, scales: torch.Tensor, in_features: int, bits: int, group_size: int = 32
+    ) -> "QuantLinear":
         """A layer over existing code and scale tensors (views share their memory)."""
         mod = cls(in_features, 0, bits, group_size, device="meta")
         mod.out_features = qweight.shape[0]
@@ -93,7 +100,7 @@ class QuantLinear(nn.Module):
         mod.set_weight(weight)
         return mod
 
-    _fast = None   # cached kernel call (see _prepare)
+    _fast = None  # cached kernel call (see _prepare)
 
     def set_weight(self, weight: torch.Tensor, rows: slice | None = None) -> None:
         """Quantize `weight` (float, all rows or the given row range) into this layer."""
@@ -101,11 +108,12 @@ class QuantLinear(nn.Module):
         q, s = quantize_int8(weight) if self.bits == 8 else quantize_int4(weight, self.group_size)
         self.qweight[rows].copy_(q)
         self.scales[rows].copy_(s)
-        self.__dict__["_fast"] = None   # int8 kernels cache weight sums: recompute them
+        self.__dict__["_fast"] = None  # int8 kernels cache weight sums: recompute them
         self.__dict__.pop("_wsum", None)
 
-    def dequantize(self, dtype=torch.float32, rows: slice | None = None,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+    def dequantize(
+        self, dtype=torch.float32, rows: slice | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The float weight this layer multiplies by, [out_features, in_features] (or a range
         of its rows; bfloat16 can be written into a given buffer)."""
         lib = kernels.load()
@@ -114,8 +122,7 @@ class QuantLinear(nn.Module):
             if out is None:
                 out = torch.empty(r1 - r0, self.in_features, dtype=torch.bfloat16)
             fn = lib.lfm_q8_dequant_bf16 if self.bits == 8 else lib.lfm_q4_dequant_bf16
-            fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features,
-               out.data_ptr())
+            fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features, out.data_ptr())
             return out
         q, s = (self.qweight, self.scales) if rows is None else (self.qweight[rows], self.scales[rows])
         return dequantize_int8(q, s, dtype) if self.bits == 8 else dequantize_int4(q, s, self.group_size, dtype)
@@ -183,15 +190,22 @@ class QuantLinear(nn.Module):
             wsum = self.__dict__.get("_wsum")
             if wsum is None or wsum.shape != (self.out_features, self.in_features // ab):
                 wsum = self.qweight.view(self.out_features, -1, ab).sum(-1, dtype=torch.int32).contiguous()
-                self.__dict__["_wsum"] = wsum   # kept with the layer, outside the state dict
+                self.__dict__["_wsum"] = wsum  # kept with the layer, outside the state dict
             wsum_ptr = wsum.data_ptr()
-        return KernelSpec(self.qweight.data_ptr(), self.scales.data_ptr(), wsum_ptr, self.in_features,
-                          self.out_features, self.bits, ab)
+        return KernelSpec(
+            self.qweight.data_ptr(),
+            self.scales.data_ptr(),
+            wsum_ptr,
+            self.in_features,
+            self.out_features,
+            self.bits,
+            ab,
+        )
 
     def _apply(self, fn, recurse=True):
         """Moves (`.to(device)`) apply; dtype casts (`model.float()`, `.half()`) leave the layer as
         it is: its scales' dtype is part of the quantized format."""
-        self.__dict__["_fast"] = None   # buffers may move: look the pointers up again
+        self.__dict__["_fast"] = None  # buffers may move: look the pointers up again
         dtype, moved = self.scales.dtype, fn(self.scales)
         if moved.device == self.scales.device and moved.dtype != dtype:
             return self
@@ -236,16 +250,21 @@ def adjacent(in_features: int, out_features: list[int], bits: int, group_size: i
     whole = QuantLinear(in_features, sum(out_features), bits, group_size)
     parts, row = [], 0
     for n in out_features:
-        parts.append(QuantLinear.over(whole.qweight[row: row + n], whole.scales[row: row + n], in_features,
-                                      bits, group_size))
+        parts.append(
+            QuantLinear.over(whole.qweight[row : row + n], whole.scales[row : row + n], in_features, bits, group_size)
+        )
         row += n
     return parts
 
 
 def _follows(a: torch.Tensor, b: torch.Tensor) -> bool:
     """b starts where a ends, in the same memory."""
-    return (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.is_contiguous()
-            and b.is_contiguous() and b.data_ptr() == a.data_ptr() + a.numel() * a.element_size())
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.is_contiguous()
+        and b.is_contiguous()
+        and b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+    )
 
 
 def fused_view(parts: list[nn.Module]) -> QuantLinear | None:
@@ -256,11 +275,18 @@ def fused_view(parts: list[nn.Module]) -> QuantLinear | None:
         return None
     first = parts[0]
     for a, b in zip(parts, parts[1:]):
-        if ((a.bits, a.group_size, a.in_features) != (b.bits, b.group_size, b.in_features)
-                or not _follows(a.qweight, b.qweight) or not _follows(a.scales, b.scales)):
+        if (
+            (a.bits, a.group_size, a.in_features) != (b.bits, b.group_size, b.in_features)
+            or not _follows(a.qweight, b.qweight)
+            or not _follows(a.scales, b.scales)
+        ):
             return None
     n = sum(p.out_features for p in parts)
     q, sc = first.qweight, first.scales
-    return QuantLinear.over(q.as_strided((n, *q.shape[1:]), q.stride()),
-                            sc.as_strided((n, *sc.shape[1:]), sc.stride()),
-                            first.in_features, first.bits, first.group_size)
+    return QuantLinear.over(
+        q.as_strided((n, *q.shape[1:]), q.stride()),
+        sc.as_strided((n, *sc.shape[1:]), sc.stride()),
+        first.in_features,
+        first.bits,
+        first.group_size,
+    )

@@ -62,8 +62,15 @@ def _sse(payload: dict | str) -> str:
 class ServerContext:
     """What every route needs: the engine, the tokenizer, the served name, sampling defaults, limits."""
 
-    def __init__(self, engine: Engine, tokenizer, model_name: str, defaults: dict[str, Any] | None = None,
-                 api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        model_name: str,
+        defaults: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -71,14 +78,18 @@ class ServerContext:
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.bound = PromptBound(tokenizer, engine.max_length)
-        self.shutting_down = False      # set when the grace period is over (see runner.py)
+        self.shutting_down = False  # set when the grace period is over (see runner.py)
         self.created = now()
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
-            raise RequestError(f"the model '{name}' does not exist; this server serves '{self.model_name}'",
-                               param="model", status=404, type_="invalid_request_error",
-                               code="model_not_found")
+            raise RequestError(
+                f"the model '{name}' does not exist; this server serves '{self.model_name}'",
+                param="model",
+                status=404,
+                type_="invalid_request_error",
+                code="model_not_found",
+            )
 
     # ---- preparing a request (in a worker thread) ------------------------------------------
     def prepare_chat(self, body: bytes) -> tuple[ChatCompletionRequest, ChatPrompt, SamplingParams]:
@@ -87,12 +98,12 @@ class ServerContext:
         req: ChatCompletionRequest = parse_request(ChatCompletionRequest, body)
         self.check_model(req.model)
         prompt = build_chat_prompt(self.tokenizer, req, self.bound)
-        params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs,
-                                      req.top_logprobs or 0)
+        params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs, req.top_logprobs or 0)
         return req, prompt, params
 
-    def prepare_completions(self, body: bytes) -> tuple[CompletionRequest, list[list[int]], list[SamplingParams],
-                                                        list[str]]:
+    def prepare_completions(
+        self, body: bytes
+    ) -> tuple[CompletionRequest, list[list[int]], list[SamplingParams], list[str]]:
         """Parse and validate a completions body: its prompts' ids, sampling and echo texts."""
         check_body_values(body)
         req: CompletionRequest = parse_request(CompletionRequest, body)
@@ -100,16 +111,20 @@ class ServerContext:
         prompts = req.prompts()
         capacity = self.engine.config.max_concurrent + self.engine.config.max_queued
         if len(prompts) > capacity:
-            raise RequestError(f"'prompt' holds {len(prompts)} prompts; this server takes at most {capacity} "
-                               f"requests at once", param="prompt")
+            raise RequestError(
+                f"'prompt' holds {len(prompts)} prompts; this server takes at most {capacity} requests at once",
+                param="prompt",
+            )
         ids = [encode_prompt(self.tokenizer, p, self.bound) for p in prompts]
-        params = [self.sampling_params(req, req.max_tokens, len(i), req.logprobs is not None, req.logprobs or 0)
-                  for i in ids]
+        params = [
+            self.sampling_params(req, req.max_tokens, len(i), req.logprobs is not None, req.logprobs or 0) for i in ids
+        ]
         echoes = [_echo_text(self.tokenizer, p) if req.echo else "" for p in prompts]
         return req, ids, params, echoes
 
-    def sampling_params(self, req, max_tokens: int | None, prompt_len: int, logprobs: bool,
-                        top_logprobs: int) -> SamplingParams:
+    def sampling_params(
+        self, req, max_tokens: int | None, prompt_len: int, logprobs: bool, top_logprobs: int
+    ) -> SamplingParams:
         """The request's sampling parameters over the server's defaults, validated.
 
         Without a max_tokens the completion may fill the rest of the context.
@@ -126,11 +141,11 @@ class ServerContext:
             raise RequestError(str(exc), param=_param_in(str(exc), kwargs)) from None
         return params
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, skip_special: bool,
-               param: str) -> RequestHandle:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, skip_special: bool, param: str) -> RequestHandle:
         try:
-            return self.engine.submit(prompt_ids, params, loop=asyncio.get_running_loop(),
-                                      skip_special_tokens=skip_special)
+            return self.engine.submit(
+                prompt_ids, params, loop=asyncio.get_running_loop(), skip_special_tokens=skip_special
+            )
         except EngineOverloadedError:
             raise
         except ContextLengthError as exc:
@@ -151,39 +166,60 @@ def _param_in(message: str, names) -> str | None:
 def _package_version() -> str:
     try:
         return importlib.metadata.version("lfmkit")
-    except importlib.metadata.PackageNotFoundError:   # running from a source tree
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
         return "0"
 
 
 def _request_body(schema: str) -> dict:
     """An `openapi_extra` entry: the route's JSON body is `schema` (routes read the body themselves)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
 
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-_ERRORS = {status: {"description": what, **_ERROR} for status, what in (
-    (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"), (413, "body too large"),
-    (429, "queue full"), (503, "shutting down"))}
-_STREAMED = {200: {"description": "the completion (JSON), or with \"stream\": true server-sent events",
-                   "content": {"application/json": {}, "text/event-stream": {}}}}
+_ERRORS = {
+    status: {"description": what, **_ERROR}
+    for status, what in (
+        (400, "invalid request"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "body too large"),
+        (429, "queue full"),
+        (503, "shutting down"),
+    )
+}
+_STREAMED = {
+    200: {
+        "description": 'the completion (JSON), or with "stream": true server-sent events',
+        "content": {"application/json": {}, "text/event-stream": {}},
+    }
+}
 
 
 def create_app(context: ServerContext) -> FastAPI:
     """The FastAPI application; the caller owns (starts and stops) `context.engine`."""
-    app = FastAPI(title="lfmkit", version=_package_version(), docs_url=None, redoc_url=None,
-                  default_response_class=JSONBody)
+    app = FastAPI(
+        title="lfmkit", version=_package_version(), docs_url=None, redoc_url=None, default_response_class=JSONBody
+    )
     app.state.ctx = context
     app.add_middleware(GuardMiddleware, context=context)
     metrics = context.engine.metrics
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                                 description="OpenAI-compatible API of an LFM2 model (lfmkit serve)")
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                routes=app.routes,
+                description="OpenAI-compatible API of an LFM2 model (lfmkit serve)",
+            )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for operation in (op for path in schema["paths"].values() for op in path.values()):
-                operation["responses"].pop("422", None)      # FastAPI's validation error: never sent here
+                operation["responses"].pop("422", None)  # FastAPI's validation error: never sent here
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)
             components.update(request_schemas(context.model_name))
@@ -203,9 +239,12 @@ def create_app(context: ServerContext) -> FastAPI:
     @app.exception_handler(EngineOverloadedError)
     async def on_overload(_request, exc: EngineOverloadedError):
         status = 503 if exc.stopped else 429
-        return error_response(status, str(exc),
-                              type_="server_overloaded" if status == 429 else "service_unavailable",
-                              headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        return error_response(
+            status,
+            str(exc),
+            type_="server_overloaded" if status == 429 else "service_unavailable",
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        )
 
     @app.exception_handler(EngineFailure)
     async def on_engine_failure(_request, exc: EngineFailure):
@@ -217,9 +256,12 @@ def create_app(context: ServerContext) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail),
-                              type_="not_found_error" if exc.status_code == 404 else "invalid_request_error",
-                              headers=getattr(exc, "headers", None))     # 405 carries `Allow`
+        return error_response(
+            exc.status_code,
+            str(exc.detail),
+            type_="not_found_error" if exc.status_code == 404 else "invalid_request_error",
+            headers=getattr(exc, "headers", None),
+        )  # 405 carries `Allow`
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request, exc: Exception):
@@ -230,8 +272,13 @@ def create_app(context: ServerContext) -> FastAPI:
     async def health():
         if not context.engine.running:
             return error_response(503, "the engine is not running", type_="service_unavailable")
-        return {"status": "ok", "model": context.model_name, "running": context.engine.active_sequences(),
-                "queued": context.engine.queue_depth(), "max_concurrent": context.engine.config.max_concurrent}
+        return {
+            "status": "ok",
+            "model": context.model_name,
+            "running": context.engine.active_sequences(),
+            "queued": context.engine.queue_depth(),
+            "max_concurrent": context.engine.config.max_concurrent,
+        }
 
     @app.get("/metrics")
     async def prometheus():
@@ -256,10 +303,15 @@ def create_app(context: ServerContext) -> FastAPI:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream([handle], _chat_chunks(context, handle, outputs, rid, created, include_usage))
         await _collect(request, [handle], [outputs])
-        return {"id": rid, "object": "chat.completion", "created": created, "model": context.model_name,
-                "system_fingerprint": None,
-                "choices": [o.final_choice(i) for i, o in enumerate(outputs)],
-                "usage": usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))}
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": context.model_name,
+            "system_fingerprint": None,
+            "choices": [o.final_choice(i) for i, o in enumerate(outputs)],
+            "usage": usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs)),
+        }
 
     @app.post(COMPLETIONS, openapi_extra=_request_body("CompletionRequest"), responses={**_STREAMED, **_ERRORS})
     async def completions(request: Request):
@@ -280,9 +332,15 @@ def create_app(context: ServerContext) -> FastAPI:
         await _collect(request, handles, outputs)
         choices = [o.final_choice(p * req.n + j) for p, row in enumerate(outputs) for j, o in enumerate(row)]
         completion = sum(o.completion_tokens for row in outputs for o in row)
-        return {"id": rid, "object": "text_completion", "created": created, "model": context.model_name,
-                "system_fingerprint": None, "choices": choices,
-                "usage": usage(sum(h.prompt_tokens for h in handles), completion)}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": context.model_name,
+            "system_fingerprint": None,
+            "choices": choices,
+            "usage": usage(sum(h.prompt_tokens for h in handles), completion),
+        }
 
     return app
 
@@ -343,12 +401,19 @@ def _stream(handles: list[RequestHandle], chunks: AsyncIterator[str]) -> Streami
             for h in handles:
                 h.cancel()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
-async def _chat_chunks(context: ServerContext, handle: RequestHandle, outputs: list[ChatOutput], rid: str,
-                       created: int, include_usage: bool) -> AsyncIterator[str]:
+async def _chat_chunks(
+    context: ServerContext,
+    handle: RequestHandle,
+    outputs: list[ChatOutput],
+    rid: str,
+    created: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
     model = context.model_name
     usage_field = {"usage": None} if include_usage else {}
 
@@ -377,13 +442,17 @@ async def _chat_chunks(context: ServerContext, handle: RequestHandle, outputs: l
                 yield chunk(ev.index, delta)
             yield chunk(ev.index, {}, finish_reason=out.finish_reason)
     if include_usage:
-        yield _sse(chat_chunk(rid, created, model, [],
-                              usage=usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))))
+        yield _sse(
+            chat_chunk(
+                rid, created, model, [], usage=usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))
+            )
+        )
     yield _sse("[DONE]")
 
 
-async def _completion_chunks(context: ServerContext, handles: list[RequestHandle], outputs, rid: str,
-                             created: int, include_usage: bool) -> AsyncIterator[str]:
+async def _completion_chunks(
+    context: ServerContext, handles: list[RequestHandle], outputs, rid: str, created: int, include_usage: bool
+) -> AsyncIterator[str]:
     model = context.model_name
     usage_field = {"usage": None} if include_usage else {}
     events: asyncio.Queue = asyncio.Queue()
@@ -400,7 +469,7 @@ async def _completion_chunks(context: ServerContext, handles: list[RequestHandle
     tasks = [asyncio.create_task(pump(p, h)) for p, h in enumerate(handles)]
     try:
         n = len(outputs[0])
-        for p, row in enumerate(outputs):          # echo: the prompt text comes first
+        for p, row in enumerate(outputs):  # echo: the prompt text comes first
             for j, out in enumerate(row):
                 if out.text:
                     yield chunk(p * n + j, out.text)
@@ -425,8 +494,11 @@ async def _completion_chunks(context: ServerContext, handles: list[RequestHandle
                 yield chunk(index, ev.text, None, out.finish_reason)
         if include_usage:
             completion = sum(o.completion_tokens for row in outputs for o in row)
-            yield _sse(completion_chunk(rid, created, model, [],
-                                        usage=usage(sum(h.prompt_tokens for h in handles), completion)))
+            yield _sse(
+                completion_chunk(
+                    rid, created, model, [], usage=usage(sum(h.prompt_tokens for h in handles), completion)
+                )
+            )
         yield _sse("[DONE]")
     finally:
         for task in tasks:

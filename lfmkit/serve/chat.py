@@ -37,8 +37,8 @@ TOOL_CALL_END = "<|tool_call_end|>"
 @dataclass
 class ChatPrompt:
     ids: list[int]
-    forced: str          # text the assistant's answer starts with (already in the prompt)
-    offered: frozenset   # names of the functions offered: only calls to these become `tool_calls`
+    forced: str  # text the assistant's answer starts with (already in the prompt)
+    offered: frozenset  # names of the functions offered: only calls to these become `tool_calls`
 
 
 def _messages_for_template(req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -67,8 +67,10 @@ def build_chat_prompt(tokenizer, req: ChatCompletionRequest, bound: PromptBound)
     A rendered prompt longer than `bound` allows is refused before it is tokenized.
     """
     if tokenizer is None:
-        raise RequestError("this server has no tokenizer, so it cannot render chat messages; "
-                           "use /v1/completions with token ids", param="messages")
+        raise RequestError(
+            "this server has no tokenizer, so it cannot render chat messages; use /v1/completions with token ids",
+            param="messages",
+        )
     choice = req.tool_choice
     use_tools = bool(req.tools) and choice != "none"
     forced = ""
@@ -81,8 +83,9 @@ def build_chat_prompt(tokenizer, req: ChatCompletionRequest, bound: PromptBound)
     try:
         text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True) + forced
     except TokenizerError as exc:
-        raise RequestError(f"the messages cannot be rendered with this model's chat template: {exc}",
-                           param="messages") from None
+        raise RequestError(
+            f"the messages cannot be rendered with this model's chat template: {exc}", param="messages"
+        ) from None
     bound.check(text, "messages")
     offered = frozenset(t.function.name for t in req.tools) if use_tools else frozenset()
     return ChatPrompt(tokenizer.encode(text), forced, offered)
@@ -129,8 +132,11 @@ def _call_text(call: ToolCall) -> str:
     try:
         return format_tool_calls([call])
     except ToolCallParseError:  # e.g. an argument name that is not a Python identifier
-        return TOOL_CALL_START + json.dumps([{"name": call.name, "arguments": call.arguments}],
-                                            ensure_ascii=False) + TOOL_CALL_END
+        return (
+            TOOL_CALL_START
+            + json.dumps([{"name": call.name, "arguments": call.arguments}], ensure_ascii=False)
+            + TOOL_CALL_END
+        )
 
 
 class ChatOutput:
@@ -145,7 +151,7 @@ class ChatOutput:
         self.finish_reason: str | None = None
         self.logprobs: list[dict] = []
         self.last_logprobs: dict | None = None
-        self.tool_calls: list[dict] = []     # as streamed: {"index", "id", "type", "function"}
+        self.tool_calls: list[dict] = []  # as streamed: {"index", "id", "type", "function"}
         self._content: list[str] = []
         self._parser = StreamParser()
         self._pending_forced = prompt.forced
@@ -163,7 +169,7 @@ class ChatOutput:
                     call = {"index": len(self.tool_calls), **ev.call.to_openai()}
                     self.tool_calls.append(call)
                     out.append({"tool_calls": [call]})
-                else:                      # not offered: a call is just text
+                else:  # not offered: a call is just text
                     out.append({"content": _call_text(ev.call)})
             # ToolCallError: its raw text also arrives as a ContentDelta
         self._content.extend(d["content"] for d in out if "content" in d)
@@ -205,9 +211,12 @@ class ChatOutput:
             message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in self.tool_calls]
         else:
             message["content"] = content
-        return {"index": index, "message": message,
-                "logprobs": {"content": self.logprobs} if self.want_logprobs else None,
-                "finish_reason": self.finish_reason}
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": {"content": self.logprobs} if self.want_logprobs else None,
+            "finish_reason": self.finish_reason,
+        }
 
 
 class CompletionOutput:
@@ -228,8 +237,12 @@ class CompletionOutput:
         if ev.logprob is None:
             return None
         top = {_token_text(self.tokenizer, t): lp for t, lp in ev.top_logprobs or []}
-        entry = {"tokens": [_token_text(self.tokenizer, ev.token_id)], "token_logprobs": [ev.logprob],
-                 "top_logprobs": [top], "text_offset": [offset]}
+        entry = {
+            "tokens": [_token_text(self.tokenizer, ev.token_id)],
+            "token_logprobs": [ev.logprob],
+            "top_logprobs": [top],
+            "text_offset": [offset],
+        }
         if self.logprobs is None:
             self.logprobs = {k: [] for k in entry}
         for k, v in entry.items():
@@ -241,9 +254,7 @@ class CompletionOutput:
         self.finish_reason = ev.reason
 
     def final_choice(self, index: int) -> dict[str, Any]:
-        return {"index": index, "text": self.text, "logprobs": self.logprobs,
-                "finish_reason": self.finish_reason}
+        return {"index": index, "text": self.text, "logprobs": self.logprobs, "finish_reason": self.finish_reason}
 
 
-__all__ = ["ChatPrompt", "build_chat_prompt", "encode_prompt", "ChatOutput", "CompletionOutput",
-           "chat_logprobs"]
+__all__ = ["ChatPrompt", "build_chat_prompt", "encode_prompt", "ChatOutput", "CompletionOutput", "chat_logprobs"]

@@ -33,8 +33,14 @@ class JSONBody(JSONResponse):
         return to_json(content).encode("utf-8")
 
 
-def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None, headers: dict | None = None) -> JSONBody:
+def error_response(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONBody:
     """OpenAI's error shape with `status`."""
     return JSONBody(error_body(message, type_, param, code), status_code=status, headers=headers)
 
@@ -76,14 +82,13 @@ class GuardMiddleware:
                 await refusal(scope, receive, counting_send)
                 return
             await self.app(scope, self._limited(receive), counting_send)
-        except BodyTooLarge as exc:      # read outside a route (a route's own handler answers 413 itself)
+        except BodyTooLarge as exc:  # read outside a route (a route's own handler answers 413 itself)
             if not status["started"]:
                 await too_large(exc)(scope, receive, counting_send)
         except Exception:
             log.exception("unhandled error on %s", path)
             if not status["started"]:
-                await error_response(500, "internal server error", type_="server_error")(scope, receive,
-                                                                                         counting_send)
+                await error_response(500, "internal server error", type_="server_error")(scope, receive, counting_send)
         finally:
             metrics.requests.inc(endpoint=endpoint, status=str(status["code"]))
 
@@ -92,9 +97,13 @@ class GuardMiddleware:
         key = self.context.api_key
         if key and scope.get("path", "").startswith("/v1/"):
             if not hmac.compare_digest(bearer_token(scope.get("headers")), key.encode("utf-8")):
-                return error_response(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                      type_="authentication_error", code="invalid_api_key",
-                                      headers={"WWW-Authenticate": "Bearer"})
+                return error_response(
+                    401,
+                    "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                    type_="authentication_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.context.max_body_bytes):
             return too_large(BodyTooLarge(self.context.max_body_bytes))

@@ -21,9 +21,9 @@ import pydantic_core
 
 from .schema import RequestError
 
-MAX_BODY_BYTES = 32 * 2**20    # bytes, Content-Length or counted as a chunked body streams in
-MAX_BODY_VALUES = 2**18        # ',' '[' '{' characters in a body (bounds parse and validation time)
-MAX_TEMPLATE_DEPTH = 64        # nesting of tool parameters and tool-call arguments
+MAX_BODY_BYTES = 32 * 2**20  # bytes, Content-Length or counted as a chunked body streams in
+MAX_BODY_VALUES = 2**18  # ',' '[' '{' characters in a body (bounds parse and validation time)
+MAX_TEMPLATE_DEPTH = 64  # nesting of tool parameters and tool-call arguments
 
 
 class BodyTooLarge(RequestError):
@@ -37,8 +37,11 @@ def check_body_values(body: bytes) -> None:
     """Refuse a body with more than MAX_BODY_VALUES separators and containers (C-speed counts)."""
     count = body.count(b",") + body.count(b"[") + body.count(b"{")
     if count > MAX_BODY_VALUES:
-        raise RequestError(f"the request body has {count} ',', '[' and '{{' characters; at most {MAX_BODY_VALUES} "
-                           f"are allowed (a JSON body of at most that many values)", code="request_too_complex")
+        raise RequestError(
+            f"the request body has {count} ',', '[' and '{{' characters; at most {MAX_BODY_VALUES} "
+            f"are allowed (a JSON body of at most that many values)",
+            code="request_too_complex",
+        )
 
 
 def nesting_depth(value: Any) -> int:
@@ -61,8 +64,10 @@ def check_depth(value: Any, param: str) -> None:
     """Refuse a template input nested deeper than MAX_TEMPLATE_DEPTH."""
     depth = nesting_depth(value)
     if depth > MAX_TEMPLATE_DEPTH:
-        raise RequestError(f"invalid parameter '{param}': nested {depth} levels deep; at most "
-                           f"{MAX_TEMPLATE_DEPTH} are allowed", param=param)
+        raise RequestError(
+            f"invalid parameter '{param}': nested {depth} levels deep; at most {MAX_TEMPLATE_DEPTH} are allowed",
+            param=param,
+        )
 
 
 def parse_json_arguments(text: str, param: str) -> Any:
@@ -97,17 +102,32 @@ class PromptBound:
 
     def check(self, text: str, param: str) -> None:
         if len(text) > self.max_chars:
-            raise RequestError(f"this model's maximum context length is {self.max_length} tokens; the prompt has "
-                               f"{len(text)} characters, more than {self.max_length} tokens of up to "
-                               f"{self.token_chars} characters each can hold", param=param,
-                               code="context_length_exceeded")
+            raise RequestError(
+                f"this model's maximum context length is {self.max_length} tokens; the prompt has "
+                f"{len(text)} characters, more than {self.max_length} tokens of up to "
+                f"{self.token_chars} characters each can hold",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def check_ids(self, ids: list[int], param: str) -> None:
         if len(ids) >= self.max_length:
-            raise RequestError(f"this model's maximum context length is {self.max_length} tokens, but the prompt "
-                               f"has {len(ids)} tokens, leaving no room for the completion", param=param,
-                               code="context_length_exceeded")
+            raise RequestError(
+                f"this model's maximum context length is {self.max_length} tokens, but the prompt "
+                f"has {len(ids)} tokens, leaving no room for the completion",
+                param=param,
+                code="context_length_exceeded",
+            )
 
 
-__all__ = ["MAX_BODY_BYTES", "MAX_BODY_VALUES", "MAX_TEMPLATE_DEPTH", "BodyTooLarge",
-           "check_body_values", "nesting_depth", "check_depth", "parse_json_arguments", "PromptBound"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_BODY_VALUES",
+    "MAX_TEMPLATE_DEPTH",
+    "BodyTooLarge",
+    "check_body_values",
+    "nesting_depth",
+    "check_depth",
+    "parse_json_arguments",
+    "PromptBound",
+]

@@ -18,7 +18,7 @@ import uvicorn
 
 from .app import ServerContext, create_app
 
-END_MARGIN = 5.0   # seconds after the grace period for the error events to reach the clients
+END_MARGIN = 5.0  # seconds after the grace period for the error events to reach the clients
 
 
 class GracefulServer(uvicorn.Server):
@@ -39,18 +39,20 @@ class GracefulServer(uvicorn.Server):
     async def _end_requests_after_grace(self) -> None:
         await asyncio.sleep(self.grace)
         self.context.shutting_down = True
-        await asyncio.to_thread(self.context.engine.stop)   # joins the engine thread: off the loop
+        await asyncio.to_thread(self.context.engine.stop)  # joins the engine thread: off the loop
 
 
 def _exit_cleanly(_signum, _frame) -> None:
     raise SystemExit(0)
 
 
-def run_server(context: ServerContext, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-               grace: float = 10.0) -> None:
+def run_server(
+    context: ServerContext, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", grace: float = 10.0
+) -> None:
     """Start the engine and serve until SIGINT / SIGTERM, then shut down gracefully (module docstring)."""
-    config = uvicorn.Config(create_app(context), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=grace + END_MARGIN)
+    config = uvicorn.Config(
+        create_app(context), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace + END_MARGIN
+    )
     server = GracefulServer(config, context, grace)
     # uvicorn re-raises the signal it shut down for once it is done: a SIGTERM then ends here
     # with status 0 (the engine stopped below) instead of killing the process.

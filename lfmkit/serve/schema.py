@@ -22,23 +22,30 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from ..errors import GenerationError
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-INT32_MAX = 2**31 - 1          # counts and token ids
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # seed (as OpenAI bounds it)
-MAX_BODY_DEPTH = 200           # JSON nesting the parser accepts (pydantic-core's own recursion limit)
+INT32_MAX = 2**31 - 1  # counts and token ids
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed (as OpenAI bounds it)
+MAX_BODY_DEPTH = 200  # JSON nesting the parser accepts (pydantic-core's own recursion limit)
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class RequestError(GenerationError):
     """A client error: becomes HTTP `status` with OpenAI's error body."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 type_: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        status: int = 400,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message, self.param, self.status, self.type, self.code = message, param, status, type_, code
 
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -68,17 +75,31 @@ class ToolCallIn(_Strict):
 
 # The rules across a message's fields (Message._content_rules), as JSON Schema for /openapi.json.
 _PRESENT = {"not": {"type": "null"}}
-_MESSAGE_RULES = {"allOf": [
-    {"if": {"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
-     "then": {"required": ["content"], "properties": {"content": _PRESENT}}},
-    {"if": {"properties": {"role": {"const": "tool"}}},
-     "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": _PRESENT}}},
-    {"if": {"properties": {"role": {"const": "assistant"}}},
-     "then": {"anyOf": [{"required": ["content"], "properties": {"content": _PRESENT}},
-                        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]}},
-    {"if": {"properties": {"role": {"not": {"const": "assistant"}}}},
-     "then": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}},
-]}
+_MESSAGE_RULES = {
+    "allOf": [
+        {
+            "if": {"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
+            "then": {"required": ["content"], "properties": {"content": _PRESENT}},
+        },
+        {
+            "if": {"properties": {"role": {"const": "tool"}}},
+            "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": _PRESENT}},
+        },
+        {
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "then": {
+                "anyOf": [
+                    {"required": ["content"], "properties": {"content": _PRESENT}},
+                    {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+                ]
+            },
+        },
+        {
+            "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+            "then": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
+        },
+    ]
+}
 
 
 class Message(_Strict):
@@ -109,12 +130,16 @@ class Message(_Strict):
 
     def to_template(self) -> dict[str, Any]:
         """The message as the chat template takes it (OpenAI shape, text content)."""
-        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                               "content": self.text()}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
         if self.tool_calls:
-            out["tool_calls"] = [{"id": c.id, "type": "function",
-                                  "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                                 for c in self.tool_calls]
+            out["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in self.tool_calls
+            ]
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         if self.name is not None:
@@ -216,8 +241,16 @@ class _Sampling(_Strict):
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Only the parameters the client set (the server fills the rest from its defaults)."""
-        names = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-                 "repetition_penalty", "seed")
+        names = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+            "seed",
+        )
         out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         if self.top_k == -1:
             out["top_k"] = 0  # vLLM spells "no top-k" as -1
@@ -247,8 +280,11 @@ class ChatCompletionRequest(_Sampling):
         if isinstance(self.tool_choice, NamedToolChoice):
             names = [t.function.name for t in self.tools or []]
             if self.tool_choice.function.name not in names:
-                raise RequestError(f"'tool_choice' names {self.tool_choice.function.name!r}, which is not among "
-                                   f"the tools ({', '.join(names)})", param="tool_choice")
+                raise RequestError(
+                    f"'tool_choice' names {self.tool_choice.function.name!r}, which is not among "
+                    f"the tools ({', '.join(names)})",
+                    param="tool_choice",
+                )
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -269,14 +305,19 @@ def _prompt_shape(value: Any) -> str | None:
     return "list[int]"
 
 
-Prompt = Annotated[Union[Annotated[str, Tag("str")],
-                         Annotated[list[str], Field(min_length=1), Tag("list[str]")],
-                         Annotated[list[TokenId], Field(min_length=1), Tag("list[int]")],
-                         Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1),
-                                   Tag("list[list[int]]")]],
-                   Discriminator(_prompt_shape, custom_error_type="prompt_type",
-                                 custom_error_message="expected a string, a list of strings, a list of token ids "
-                                                      "or a list of token-id lists")]
+Prompt = Annotated[
+    Union[
+        Annotated[str, Tag("str")],
+        Annotated[list[str], Field(min_length=1), Tag("list[str]")],
+        Annotated[list[TokenId], Field(min_length=1), Tag("list[int]")],
+        Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1), Tag("list[list[int]]")],
+    ],
+    Discriminator(
+        _prompt_shape,
+        custom_error_type="prompt_type",
+        custom_error_message="expected a string, a list of strings, a list of token ids or a list of token-id lists",
+    ),
+]
 
 
 class CompletionRequest(_Sampling):
@@ -299,7 +340,7 @@ class CompletionRequest(_Sampling):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if isinstance(p[0], int):          # one prompt of token ids (the shape was validated)
+        if isinstance(p[0], int):  # one prompt of token ids (the shape was validated)
             return [list(p)]
         return list(p)
 
@@ -314,8 +355,9 @@ def parse_request(model_cls: type[_Strict], body: bytes) -> Any:
         errors = exc.errors(include_url=False)
         err = errors[0]
         if err["type"] == "json_invalid" and "recursion limit" in err["msg"]:
-            raise RequestError(f"the request body nests JSON more than {MAX_BODY_DEPTH} levels deep",
-                               code="request_too_complex") from None
+            raise RequestError(
+                f"the request body nests JSON more than {MAX_BODY_DEPTH} levels deep", code="request_too_complex"
+            ) from None
         if err["type"] in ("json_invalid", "json_type"):
             raise RequestError(f"the request body is not valid JSON: {err['msg']}") from None
         param = _param(err["loc"]) or None
@@ -326,8 +368,9 @@ def parse_request(model_cls: type[_Strict], body: bytes) -> Any:
         elif err["type"] == "model_type" and not err["loc"]:
             msg = "the request body must be a JSON object"
         elif len(same_place) > 1:  # a union: say every shape that would have been accepted
-            msg = f"invalid parameter '{param}': expected one of: " + "; ".join(dict.fromkeys(
-                m.removeprefix("Input should be ") for m in same_place))
+            msg = f"invalid parameter '{param}': expected one of: " + "; ".join(
+                dict.fromkeys(m.removeprefix("Input should be ") for m in same_place)
+            )
         else:
             msg = f"invalid parameter '{param}': {msg}" if param else msg
         raise RequestError(msg, param=param) from None
@@ -380,13 +423,28 @@ def request_schemas(model_name: str) -> dict[str, dict]:
     for cls in (ChatCompletionRequest, CompletionRequest):
         schema = cls.model_json_schema(ref_template=ref)
         schemas.update(schema.pop("$defs", {}))
-        schema["properties"]["model"] = {"type": "string", "enum": [model_name],
-                                         "description": "the served model's name"}
+        schema["properties"]["model"] = {
+            "type": "string",
+            "enum": [model_name],
+            "description": "the served model's name",
+        }
         schemas[cls.__name__] = schema
-    schemas["ErrorResponse"] = {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+    schemas["ErrorResponse"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    }
     return schemas
 
 
@@ -399,27 +457,70 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def model_list(model_id: str, created: int, max_model_len: int) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                        "owned_by": "lfmkit", "max_model_len": max_model_len}]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "lfmkit",
+                "max_model_len": max_model_len,
+            }
+        ],
+    }
 
 
 def chat_chunk(rid: str, created: int, model: str, choices: list[dict], **extra: Any) -> dict:
     """One `chat.completion.chunk`; `extra` adds fields such as `usage`."""
-    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices, **extra}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **extra,
+    }
 
 
 def completion_chunk(rid: str, created: int, model: str, choices: list[dict], **extra: Any) -> dict:
     """One streamed `text_completion` chunk; `extra` adds fields such as `usage`."""
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices, **extra}
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **extra,
+    }
 
 
-__all__ = ["RequestError", "error_body", "ChatCompletionRequest", "CompletionRequest", "Message", "Tool",
-           "NamedToolChoice", "parse_request", "new_id", "now", "usage", "model_list", "chat_chunk",
-           "completion_chunk", "to_json", "request_schemas", "MAX_BODY_DEPTH"]
+__all__ = [
+    "RequestError",
+    "error_body",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "Message",
+    "Tool",
+    "NamedToolChoice",
+    "parse_request",
+    "new_id",
+    "now",
+    "usage",
+    "model_list",
+    "chat_chunk",
+    "completion_chunk",
+    "to_json",
+    "request_schemas",
+    "MAX_BODY_DEPTH",
+]

@@ -32,14 +32,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .tool_calls import (TOOL_CALL_END, TOOL_CALL_START, CallSyntaxError, ToolCall, format_tool_calls,
-                         parse_call_block, parse_tool_calls)
+from .tool_calls import (
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    CallSyntaxError,
+    ToolCall,
+    format_tool_calls,
+    parse_call_block,
+    parse_tool_calls,
+)
 
 THINK_START = "<think>"
 THINK_END = "</think>"
 
-__all__ = ["ToolCall", "parse_tool_calls", "format_tool_calls", "split_reasoning", "parse_assistant_message",
-           "AssistantMessage", "StreamParser", "ContentDelta", "ReasoningDelta", "ToolCallEvent", "ToolCallError"]
+__all__ = [
+    "ToolCall",
+    "parse_tool_calls",
+    "format_tool_calls",
+    "split_reasoning",
+    "parse_assistant_message",
+    "AssistantMessage",
+    "StreamParser",
+    "ContentDelta",
+    "ReasoningDelta",
+    "ToolCallEvent",
+    "ToolCallError",
+]
 
 
 @dataclass
@@ -85,11 +103,11 @@ def split_reasoning(text: str, in_reasoning: bool = False) -> tuple[str | None, 
         stripped = text.lstrip()
         if not stripped.startswith(THINK_START):
             return None, text
-        body = stripped[len(THINK_START):]
+        body = stripped[len(THINK_START) :]
     end = body.find(THINK_END)
     if end < 0:
         return body.strip(), ""
-    return body[:end].strip(), body[end + len(THINK_END):].lstrip()
+    return body[:end].strip(), body[end + len(THINK_END) :].lstrip()
 
 
 def parse_assistant_message(text: str, in_reasoning: bool = False) -> AssistantMessage:
@@ -100,11 +118,14 @@ def parse_assistant_message(text: str, in_reasoning: bool = False) -> AssistantM
         parser.finish()
         return parser.message
     except Exception as exc:  # noqa: BLE001 - a promise to callers: bad model output never crashes them
-        return AssistantMessage(content=text if isinstance(text, str) else str(text),
-                                error=f"cannot parse assistant message: {type(exc).__name__}: {exc}")
+        return AssistantMessage(
+            content=text if isinstance(text, str) else str(text),
+            error=f"cannot parse assistant message: {type(exc).__name__}: {exc}",
+        )
 
 
 # ---- streaming -----------------------------------------------------------------------------
+
 
 def _partial_suffix(text: str, tags: tuple[str, ...]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of one of `tags`."""
@@ -125,13 +146,13 @@ class StreamParser:
     def __init__(self, in_reasoning: bool = False):
         self._state = self._REASONING if in_reasoning else self._START
         self._buffer = ""
-        self._reasoning_started = False   # first non-space reasoning character seen
-        self._space = ""                  # reasoning whitespace held until more text follows
+        self._reasoning_started = False  # first non-space reasoning character seen
+        self._space = ""  # reasoning whitespace held until more text follows
         self._content: list[str] = []
         self._reasoning: list[str] | None = [] if in_reasoning else None
         self._calls: list[ToolCall] = []
         self._error: str | None = None
-        self._block: list[str] = []       # TOOL state: the call block read so far
+        self._block: list[str] = []  # TOOL state: the call block read so far
 
     @property
     def message(self) -> AssistantMessage:
@@ -172,7 +193,7 @@ class StreamParser:
         if self._state == self._START:
             stripped = buffer.lstrip()
             if stripped.startswith(THINK_START):
-                self._buffer = stripped[len(THINK_START):]
+                self._buffer = stripped[len(THINK_START) :]
                 self._reasoning = []
                 self._state = self._REASONING
                 return True
@@ -184,12 +205,12 @@ class StreamParser:
             end = buffer.find(THINK_END)
             if end >= 0:
                 self._emit_reasoning(buffer[:end], events, final=True)
-                self._buffer = buffer[end + len(THINK_END):]
+                self._buffer = buffer[end + len(THINK_END) :]
                 self._state = self._ANSWER_START
                 return True
             keep = _partial_suffix(buffer, (THINK_END,))
-            self._emit_reasoning(buffer[:len(buffer) - keep], events, final=False)
-            self._buffer = buffer[len(buffer) - keep:]
+            self._emit_reasoning(buffer[: len(buffer) - keep], events, final=False)
+            self._buffer = buffer[len(buffer) - keep :]
             return False
         if self._state == self._ANSWER_START:
             stripped = buffer.lstrip()
@@ -202,23 +223,23 @@ class StreamParser:
             start = buffer.find(TOOL_CALL_START)
             if start >= 0:
                 self._emit_content(buffer[:start], events)
-                self._buffer = buffer[start + len(TOOL_CALL_START):]
+                self._buffer = buffer[start + len(TOOL_CALL_START) :]
                 self._state = self._TOOL
                 return True
             keep = _partial_suffix(buffer, (TOOL_CALL_START,))
-            self._emit_content(buffer[:len(buffer) - keep], events)
-            self._buffer = buffer[len(buffer) - keep:]
+            self._emit_content(buffer[: len(buffer) - keep], events)
+            self._buffer = buffer[len(buffer) - keep :]
             return False
         if self._state == self._TOOL:
             end = buffer.find(TOOL_CALL_END)
             if end < 0:  # park all but a possible partial end marker: long blocks stay linear
                 keep = _partial_suffix(buffer, (TOOL_CALL_END,))
-                self._block.append(buffer[:len(buffer) - keep])
-                self._buffer = buffer[len(buffer) - keep:]
+                self._block.append(buffer[: len(buffer) - keep])
+                self._buffer = buffer[len(buffer) - keep :]
                 return False
             block, self._block = "".join(self._block) + buffer[:end], []
             self._emit_block(block, events, terminated=True)
-            self._buffer = buffer[end + len(TOOL_CALL_END):]
+            self._buffer = buffer[end + len(TOOL_CALL_END) :]
             self._state = self._CONTENT
             return True
         return False
@@ -235,7 +256,7 @@ class StreamParser:
             text = text.lstrip()
         body = text.rstrip()
         if not final:
-            self._space = text[len(body):]
+            self._space = text[len(body) :]
         if body:
             self._reasoning_started = True
             self._reasoning.append(body)

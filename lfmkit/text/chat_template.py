@@ -179,7 +179,7 @@ class SpanTracker:
         pieces: list[str] = []
         length = 0
         for piece in template.generate(**variables, **{_TRACKER_VARIABLE: self}):
-            while len(self.spans) < len(self.blocks):       # blocks emitted since the last piece
+            while len(self.spans) < len(self.blocks):  # blocks emitted since the last piece
                 text = self.blocks[len(self.spans)]
                 self.spans.append((length, length + len(text)))
             pieces.append(piece)
@@ -189,9 +189,13 @@ class SpanTracker:
             self.spans.append((length, length + len(self.blocks[len(self.spans)])))
         for (start, end), text in zip(self.spans, self.blocks):
             if rendered[start:end] != text:
-                raise TokenizerError("chat template: a {% generation %} block is not emitted where it is "
-                                     "rendered (inside a macro or a captured block?); cannot mark assistant text")
+                raise TokenizerError(
+                    "chat template: a {% generation %} block is not emitted where it is "
+                    "rendered (inside a macro or a captured block?); cannot mark assistant text"
+                )
         return rendered
+
+
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
@@ -264,10 +268,12 @@ def compile_template(source: str):
         def _check(name):
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(
-                    f"chat templates cannot store underscore attributes on a namespace ({name!r})")
+                    f"chat templates cannot store underscore attributes on a namespace ({name!r})"
+                )
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -319,8 +325,9 @@ def _parse_arguments(messages: list[dict]) -> list[dict]:
                 try:
                     parsed = json.loads(text) if text.strip() else {}
                 except ValueError:
-                    raise TokenizerError(f"tool call {fn.get('name')!r}: arguments are not valid JSON: "
-                                         f"{text[:200]!r}") from None
+                    raise TokenizerError(
+                        f"tool call {fn.get('name')!r}: arguments are not valid JSON: {text[:200]!r}"
+                    ) from None
                 if isinstance(parsed, dict):
                     fn["arguments"] = parsed
     return messages
@@ -347,10 +354,18 @@ def prepare_messages(messages, parse_tool_arguments: bool = True) -> list[dict]:
     return prepared
 
 
-def render_chat_template(source: str, messages, tools=None, documents=None, add_generation_prompt: bool = False,
-                         continue_final_message: bool | str = False, special_tokens: Mapping[str, str] | None = None,
-                         parse_tool_arguments: bool = True, generation_spans: list | None = None,
-                         **kwargs) -> str:
+def render_chat_template(
+    source: str,
+    messages,
+    tools=None,
+    documents=None,
+    add_generation_prompt: bool = False,
+    continue_final_message: bool | str = False,
+    special_tokens: Mapping[str, str] | None = None,
+    parse_tool_arguments: bool = True,
+    generation_spans: list | None = None,
+    **kwargs,
+) -> str:
     """Render one conversation with template `source`, the way transformers' apply_chat_template does.
 
     `special_tokens` are the named tokens (bos_token, eos_token, pad_token, ...) exposed to the
@@ -378,11 +393,14 @@ def render_chat_template(source: str, messages, tools=None, documents=None, add_
 
                     schemas.append(get_json_schema(tool))
                 except ImportError:
-                    raise TokenizerError(f"tools[{i}] is a function; describing it needs transformers "
-                                         f"installed, or pass its JSON schema instead") from None
+                    raise TokenizerError(
+                        f"tools[{i}] is a function; describing it needs transformers "
+                        f"installed, or pass its JSON schema instead"
+                    ) from None
                 except Exception as exc:  # noqa: BLE001 - transformers raises its own types
-                    raise TokenizerError(f"tools[{i}]: cannot describe function {getattr(tool, '__name__', tool)!r}: "
-                                         f"{exc}") from None
+                    raise TokenizerError(
+                        f"tools[{i}]: cannot describe function {getattr(tool, '__name__', tool)!r}: {exc}"
+                    ) from None
             else:
                 raise TokenizerError(f"tools[{i}] must be a JSON schema dict, got {type(tool).__name__}")
         tools = plain_data(schemas)
@@ -414,8 +432,9 @@ def render_chat_template(source: str, messages, tools=None, documents=None, add_
                 chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
     if generation_spans is not None and continue_final_message:
         raise TokenizerError("generation_spans and continue_final_message cannot both be set")
-    variables = dict(variables, messages=chat, tools=tools, documents=documents,
-                     add_generation_prompt=add_generation_prompt)
+    variables = dict(
+        variables, messages=chat, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt
+    )
     try:
         if generation_spans is None:
             rendered = template.render(**variables)
@@ -432,7 +451,7 @@ def render_chat_template(source: str, messages, tools=None, documents=None, add_
         if str(final_text).strip() not in rendered or tag not in rendered:
             raise TokenizerError("continue_final_message: the chat template drops part of the final message")
         at = rendered.rindex(tag)
-        if rendered[at:at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
+        if rendered[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
             rendered = rendered[:at]
         else:
             rendered = rendered[:at].rstrip()

@@ -31,8 +31,16 @@ NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
 REPLACEMENT = "\ufffd"
 # Every file a checkpoint folder may carry for its tokenizer and chat template (copied along by
 # the exporters, the trainer, `lfmkit merge` and `lfmkit merge-lora`).
-TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_MAP_FILE, TEMPLATE_FILE, TEMPLATE_JSON_FILE,
-                   "generation_config.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    TOKENIZER_FILE,
+    CONFIG_FILE,
+    SPECIAL_MAP_FILE,
+    TEMPLATE_FILE,
+    TEMPLATE_JSON_FILE,
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def copy_tokenizer_files(source: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
@@ -67,8 +75,9 @@ def _token_text(value, file: Path, name: str) -> str | None:
     """A named token as written in the configs: a string, an AddedToken dict, or null."""
     text = value.get("content") if isinstance(value, dict) else value
     if text is not None and not isinstance(text, str):
-        raise TokenizerError(f"{file}: {name} must be a string or an object with a string 'content', "
-                             f"got {shown(value)}")
+        raise TokenizerError(
+            f"{file}: {name} must be a string or an object with a string 'content', got {shown(value)}"
+        )
     return text
 
 
@@ -127,21 +136,26 @@ def _chat_templates(directory: Path, config: dict) -> str | dict[str, str] | Non
     if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
         named = {}
         for entry in template:
-            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                    and isinstance(entry.get("template"), str)):
-                raise TokenizerError(f"{file}: chat_template entries need a 'name' and a 'template', "
-                                     f"got {shown(entry)}")
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("template"), str)
+            ):
+                raise TokenizerError(
+                    f"{file}: chat_template entries need a 'name' and a 'template', got {shown(entry)}"
+                )
             named[entry["name"]] = entry["template"]
         sources = {f"template '{name}': ": text for name, text in named.items()}
     elif isinstance(template, str):
         sources = {"": template}
     else:
-        raise TokenizerError(f"{file}: chat_template must be a string or a list of named templates, "
-                             f"got {json_type(template)}")
+        raise TokenizerError(
+            f"{file}: chat_template must be a string or a list of named templates, got {json_type(template)}"
+        )
     for which, text in sources.items():
         try:
             compile_template(text)
-        except TokenizerError as exc:   # "chat template does not compile: <jinja's message> (line N)"
+        except TokenizerError as exc:  # "chat template does not compile: <jinja's message> (line N)"
             raise TokenizerError(f"{file}: {which}{exc}") from None
     return named if isinstance(template, list) else template
 
@@ -159,8 +173,13 @@ def _read_backend(file: Path):
 class Tokenizer:
     """An LFM2 tokenizer: encode/decode over `tokenizers`, chat templates, streaming decode."""
 
-    def __init__(self, backend, special_tokens: dict[str, str] | None = None,
-                 chat_template: str | dict[str, str] | None = None, path: Path | None = None):
+    def __init__(
+        self,
+        backend,
+        special_tokens: dict[str, str] | None = None,
+        chat_template: str | dict[str, str] | None = None,
+        path: Path | None = None,
+    ):
         self._backend = backend
         self.path = path
         self._templates = chat_template
@@ -243,8 +262,9 @@ class Tokenizer:
             raise TokenizerError(f"encode: text must be a str, got {type(text).__name__}")
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def encode_with_offsets(self, text: str, add_special_tokens: bool = False
-                            ) -> tuple[list[int], list[tuple[int, int]]]:
+    def encode_with_offsets(
+        self, text: str, add_special_tokens: bool = False
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids for `text` and each token's (start, end) character span in it (an added bos spans (0, 0))."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode: text must be a str, got {type(text).__name__}")
@@ -285,17 +305,28 @@ class Tokenizer:
                     return templates["tool_use"]
                 if "default" in templates:
                     return templates["default"]
-                raise TokenizerError(f"{self.path}: several chat templates ({sorted(templates)}) and no "
-                                     f"'default'; pass chat_template=<name>")
+                raise TokenizerError(
+                    f"{self.path}: several chat templates ({sorted(templates)}) and no "
+                    f"'default'; pass chat_template=<name>"
+                )
         if chat_template is not None:
             return chat_template
         return templates if isinstance(templates, str) else LFM2_CHAT_TEMPLATE
 
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt: bool = False,
-                            tokenize: bool = False, *, continue_final_message: bool | str = False,
-                            chat_template: str | None = None, documents=None,
-                            parse_tool_arguments: bool = True, generation_spans: list | None = None,
-                            **kwargs) -> str | list[int]:
+    def apply_chat_template(
+        self,
+        messages,
+        tools=None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        *,
+        continue_final_message: bool | str = False,
+        chat_template: str | None = None,
+        documents=None,
+        parse_tool_arguments: bool = True,
+        generation_spans: list | None = None,
+        **kwargs,
+    ) -> str | list[int]:
         """Render `messages` (OpenAI-style dicts) to the prompt text, or its ids with `tokenize=True`.
 
         Same result as transformers' `apply_chat_template` with the same template; `kwargs`
@@ -305,17 +336,25 @@ class Tokenizer:
         blocks in the rendered text (see `render_chat_template`).
         """
         template = self._template_for(chat_template, tools)
-        text = render_chat_template(template, messages, tools=tools, documents=documents,
-                                    add_generation_prompt=add_generation_prompt,
-                                    continue_final_message=continue_final_message,
-                                    special_tokens=self.special_tokens,
-                                    parse_tool_arguments=parse_tool_arguments,
-                                    generation_spans=generation_spans, **kwargs)
+        text = render_chat_template(
+            template,
+            messages,
+            tools=tools,
+            documents=documents,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            special_tokens=self.special_tokens,
+            parse_tool_arguments=parse_tool_arguments,
+            generation_spans=generation_spans,
+            **kwargs,
+        )
         return self.encode(text) if tokenize else text
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(path={str(self.path)!r}, vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
-                f"eos={self.eos_token_id}, pad={self.pad_token_id})")
+        return (
+            f"Tokenizer(path={str(self.path)!r}, vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
+            f"eos={self.eos_token_id}, pad={self.pad_token_id})"
+        )
 
 
 class IncrementalDecoder:
@@ -332,8 +371,8 @@ class IncrementalDecoder:
         self._tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self._ids: list[int] = []
-        self._start = 0   # ids[_start:] are not yet fully emitted; ids before it decode to a whole text
-        self._sent = 0    # characters of the pending window's text already emitted
+        self._start = 0  # ids[_start:] are not yet fully emitted; ids before it decode to a whole text
+        self._sent = 0  # characters of the pending window's text already emitted
 
     @property
     def token_ids(self) -> list[int]:
@@ -346,12 +385,12 @@ class IncrementalDecoder:
         skip = self.skip_special_tokens
         context = max(0, self._start - 1)
         if context == self._start:
-            return decode(self._ids[self._start:], skip)
-        prefix = decode(self._ids[context:self._start], skip)
+            return decode(self._ids[self._start :], skip)
+        prefix = decode(self._ids[context : self._start], skip)
         text = decode(self._ids[context:], skip)
         if text.startswith(prefix):
-            return text[len(prefix):]
-        return decode(self._ids[self._start:], skip)
+            return text[len(prefix) :]
+        return decode(self._ids[self._start :], skip)
 
     def push(self, token_id: int) -> str:
         """Add one token; return the newly completed text."""
@@ -363,7 +402,7 @@ class IncrementalDecoder:
         complete = not text.endswith(REPLACEMENT)
         # An unfinished UTF-8 sequence shows as one trailing U+FFFD; everything before it is final.
         stable = text if complete else text[:-1]
-        piece = stable[self._sent:] if len(stable) > self._sent else ""
+        piece = stable[self._sent :] if len(stable) > self._sent else ""
         if complete:
             self._start, self._sent = len(self._ids), 0
         else:
@@ -379,6 +418,6 @@ class IncrementalDecoder:
         if self._start >= len(self._ids):
             return ""
         text = self._window_text()
-        piece = text[self._sent:]
+        piece = text[self._sent :]
         self._start, self._sent = len(self._ids), 0
         return piece

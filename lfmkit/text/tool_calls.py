@@ -36,6 +36,7 @@ MAX_CALL_TEXT = 1_000_000  # characters; larger blocks are refused rather than p
 
 _JSON_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 
+
 @dataclass
 class ToolCall:
     """One function call: a name and JSON-ready keyword arguments (key order kept)."""
@@ -47,14 +48,20 @@ class ToolCall:
     def __eq__(self, other):
         if not isinstance(other, ToolCall):
             return NotImplemented
-        return (self.name == other.name and self.id == other.id
-                and json.dumps(self.arguments, default=repr) == json.dumps(other.arguments, default=repr))
+        return (
+            self.name == other.name
+            and self.id == other.id
+            and json.dumps(self.arguments, default=repr) == json.dumps(other.arguments, default=repr)
+        )
 
     def to_openai(self, id: str | None = None) -> dict:
         """The OpenAI `tool_calls[]` entry (arguments as a JSON string); makes an id if none."""
         call_id = id or self.id or f"call_{uuid.uuid4().hex[:24]}"
-        return {"id": call_id, "type": "function",
-                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+        return {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
 
     @classmethod
     def from_openai(cls, entry: dict) -> "ToolCall":
@@ -67,6 +74,7 @@ class ToolCall:
 
 
 # ---- reading literals and calls from the AST ---------------------------------------------
+
 
 class CallSyntaxError(Exception):
     """The block holds something that is not a call list of literals."""
@@ -83,8 +91,12 @@ def _literal(node: ast.AST) -> Any:
                 raise CallSyntaxError("non-finite number")
             return value
         raise CallSyntaxError(f"unsupported constant {type(value).__name__}")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
-            and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, (ast.USub, ast.UAdd))
+        and isinstance(node.operand, ast.Constant)
+        and type(node.operand.value) in (int, float)
+    ):
         value = node.operand.value
         value = -value if isinstance(node.op, ast.USub) else value
         if isinstance(value, float) and not math.isfinite(value):
@@ -223,12 +235,20 @@ def _rename_keyword_arguments(text: str) -> tuple[str, dict[str, str]]:
     line_starts = [0]
     for line in text.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
-    significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                                                       tokenize.INDENT, tokenize.DEDENT)]
+    significant = [
+        t
+        for t in tokens
+        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
+    ]
     edits, renamed = [], {}
     for prev, tok, nxt in zip(significant, significant[1:], significant[2:]):
-        if (tok.type == tokenize.NAME and keyword.iskeyword(tok.string) and prev.string in ("(", ",")
-                and nxt.type == tokenize.OP and nxt.string == "="):
+        if (
+            tok.type == tokenize.NAME
+            and keyword.iskeyword(tok.string)
+            and prev.string in ("(", ",")
+            and nxt.type == tokenize.OP
+            and nxt.string == "="
+        ):
             placeholder = f"lfmkit_keyword_{tok.string}"
             while placeholder in text:
                 placeholder += "_"
@@ -242,6 +262,7 @@ def _rename_keyword_arguments(text: str) -> tuple[str, dict[str, str]]:
 
 # ---- public API ----------------------------------------------------------------------------
 
+
 def _call_blocks(text: str) -> list[str] | None:
     """The text of each marked block, or None when there is no start marker."""
     if TOOL_CALL_START not in text:
@@ -252,13 +273,13 @@ def _call_blocks(text: str) -> list[str] | None:
         at = rest.find(TOOL_CALL_START)
         if at < 0:
             return blocks
-        rest = rest[at + len(TOOL_CALL_START):]
+        rest = rest[at + len(TOOL_CALL_START) :]
         end = rest.find(TOOL_CALL_END)
         if end < 0:  # unterminated (generation stopped): the rest is the block
             blocks.append(rest)
             return blocks
         blocks.append(rest[:end])
-        rest = rest[end + len(TOOL_CALL_END):]
+        rest = rest[end + len(TOOL_CALL_END) :]
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
@@ -293,8 +314,11 @@ def _py_literal(value: Any) -> str:
         ascii_only = isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
         return json.dumps(value, ensure_ascii=ascii_only)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {_py_literal(v)}"
-                               for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {_py_literal(v)}" for k, v in value.items())
+            + "}"
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_py_literal(v) for v in value) + "]"
     raise ToolCallParseError(f"cannot write a {type(value).__name__} in a tool call", raw=repr(value))
@@ -308,8 +332,9 @@ def format_tool_calls(calls, markers: bool = True) -> str:
             call = ToolCall.from_openai(call)
         for key in call.arguments:  # keywords (from=...) are fine: the parser reads them back
             if not (isinstance(key, str) and key.isidentifier()):
-                raise ToolCallParseError(f"argument name {key!r} of {call.name} is not a Python identifier",
-                                         raw=repr(call.arguments))
+                raise ToolCallParseError(
+                    f"argument name {key!r} of {call.name} is not a Python identifier", raw=repr(call.arguments)
+                )
         args = ", ".join(f"{k}={_py_literal(v)}" for k, v in call.arguments.items())
         parts.append(f"{call.name}({args})")
     text = "[" + ", ".join(parts) + "]"

@@ -19,9 +19,20 @@ from importlib import import_module
 
 # Resolved on first use, so that `lfmkit.train.config` (which the CLI imports to build its
 # parser) does not pull in torch and the model.
-_LAZY = {"SFTConfig": "config", "DistillConfig": "config", "sft": "sft", "Trainer": "trainer", "TrainResult": "trainer",
-         "distill_run": "distill_recipe", "distill_cache": "distill_recipe", "DPOConfig": "dpo_config", "dpo": "dpo",
-         "build_pairs": "prefs", "PrefsConfig": "prefs", "grpo": "grpo"}
+_LAZY = {
+    "SFTConfig": "config",
+    "DistillConfig": "config",
+    "sft": "sft",
+    "Trainer": "trainer",
+    "TrainResult": "trainer",
+    "distill_run": "distill_recipe",
+    "distill_cache": "distill_recipe",
+    "DPOConfig": "dpo_config",
+    "dpo": "dpo",
+    "build_pairs": "prefs",
+    "PrefsConfig": "prefs",
+    "grpo": "grpo",
+}
 
 __all__ = list(_LAZY)
 

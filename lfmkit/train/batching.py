@@ -37,8 +37,8 @@ def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int
     size = 1
     while size < capacity + 1:
         size *= 2
-    has = [False] * (2 * size)           # has[node]: some bin's remaining capacity lies in the node's range
-    by_room: dict[int, list[int]] = {}   # remaining capacity -> bins with exactly that room
+    has = [False] * (2 * size)  # has[node]: some bin's remaining capacity lies in the node's range
+    by_room: dict[int, list[int]] = {}  # remaining capacity -> bins with exactly that room
 
     def mark(room: int, value: bool) -> None:
         node = room + size
@@ -50,7 +50,7 @@ def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int
 
     def smallest_room_at_least(need: int) -> int | None:
         stack = [(1, 0, size - 1)]
-        while stack:                     # leftmost marked leaf in [need, size)
+        while stack:  # leftmost marked leaf in [need, size)
             node, lo, hi = stack.pop()
             if hi < need or not has[node]:
                 continue
@@ -83,8 +83,15 @@ def pack_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int
 class DataPlan:
     """Which rows every optimizer step trains on (see the module docstring)."""
 
-    def __init__(self, sources: list[list[Document]], weights: list[float], batch_size: int,
-                 max_length: int, packing: bool, seed: int):
+    def __init__(
+        self,
+        sources: list[list[Document]],
+        weights: list[float],
+        batch_size: int,
+        max_length: int,
+        packing: bool,
+        seed: int,
+    ):
         if len(sources) != len(weights):
             raise ValueError("one weight per source")
         self.sources = sources
@@ -125,7 +132,7 @@ class DataPlan:
     def steps_in_epoch(self, epoch: int) -> int:
         if epoch not in self._steps:
             varies = self.packing and not all(float(w).is_integer() for w in self.weights)
-            if self._steps and not varies:   # same number of documents, and the same bins if packed
+            if self._steps and not varies:  # same number of documents, and the same bins if packed
                 self._steps[epoch] = next(iter(self._steps.values()))
             else:
                 self.epoch_rows(epoch)
@@ -155,7 +162,7 @@ class DataPlan:
         """(epoch, rows) of global optimizer step `step`, all processes together."""
         epoch, k = self.locate(step)
         rows = self.epoch_rows(epoch)
-        return epoch, rows[k * self.batch_size:(k + 1) * self.batch_size]
+        return epoch, rows[k * self.batch_size : (k + 1) * self.batch_size]
 
 
 def micro_batches(rows: list[Row], grad_accum: int, rank: int = 0, world_size: int = 1) -> list[list[Row]]:
@@ -166,7 +173,7 @@ def micro_batches(rows: list[Row], grad_accum: int, rank: int = 0, world_size: i
     out, start = [], 0
     for i in range(grad_accum):
         n = base + (i < extra)
-        out.append(mine[start:start + n])
+        out.append(mine[start : start + n])
         start += n
     return [m for m in out if m]
 
@@ -175,11 +182,11 @@ def micro_batches(rows: list[Row], grad_accum: int, rank: int = 0, world_size: i
 class Batch:
     """One micro-batch as tensors. `targets` are already shifted (IGNORE_INDEX = no loss)."""
 
-    input_ids: torch.Tensor                       # [b, t]
-    targets: torch.Tensor                         # [b, t]
-    attention_mask: torch.Tensor | None = None    # [b, t] unpacked rows with padding
-    document_ids: torch.Tensor | None = None      # [b, t] packed rows
-    tokens: int = 0                               # real (non-padding) tokens
+    input_ids: torch.Tensor  # [b, t]
+    targets: torch.Tensor  # [b, t]
+    attention_mask: torch.Tensor | None = None  # [b, t] unpacked rows with padding
+    document_ids: torch.Tensor | None = None  # [b, t] packed rows
+    tokens: int = 0  # real (non-padding) tokens
 
     @property
     def trained_tokens(self) -> int:
@@ -197,8 +204,11 @@ class Batch:
 
     def to(self, device) -> "Batch":
         """The batch with every tensor field (a subclass's too) on `device`."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return replace(self, **moved)
 
 
@@ -213,10 +223,10 @@ def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:
         at = 0
         for k, doc in enumerate(row):
             n = len(doc)
-            ids[r, at:at + n] = torch.tensor(doc.input_ids)
-            targets[r, at:at + n] = torch.tensor(doc.targets)
+            ids[r, at : at + n] = torch.tensor(doc.input_ids)
+            targets[r, at : at + n] = torch.tensor(doc.targets)
             if docs is not None:
-                docs[r, at:at + n] = k
+                docs[r, at : at + n] = k
             at += n
         real[r, :at] = True
         if docs is not None:

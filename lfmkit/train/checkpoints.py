@@ -39,8 +39,7 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     root = checkpoint_dir(output)
     if not root.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
     return max(found)[1] if found else None
 
 
@@ -72,8 +71,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output: str | Path, step: int, model: nn.Module, optimizer, scheduler, state: dict,
-                    keep: int | None = None) -> Path:
+def save_checkpoint(
+    output: str | Path, step: int, model: nn.Module, optimizer, scheduler, state: dict, keep: int | None = None
+) -> Path:
     """Write checkpoint `step` atomically; keep only the newest `keep` when set. Returns its path."""
     from safetensors.torch import save_file
 
@@ -88,7 +88,7 @@ def save_checkpoint(output: str | Path, step: int, model: nn.Module, optimizer, 
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    if final.exists():                       # the same step saved again (a resumed run's last step)
+    if final.exists():  # the same step saved again (a resumed run's last step)
         old = root / f".tmp-old-step-{step}-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
@@ -117,13 +117,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise CheckpointError(f"{path}: the checkpoint's trainable parameters do not match the model "
-                              f"(missing {missing[:3]}, unexpected {extra[:3]}); saved with other LoRA settings?")
+        raise CheckpointError(
+            f"{path}: the checkpoint's trainable parameters do not match the model "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}); saved with other LoRA settings?"
+        )
     with torch.no_grad():
         for name, p in params.items():
             if tensors[name].shape != p.shape:
-                raise CheckpointError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, "
-                                      f"the model {tuple(p.shape)}")
+                raise CheckpointError(
+                    f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model {tuple(p.shape)}"
+                )
             p.copy_(tensors[name])
     optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(sched_state)
@@ -131,5 +134,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     return state
 
 
-__all__ = ["checkpoint_dir", "latest_checkpoint", "clean_temporary", "save_checkpoint", "load_checkpoint",
-           "trainable_state", "STATE_FILE"]
+__all__ = [
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "clean_temporary",
+    "save_checkpoint",
+    "load_checkpoint",
+    "trainable_state",
+    "STATE_FILE",
+]

@@ -24,22 +24,22 @@ class SFTConfig:
     """Supervised fine-tuning of an LFM2 checkpoint (full, or LoRA when `lora_r` is set)."""
 
     model: str = ""
-    data: list[str] = field(default_factory=list)     # "path" or "path:weight"
+    data: list[str] = field(default_factory=list)  # "path" or "path:weight"
     output: str = ""
     # length of the run
-    max_steps: int | None = None                       # overrides epochs when set
+    max_steps: int | None = None  # overrides epochs when set
     epochs: float = 3.0
     # optimization
     learning_rate: float = 2e-5
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.0
-    warmup_steps: int = 0                              # overrides warmup_ratio when > 0
+    warmup_steps: int = 0  # overrides warmup_ratio when > 0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0                         # 0 = no clipping (the norm is still logged)
-    batch_size: int = 8                                # sequences (rows) per optimizer step, global
+    max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still logged)
+    batch_size: int = 8  # sequences (rows) per optimizer step, global
     grad_accum: int = 1
     seed: int = 42
     # data
@@ -47,16 +47,16 @@ class SFTConfig:
     packing: bool = False
     assistant_only_loss: bool = True
     completion_only_loss: bool = True
-    chat_template: str | None = None                   # a .jinja file to render conversations with
+    chat_template: str | None = None  # a .jinja file to render conversations with
     # memory and precision
     gradient_checkpointing: bool = False
     bf16: bool = False
     loss_chunk_size: int | None = None
-    device: str | None = None                          # default: cuda when available, else cpu
-    save_dtype: str | None = None                      # final model dtype; default: the training dtype
+    device: str | None = None  # default: cuda when available, else cpu
+    save_dtype: str | None = None  # final model dtype; default: the training dtype
     # checkpoints
     save_every: int = 500
-    save_limit: int | None = None                      # keep only the newest N checkpoints
+    save_limit: int | None = None  # keep only the newest N checkpoints
     resume: bool = False
     progress: bool = True
     # LoRA (lfmkit.train.lora)
@@ -108,9 +108,11 @@ class SFTConfig:
     # ---- checks ------------------------------------------------------------------------
     def required(self) -> dict[str, str]:
         """The settings this use of the config cannot do without, and what each one is."""
-        return {"model": "a checkpoint directory, Hub id or .gguf file",
-                "data": "one or more files or dataset directories, path[:weight]",
-                "output": "the directory for the model, checkpoints and metrics"}
+        return {
+            "model": "a checkpoint directory, Hub id or .gguf file",
+            "data": "one or more files or dataset directories, path[:weight]",
+            "output": "the directory for the model, checkpoints and metrics",
+        }
 
     def validate(self, where: str = "config") -> None:
         def bad(name: str, why: str):
@@ -119,8 +121,12 @@ class SFTConfig:
         for name, why in self.required().items():
             if not getattr(self, name):
                 bad(name, f"is required ({why})")
-        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
-                    "epochs": self.epochs}
+        positive = {
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "learning_rate": self.learning_rate,
+            "epochs": self.epochs,
+        }
         for name, value in positive.items():
             if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
                 bad(name, f"must be positive, got {value}")
@@ -160,15 +166,15 @@ class DistillConfig(SFTConfig):
     teacher (run online, or read from a top-k cache) and the loss
     alpha * T^2 * divergence(kd_loss) + (1 - alpha) * CE (lfmkit.train.distill)."""
 
-    teacher: str = ""                                  # the teacher checkpoint (online, or to write the cache)
-    teacher_quant: str | None = None                   # fp32, bf16, int8, int4; default: its stored dtype
-    teacher_cache: str | None = None                   # train from this top-k cache instead of the teacher
+    teacher: str = ""  # the teacher checkpoint (online, or to write the cache)
+    teacher_quant: str | None = None  # fp32, bf16, int8, int4; default: its stored dtype
+    teacher_cache: str | None = None  # train from this top-k cache instead of the teacher
     kd_loss: str = "forward_kl"
     temperature: float = 2.0
-    alpha: float = 0.5                                 # weight of the distillation term; 1 - alpha: the CE
-    jsd_beta: float = 0.5                              # kd_loss jsd only
-    top_k: int = 64                                    # writing the cache: log-probs kept per trained token
-    cache_dtype: str = "float16"                       # writing the cache: dtype of those log-probs
+    alpha: float = 0.5  # weight of the distillation term; 1 - alpha: the CE
+    jsd_beta: float = 0.5  # kd_loss jsd only
+    top_k: int = 64  # writing the cache: log-probs kept per trained token
+    cache_dtype: str = "float16"  # writing the cache: dtype of those log-probs
 
     def required(self) -> dict[str, str]:
         need = super().required()
@@ -204,9 +210,11 @@ class DistillCacheConfig(DistillConfig):
     to write; `model`, when set, is the student whose tokenizer the data is read with."""
 
     def required(self) -> dict[str, str]:
-        return {"teacher": "the teacher checkpoint to run",
-                "data": "one or more files or dataset directories, path[:weight]",
-                "teacher_cache": "the folder to write the teacher's top-k log-probs to"}
+        return {
+            "teacher": "the teacher checkpoint to run",
+            "data": "one or more files or dataset directories, path[:weight]",
+            "teacher_cache": "the folder to write the teacher's top-k log-probs to",
+        }
 
 
 def _coerce(value, hint, where: str):
@@ -249,5 +257,12 @@ def _coerce(value, hint, where: str):
     return str(value)
 
 
-__all__ = ["SFTConfig", "DistillConfig", "DistillCacheConfig", "SCHEDULERS", "KD_LOSSES", "TEACHER_QUANTS",
-           "CACHE_DTYPES"]
+__all__ = [
+    "SFTConfig",
+    "DistillConfig",
+    "DistillCacheConfig",
+    "SCHEDULERS",
+    "KD_LOSSES",
+    "TEACHER_QUANTS",
+    "CACHE_DTYPES",
+]

@@ -86,7 +86,7 @@ class DataOptions:
     max_length: int = 1024
     assistant_only_loss: bool = True
     completion_only_loss: bool = True
-    chat_template: str | None = None      # template source; None = `training_chat_template(tokenizer)`
+    chat_template: str | None = None  # template source; None = `training_chat_template(tokenizer)`
 
 
 @dataclass
@@ -99,7 +99,7 @@ class SourceStats:
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
-    dropped: int = 0                      # nothing left to train on (e.g. no assistant turn)
+    dropped: int = 0  # nothing left to train on (e.g. no assistant turn)
     kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -115,6 +115,7 @@ def training_chat_template(tokenizer: Tokenizer) -> str:
 
 
 # ---- reading rows --------------------------------------------------------------------------
+
 
 def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(location, row) for every row of a data file or dataset directory; location is
@@ -133,8 +134,10 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
     elif p.suffix in (".txt", ".text"):
         yield from _text_rows(p)
     else:
-        raise DataError(f"{path}: unknown data format {p.suffix or '(no suffix)'!r}; use .jsonl, .json, "
-                        f".parquet, .txt or a `datasets` directory")
+        raise DataError(
+            f"{path}: unknown data format {p.suffix or '(no suffix)'!r}; use .jsonl, .json, "
+            f".parquet, .txt or a `datasets` directory"
+        )
 
 
 def _lines(p: Path) -> Iterator[tuple[int, str]]:
@@ -163,8 +166,9 @@ def _json_rows(p: Path) -> Iterator[tuple[str, dict]]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: not valid JSON: {exc}") from None
     if not isinstance(data, list):
-        raise DataError(f"{p}: expected a JSON array of rows, got {type(data).__name__} "
-                        f"(use .jsonl for one row per line)")
+        raise DataError(
+            f"{p}: expected a JSON array of rows, got {type(data).__name__} (use .jsonl for one row per line)"
+        )
     for i, row in enumerate(data, start=1):
         yield f"{p}: row {i}", row
 
@@ -195,8 +199,7 @@ def _parquet_rows(p: Path) -> Iterator[tuple[str, dict]]:
 def _dataset_rows(p: Path) -> Iterator[tuple[str, dict]]:
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((p / m).is_file() for m in markers):
-        raise DataError(f"{p}: a directory, but not one written by `datasets`' save_to_disk "
-                        f"(no {' / '.join(markers)})")
+        raise DataError(f"{p}: a directory, but not one written by `datasets`' save_to_disk (no {' / '.join(markers)})")
     try:
         import datasets
     except ImportError:
@@ -214,6 +217,7 @@ def _dataset_rows(p: Path) -> Iterator[tuple[str, dict]]:
 
 
 # ---- rows to documents ---------------------------------------------------------------------
+
 
 class RowEncoder:
     """Turns one row into (input_ids, trained) with the tokenizer and the training template."""
@@ -233,36 +237,45 @@ class RowEncoder:
             return "prompt-completion"
         if "text" in row:
             return "text"
-        raise DataError(f"expected the fields 'messages', 'prompt' + 'completion', or 'text'; "
-                        f"got {sorted(row) or 'no fields'}")
+        raise DataError(
+            f"expected the fields 'messages', 'prompt' + 'completion', or 'text'; got {sorted(row) or 'no fields'}"
+        )
 
     def encode(self, row) -> tuple[str, list[int], list[bool]]:
         if not isinstance(row, dict):
             raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
-        row = {k: v for k, v in row.items() if v is not None}    # columnar formats fill absent fields with None
+        row = {k: v for k, v in row.items() if v is not None}  # columnar formats fill absent fields with None
         kind = self.kind(row)
         if kind == "chat":
-            ids, trained = self.chat(_messages(row, "messages"), row.get("tools"),
-                                     assistant_only=self.options.assistant_only_loss)
+            ids, trained = self.chat(
+                _messages(row, "messages"), row.get("tools"), assistant_only=self.options.assistant_only_loss
+            )
         elif kind == "prompt-completion":
             ids, trained = self.prompt_completion(row["prompt"], row["completion"], row.get("tools"))
         else:
             ids, trained = self.text(row["text"])
         return kind, ids, trained
 
-    def render(self, messages: list[dict], tools, add_generation_prompt: bool = False,
-               spans: list | None = None) -> str:
+    def render(
+        self, messages: list[dict], tools, add_generation_prompt: bool = False, spans: list | None = None
+    ) -> str:
         if tools is not None and not isinstance(tools, list):
             raise DataError(f"'tools' must be a list of tool schemas, got {type(tools).__name__}")
-        return self.tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=self.template,
-                                                  add_generation_prompt=add_generation_prompt,
-                                                  generation_spans=spans)
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tools=tools or None,
+            chat_template=self.template,
+            add_generation_prompt=add_generation_prompt,
+            generation_spans=spans,
+        )
 
     def chat(self, messages: list[dict], tools, assistant_only: bool) -> tuple[list[int], list[bool]]:
         """A rendered conversation; trained = the tokens of its generation blocks (or all)."""
         if assistant_only and not self.template_marks_assistant:
-            raise DataError("the chat template has no {% generation %} blocks, so assistant tokens cannot be "
-                            "found; set assistant_only_loss: false or give a template that marks them")
+            raise DataError(
+                "the chat template has no {% generation %} blocks, so assistant tokens cannot be "
+                "found; set assistant_only_loss: false or give a template that marks them"
+            )
         spans: list[tuple[int, int]] = []
         text = self.render(messages, tools, spans=spans)
         ids, offsets = self.tokenizer.encode_with_offsets(text)
@@ -286,13 +299,17 @@ class RowEncoder:
             if only:
                 head = self.render(head_msgs, tools, add_generation_prompt=True)
                 if not text.startswith(head):
-                    raise DataError("the rendered prompt (with its generation prompt) is not a prefix of the "
-                                    "rendered prompt + completion, so the completion cannot be located")
+                    raise DataError(
+                        "the rendered prompt (with its generation prompt) is not a prefix of the "
+                        "rendered prompt + completion, so the completion cannot be located"
+                    )
                 spans = [(max(a, len(head)), b) for a, b in spans if b > len(head)]
             ids, offsets = self.tokenizer.encode_with_offsets(text)
             return ids, _overlapping(offsets, spans)
-        raise DataError(f"'prompt' and 'completion' must both be strings or both be message lists, got "
-                        f"{type(prompt).__name__} and {type(completion).__name__}")
+        raise DataError(
+            f"'prompt' and 'completion' must both be strings or both be message lists, got "
+            f"{type(prompt).__name__} and {type(completion).__name__}"
+        )
 
     def text(self, text) -> tuple[list[int], list[bool]]:
         if not isinstance(text, str):
@@ -323,8 +340,10 @@ def _messages(row: dict, key: str) -> list[dict]:
             for j, call in enumerate(calls):
                 fn = call.get("function", call) if isinstance(call, dict) else None
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise DataError(f"'{key}'[{i}].tool_calls[{j}] needs a function name "
-                                    f"({{'function': {{'name': ..., 'arguments': {{...}}}}}})")
+                    raise DataError(
+                        f"'{key}'[{i}].tool_calls[{j}] needs a function name "
+                        f"({{'function': {{'name': ..., 'arguments': {{...}}}}}})"
+                    )
     return messages
 
 
@@ -355,7 +374,7 @@ def load_source(source: DataSource, encoder: RowEncoder) -> tuple[list[Document]
         stats.rows += 1
         try:
             kind, ids, trained = encoder.encode(row)
-        except LFMKitError as exc:    # our template / tokenizer errors too: say which row
+        except LFMKitError as exc:  # our template / tokenizer errors too: say which row
             raise DataError(f"{where}: {exc}") from None
         stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
         doc, truncated = to_document(ids, trained, encoder.options.max_length)
@@ -369,18 +388,31 @@ def load_source(source: DataSource, encoder: RowEncoder) -> tuple[list[Document]
         stats.tokens += len(doc)
         stats.trained_tokens += n
     if not documents:
-        raise DataError(f"{source.path}: no usable training documents ({stats.rows} rows, "
-                        f"{stats.dropped} with nothing to train on)")
+        raise DataError(
+            f"{source.path}: no usable training documents ({stats.rows} rows, {stats.dropped} with nothing to train on)"
+        )
     return documents, stats
 
 
-def load_sources(sources: list[DataSource], tokenizer: Tokenizer, options: DataOptions
-                 ) -> tuple[list[list[Document]], list[SourceStats]]:
+def load_sources(
+    sources: list[DataSource], tokenizer: Tokenizer, options: DataOptions
+) -> tuple[list[list[Document]], list[SourceStats]]:
     """Documents of every source, in order, and their loading stats."""
     encoder = RowEncoder(tokenizer, options)
     loaded = [load_source(s, encoder) for s in sources]
     return [docs for docs, _ in loaded], [stats for _, stats in loaded]
 
 
-__all__ = ["IGNORE_INDEX", "DataSource", "Document", "DataOptions", "SourceStats", "RowEncoder",
-           "training_chat_template", "read_rows", "to_document", "load_source", "load_sources"]
+__all__ = [
+    "IGNORE_INDEX",
+    "DataSource",
+    "Document",
+    "DataOptions",
+    "SourceStats",
+    "RowEncoder",
+    "training_chat_template",
+    "read_rows",
+    "to_document",
+    "load_source",
+    "load_sources",
+]

@@ -50,8 +50,8 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..io.safetensors import SafetensorsFile, parse_dtype
 
-CHUNK_TOKENS = 256         # student/teacher rows per chunk: [256, 65536] float32 is 64 MiB
-KINDS = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": None}   # kind -> beta (jsd: given)
+CHUNK_TOKENS = 256  # student/teacher rows per chunk: [256, 65536] float32 is 64 MiB
+KINDS = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": None}  # kind -> beta (jsd: given)
 IGNORE = -100
 
 
@@ -93,8 +93,9 @@ class TeacherHead:
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, model: nn.Module, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> "TeacherHead":
+    def from_model(
+        cls, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> "TeacherHead":
         """Run an lfmkit model (float or quantized) over the batch, without gradients."""
         return cls(model(input_ids, attention_mask=attention_mask, return_hidden=True), model.lm_head)
 
@@ -114,14 +115,17 @@ class TeacherTopK:
 
     def prepare(self, shape: torch.Size, rows: torch.Tensor) -> Callable[[int, int], tuple]:
         if self.ids.shape != self.logprobs.shape:
-            raise ValueError(f"teacher top-k ids {tuple(self.ids.shape)} and log-probs "
-                             f"{tuple(self.logprobs.shape)} differ in shape")
+            raise ValueError(
+                f"teacher top-k ids {tuple(self.ids.shape)} and log-probs {tuple(self.logprobs.shape)} differ in shape"
+            )
         k = self.ids.shape[-1]
         ids, lp = self.ids.reshape(-1, k), self.logprobs.reshape(-1, k)
         if self.ids.shape[:-1] != shape:
             if ids.shape[0] != rows.numel():
-                raise ValueError(f"teacher top-k has {ids.shape[0]} rows: neither the student's shape "
-                                 f"{tuple(shape)} nor its {rows.numel()} trained tokens")
+                raise ValueError(
+                    f"teacher top-k has {ids.shape[0]} rows: neither the student's shape "
+                    f"{tuple(shape)} nor its {rows.numel()} trained tokens"
+                )
             rows = torch.arange(rows.numel(), device=rows.device)
         return lambda a, b: (ids[rows[a:b]].long(), lp[rows[a:b]].float())
 
@@ -142,14 +146,15 @@ class Objective(NamedTuple):
 
     def chunk(self, logits: torch.Tensor, teacher, targets: torch.Tensor):
         t = self.temperature
-        if isinstance(teacher, tuple):              # top-k: both renormalised over the teacher's ids
+        if isinstance(teacher, tuple):  # top-k: both renormalised over the teacher's ids
             ids, t_lp = teacher
             s_logp = F.log_softmax(logits.gather(-1, ids) / t, dim=-1)
             t_logp = F.log_softmax(t_lp / t, dim=-1)
         else:
             if teacher.shape[-1] != logits.shape[-1]:
-                raise ConfigError(f"the teacher's vocabulary ({teacher.shape[-1]}) differs from the "
-                                  f"student's ({logits.shape[-1]})")
+                raise ConfigError(
+                    f"the teacher's vocabulary ({teacher.shape[-1]}) differs from the student's ({logits.shape[-1]})"
+                )
             s_logp = F.log_softmax(logits / t, dim=-1)
             t_logp = F.log_softmax(teacher / t, dim=-1)
         kd = divergence(s_logp, t_logp, self.beta).sum()
@@ -199,10 +204,10 @@ class _ChunkedLoss(torch.autograd.Function):
 
 
 class DistillOutput(NamedTuple):
-    loss: torch.Tensor      # differentiable scalar
-    kd: torch.Tensor        # mean divergence per trained token (detached, for logging)
-    ce: torch.Tensor        # mean hard-label CE per trained token (detached)
-    tokens: int             # trained tokens in this call
+    loss: torch.Tensor  # differentiable scalar
+    kd: torch.Tensor  # mean divergence per trained token (detached, for logging)
+    ce: torch.Tensor  # mean hard-label CE per trained token (detached)
+    tokens: int  # trained tokens in this call
 
 
 def _head_weight(head) -> torch.Tensor | None:
@@ -212,9 +217,15 @@ def _head_weight(head) -> torch.Tensor | None:
     return head if head is None or isinstance(head, torch.Tensor) else head.weight
 
 
-def chunked_distill_loss(student: torch.Tensor, targets: torch.Tensor | None, teacher, objective: Objective,
-                         head=None, num_items: int | torch.Tensor | None = None,
-                         chunk_size: int = CHUNK_TOKENS) -> DistillOutput:
+def chunked_distill_loss(
+    student: torch.Tensor,
+    targets: torch.Tensor | None,
+    teacher,
+    objective: Objective,
+    head=None,
+    num_items: int | torch.Tensor | None = None,
+    chunk_size: int = CHUNK_TOKENS,
+) -> DistillOutput:
     """The objective over the trained tokens of `student` ([..., H] hidden states with `head`, or
     [..., vocab] logits when head is None), `targets` ([...], aligned: position i is trained to
     predict targets[i]; -100 = not trained; None = every position, no CE)."""
@@ -231,8 +242,9 @@ def chunked_distill_loss(student: torch.Tensor, targets: torch.Tensor | None, te
     rows = (flat_targets != IGNORE).nonzero().squeeze(-1)
     teacher_chunk = (teacher if hasattr(teacher, "prepare") else TeacherLogits(teacher)).prepare(shape, rows)
     hidden = student.reshape(-1, student.shape[-1])[rows]
-    total, kd, ce = _ChunkedLoss.apply(hidden, _head_weight(head), teacher_chunk, flat_targets[rows].long(),
-                                       objective, chunk_size)
+    total, kd, ce = _ChunkedLoss.apply(
+        hidden, _head_weight(head), teacher_chunk, flat_targets[rows].long(), objective, chunk_size
+    )
     n = int(rows.numel())
     denom = num_items if num_items is not None else max(n, 1)
     if isinstance(denom, torch.Tensor):
@@ -249,8 +261,9 @@ def _check(kind: str, beta: float, temperature: float, alpha: float = 0.0) -> fl
     if not temperature > 0:
         raise ConfigError(f"distillation temperature must be positive, got {temperature}")
     if not 0 <= alpha <= 1:
-        raise ConfigError(f"distillation alpha (weight of the divergence against the CE) must be in [0, 1], "
-                          f"got {alpha}")
+        raise ConfigError(
+            f"distillation alpha (weight of the divergence against the CE) must be in [0, 1], got {alpha}"
+        )
     return beta if KINDS[kind] is None else KINDS[kind]
 
 
@@ -263,15 +276,27 @@ class DistillationLoss(nn.Module):
     [..., H] with the student's `head` (weight tensor or linear module), or logits when head is
     None; `teacher` a TeacherLogits / TeacherHead / TeacherTopK (or a logits tensor)."""
 
-    def __init__(self, kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 alpha: float = 0.5, chunk_size: int = CHUNK_TOKENS):
+    def __init__(
+        self,
+        kind: str = "forward_kl",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        alpha: float = 0.5,
+        chunk_size: int = CHUNK_TOKENS,
+    ):
         super().__init__()
         b = _check(kind, beta, temperature, alpha)
         self.kind, self.chunk_size = kind, chunk_size
-        self.objective = Objective(b, float(temperature), alpha * temperature ** 2, 1.0 - alpha)
+        self.objective = Objective(b, float(temperature), alpha * temperature**2, 1.0 - alpha)
 
-    def forward(self, student: torch.Tensor, targets: torch.Tensor, teacher, head=None,
-                num_items: int | torch.Tensor | None = None) -> DistillOutput:
+    def forward(
+        self,
+        student: torch.Tensor,
+        targets: torch.Tensor,
+        teacher,
+        head=None,
+        num_items: int | torch.Tensor | None = None,
+    ) -> DistillOutput:
         return chunked_distill_loss(student, targets, teacher, self.objective, head, num_items, self.chunk_size)
 
     def extra_repr(self) -> str:
@@ -279,8 +304,14 @@ class DistillationLoss(nn.Module):
         return f"kind={self.kind}, beta={o.beta}, temperature={o.temperature}, alpha={1.0 - o.ce_weight}"
 
 
-def generalized_jsd(student_logits: torch.Tensor, teacher_logits, labels: torch.Tensor | None = None,
-                    beta: float = 0.5, temperature: float = 1.0, chunk_size: int = CHUNK_TOKENS) -> torch.Tensor:
+def generalized_jsd(
+    student_logits: torch.Tensor,
+    teacher_logits,
+    labels: torch.Tensor | None = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int = CHUNK_TOKENS,
+) -> torch.Tensor:
     """Generalized JSD (GKD, Agarwal et al. 2024, eq. 1), mean over tokens with labels != -100 (all
     tokens when labels is None); no T^2 factor. Equals TRL's `GKDTrainer.generalized_jsd_loss`
     (reduction "batchmean") with labels, and without labels on [tokens, vocab] logits (on 3-D logits
@@ -301,15 +332,16 @@ def reverse_kl(student_logits, teacher_logits, labels=None, temperature: float =
     return generalized_jsd(student_logits, teacher_logits, labels, beta=1.0, temperature=temperature)
 
 
-def next_token_targets(input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def next_token_targets(
+    input_ids: torch.Tensor, labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Aligned targets [B, T] from a batch in the Hugging Face convention (labels unshifted, -100 =
     no loss; no labels = every real token): position i is trained to predict token i + 1."""
     if labels is None:
         labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE)
     targets = torch.full_like(labels, IGNORE)
     targets[:, :-1] = labels[:, 1:]
-    if attention_mask is not None:       # a real token after padding is not predicted by a pad
+    if attention_mask is not None:  # a real token after padding is not predicted by a pad
         targets[:, :-1].masked_fill_(attention_mask[:, :-1] == 0, IGNORE)
     return targets
 
@@ -320,9 +352,15 @@ CACHE_FORMAT = "lfmkit-teacher-topk"
 
 
 @torch.no_grad()
-def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str | os.PathLike, k: int,
-                        dtype: torch.dtype | str = torch.float16, chunk_size: int = CHUNK_TOKENS,
-                        metadata: dict | None = None) -> Path:
+def write_teacher_cache(
+    teacher: nn.Module,
+    batches: Iterable[dict],
+    path: str | os.PathLike,
+    k: int,
+    dtype: torch.dtype | str = torch.float16,
+    chunk_size: int = CHUNK_TOKENS,
+    metadata: dict | None = None,
+) -> Path:
     """Run `teacher` (an lfmkit model, float or quantized) once over `batches` and store, for each
     trained token, its k most likely next tokens: ids (int32) and log-probs (`dtype`).
 
@@ -351,13 +389,16 @@ def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str |
         hidden = hidden.reshape(-1, teacher.config.hidden_size)
         top_ids, top_lp = [], []
         for a in range(0, rows.numel(), chunk_size):
-            logp = F.log_softmax(teacher.lm_head(hidden[rows[a: a + chunk_size]]).float(), dim=-1)
+            logp = F.log_softmax(teacher.lm_head(hidden[rows[a : a + chunk_size]]).float(), dim=-1)
             values, indices = logp.topk(k, dim=-1)
             top_ids.append(indices.to(torch.int32))
             top_lp.append(values.clamp(min=torch.finfo(store).min).to(store))
-        tensors = {"input_ids": ids.to(torch.int32), "targets": targets.to(torch.int32),
-                   "topk_ids": torch.cat(top_ids) if top_ids else torch.zeros(0, k, dtype=torch.int32),
-                   "topk_logprobs": torch.cat(top_lp) if top_lp else torch.zeros(0, k, dtype=store)}
+        tensors = {
+            "input_ids": ids.to(torch.int32),
+            "targets": targets.to(torch.int32),
+            "topk_ids": torch.cat(top_ids) if top_ids else torch.zeros(0, k, dtype=torch.int32),
+            "topk_logprobs": torch.cat(top_lp) if top_lp else torch.zeros(0, k, dtype=store),
+        }
         if mask is not None:
             tensors["attention_mask"] = mask.to(torch.int8)
         if docs is not None:
@@ -367,9 +408,17 @@ def write_teacher_cache(teacher: nn.Module, batches: Iterable[dict], path: str |
         os.replace(out / (name + ".tmp"), out / name)
         shards.append(name)
         tokens += int(rows.numel())
-    index = {"format": CACHE_FORMAT, "version": 1, "k": k, "vocab_size": vocab, "dtype": str(store).split(".")[-1],
-             "tokens": tokens, "shards": shards, "teacher": str(getattr(teacher, "source_path", None)),
-             **(metadata or {})}
+    index = {
+        "format": CACHE_FORMAT,
+        "version": 1,
+        "k": k,
+        "vocab_size": vocab,
+        "dtype": str(store).split(".")[-1],
+        "tokens": tokens,
+        "shards": shards,
+        "teacher": str(getattr(teacher, "source_path", None)),
+        **(metadata or {}),
+    }
     (out / (CACHE_INDEX + ".tmp")).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     os.replace(out / (CACHE_INDEX + ".tmp"), out / CACHE_INDEX)
     return out
@@ -389,8 +438,9 @@ class TeacherCache:
         try:
             self.index = json.loads(index_path.read_text(encoding="utf-8"))
             if self.index.get("format") != CACHE_FORMAT:
-                raise CheckpointError(f"{index_path}: not an lfmkit teacher cache (format "
-                                      f"{self.index.get('format')!r})")
+                raise CheckpointError(
+                    f"{index_path}: not an lfmkit teacher cache (format {self.index.get('format')!r})"
+                )
             self.k, self.vocab_size, self.shards = self.index["k"], self.index["vocab_size"], self.index["shards"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"{index_path}: corrupt teacher cache index ({exc!r})") from None
@@ -406,12 +456,18 @@ class TeacherCache:
         t = {n: shard.read(n) for n in shard.entries}
         trained = int((t["targets"] != IGNORE).sum())
         if t["topk_ids"].shape != (trained, self.k) or t["topk_logprobs"].shape != (trained, self.k):
-            raise CheckpointError(f"{shard.path}: top-k tensors of shape {list(t['topk_ids'].shape)} do not "
-                                  f"match its {trained} trained tokens x k={self.k}")
+            raise CheckpointError(
+                f"{shard.path}: top-k tensors of shape {list(t['topk_ids'].shape)} do not "
+                f"match its {trained} trained tokens x k={self.k}"
+            )
         mask, docs = t.get("attention_mask"), t.get("document_ids")
-        return {"input_ids": t["input_ids"].long(), "attention_mask": None if mask is None else mask.long(),
-                "document_ids": None if docs is None else docs.long(), "targets": t["targets"].long(),
-                "teacher": TeacherTopK(t["topk_ids"], t["topk_logprobs"])}
+        return {
+            "input_ids": t["input_ids"].long(),
+            "attention_mask": None if mask is None else mask.long(),
+            "document_ids": None if docs is None else docs.long(),
+            "targets": t["targets"].long(),
+            "teacher": TeacherTopK(t["topk_ids"], t["topk_logprobs"]),
+        }
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -425,11 +481,27 @@ class TeacherCache:
         f = files[shard]
         for name in ("topk_ids", "topk_logprobs"):
             if name not in f.entries or f.entries[name][1][0] < stop:
-                raise CheckpointError(f"{f.path}: no {name} rows {start}..{stop} (the cache is incomplete or "
-                                      f"was changed after it was written)")
+                raise CheckpointError(
+                    f"{f.path}: no {name} rows {start}..{stop} (the cache is incomplete or "
+                    f"was changed after it was written)"
+                )
         return f.read_rows("topk_ids", start, stop), f.read_rows("topk_logprobs", start, stop)
 
 
-__all__ = ["DistillationLoss", "DistillOutput", "TeacherLogits", "TeacherHead", "TeacherTopK", "TeacherCache",
-           "write_teacher_cache", "generalized_jsd", "forward_kl", "reverse_kl", "divergence",
-           "next_token_targets", "chunked_distill_loss", "Objective", "CHUNK_TOKENS"]
+__all__ = [
+    "DistillationLoss",
+    "DistillOutput",
+    "TeacherLogits",
+    "TeacherHead",
+    "TeacherTopK",
+    "TeacherCache",
+    "write_teacher_cache",
+    "generalized_jsd",
+    "forward_kl",
+    "reverse_kl",
+    "divergence",
+    "next_token_targets",
+    "chunked_distill_loss",
+    "Objective",
+    "CHUNK_TOKENS",
+]

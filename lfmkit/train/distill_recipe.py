@@ -101,23 +101,31 @@ def batch_documents(batch: Batch) -> Iterator[tuple[int, int, int]]:
 
 
 # ---- the teachers ------------------------------------------------------------------------------
-def check_same_vocabulary(teacher: nn.Module, student_vocab: int | None, student_tokenizer_dir: str | None,
-                          name: str) -> None:
+def check_same_vocabulary(
+    teacher: nn.Module, student_vocab: int | None, student_tokenizer_dir: str | None, name: str
+) -> None:
     """Distillation compares the two next-token distributions id by id: the vocabulary sizes must
     match (when `student_vocab` is known), and so must the tokenizers' token -> id tables when
     both models ship one."""
     vocab = teacher.config.vocab_size
     if student_vocab is not None and vocab != student_vocab:
-        raise ConfigError(f"teacher: {name} has a vocabulary of {vocab:,} ids, the student {student_vocab:,}; "
-                          f"distillation compares next-token distributions id by id, so teacher and student "
-                          f"must share one tokenizer")
+        raise ConfigError(
+            f"teacher: {name} has a vocabulary of {vocab:,} ids, the student {student_vocab:,}; "
+            f"distillation compares next-token distributions id by id, so teacher and student "
+            f"must share one tokenizer"
+        )
     teacher_dir = getattr(teacher, "source_path", None)
     dirs = [Path(d) for d in (teacher_dir, student_tokenizer_dir) if d]
-    if len(dirs) == 2 and all((d / TOKENIZER_FILE).is_file() for d in dirs) \
-            and vocabulary_table(dirs[0]) != vocabulary_table(dirs[1]):
-        raise ConfigError(f"teacher: {name}'s tokenizer ({dirs[0] / TOKENIZER_FILE}) maps tokens to other ids "
-                          f"than the student's ({dirs[1] / TOKENIZER_FILE}); teacher and student must share "
-                          f"one tokenizer")
+    if (
+        len(dirs) == 2
+        and all((d / TOKENIZER_FILE).is_file() for d in dirs)
+        and vocabulary_table(dirs[0]) != vocabulary_table(dirs[1])
+    ):
+        raise ConfigError(
+            f"teacher: {name}'s tokenizer ({dirs[0] / TOKENIZER_FILE}) maps tokens to other ids "
+            f"than the student's ({dirs[1] / TOKENIZER_FILE}); teacher and student must share "
+            f"one tokenizer"
+        )
 
 
 def load_teacher(config: DistillConfig, device: torch.device) -> nn.Module:
@@ -160,23 +168,30 @@ class CachedTeacher:
         table_path = self.cache.path / DOCUMENTS_FILE
         self.fingerprint = self.cache.index.get("documents_fingerprint")
         if not table_path.is_file() or self.fingerprint is None:
-            raise CheckpointError(f"{self.cache.path}: a teacher cache without a document table (written by "
-                                  f"write_teacher_cache directly?); training reads caches `lfmkit train "
-                                  f"distill-cache` writes")
+            raise CheckpointError(
+                f"{self.cache.path}: a teacher cache without a document table (written by "
+                f"write_teacher_cache directly?); training reads caches `lfmkit train "
+                f"distill-cache` writes"
+            )
         docs_file = SafetensorsFile(table_path)
         names = ("digests", "shard", "offset", "count")
         if docs_file.metadata.get("fingerprint") != self.fingerprint or not set(names) <= set(docs_file.entries):
-            raise CheckpointError(f"{table_path}: does not belong to {CACHE_INDEX} beside it (another "
-                                  f"fingerprint, or tensors missing); write the cache again")
+            raise CheckpointError(
+                f"{table_path}: does not belong to {CACHE_INDEX} beside it (another "
+                f"fingerprint, or tensors missing); write the cache again"
+            )
         digests, shard, offset, count = (docs_file.read(n) for n in names)
-        self.table = {bytes(d): (s, o, c) for d, s, o, c in
-                      zip(digests.numpy(), shard.tolist(), offset.tolist(), count.tolist())}
+        self.table = {
+            bytes(d): (s, o, c) for d, s, o, c in zip(digests.numpy(), shard.tolist(), offset.tolist(), count.tolist())
+        }
 
     def check_documents(self, sources: list[list[Document]], vocab_size: int) -> None:
         """Refuse a cache written for other documents than this run's, or another vocabulary."""
         if self.cache.vocab_size != vocab_size:
-            raise ConfigError(f"teacher_cache: {self.cache.path} holds a teacher with a vocabulary of "
-                              f"{self.cache.vocab_size:,} ids, the student has {vocab_size:,}")
+            raise ConfigError(
+                f"teacher_cache: {self.cache.path} holds a teacher with a vocabulary of "
+                f"{self.cache.vocab_size:,} ids, the student has {vocab_size:,}"
+            )
         ours = unique_documents(sources)
         if fingerprint(ours) != self.fingerprint:
             missing = sum(d not in self.table for d in ours)
@@ -184,7 +199,8 @@ class CachedTeacher:
                 f"teacher_cache: {self.cache.path} was written for other training documents ({missing:,} of this "
                 f"run's {len(ours):,} documents are not in it, it holds {len(self.table):,}); write it again "
                 f"with `lfmkit train distill-cache` and this run's data settings (data, max_length, chat "
-                f"template, loss masks, tokenizer)")
+                f"template, loss masks, tokenizer)"
+            )
 
     def __call__(self, batch: Batch) -> TeacherTopK:
         ids, targets = batch.input_ids.cpu(), batch.targets.cpu()
@@ -195,8 +211,10 @@ class CachedTeacher:
                 continue
             entry = self.table.get(document_digest(ids[r, a:z], targets[r, a:z]))
             if entry is None or entry[2] != n:
-                raise DataError(f"teacher_cache: {self.cache.path} has no top-k for a document of this batch "
-                                f"(row {r}, tokens {a}..{z}); write the cache again for this data")
+                raise DataError(
+                    f"teacher_cache: {self.cache.path} has no top-k for a document of this batch "
+                    f"(row {r}, tokens {a}..{z}); write the cache again for this data"
+                )
             shard, offset, _ = entry
             got = self.cache.read_topk(shard, offset, offset + n)
             top_ids.append(got[0])
@@ -209,8 +227,10 @@ class CachedTeacher:
 
     def describe(self) -> str:
         i = self.cache.index
-        return (f"teacher top-k cache {self.cache.path} (k={self.cache.k}, {len(self.table):,} documents, "
-                f"{i.get('tokens', 0):,} trained tokens, teacher {i.get('teacher')})")
+        return (
+            f"teacher top-k cache {self.cache.path} (k={self.cache.k}, {len(self.table):,} documents, "
+            f"{i.get('tokens', 0):,} trained tokens, teacher {i.get('teacher')})"
+        )
 
 
 def open_cache(path: str | os.PathLike) -> TeacherCache:
@@ -243,13 +263,15 @@ class TeacherLoss:
 
 def distillation_loss(config: DistillConfig, vocab_size: int) -> DistillationLoss:
     chunk = config.loss_chunk_size or default_chunk_size(vocab_size)
-    return DistillationLoss(config.kd_loss, beta=config.jsd_beta, temperature=config.temperature, alpha=config.alpha,
-                            chunk_size=chunk)
+    return DistillationLoss(
+        config.kd_loss, beta=config.jsd_beta, temperature=config.temperature, alpha=config.alpha, chunk_size=chunk
+    )
 
 
 # ---- the recipes -------------------------------------------------------------------------------
-def distill_run(config: DistillConfig | dict | str | os.PathLike,
-                prepare_model=None, save_model=None, verbose: bool = True) -> TrainResult:
+def distill_run(
+    config: DistillConfig | dict | str | os.PathLike, prepare_model=None, save_model=None, verbose: bool = True
+) -> TrainResult:
     """Distil `config.teacher` (or `config.teacher_cache`) into `config.model` on `config.data`.
 
     Writes what `sft` writes (the model or LoRA adapter, metrics.jsonl with `kd` and `ce`,
@@ -266,13 +288,15 @@ def distill_run(config: DistillConfig | dict | str | os.PathLike,
         check_same_vocabulary(model, vocab, run.tokenizer_dir, config.teacher)
         teacher = OnlineTeacher(model)
     if verbose:
-        print(f"distilling from {teacher.describe()}: {config.kd_loss}, temperature {config.temperature:g}, "
-              f"alpha {config.alpha:g}", flush=True)
+        print(
+            f"distilling from {teacher.describe()}: {config.kd_loss}, temperature {config.temperature:g}, "
+            f"alpha {config.alpha:g}",
+            flush=True,
+        )
     return train_run(run, TeacherLoss(teacher, distillation_loss(config, vocab)), verbose)
 
 
-def distill_cache(config: DistillCacheConfig | DistillConfig | dict | str | os.PathLike,
-                  verbose: bool = True) -> Path:
+def distill_cache(config: DistillCacheConfig | DistillConfig | dict | str | os.PathLike, verbose: bool = True) -> Path:
     """Run `config.teacher` once over every distinct document of `config.data` (tokenized as
     training will tokenize it) and write the top-k cache to `config.teacher_cache`."""
     if isinstance(config, DistillConfig) and not isinstance(config, DistillCacheConfig):
@@ -283,8 +307,9 @@ def distill_cache(config: DistillCacheConfig | DistillConfig | dict | str | os.P
     device = resolve_device(config.device)
     teacher = load_teacher(config, device)
     if config.top_k > teacher.config.vocab_size:
-        raise ConfigError(f"top_k: {config.top_k} is more than the teacher's vocabulary "
-                          f"({teacher.config.vocab_size:,} ids)")
+        raise ConfigError(
+            f"top_k: {config.top_k} is more than the teacher's vocabulary ({teacher.config.vocab_size:,} ids)"
+        )
     tokenizer = Tokenizer.from_pretrained(config.model or teacher.source_path or config.teacher)
     if config.model:
         check_same_vocabulary(teacher, None, tokenizer.path, config.teacher)
@@ -294,11 +319,16 @@ def distill_cache(config: DistillCacheConfig | DistillConfig | dict | str | os.P
         raise DataError(f"token id {too_big} is outside the teacher's vocabulary ({teacher.config.vocab_size:,})")
     plan = teacher_batches(list(docs.values()), config)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CACHE_INDEX).unlink(missing_ok=True)          # an interrupted rewrite must not read as complete
+    (out / CACHE_INDEX).unlink(missing_ok=True)  # an interrupted rewrite must not read as complete
     digest = fingerprint(docs)
     write_document_table(out, plan, digest)
-    meta = {"documents": len(docs), "documents_fingerprint": digest, "data": list(config.data),
-            "max_length": config.max_length, "tokenizer": str(tokenizer.path)}
+    meta = {
+        "documents": len(docs),
+        "documents_fingerprint": digest,
+        "data": list(config.data),
+        "max_length": config.max_length,
+        "tokenizer": str(tokenizer.path),
+    }
     batches = (collated(rows, tokenizer, config.packing, device) for rows in plan)
     if verbose and config.progress:
         from tqdm.auto import tqdm
@@ -306,16 +336,24 @@ def distill_cache(config: DistillCacheConfig | DistillConfig | dict | str | os.P
         batches = tqdm(batches, total=len(plan), desc="teacher", unit="batch", dynamic_ncols=True)
     elif verbose:
         print(f"running the teacher over {len(docs):,} documents in {len(plan):,} batches", flush=True)
-    return write_teacher_cache(teacher, batches, out, k=config.top_k, dtype=config.cache_dtype,
-                               chunk_size=default_chunk_size(teacher.config.vocab_size), metadata=meta)
+    return write_teacher_cache(
+        teacher,
+        batches,
+        out,
+        k=config.top_k,
+        dtype=config.cache_dtype,
+        chunk_size=default_chunk_size(teacher.config.vocab_size),
+        metadata=meta,
+    )
 
 
 def check_cache_output(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"teacher_cache: {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not ((out / CACHE_INDEX).exists() or (out / DOCUMENTS_FILE).exists()):
-        raise ConfigError(f"teacher_cache: {out} is a non-empty directory that holds no teacher cache; "
-                          f"choose an empty or new one")
+        raise ConfigError(
+            f"teacher_cache: {out} is a non-empty directory that holds no teacher cache; choose an empty or new one"
+        )
 
 
 def teacher_batches(docs: list[Document], config: DistillConfig) -> list[list[list[Document]]]:
@@ -327,14 +365,18 @@ def teacher_batches(docs: list[Document], config: DistillConfig) -> list[list[li
         rows = [[d] for d in docs]
     rows.sort(key=lambda row: -sum(len(d) for d in row))
     size = max(1, config.batch_size // config.grad_accum)
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def collated(rows: list[list[Document]], tokenizer: Tokenizer, packed: bool, device: torch.device) -> dict:
     """One teacher batch in the form `write_teacher_cache` reads (aligned targets, document_ids)."""
     b = collate(rows, pad_id(tokenizer), packed).to(device)
-    fields = {"input_ids": b.input_ids, "targets": b.targets, "attention_mask": b.attention_mask,
-              "document_ids": b.document_ids}
+    fields = {
+        "input_ids": b.input_ids,
+        "targets": b.targets,
+        "attention_mask": b.attention_mask,
+        "document_ids": b.document_ids,
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -353,13 +395,27 @@ def write_document_table(out: Path, plan: list[list[list[Document]]], digest: st
                 where.append((shard, offset, n))
                 offset += n
     table = torch.tensor(where, dtype=torch.int64).reshape(-1, 3)
-    tensors = {"digests": torch.frombuffer(bytearray(b"".join(digests)), dtype=torch.uint8).reshape(-1, DIGEST_BYTES),
-               "shard": table[:, 0].to(torch.int32).contiguous(), "offset": table[:, 1].contiguous(),
-               "count": table[:, 2].contiguous()}
+    tensors = {
+        "digests": torch.frombuffer(bytearray(b"".join(digests)), dtype=torch.uint8).reshape(-1, DIGEST_BYTES),
+        "shard": table[:, 0].to(torch.int32).contiguous(),
+        "offset": table[:, 1].contiguous(),
+        "count": table[:, 2].contiguous(),
+    }
     tmp = out / (DOCUMENTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"fingerprint": digest})
     os.replace(tmp, out / DOCUMENTS_FILE)
 
 
-__all__ = ["distill_run", "distill_cache", "TeacherLoss", "OnlineTeacher", "CachedTeacher", "load_teacher",
-           "check_same_vocabulary", "document_digest", "fingerprint", "batch_documents", "DOCUMENTS_FILE"]
+__all__ = [
+    "distill_run",
+    "distill_cache",
+    "TeacherLoss",
+    "OnlineTeacher",
+    "CachedTeacher",
+    "load_teacher",
+    "check_same_vocabulary",
+    "document_digest",
+    "fingerprint",
+    "batch_documents",
+    "DOCUMENTS_FILE",
+]

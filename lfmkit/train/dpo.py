@@ -39,21 +39,29 @@ from .trainer import TrainResult, distributed
 REFERENCE_FILE = "reference_logps.safetensors"
 
 
-def preference_data(config: DPOConfig, tokenizer: Tokenizer, verbose: bool = True
-                    ) -> tuple[list[list[PairDocument]], PreferencePlan]:
+def preference_data(
+    config: DPOConfig, tokenizer: Tokenizer, verbose: bool = True
+) -> tuple[list[list[PairDocument]], PreferencePlan]:
     """(pairs per source, step plan) of the config's data, with a one-line summary per source;
     the plan's rows hold up to 2 x max_length tokens (a pair at its longest)."""
     sources = [DataSource.parse(spec) for spec in config.data]
     pairs, stats = load_pair_sources(sources, tokenizer, config.max_length, read_chat_template(config))
     if verbose:
         print_data_summary(stats, sources, config.max_length, unit="pairs", dropped="whose prompt fills max_length")
-    plan = PreferencePlan(pairs, [s.weight for s in sources], config.batch_size, 2 * config.max_length,
-                          config.packing, config.seed)
+    plan = PreferencePlan(
+        pairs, [s.weight for s in sources], config.batch_size, 2 * config.max_length, config.packing, config.seed
+    )
     return pairs, plan
 
 
-def reference_log_probs(model: nn.Module, pairs: list[PairDocument], row_capacity: int, rows_per_batch: int,
-                        bf16: bool = False, chunk_size: int | None = None) -> torch.Tensor:
+def reference_log_probs(
+    model: nn.Module,
+    pairs: list[PairDocument],
+    row_capacity: int,
+    rows_per_batch: int,
+    bf16: bool = False,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Summed completion log-probs [pairs, 2] of `model` (no grad, eval mode), the pairs packed
     best-fit decreasing into rows of `row_capacity` tokens, `rows_per_batch` rows per forward."""
     out = torch.empty(len(pairs), 2, dtype=torch.float64)
@@ -63,7 +71,7 @@ def reference_log_probs(model: nn.Module, pairs: list[PairDocument], row_capacit
     try:
         with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             for a in range(0, len(rows), rows_per_batch):
-                group = rows[a:a + rows_per_batch]
+                group = rows[a : a + rows_per_batch]
                 batch = collate_pairs([[pairs[i] for i in row] for row in group], pad_id=0).to(model.device)
                 values = sequence_log_probs(model, batch, chunk_size).double().cpu()
                 out[[i for row in group for i in row]] = values
@@ -76,15 +84,19 @@ def reference_fingerprint(config: DPOConfig, pairs: list[PairDocument], lora: bo
     """What the cached reference log-probs depend on: the reference, its precision, every token."""
     h = hashlib.sha256()
     reference = config.ref_model or config.model
-    h.update(json.dumps({"reference": reference, "adapters_off": lora and not config.ref_model,
-                         "bf16": config.bf16}).encode())
+    h.update(
+        json.dumps(
+            {"reference": reference, "adapters_off": lora and not config.ref_model, "bf16": config.bf16}
+        ).encode()
+    )
     for p in pairs:
         h.update(json.dumps([p.chosen.input_ids, p.chosen.targets, p.rejected.input_ids, p.rejected.targets]).encode())
     return h.hexdigest()
 
 
-def attach_reference(config: DPOConfig, model: nn.Module, sources: list[list[PairDocument]],
-                     verbose: bool = True) -> None:
+def attach_reference(
+    config: DPOConfig, model: nn.Module, sources: list[list[PairDocument]], verbose: bool = True
+) -> None:
     """Set `ref_logps` on every pair: read from the run's cache on resume when it matches, else
     computed (and cached by rank 0)."""
     from safetensors import safe_open
@@ -123,16 +135,19 @@ def _compute_reference(config: DPOConfig, model: nn.Module, pairs: list[PairDocu
             return reference_log_probs(model, pairs, capacity, rows, config.bf16, config.loss_chunk_size)
     ref = LFM2.from_pretrained(config.ref_model, dtype="float32", device=model.device)
     if ref.config.vocab_size != model.config.vocab_size:
-        raise ConfigError(f"ref_model: {config.ref_model} has a vocabulary of {ref.config.vocab_size}, the model "
-                          f"{model.config.vocab_size}; the reference must share the policy's tokenizer")
+        raise ConfigError(
+            f"ref_model: {config.ref_model} has a vocabulary of {ref.config.vocab_size}, the model "
+            f"{model.config.vocab_size}; the reference must share the policy's tokenizer"
+        )
     try:
         return reference_log_probs(ref, pairs, capacity, rows, config.bf16, config.loss_chunk_size)
     finally:
         del ref
 
 
-def dpo(config: DPOConfig | dict | str | os.PathLike, prepare_model=None, save_model=None,
-        verbose: bool = True) -> TrainResult:
+def dpo(
+    config: DPOConfig | dict | str | os.PathLike, prepare_model=None, save_model=None, verbose: bool = True
+) -> TrainResult:
     """Train `config.model` on the preference pairs of `config.data` with `config.loss`; the
     output directory holds what `sft` leaves (model or adapter, metrics, checkpoints) plus the
     reference cache. `prepare_model` / `save_model` as in `sft`."""
@@ -144,5 +159,11 @@ def dpo(config: DPOConfig | dict | str | os.PathLike, prepare_model=None, save_m
     return train_run(run, loss, verbose)
 
 
-__all__ = ["dpo", "preference_data", "reference_log_probs", "attach_reference", "reference_fingerprint",
-           "REFERENCE_FILE"]
+__all__ = [
+    "dpo",
+    "preference_data",
+    "reference_log_probs",
+    "attach_reference",
+    "reference_fingerprint",
+    "REFERENCE_FILE",
+]

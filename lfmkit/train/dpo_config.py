@@ -23,11 +23,11 @@ REFERENCE_FREE = frozenset({"simpo"})
 class DPOConfig(SFTConfig):
     """Direct preference optimization of an LFM2 checkpoint on chosen / rejected pairs."""
 
-    learning_rate: float = 1e-6                        # TRL DPOConfig
-    ref_model: str | None = None                       # default: the starting model (LoRA: adapters off)
+    learning_rate: float = 1e-6  # TRL DPOConfig
+    ref_model: str | None = None  # default: the starting model (LoRA: adapters off)
     loss: str = "sigmoid"
-    beta: float = 0.1                                  # TRL DPOConfig; IPO's tau; SimPO's beta
-    simpo_gamma: float = 0.5                           # SimPO's target reward margin (TRL CPOConfig)
+    beta: float = 0.1  # TRL DPOConfig; IPO's tau; SimPO's beta
+    simpo_gamma: float = 0.5  # SimPO's target reward margin (TRL CPOConfig)
 
     def validate(self, where: str = "config") -> None:
         super().validate(where)
@@ -41,11 +41,14 @@ class DPOConfig(SFTConfig):
             raise ConfigError(f"{where}: ref_model: the {self.loss} loss is reference-free; drop ref_model")
         for name in ("assistant_only_loss", "completion_only_loss"):
             if not getattr(self, name):
-                raise ConfigError(f"{where}: {name} does not apply to preference pairs (the loss always covers "
-                                  f"each completion, as in TRL)")
+                raise ConfigError(
+                    f"{where}: {name} does not apply to preference pairs (the loss always covers "
+                    f"each completion, as in TRL)"
+                )
 
     @property
     def needs_reference(self) -> bool:
         return self.loss not in REFERENCE_FREE
+
 
 __all__ = ["DPOConfig", "LOSSES", "REFERENCE_FREE"]

@@ -57,8 +57,10 @@ def as_grpo_config(config: GRPOConfig | dict | str | os.PathLike, rewards=None) 
     """A GRPOConfig from itself, a dict or a YAML file; when rewards are given as Python objects
     and the config names none, their names are recorded in `rewards` (train_config.json)."""
     if rewards is not None and not isinstance(config, (str, os.PathLike)):
-        names = [getattr(r, "name", None) or f"{getattr(r, '__module__', '?')}:{getattr(r, '__qualname__', r)}"
-                 for r in (as_reward_set(rewards).rewards)]
+        names = [
+            getattr(r, "name", None) or f"{getattr(r, '__module__', '?')}:{getattr(r, '__qualname__', r)}"
+            for r in (as_reward_set(rewards).rewards)
+        ]
         if isinstance(config, dict):
             config = {**config, "rewards": config.get("rewards") or names}
         elif isinstance(config, GRPOConfig) and not config.rewards:
@@ -80,15 +82,20 @@ def _read_template(config: GRPOConfig) -> str | None:
         raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
 
 
-def _load_prompts(paths: list[str], tokenizer, config: GRPOConfig, template: str | None, what: str,
-                  verbose: bool) -> list[PromptRow]:
+def _load_prompts(
+    paths: list[str], tokenizer, config: GRPOConfig, template: str | None, what: str, verbose: bool
+) -> list[PromptRow]:
     prompts, dropped = read_prompts(paths, tokenizer, config.max_prompt_length, template)
     if verbose:
-        print(f"{what} {', '.join(paths)}: {len(prompts)} prompts; {dropped} longer than max_prompt_length "
-              f"({config.max_prompt_length}) dropped", flush=True)
+        print(
+            f"{what} {', '.join(paths)}: {len(prompts)} prompts; {dropped} longer than max_prompt_length "
+            f"({config.max_prompt_length}) dropped",
+            flush=True,
+        )
     if not prompts:
-        raise ConfigError(f"{what}: no prompt of {', '.join(paths)} fits max_prompt_length "
-                          f"({config.max_prompt_length})")
+        raise ConfigError(
+            f"{what}: no prompt of {', '.join(paths)} fits max_prompt_length ({config.max_prompt_length})"
+        )
     return prompts
 
 
@@ -97,8 +104,9 @@ class HeldOut:
     record appended to eval_rewards.jsonl (records from a later step than a resumed run's are
     replaced)."""
 
-    def __init__(self, model, tokenizer, prompts: list[PromptRow], rewards: RewardSet, config: GRPOConfig,
-                 verbose: bool):
+    def __init__(
+        self, model, tokenizer, prompts: list[PromptRow], rewards: RewardSet, config: GRPOConfig, verbose: bool
+    ):
         self.model, self.tokenizer, self.prompts, self.rewards, self.config = model, tokenizer, prompts, rewards, config
         self.path = Path(config.output) / EVAL_FILE
         self.verbose = verbose
@@ -108,9 +116,19 @@ class HeldOut:
 
     def __call__(self, step: int) -> dict:
         cfg = self.config
-        record = {"step": step, **mean_reward(self.model, self.tokenizer, self.prompts, self.rewards,
-                                              cfg.max_completion_length, cfg.eval_temperature, cfg.eval_generations,
-                                              seed=cfg.seed)}
+        record = {
+            "step": step,
+            **mean_reward(
+                self.model,
+                self.tokenizer,
+                self.prompts,
+                self.rewards,
+                cfg.max_completion_length,
+                cfg.eval_temperature,
+                cfg.eval_generations,
+                seed=cfg.seed,
+            ),
+        }
         kept = [r for r in read_metrics(self.path) if r.get("step", -1) < step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept + [record]), encoding="utf-8")
@@ -135,11 +153,23 @@ def plot_rewards(output: str | Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot([r["step"] for r in train], [r["reward"] for r in train], color="tab:blue", linewidth=0.8,
-                alpha=0.6, label="training reward (step mean)")
+        ax.plot(
+            [r["step"] for r in train],
+            [r["reward"] for r in train],
+            color="tab:blue",
+            linewidth=0.8,
+            alpha=0.6,
+            label="training reward (step mean)",
+        )
     if held:
-        ax.plot([r["step"] for r in held], [r["reward"] for r in held], color="tab:red", marker="o",
-                linewidth=1.5, label="held-out reward")
+        ax.plot(
+            [r["step"] for r in held],
+            [r["reward"] for r in held],
+            color="tab:red",
+            marker="o",
+            linewidth=1.5,
+            label="held-out reward",
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward")
     ax.grid(alpha=0.3)
@@ -162,9 +192,13 @@ def _reference(config: GRPOConfig, model: nn.Module, snapshot: nn.Module | None)
     return lambda: contextlib.nullcontext(snapshot)
 
 
-def grpo(config: GRPOConfig | dict | str | os.PathLike, rewards=None,
-         prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-         save_model: Callable[[nn.Module, Path], None] | None = None, verbose: bool = True) -> GRPOResult:
+def grpo(
+    config: GRPOConfig | dict | str | os.PathLike,
+    rewards=None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    save_model: Callable[[nn.Module, Path], None] | None = None,
+    verbose: bool = True,
+) -> GRPOResult:
     """Train `config.model` with GRPO on `config.prompts`; see the module docstring.
 
     rewards: reward functions (callables, `Reward`s, specs, or (callable, weight) pairs) instead
@@ -186,23 +220,31 @@ def grpo(config: GRPOConfig | dict | str | os.PathLike, rewards=None,
     prompts = _load_prompts(config.prompts, tokenizer, config, template, "prompts", verbose)
     held_out = None
     if config.eval_prompts:
-        held_out = HeldOut(model, tokenizer, _load_prompts([config.eval_prompts], tokenizer, config, template,
-                                                           "eval_prompts", verbose), reward_set, config, verbose)
+        held_out = HeldOut(
+            model,
+            tokenizer,
+            _load_prompts([config.eval_prompts], tokenizer, config, template, "eval_prompts", verbose),
+            reward_set,
+            config,
+            verbose,
+        )
 
     snapshot = copy.deepcopy(model) if config.beta > 0 else None
     lora_prepare, lora_save = lora_hooks(config) if prepare_model is None else (None, None)
     prepare_model = prepare_model or lora_prepare
     save_model = save_model or lora_save
     if prepare_model is not None:
-        torch.manual_seed(config.seed)          # adapter initialisation is part of the run's randomness
+        torch.manual_seed(config.seed)  # adapter initialisation is part of the run's randomness
         model = prepare_model(model) or model
         if held_out is not None:
             held_out.model = model
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if save_model is None:
+
         def save_model(m, out):
             save_hf_model(m, out, tokenizer_dir, config.save_dtype)
+
     reference = _reference(config, model, snapshot)
     if reference is not None and has_lora(model):
         del snapshot
@@ -217,23 +259,34 @@ def grpo(config: GRPOConfig | dict | str | os.PathLike, rewards=None,
             held_out(step)
 
     plan = RolloutPlan(model, tokenizer, prompts, reward_set, config, reference, autocast, before_step)
-    loss = GRPOLoss(config.loss_type, config.epsilon_low, config.epsilon_high, config.beta, config.temperature,
-                    config.loss_chunk_size)
+    loss = GRPOLoss(
+        config.loss_type,
+        config.epsilon_low,
+        config.epsilon_high,
+        config.beta,
+        config.temperature,
+        config.loss_chunk_size,
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model, progress_metrics=PROGRESS)
     if verbose:
-        print(f"training {trainer.total_steps} steps of {config.prompts_per_step} prompts x {config.num_generations} "
-              f"completions (loss {config.loss_type}, {config.num_iterations} step(s) per batch of rollouts) "
-              f"on {device}; rollouts in {str(model.dtype).removeprefix('torch.')} on the training weights",
-              flush=True)
+        print(
+            f"training {trainer.total_steps} steps of {config.prompts_per_step} prompts x {config.num_generations} "
+            f"completions (loss {config.loss_type}, {config.num_iterations} step(s) per batch of rollouts) "
+            f"on {device}; rollouts in {str(model.dtype).removeprefix('torch.')} on the training weights",
+            flush=True,
+        )
     result = trainer.train()
     if held_out is not None:
         held_out(trainer.total_steps)
     plot_rewards(config.output)
     records = {r["step"]: r for r in read_metrics(Path(config.output) / METRICS_FILE)}
     ran = range(result.resumed_from + 1, result.resumed_from + len(result.losses) + 1)
-    return GRPOResult(**vars(result), rewards=[records.get(s, {}).get("reward") for s in ran],
-                      evals=read_metrics(Path(config.output) / EVAL_FILE) if held_out is not None else [])
+    return GRPOResult(
+        **vars(result),
+        rewards=[records.get(s, {}).get("reward") for s in ran],
+        evals=read_metrics(Path(config.output) / EVAL_FILE) if held_out is not None else [],
+    )
 
 
 __all__ = ["grpo", "GRPOResult", "as_grpo_config", "plot_rewards", "HeldOut", "EVAL_FILE", "REWARD_PLOT"]

@@ -27,12 +27,12 @@ NOT_FOR_GRPO = {"data": [], "packing": False}
 class GRPOConfig(SFTConfig):
     """Group Relative Policy Optimization of an LFM2 checkpoint on prompts with verifiable rewards."""
 
-    learning_rate: float = 1e-6                        # TRL GRPOConfig
-    prompts: list[str] = field(default_factory=list)   # prompt files (.jsonl/.json/.parquet/datasets dir)
-    rewards: list[str] = field(default_factory=list)   # "[TASK=]module:function[:WEIGHT]" or a built-in name
+    learning_rate: float = 1e-6  # TRL GRPOConfig
+    prompts: list[str] = field(default_factory=list)  # prompt files (.jsonl/.json/.parquet/datasets dir)
+    rewards: list[str] = field(default_factory=list)  # "[TASK=]module:function[:WEIGHT]" or a built-in name
     # rollouts (sampling as in TRL: plain temperature sampling, no penalties)
     num_generations: int = 8
-    max_prompt_length: int = 512                       # longer prompts are dropped (and counted)
+    max_prompt_length: int = 512  # longer prompts are dropped (and counted)
     max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
@@ -42,22 +42,24 @@ class GRPOConfig(SFTConfig):
     # the loss
     loss_type: str = "dapo"
     epsilon_low: float = 0.2
-    epsilon_high: float = 0.2                          # DAPO recommends 0.28
-    beta: float = 0.0                                  # KL to the starting model (LoRA: adapters off)
-    num_iterations: int = 1                            # optimizer steps on each batch of rollouts
+    epsilon_high: float = 0.2  # DAPO recommends 0.28
+    beta: float = 0.0  # KL to the starting model (LoRA: adapters off)
+    num_iterations: int = 1  # optimizer steps on each batch of rollouts
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
     # held-out reward
     eval_prompts: str | None = None
-    eval_every: int = 0                                # also every N steps (0: before and after only)
-    eval_temperature: float = 0.0                      # greedy: the held-out reward is deterministic
+    eval_every: int = 0  # also every N steps (0: before and after only)
+    eval_temperature: float = 0.0  # greedy: the held-out reward is deterministic
     eval_generations: int = 1
 
     def required(self) -> dict[str, str]:
-        return {"model": "a checkpoint directory, Hub id or .gguf file",
-                "prompts": "one or more prompt files (.jsonl, .json, .parquet or a datasets directory)",
-                "rewards": "one or more reward functions (module:function or a built-in name)",
-                "output": "the directory for the model, checkpoints and metrics"}
+        return {
+            "model": "a checkpoint directory, Hub id or .gguf file",
+            "prompts": "one or more prompt files (.jsonl, .json, .parquet or a datasets directory)",
+            "rewards": "one or more reward functions (module:function or a built-in name)",
+            "output": "the directory for the model, checkpoints and metrics",
+        }
 
     def validate(self, where: str = "config") -> None:
         super().validate(where)
@@ -68,15 +70,23 @@ class GRPOConfig(SFTConfig):
         for name, default in NOT_FOR_GRPO.items():
             if getattr(self, name) != default:
                 bad(name, "does not apply to GRPO (prompts come from `prompts`; completions are generated)")
-        for name in ("num_generations", "max_prompt_length", "max_completion_length", "num_iterations",
-                     "eval_generations"):
+        for name in (
+            "num_generations",
+            "max_prompt_length",
+            "max_completion_length",
+            "num_iterations",
+            "eval_generations",
+        ):
             if getattr(self, name) < 1:
                 bad(name, f"must be at least 1, got {getattr(self, name)}")
         if self.num_generations < 2:
             bad("num_generations", "must be at least 2 (advantages compare completions of the same prompt)")
         if self.batch_size % self.num_generations:
-            bad("batch_size", f"({self.batch_size} completions per step) must be a multiple of num_generations "
-                              f"({self.num_generations})")
+            bad(
+                "batch_size",
+                f"({self.batch_size} completions per step) must be a multiple of num_generations "
+                f"({self.num_generations})",
+            )
         if self.loss_type not in LOSS_TYPES:
             bad("loss_type", f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
@@ -98,8 +108,11 @@ class GRPOConfig(SFTConfig):
         for name in ("save_every", "max_steps", "eval_every"):
             value = getattr(self, name)
             if value and value % self.num_iterations:
-                bad(name, f"({value}) must be a multiple of num_iterations ({self.num_iterations}): checkpoints "
-                          f"and evaluations fall between batches of rollouts")
+                bad(
+                    name,
+                    f"({value}) must be a multiple of num_iterations ({self.num_iterations}): checkpoints "
+                    f"and evaluations fall between batches of rollouts",
+                )
 
     @property
     def prompts_per_step(self) -> int:

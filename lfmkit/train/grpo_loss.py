@@ -41,8 +41,13 @@ from .data import IGNORE_INDEX
 from .losses import LossOutput, default_chunk_size, token_log_probs
 
 
-def head_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-               chunk_size: int | None = None) -> torch.Tensor:
+def head_logps(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """log softmax(head(hidden) / temperature)[target] per row, float32, one chunk of logits at a time."""
     vocab = head.out_features if hasattr(head, "out_features") else head.weight.shape[0]
     chunk = chunk_size or default_chunk_size(vocab)
@@ -50,17 +55,24 @@ def head_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, tem
     return token_log_probs(scaled, hidden, targets, chunk)
 
 
-def completion_logps(model: nn.Module, batch: Batch, temperature: float = 1.0,
-                     chunk_size: int | None = None) -> torch.Tensor:
+def completion_logps(
+    model: nn.Module, batch: Batch, temperature: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
     """The log-prob of every trained target of `batch` (row-major order) under `model`."""
     hidden = model(**batch.model_inputs(), return_hidden=True)
     keep = batch.targets != IGNORE_INDEX
     return head_logps(model.lm_head, hidden[keep], batch.targets[keep], temperature, chunk_size)
 
 
-def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                      epsilon_low: float, epsilon_high: float, beta: float = 0.0,
-                      ref_logps: torch.Tensor | None = None):
+def clipped_objective(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    beta: float = 0.0,
+    ref_logps: torch.Tensor | None = None,
+):
     """(per-token loss l_t, ratio, KL_t or None) for aligned per-token tensors (see the module doc)."""
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
@@ -76,8 +88,15 @@ def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
 class GRPOLoss:
     """The trainer's loss for `RolloutBatch`es (rollouts.py): see the module doc."""
 
-    def __init__(self, loss_type: str = "dapo", epsilon_low: float = 0.2, epsilon_high: float = 0.2,
-                 beta: float = 0.0, temperature: float = 1.0, chunk_size: int | None = None):
+    def __init__(
+        self,
+        loss_type: str = "dapo",
+        epsilon_low: float = 0.2,
+        epsilon_high: float = 0.2,
+        beta: float = 0.0,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+    ):
         self.loss_type, self.beta, self.temperature = loss_type, beta, temperature
         self.epsilon_low, self.epsilon_high = epsilon_low, epsilon_high
         self.chunk_size = chunk_size
@@ -95,7 +114,7 @@ class GRPOLoss:
         if self.loss_type == "grpo":
             per_token = per_token / keep.sum(-1).clamp(min=1)[row]
         total = per_token.sum()
-        if h.shape[0] == 0:      # nothing trained here: a zero that still reaches every parameter
+        if h.shape[0] == 0:  # nothing trained here: a zero that still reaches every parameter
             total = total + hidden.float().sum() * 0.0 + model.lm_head.weight.float().sum() * 0.0
         return LossOutput(total, self._parts(batch, model, h, t, logps, ratio, adv, kl))
 
@@ -103,12 +122,15 @@ class GRPOLoss:
         """Sums whose per-item means (the trainer's division) are the step's token means and
         rollout metrics."""
         with torch.no_grad():
-            items = max(batch.step_items, 1.0)          # what the trainer divides by
+            items = max(batch.step_items, 1.0)  # what the trainer divides by
             token_scale = items / max(batch.step_tokens, 1.0)
             low = (ratio < 1 - self.epsilon_low) & (adv < 0)
             high = (ratio > 1 + self.epsilon_high) & (adv > 0)
-            parts = {"clip_low": low.sum() * token_scale, "clip_high": high.sum() * token_scale,
-                     "clip_region": (low | high).sum() * token_scale}
+            parts = {
+                "clip_low": low.sum() * token_scale,
+                "clip_high": high.sum() * token_scale,
+                "clip_region": (low | high).sum() * token_scale,
+            }
             if kl is not None:
                 parts["kl"] = kl.sum() * token_scale
             if batch.first_pass and batch.sample_logps is not None:

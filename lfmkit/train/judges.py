@@ -47,8 +47,8 @@ MT_BENCH_RUBRIC = (
     "the user question displayed below. Your evaluation should consider factors such as the helpfulness, "
     "relevance, accuracy, depth, creativity, and level of detail of the response. Begin your evaluation by "
     "providing a short explanation. Be as objective as possible. After providing your explanation, you must rate "
-    "the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: "
-    "\"Rating: [[5]]\".\n\n"
+    'the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: '
+    '"Rating: [[5]]".\n\n'
     "[Conversation]\n{conversation}\n\n"
     "[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]"
 )
@@ -58,7 +58,7 @@ _RATING = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
 @dataclass
 class Judgement:
     score: float | None
-    output: object                       # what the judge returned: text (a jury: its judges' judgements)
+    output: object  # what the judge returned: text (a jury: its judges' judgements)
     judge: str = ""
 
 
@@ -95,8 +95,7 @@ class FunctionJudge:
         except Exception as exc:  # noqa: BLE001 - the user's judge: report what it raised, by name
             raise DataError(f"judge {self.name} raised {type(exc).__name__}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"judge {self.name} returned {value!r}; a judge returns a finite number "
-                            f"(higher is better)")
+            raise DataError(f"judge {self.name} returned {value!r}; a judge returns a finite number (higher is better)")
         return Judgement(float(value), str(value), self.name)
 
 
@@ -139,8 +138,17 @@ def chat_completions_url(url: str) -> str:
 class EndpointJudge:
     """An LLM judge over an OpenAI-compatible `/v1/chat/completions` endpoint."""
 
-    def __init__(self, url: str, model: str | None = None, rubric: str | None = None, api_key: str | None = None,
-                 max_tokens: int = 512, workers: int = 8, timeout: float = 300.0, retries: int = 3):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        rubric: str | None = None,
+        api_key: str | None = None,
+        max_tokens: int = 512,
+        workers: int = 8,
+        timeout: float = 300.0,
+        retries: int = 3,
+    ):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--judge-endpoint {url}: expected an http:// or https:// URL")
         self.url = chat_completions_url(url)
@@ -165,8 +173,14 @@ class EndpointJudge:
 
     def ask(self, prompt: str) -> str:
         """The endpoint's answer to one user message (retried on connection errors, 429 and 5xx)."""
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": 0, "max_tokens": self.max_tokens}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -210,11 +224,24 @@ class Jury:
         verdicts = []
         for votes in zip(*per_judge):
             scores = [v.score for v in votes if v.score is not None]
-            verdicts.append(Judgement(sum(scores) / len(scores) if scores else None,
-                                      [{"judge": v.judge, "score": v.score, "output": v.output} for v in votes],
-                                      self.name))
+            verdicts.append(
+                Judgement(
+                    sum(scores) / len(scores) if scores else None,
+                    [{"judge": v.judge, "score": v.score, "output": v.output} for v in votes],
+                    self.name,
+                )
+            )
         return verdicts
 
 
-__all__ = ["Judgement", "FunctionJudge", "EndpointJudge", "Jury", "parse_rating", "render_conversation",
-           "load_function", "chat_completions_url", "MT_BENCH_RUBRIC"]
+__all__ = [
+    "Judgement",
+    "FunctionJudge",
+    "EndpointJudge",
+    "Jury",
+    "parse_rating",
+    "render_conversation",
+    "load_function",
+    "chat_completions_url",
+    "MT_BENCH_RUBRIC",
+]

@@ -41,16 +41,35 @@ from ..quant.linear import PREFILL_TILE_BYTES, QuantLinear
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."          # PeftModel -> LoraModel -> the transformers model
+PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
 # What other architectures' recipes call LFM2's linears (for the error message only).
-OTHER_NAMES = {"o_proj": "out_proj", "gate_proj": "w1", "up_proj": "w3", "down_proj": "w2",
-               "dense": "out_proj", "fc1": "w1", "fc2": "w2"}
+OTHER_NAMES = {
+    "o_proj": "out_proj",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
+    "dense": "out_proj",
+    "fc1": "w1",
+    "fc2": "w2",
+}
 # PEFT LoRA options that change what an adapter computes and that we do not implement: an
 # adapter setting any of them is refused by name rather than loaded wrongly.
-UNSUPPORTED_PEFT = ("use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
-                    "layers_to_transform", "layers_pattern", "exclude_modules", "layer_replication",
-                    "trainable_token_indices", "target_parameters", "use_qalora", "alora_invocation_tokens",
-                    "fan_in_fan_out")
+UNSUPPORTED_PEFT = (
+    "use_dora",
+    "lora_bias",
+    "modules_to_save",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+    "layer_replication",
+    "trainable_token_indices",
+    "target_parameters",
+    "use_qalora",
+    "alora_invocation_tokens",
+    "fan_in_fan_out",
+)
 
 
 @dataclass(frozen=True)
@@ -83,11 +102,25 @@ class LoRAConfig:
     def to_peft(self, base_model_name_or_path: str | None = None) -> dict:
         """adapter_config.json as PEFT writes it (the fields that matter; PEFT fills the rest)."""
         targets = self.targets if isinstance(self.targets, str) else sorted(set(self.targets))
-        return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
-                "r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout, "target_modules": targets,
-                "use_rslora": self.use_rslora, "bias": "none", "fan_in_fan_out": False, "use_dora": False,
-                "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
-                "rank_pattern": {}, "alpha_pattern": {}, "revision": None}
+        return {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name_or_path,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": targets,
+            "use_rslora": self.use_rslora,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_dora": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+            "modules_to_save": None,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "revision": None,
+        }
 
     @classmethod
     def from_peft(cls, cfg: dict, source: str) -> "LoRAConfig":
@@ -105,8 +138,13 @@ class LoRAConfig:
         if not isinstance(targets, (str, list)):
             raise ConfigError(f"{source}: target_modules must be a list of names or a regex string")
         try:
-            return cls(targets=targets, r=cfg.get("r", 8), alpha=cfg.get("lora_alpha", 8),
-                       dropout=cfg.get("lora_dropout", 0.0), use_rslora=bool(cfg.get("use_rslora", False)))
+            return cls(
+                targets=targets,
+                r=cfg.get("r", 8),
+                alpha=cfg.get("lora_alpha", 8),
+                dropout=cfg.get("lora_dropout", 0.0),
+                use_rslora=bool(cfg.get("use_rslora", False)),
+            )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -138,7 +176,7 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    disabled = False    # set by `adapters_disabled`: the layer is its base layer
+    disabled = False  # set by `adapters_disabled`: the layer is its base layer
 
     @property
     def weight(self) -> torch.Tensor:
@@ -230,15 +268,21 @@ def resolve_targets(model: nn.Module, targets: Sequence[str] | str) -> list[str]
     chosen: dict[str, None] = {}
     for target, matched in hits.items():
         if not matched:
-            raise ConfigError(f"lora target {target!r} matches no module of this model{_hint(target)}; "
-                              f"valid names: {', '.join(_leaf_names(linears))} (or dotted paths such as "
-                              f"{next(iter(linears), 'model.layers.0.conv.in_proj')})")
+            raise ConfigError(
+                f"lora target {target!r} matches no module of this model{_hint(target)}; "
+                f"valid names: {', '.join(_leaf_names(linears))} (or dotted paths such as "
+                f"{next(iter(linears), 'model.layers.0.conv.in_proj')})"
+            )
         for n in matched:
             if n not in linears:
-                why = "the tied output head (it is the embedding matrix)" if n == "lm_head" else \
-                    f"a {type(model.get_submodule(n)).__name__}, not a linear layer"
-                raise ConfigError(f"lora target {target!r} matches '{n}', {why}; valid names: "
-                                  f"{', '.join(_leaf_names(linears))}")
+                why = (
+                    "the tied output head (it is the embedding matrix)"
+                    if n == "lm_head"
+                    else f"a {type(model.get_submodule(n)).__name__}, not a linear layer"
+                )
+                raise ConfigError(
+                    f"lora target {target!r} matches '{n}', {why}; valid names: {', '.join(_leaf_names(linears))}"
+                )
             chosen[n] = None
     return list(chosen)
 
@@ -253,8 +297,14 @@ def _hint(target: str) -> str:
 
 
 # ---- apply / save / load / merge ----------------------------------------------------------------
-def apply_lora(model: nn.Module, targets: Sequence[str] | str = DEFAULT_TARGETS, r: int = 8, alpha: float = 16,
-               dropout: float = 0.0, use_rslora: bool = False) -> nn.Module:
+def apply_lora(
+    model: nn.Module,
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    use_rslora: bool = False,
+) -> nn.Module:
     """Wrap the target linears of `model` in LoRA adapters, in place; freeze everything else.
 
     Returns the model; `model.lora_config` records the `LoRAConfig`. The fast inference paths
@@ -327,8 +377,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / ADAPTER_WEIGHTS)
     tmp = out / (ADAPTER_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config.to_peft(None if base is None else str(base)), indent=2) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(json.dumps(config.to_peft(None if base is None else str(base)), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / ADAPTER_CONFIG)
     return out
 
@@ -336,8 +385,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model_name
 def read_adapter_config(directory: str | os.PathLike) -> LoRAConfig:
     path = Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (a PEFT adapter folder holds {ADAPTER_CONFIG} "
-                              f"and {ADAPTER_WEIGHTS})")
+        raise CheckpointError(f"{path}: not found (a PEFT adapter folder holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -352,8 +400,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     config = read_adapter_config(directory)
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file():
-        raise CheckpointError(f"{weights}: not found (older PEFT .bin adapters are not read; re-save the "
-                              f"adapter with safe_serialization=True)")
+        raise CheckpointError(
+            f"{weights}: not found (older PEFT .bin adapters are not read; re-save the "
+            f"adapter with safe_serialization=True)"
+        )
     stored = SafetensorsFile(weights)
     if has_lora(model):
         raise ConfigError("this model already has LoRA adapters (load the adapter into the base model)")
@@ -367,12 +417,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     unexpected = sorted(set(stored.entries) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise CheckpointError(f"{weights}: tensors do not match the adapter config's targets ({what}; "
-                              f"{len(missing)} missing, {len(unexpected)} unexpected)")
+        raise CheckpointError(
+            f"{weights}: tensors do not match the adapter config's targets ({what}; "
+            f"{len(missing)} missing, {len(unexpected)} unexpected)"
+        )
     for name, shape in expected.items():
         if stored.entries[name][1] != shape:
-            raise CheckpointError(f"{weights}: tensor '{name}' has shape {list(stored.entries[name][1])}, "
-                                  f"the model expects {list(shape)}")
+            raise CheckpointError(
+                f"{weights}: tensor '{name}' has shape {list(stored.entries[name][1])}, the model expects {list(shape)}"
+            )
     apply_lora(model, config.targets, config.r, config.alpha, config.dropout, config.use_rslora)
     with torch.no_grad():
         for name, param in lora_state_dict(model).items():
@@ -390,8 +443,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
         raise ConfigError("merge_lora: this model has no LoRA adapters")
     for name, m in layers.items():
         if not isinstance(m.base_layer, nn.Linear):
-            raise ConfigError(f"merge_lora: '{name}' wraps a quantized layer; merge into float base weights "
-                              f"(load the base in float, load_adapter, merge_lora)")
+            raise ConfigError(
+                f"merge_lora: '{name}' wraps a quantized layer; merge into float base weights "
+                f"(load the base in float, load_adapter, merge_lora)"
+            )
     with torch.no_grad():
         for name, m in layers.items():
             base = m.base_layer
@@ -402,6 +457,20 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["DEFAULT_TARGETS", "LoRAConfig", "LoRALinear", "FrozenQuantLinear", "apply_lora", "has_lora",
-           "lora_layers", "adapters_disabled", "lora_state_dict", "resolve_targets", "wrappable_linears",
-           "save_adapter", "load_adapter", "read_adapter_config", "merge_lora"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "LoRAConfig",
+    "LoRALinear",
+    "FrozenQuantLinear",
+    "apply_lora",
+    "has_lora",
+    "lora_layers",
+    "adapters_disabled",
+    "lora_state_dict",
+    "resolve_targets",
+    "wrappable_linears",
+    "save_adapter",
+    "load_adapter",
+    "read_adapter_config",
+    "merge_lora",
+]

@@ -53,7 +53,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_hidden = torch.empty_like(hidden) if grad_hidden else None
         d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad_weight else None
         for a in range(0, n, chunk_size):
-            h, t = hidden[a:a + chunk_size], targets[a:a + chunk_size]
+            h, t = hidden[a : a + chunk_size], targets[a : a + chunk_size]
             logits = (h @ weight.T).float()
             picked = logits.gather(1, t[:, None])[:, 0]
             # logsumexp and softmax from one exp pass, in place over the chunk's logits.
@@ -67,9 +67,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(len(t), device=t.device), t] -= 1.0
                 probs = probs.to(h.dtype)
                 if grad_hidden:
-                    torch.mm(probs, weight, out=d_hidden[a:a + chunk_size])
+                    torch.mm(probs, weight, out=d_hidden[a : a + chunk_size])
                 if grad_weight and probs.dtype == torch.float32:
-                    d_weight.addmm_(probs.T, h)          # accumulated in place: no [vocab, h] temporary
+                    d_weight.addmm_(probs.T, h)  # accumulated in place: no [vocab, h] temporary
                 elif grad_weight:
                     d_weight += (probs.T @ h).float()
         ctx.save_for_backward(d_hidden, d_weight)
@@ -85,12 +85,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
     """Summed cross-entropy of `hidden` [n, h] through a bias-free head `weight` [vocab, h]
     against `targets` [n] (every one trained), in float32, never holding more than
     `chunk_size` rows of logits. Under autocast the matmuls run in the autocast dtype."""
-    if hidden.shape[0] == 0:   # nothing trained here: a zero that still reaches every parameter
+    if hidden.shape[0] == 0:  # nothing trained here: a zero that still reaches every parameter
         return hidden.float().sum() * 0.0 + weight.float().sum() * 0.0
     device = hidden.device.type
     if torch.is_autocast_enabled(device):
@@ -101,8 +102,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     grad = torch.is_grad_enabled()
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, grad and hidden.requires_grad,
-                                         grad and weight.requires_grad)
+        return _LinearCrossEntropy.apply(
+            hidden, weight, targets, chunk, grad and hidden.requires_grad, grad and weight.requires_grad
+        )
 
 
 def token_log_probs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -117,13 +119,16 @@ def token_log_probs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
 
     if hidden.shape[0] == 0:
         return hidden.new_zeros((0,), dtype=torch.float32)
-    parts = [checkpoint(chunk_logps, hidden[a:a + chunk_size], targets[a:a + chunk_size], use_reentrant=False)
-             for a in range(0, hidden.shape[0], chunk_size)]
+    parts = [
+        checkpoint(chunk_logps, hidden[a : a + chunk_size], targets[a : a + chunk_size], use_reentrant=False)
+        for a in range(0, hidden.shape[0], chunk_size)
+    ]
     return torch.cat(parts)
 
 
-def chunked_head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                               chunk_size: int) -> torch.Tensor:
+def chunked_head_cross_entropy(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
     """The same sum for any head module (e.g. one wrapped by an adapter), one chunk of logits at
     a time (`token_log_probs`)."""
     return -token_log_probs(head, hidden, targets, chunk_size).sum()
@@ -152,9 +157,15 @@ class CausalLMLoss:
 
 def is_plain_linear(module: nn.Module) -> bool:
     """A bias-free nn.Linear computing exactly x @ weight.T (not wrapped or replaced by an adapter)."""
-    return (isinstance(module, nn.Linear) and module.bias is None
-            and type(module).forward is nn.Linear.forward)
+    return isinstance(module, nn.Linear) and module.bias is None and type(module).forward is nn.Linear.forward
 
 
-__all__ = ["LossOutput", "linear_cross_entropy", "chunked_head_cross_entropy", "token_log_probs", "CausalLMLoss",
-           "default_chunk_size", "is_plain_linear"]
+__all__ = [
+    "LossOutput",
+    "linear_cross_entropy",
+    "chunked_head_cross_entropy",
+    "token_log_probs",
+    "CausalLMLoss",
+    "default_chunk_size",
+    "is_plain_linear",
+]

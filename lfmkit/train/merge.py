@@ -49,10 +49,10 @@ from ..text.tokenizer import TOKENIZER_FILE, TOKENIZER_FILES, vocabulary_table
 from .merge_config import MergeConfig, Segment, load_merge_config, resolve
 from .merge_methods import REQUIRED
 
-DEFAULT_MAX_SHARD_BYTES = 2**30     # 1 GiB: the most output held before it is written
+DEFAULT_MAX_SHARD_BYTES = 2**30  # 1 GiB: the most output held before it is written
 CONFIG_COPY = "mergekit_config.yml"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-HEAD = "lm_head.weight"          # mergekit's "post" weight: merged with the last slice's sources
+HEAD = "lm_head.weight"  # mergekit's "post" weight: merged with the last slice's sources
 
 
 @dataclass
@@ -69,7 +69,7 @@ class _Input:
 class _Models:
     """The config's models, opened once each: a model named twice (./m and m) is one _Input."""
 
-    keys: dict[str, Path]          # model reference as written -> its resolved folder
+    keys: dict[str, Path]  # model reference as written -> its resolved folder
     by_key: dict[Path, _Input]
 
     def __getitem__(self, name: str) -> _Input:
@@ -90,8 +90,14 @@ def tensor_seed(seed: int, name: str) -> int:
     return (seed + zlib.crc32(name.encode("utf-8"))) % 2**63
 
 
-def merge(config: str | os.PathLike | dict | MergeConfig, output: str | os.PathLike, *, seed: int = 0,
-          max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> Path:
+def merge(
+    config: str | os.PathLike | dict | MergeConfig,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> Path:
     """Merge the checkpoints `config` names into the folder `output`; return its path."""
     cfg = load_merge_config(config)
     inputs = _open_inputs(cfg)
@@ -102,6 +108,7 @@ def merge(config: str | os.PathLike | dict | MergeConfig, output: str | os.PathL
     out = _prepare_output(Path(output), inputs, overwrite)
 
     with ShardWriter(out, max_shard_bytes) as writer:
+
         def sink(t: StoredTensor) -> None:
             writer.add(t.name, _merge_tensor(cfg, t.name, plans[t.name], seed))
 
@@ -118,9 +125,11 @@ def merge(config: str | os.PathLike | dict | MergeConfig, output: str | os.PathL
 # ---- inputs ---------------------------------------------------------------------------------------
 def _open_inputs(cfg: MergeConfig) -> _Models:
     """Every model the config names, opened and indexed (tensor headers only)."""
-    named = ([(cfg.base_model, "base_model")] if cfg.base_model else []) + \
-        [(s.model, f"{s.where}.model") for seg in cfg.segments for s in seg.sources] + \
-        [(seg.base_model, f"{seg.where}.base_model") for seg in cfg.segments if seg.base_model]
+    named = (
+        ([(cfg.base_model, "base_model")] if cfg.base_model else [])
+        + [(s.model, f"{s.where}.model") for seg in cfg.segments for s in seg.sources]
+        + [(seg.base_model, f"{seg.where}.base_model") for seg in cfg.segments if seg.base_model]
+    )
     models = _Models({}, {})
     for name, where in named:
         try:
@@ -145,16 +154,25 @@ def _check_same_tensors(cfg: MergeConfig, driver: _Input, inputs: _Models) -> No
         for name, t in driver.tensors.items():
             other = inp.tensors.get(name)
             if other is None:
-                raise cfg.error(inp.where, f"{inp.name} has no tensor '{name}', which {driver.where} "
-                                           f"{driver.name} has: merged models need the same architecture")
+                raise cfg.error(
+                    inp.where,
+                    f"{inp.name} has no tensor '{name}', which {driver.where} "
+                    f"{driver.name} has: merged models need the same architecture",
+                )
             if other.shape != t.shape:
-                raise cfg.error(inp.where, f"{inp.name}: tensor '{name}' has shape {list(other.shape)}, but "
-                                           f"{driver.where} {driver.name} has {list(t.shape)}: merged models "
-                                           f"need the same architecture")
+                raise cfg.error(
+                    inp.where,
+                    f"{inp.name}: tensor '{name}' has shape {list(other.shape)}, but "
+                    f"{driver.where} {driver.name} has {list(t.shape)}: merged models "
+                    f"need the same architecture",
+                )
         extra = sorted(set(inp.tensors) - set(driver.tensors))
         if extra:
-            raise cfg.error(inp.where, f"{inp.name} has tensor '{extra[0]}', which {driver.where} "
-                                       f"{driver.name} has not: merged models need the same architecture")
+            raise cfg.error(
+                inp.where,
+                f"{inp.name} has tensor '{extra[0]}', which {driver.where} "
+                f"{driver.name} has not: merged models need the same architecture",
+            )
 
 
 def _segment_inputs(cfg: MergeConfig, seg: Segment, inputs: _Models) -> tuple[list[_Input], int | None]:
@@ -168,8 +186,9 @@ def _segment_inputs(cfg: MergeConfig, seg: Segment, inputs: _Models) -> tuple[li
     base = inputs.keys[seg.base_model] if seg.base_model else None
     if base is not None and base not in keys:
         if seg.layers is not None and method.needs_base:
-            raise cfg.error(f"{seg.where}.sources", f"the base model {seg.base_model!r} must be one of the "
-                                                    f"slice's sources")
+            raise cfg.error(
+                f"{seg.where}.sources", f"the base model {seg.base_model!r} must be one of the slice's sources"
+            )
         if seg.layers is None:
             keys.append(base)
     if method.needs_base and base is None:
@@ -188,8 +207,9 @@ def _plan(cfg: MergeConfig, driver: _Input, inputs: _Models) -> dict[str, _Plan]
     n_layers = driver.ckpt.config.num_hidden_layers
     segments = cfg.segments
     if segments[0].layers is not None and segments[-1].layers[1] != n_layers:
-        raise cfg.error("slices", f"the slices cover layers 0..{segments[-1].layers[1]}, but {driver.name} "
-                                  f"has {n_layers} layers")
+        raise cfg.error(
+            "slices", f"the slices cover layers 0..{segments[-1].layers[1]}, but {driver.name} has {n_layers} layers"
+        )
     seg_inputs = [_segment_inputs(cfg, seg, inputs) for seg in segments]
     plans = {}
     for name in driver.tensors:
@@ -210,12 +230,19 @@ def _position(name: str, segments: tuple[Segment, ...], n_layers: int) -> tuple[
         if start <= layer < end:
             n = end - start
             return i, (layer - start) / (n - 1) if n > 1 else 1.0
-    raise AssertionError(f"layer {layer} outside the checked slices")   # _plan checked the tiling
+    raise AssertionError(f"layer {layer} outside the checked slices")  # _plan checked the tiling
 
 
-def _tensor_plan(cfg: MergeConfig, seg: Segment, inputs: _Models, seg_inputs: list[_Input], base_index: int | None,
-                 tensor: str, t: float) -> _Plan:
-    own = {id(inputs[s.model]): s for s in seg.sources}      # an input's own entry in this segment
+def _tensor_plan(
+    cfg: MergeConfig,
+    seg: Segment,
+    inputs: _Models,
+    seg_inputs: list[_Input],
+    base_index: int | None,
+    tensor: str,
+    t: float,
+) -> _Plan:
+    own = {id(inputs[s.model]): s for s in seg.sources}  # an input's own entry in this segment
     params: dict[str, Any] = {}
     for p in cfg.method.params:
         if p.scope == "shared":
@@ -231,9 +258,11 @@ def _tensor_plan(cfg: MergeConfig, seg: Segment, inputs: _Models, seg_inputs: li
             entry = own.get(id(inp))
             value = resolve(p, [entry.parameters if entry else {}, seg.parameters, cfg.parameters], tensor, t)
             if value is REQUIRED:
-                raise cfg.error(entry.where if entry else inp.where,
-                                f"{cfg.method.name} needs '{p.name}' for {inp.name} (missing for tensor "
-                                f"{tensor}); set it in its parameters or the top-level ones")
+                raise cfg.error(
+                    entry.where if entry else inp.where,
+                    f"{cfg.method.name} needs '{p.name}' for {inp.name} (missing for tensor "
+                    f"{tensor}); set it in its parameters or the top-level ones",
+                )
             values.append(value)
         params[p.name] = values
     return _Plan(seg_inputs, base_index, params)
@@ -259,8 +288,9 @@ def _prepare_output(out: Path, inputs: _Models, overwrite: bool) -> Path:
             raise ConfigError(f"{out}: is the input model {inp.name} ({inp.where}); write the merge elsewhere")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace "
-                              f"the checkpoint in it")
+            raise ConfigError(
+                f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace the checkpoint in it"
+            )
         for old in out.glob("*.safetensors*"):
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +327,11 @@ def _tokenizer_dir(cfg: MergeConfig, driver: _Input, inputs: _Models) -> Path:
     vocab = vocabulary_table(tok_dir)
     for inp in inputs.by_key.values():
         if (inp.ckpt.path / TOKENIZER_FILE).is_file() and vocabulary_table(inp.ckpt.path) != vocab:
-            raise cfg.error(where, f"{inp.name} has a different vocabulary from {tok_dir}: lfmkit merges models "
-                                   f"that share a tokenizer (it does not build a vocabulary union)")
+            raise cfg.error(
+                where,
+                f"{inp.name} has a different vocabulary from {tok_dir}: lfmkit merges models "
+                f"that share a tokenizer (it does not build a vocabulary union)",
+            )
     return tok_dir
 
 

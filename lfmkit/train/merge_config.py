@@ -36,8 +36,18 @@ from ..errors import ConfigError
 from ..io.safetensors import parse_dtype
 from .merge_methods import METHODS, REQUIRED, Method, Param
 
-TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                  "tokenizer_source", "tokenizer", "chat_template"}
+TOP_LEVEL_KEYS = {
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+}
 NOT_SUPPORTED = {"modules": "the `modules:` form (multi-module models) does not apply to LFM2; use `models:`"}
 TRUE_WORDS, FALSE_WORDS = {"true", "yes", "on", "1", "t", "y"}, {"false", "no", "off", "0", "f", "n"}
 
@@ -48,7 +58,7 @@ class Source:
 
     model: str
     parameters: dict[str, Any]
-    where: str                                   # e.g. "models[1]" or "slices[0].sources[1]"
+    where: str  # e.g. "models[1]" or "slices[0].sources[1]"
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,10 @@ class MergeConfig:
     parameters: dict[str, Any]
     dtype: torch.dtype | None
     out_dtype: torch.dtype | None
-    tokenizer_source: str | None                 # None, "base", "union" or a model
-    file: str                                    # the config's name in messages
-    text: str = field(default="", repr=False)    # the YAML as written (saved with the merge)
-    notes: tuple[str, ...] = ()                  # settings read but ignored, as mergekit ignores them
+    tokenizer_source: str | None  # None, "base", "union" or a model
+    file: str  # the config's name in messages
+    text: str = field(default="", repr=False)  # the YAML as written (saved with the merge)
+    notes: tuple[str, ...] = ()  # settings read but ignored, as mergekit ignores them
 
     def error(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{self.file}: {where}: {message}")
@@ -145,8 +155,9 @@ def parse_merge_config(data: Any, file: str, text: str = "") -> MergeConfig:
     out_dtype = _dtype(data.get("out_dtype"), "out_dtype", fail)
     tokenizer_source = _tokenizer_source(data, base, fail)
     _chat_template(data.get("chat_template"), fail)
-    return MergeConfig(method, segments, base, parameters, dtype, out_dtype, tokenizer_source, file, text,
-                       tuple(fail.notes))
+    return MergeConfig(
+        method, segments, base, parameters, dtype, out_dtype, tokenizer_source, file, text, tuple(fail.notes)
+    )
 
 
 def _model_name(value: Any, where: str, fail, optional: bool = False) -> str | None:
@@ -177,15 +188,18 @@ def _slice_segments(slices: Any, base: str | None, method: Method, fail) -> tupl
         for key in s:
             if key not in ("sources", "base_model", "parameters"):
                 raise fail(f"{where}.{key}", "unknown field (expected sources, base_model, parameters)")
-        sources = tuple(_source(src, f"{where}.sources[{j}]", method, fail, sliced=True)
-                        for j, src in enumerate(s["sources"]))
+        sources = tuple(
+            _source(src, f"{where}.sources[{j}]", method, fail, sliced=True) for j, src in enumerate(s["sources"])
+        )
         ranges = {tuple(src["layer_range"]) for src in s["sources"]}
         first = tuple(s["sources"][0]["layer_range"])
         if len(ranges) > 1 or first[0] != start or first[1] <= first[0]:
-            raise fail(f"{where}.sources[0].layer_range",
-                       f"lfmkit merges layer i with layer i: every source of a slice needs the same "
-                       f"layer_range, and the slices must tile the layers in order from 0 (this slice "
-                       f"should start at layer {start}); layer stacking is not supported")
+            raise fail(
+                f"{where}.sources[0].layer_range",
+                f"lfmkit merges layer i with layer i: every source of a slice needs the same "
+                f"layer_range, and the slices must tile the layers in order from 0 (this slice "
+                f"should start at layer {start}); layer stacking is not supported",
+            )
         start = first[1]
         slice_base = _model_name(s.get("base_model"), f"{where}.base_model", fail, optional=True) or base
         params = _parameters(s.get("parameters"), f"{where}.parameters", method, fail)
@@ -205,8 +219,9 @@ def _source(entry: Any, where: str, method: Method, fail, sliced: bool = False) 
         if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in r)):
             raise fail(f"{where}.layer_range", f"expected [start, end] (two integers), got {r!r}")
     model = _model_name(entry["model"], f"{where}.model", fail)
-    return Source(model, _parameters(entry.get("parameters"), f"{where}.parameters", method, fail, per_model=True),
-                  where)
+    return Source(
+        model, _parameters(entry.get("parameters"), f"{where}.parameters", method, fail, per_model=True), where
+    )
 
 
 def _parameters(value: Any, where: str, method: Method, fail, per_model: bool = False) -> dict[str, Any]:
@@ -227,8 +242,10 @@ def _parameters(value: Any, where: str, method: Method, fail, per_model: bool = 
             known = ", ".join(q.name for q in method.params)
             raise fail(f"{where}.{name}", f"not a parameter of any merge method ({method.name} takes {known})")
         if per_model and p.scope == "shared":
-            fail.note(f"{where}.{name}", f"ignored: '{name}' applies to the whole merge; set it in the "
-                                         f"top-level `parameters:` (or a slice's)")
+            fail.note(
+                f"{where}.{name}",
+                f"ignored: '{name}' applies to the whole merge; set it in the top-level `parameters:` (or a slice's)",
+            )
             continue
         check_setting(setting, p, f"{where}.{name}", fail)
         kept[name] = setting
@@ -252,8 +269,11 @@ def check_setting(setting: Any, p: Param, where: str, fail) -> None:
         return
     values = setting if isinstance(setting, list) else [setting]
     if not values or not _scalars(values):
-        raise fail(where, f"expected a {p.kind.__name__}, a list of them (a gradient) or {{filter, value}} "
-                          f"conditions, got {setting!r}")
+        raise fail(
+            where,
+            f"expected a {p.kind.__name__}, a list of them (a gradient) or {{filter, value}} "
+            f"conditions, got {setting!r}",
+        )
     for v in values:
         coerce(v, p, lambda msg: fail(where, msg))
 
@@ -292,8 +312,11 @@ def _chat_template(value: Any, fail) -> None:
     if value is None:
         return
     if value != "auto":
-        raise fail("chat_template", "not supported by lfmkit merge: the merged model keeps its tokenizer "
-                                    "source's chat template (only `auto` is accepted)")
+        raise fail(
+            "chat_template",
+            "not supported by lfmkit merge: the merged model keeps its tokenizer "
+            "source's chat template (only `auto` is accepted)",
+        )
     fail.note("chat_template", "auto: the tokenizer source's chat template is kept")
 
 
@@ -313,8 +336,10 @@ def _tokenizer_source(data: dict, base: str | None, fail) -> str | None:
             raise fail("tokenizer", "give tokenizer_source or tokenizer, not both")
         tok = data["tokenizer"]
         if not isinstance(tok, dict) or set(tok) - {"source"}:
-            raise fail("tokenizer", "only `tokenizer: {source: ...}` is supported (lfmkit does not add "
-                                    "tokens or resize vocabularies)")
+            raise fail(
+                "tokenizer",
+                "only `tokenizer: {source: ...}` is supported (lfmkit does not add tokens or resize vocabularies)",
+            )
         value, where = tok.get("source", "union"), "tokenizer.source"
     if value is None:
         return None
@@ -360,5 +385,13 @@ def resolve(p: Param, scopes: list[dict[str, Any]], tensor: str, t: float) -> An
     return p.default if p.default is REQUIRED else coerce(p.default, p)
 
 
-__all__ = ["MergeConfig", "Segment", "Source", "load_merge_config", "parse_merge_config", "evaluate_setting",
-           "resolve", "coerce"]
+__all__ = [
+    "MergeConfig",
+    "Segment",
+    "Source",
+    "load_merge_config",
+    "parse_merge_config",
+    "evaluate_setting",
+    "resolve",
+    "coerce",
+]

@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-REQUIRED = object()          # a parameter with no default
-SLERP_CHUNK = 1024 * 1024    # elements per chunk: bounds SLERP's float32 scratch on a big tensor
-DOT_THRESHOLD = 0.9995       # |cos| above this: (anti)parallel, SLERP falls back to linear
+REQUIRED = object()  # a parameter with no default
+SLERP_CHUNK = 1024 * 1024  # elements per chunk: bounds SLERP's float32 scratch on a big tensor
+DOT_THRESHOLD = 0.9995  # |cos| above this: (anti)parallel, SLERP falls back to linear
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Param:
     `parameters`), 'input' (one per input model) or 'non_base' (one per input but the base)."""
 
     name: str
-    kind: type                  # float or bool
+    kind: type  # float or bool
     scope: str
     default: object = REQUIRED
 
@@ -64,7 +64,7 @@ def linear(tensors: list[torch.Tensor], weights: list[float], normalize: bool = 
     accumulated in float32; without `normalize` the plain weighted sum."""
     first = tensors[0]
     dtype = _accumulation_dtype(first)
-    w = torch.tensor([weights], dtype=dtype)          # [1, inputs], as mergekit batches it
+    w = torch.tensor([weights], dtype=dtype)  # [1, inputs], as mergekit batches it
     out = torch.zeros_like(first, dtype=dtype)
     for x, c in zip(tensors, w.unbind(1)):
         out.addcmul_(x, c.reshape(()))
@@ -89,8 +89,13 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8) -> to
         return torch.where(n > eps, n, 1)
 
     norm_a, norm_b = norm(a), norm(b)
-    dot = torch.stack([((a[:, c].to(dtype) / norm_a) * (b[:, c].to(dtype) / norm_b)).sum(dim=1, keepdim=True)
-                       for c in chunks]).sum(dim=0).clamp(-1, 1)
+    dot = (
+        torch.stack(
+            [((a[:, c].to(dtype) / norm_a) * (b[:, c].to(dtype) / norm_b)).sum(dim=1, keepdim=True) for c in chunks]
+        )
+        .sum(dim=0)
+        .clamp(-1, 1)
+    )
     parallel = dot.abs() > DOT_THRESHOLD
     theta = torch.acos(torch.where(parallel, 0, dot))
     sin_theta = torch.sin(theta)
@@ -144,9 +149,19 @@ def sign_agreement(deltas: torch.Tensor) -> torch.Tensor:
     return sign == majority
 
 
-def task_vectors(base: torch.Tensor, others: list[torch.Tensor], weights: list[float], densities: list[float],
-                 *, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool, lam: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def task_vectors(
+    base: torch.Tensor,
+    others: list[torch.Tensor],
+    weights: list[float],
+    densities: list[float],
+    *,
+    sparsify: str | None,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    lam: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """base + lam * sum_i w_i * trim(x_i - base), the family of task arithmetic (Ilharco et al.
     2022), TIES (Yadav et al. 2023; trim = keep_largest, plus the sign election) and DARE
     (trim = random_drop). With `normalize` the sum is divided by the weights that took part."""
@@ -191,15 +206,16 @@ def model_stock(base: torch.Tensor, others: list[torch.Tensor], filter_wise: boo
     offsets = [w - w0 for w in ws]
     cosines = []
     for i, a in enumerate(offsets):
-        for b in offsets[i + 1:]:
+        for b in offsets[i + 1 :]:
             norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
             cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(ws)
     denominator = 1 + (n - 1) * cos
     singular = denominator.abs() < 1e-6
-    t = torch.where(singular, torch.zeros_like(cos),
-                    (n * cos) / torch.where(singular, torch.ones_like(denominator), denominator))
+    t = torch.where(
+        singular, torch.zeros_like(cos), (n * cos) / torch.where(singular, torch.ones_like(denominator), denominator)
+    )
     return (t * (sum(ws) / n) + (1 - t) * w0).reshape(shape)
 
 
@@ -219,8 +235,18 @@ def _run_slerp(tensors, base_index, p, generator):
 
 def _run_task_vectors(tensors, base_index, p, generator, *, sparsify, consensus):
     base, others = _split(tensors, base_index)
-    return task_vectors(base, others, p["weight"], p["density"], sparsify=sparsify, consensus=consensus,
-                        normalize=p["normalize"], rescale=p["rescale"], lam=p["lambda"], generator=generator)
+    return task_vectors(
+        base,
+        others,
+        p["weight"],
+        p["density"],
+        sparsify=sparsify,
+        consensus=consensus,
+        normalize=p["normalize"],
+        rescale=p["rescale"],
+        lam=p["lambda"],
+        generator=generator,
+    )
 
 
 def _run_model_stock(tensors, base_index, p, generator):
@@ -229,24 +255,52 @@ def _run_model_stock(tensors, base_index, p, generator):
 
 
 def _task_vector_method(name: str, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool) -> Method:
-    params = (Param("int8_mask", bool, "shared", False), Param("normalize", bool, "shared", normalize),
-              Param("rescale", bool, "shared", rescale), Param("lambda", float, "shared", 1.0),
-              Param("weight", float, "non_base"), Param("density", float, "non_base", 1.0))
+    params = (
+        Param("int8_mask", bool, "shared", False),
+        Param("normalize", bool, "shared", normalize),
+        Param("rescale", bool, "shared", rescale),
+        Param("lambda", float, "shared", 1.0),
+        Param("weight", float, "non_base"),
+        Param("density", float, "non_base", 1.0),
+    )
     run = partial(_run_task_vectors, sparsify=sparsify, consensus=consensus)
     return Method(name, params, run, needs_base=True, random=sparsify == "random")
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("linear", (Param("weight", float, "input"), Param("normalize", bool, "shared", True)), _run_linear,
-           needs_base=False),
-    Method("slerp", (Param("t", float, "shared"),), _run_slerp, needs_base=True, min_inputs=2, max_inputs=2),
-    _task_vector_method("task_arithmetic", None, consensus=False, normalize=False, rescale=False),
-    _task_vector_method("ties", "magnitude", consensus=True, normalize=True, rescale=False),
-    _task_vector_method("dare_linear", "random", consensus=False, normalize=False, rescale=True),
-    _task_vector_method("dare_ties", "random", consensus=True, normalize=False, rescale=True),
-    Method("model_stock", (Param("filter_wise", bool, "shared", False),), _run_model_stock, needs_base=True,
-           min_inputs=3),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "linear",
+            (Param("weight", float, "input"), Param("normalize", bool, "shared", True)),
+            _run_linear,
+            needs_base=False,
+        ),
+        Method("slerp", (Param("t", float, "shared"),), _run_slerp, needs_base=True, min_inputs=2, max_inputs=2),
+        _task_vector_method("task_arithmetic", None, consensus=False, normalize=False, rescale=False),
+        _task_vector_method("ties", "magnitude", consensus=True, normalize=True, rescale=False),
+        _task_vector_method("dare_linear", "random", consensus=False, normalize=False, rescale=True),
+        _task_vector_method("dare_ties", "random", consensus=True, normalize=False, rescale=True),
+        Method(
+            "model_stock",
+            (Param("filter_wise", bool, "shared", False),),
+            _run_model_stock,
+            needs_base=True,
+            min_inputs=3,
+        ),
+    )
+}
 
-__all__ = ["METHODS", "Method", "Param", "REQUIRED", "linear", "slerp", "task_vectors", "keep_largest",
-           "random_drop", "sign_agreement", "model_stock"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "Param",
+    "REQUIRED",
+    "linear",
+    "slerp",
+    "task_vectors",
+    "keep_largest",
+    "random_drop",
+    "sign_agreement",
+    "model_stock",
+]

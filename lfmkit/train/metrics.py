@@ -68,8 +68,14 @@ def plot_loss(output: str | Path) -> Path | None:
     ax.set_ylabel("loss (mean over trained tokens)")
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()
-    lr_ax.plot(steps, [r["learning_rate"] for r in records], color="tab:orange", linewidth=0.8, alpha=0.7,
-               label="learning rate")
+    lr_ax.plot(
+        steps,
+        [r["learning_rate"] for r in records],
+        color="tab:orange",
+        linewidth=0.8,
+        alpha=0.7,
+        label="learning rate",
+    )
     lr_ax.set_ylabel("learning rate")
     lines = ax.get_lines() + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right")

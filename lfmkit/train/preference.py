@@ -122,10 +122,17 @@ class PreferenceLoss:
             ref = torch.zeros_like(logps)
         loss, chosen, rejected = self.objective(logps, ref.to(logps.dtype), batch.lengths.to(logps.device))
         chosen, rejected, detached = chosen.detach(), rejected.detach(), logps.detach()
-        return LossOutput(loss.sum(), {
-            "rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
-            "rewards/margins": (chosen - rejected).sum(), "rewards/accuracies": (chosen > rejected).float().sum(),
-            "logps/chosen": detached[:, 0].sum(), "logps/rejected": detached[:, 1].sum()})
+        return LossOutput(
+            loss.sum(),
+            {
+                "rewards/chosen": chosen.sum(),
+                "rewards/rejected": rejected.sum(),
+                "rewards/margins": (chosen - rejected).sum(),
+                "rewards/accuracies": (chosen > rejected).float().sum(),
+                "logps/chosen": detached[:, 0].sum(),
+                "logps/rejected": detached[:, 1].sum(),
+            },
+        )
 
 
 __all__ = ["Sigmoid", "SigmoidNorm", "IPO", "SimPO", "make_objective", "sequence_log_probs", "PreferenceLoss"]

@@ -43,9 +43,9 @@ class PairDocument:
 
     chosen: Document
     rejected: Document
-    chosen_length: int                 # completion tokens kept (TRL's per-sequence normalizer)
+    chosen_length: int  # completion tokens kept (TRL's per-sequence normalizer)
     rejected_length: int
-    ref_logps: tuple[float, float] | None = None   # reference log-probs (chosen, rejected), once computed
+    ref_logps: tuple[float, float] | None = None  # reference log-probs (chosen, rejected), once computed
 
     def __len__(self) -> int:
         return len(self.chosen) + len(self.rejected)
@@ -95,15 +95,22 @@ def collate_pairs(rows: list[list[PairDocument]], pad_id: int) -> PreferenceBatc
     for r, row in enumerate(flat):
         at = 0
         for doc in row:
-            sequence_ids[r, at:at + len(doc)] = k
+            sequence_ids[r, at : at + len(doc)] = k
             at += len(doc)
             k += 1
     lengths = torch.tensor([[p.chosen_length, p.rejected_length] for p in pairs], dtype=torch.float32)
     ref = None
     if all(p.ref_logps is not None for p in pairs):
         ref = torch.tensor([p.ref_logps for p in pairs], dtype=torch.float32)
-    return PreferenceBatch(base.input_ids, base.targets, document_ids=base.document_ids, tokens=base.tokens,
-                           sequence_ids=sequence_ids, lengths=lengths, ref_logps=ref)
+    return PreferenceBatch(
+        base.input_ids,
+        base.targets,
+        document_ids=base.document_ids,
+        tokens=base.tokens,
+        sequence_ids=sequence_ids,
+        lengths=lengths,
+        ref_logps=ref,
+    )
 
 
 class PreferencePlan(DataPlan):
@@ -115,6 +122,7 @@ class PreferencePlan(DataPlan):
 
 
 # ---- rows to pairs ---------------------------------------------------------------------------
+
 
 def extract_prompt(row: dict) -> dict:
     """TRL's `extract_prompt`: the prompt is the longest common start of chosen and rejected
@@ -153,8 +161,10 @@ class PairEncoder:
             raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
         row = {k: v for k, v in row.items() if v is not None}
         if "chosen" not in row or "rejected" not in row:
-            raise DataError(f"a preference row needs 'chosen' and 'rejected' (and optionally 'prompt'); "
-                            f"got {sorted(row) or 'no fields'}")
+            raise DataError(
+                f"a preference row needs 'chosen' and 'rejected' (and optionally 'prompt'); "
+                f"got {sorted(row) or 'no fields'}"
+            )
         if "prompt" not in row:
             if type(row["chosen"]) is not type(row["rejected"]) or not isinstance(row["chosen"], (str, list)):
                 raise DataError("'chosen' and 'rejected' must both be strings or both be message lists")
@@ -165,8 +175,10 @@ class PairEncoder:
         elif all(t is list for t in kinds.values()):
             prompt, full_chosen, full_rejected = self._chat(row)
         else:
-            raise DataError("'prompt', 'chosen' and 'rejected' must all be strings or all be message lists, got "
-                            + ", ".join(f"{k} {t.__name__}" for k, t in kinds.items()))
+            raise DataError(
+                "'prompt', 'chosen' and 'rejected' must all be strings or all be message lists, got "
+                + ", ".join(f"{k} {t.__name__}" for k, t in kinds.items())
+            )
         n = min(common_prefix_length(prompt, full_chosen), common_prefix_length(prompt, full_rejected))
         return prompt[:n], full_chosen[n:], full_rejected[n:]
 
@@ -174,8 +186,11 @@ class PairEncoder:
         eos = self.tokenizer.eos_token
         chosen, rejected = (c if c.endswith(eos) else c + eos for c in (row["chosen"], row["rejected"]))
         encode = self.tokenizer.encode
-        return (encode(row["prompt"], add_special_tokens=True), encode(row["prompt"] + chosen, add_special_tokens=True),
-                encode(row["prompt"] + rejected, add_special_tokens=True))
+        return (
+            encode(row["prompt"], add_special_tokens=True),
+            encode(row["prompt"] + chosen, add_special_tokens=True),
+            encode(row["prompt"] + rejected, add_special_tokens=True),
+        )
 
     def _chat(self, row: dict) -> tuple[list[int], list[int], list[int]]:
         tools = row.get("tools")
@@ -190,9 +205,13 @@ class PairEncoder:
         chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
 
         def ids(messages, generation_prompt=False):
-            return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True,
-                                                      add_generation_prompt=generation_prompt,
-                                                      chat_template=self.chat_template)
+            return self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                tokenize=True,
+                add_generation_prompt=generation_prompt,
+                chat_template=self.chat_template,
+            )
 
         return ids(prompt, generation_prompt=True), ids(prompt + chosen), ids(prompt + rejected)
 
@@ -211,8 +230,9 @@ def to_pair(prompt: list[int], chosen: list[int], rejected: list[int], max_lengt
     return PairDocument(docs[0], docs[1], kept[0], kept[1])
 
 
-def load_pair_source(source: DataSource, encoder: PairEncoder, max_length: int
-                     ) -> tuple[list[PairDocument], SourceStats]:
+def load_pair_source(
+    source: DataSource, encoder: PairEncoder, max_length: int
+) -> tuple[list[PairDocument], SourceStats]:
     """Every usable pair of one source, with what happened to its rows."""
     stats = SourceStats(source.path)
     pairs = []
@@ -234,17 +254,30 @@ def load_pair_source(source: DataSource, encoder: PairEncoder, max_length: int
         stats.tokens += len(pair)
         stats.trained_tokens += pair.trained_tokens
     if not pairs:
-        raise DataError(f"{source.path}: no usable preference pairs ({stats.rows} rows, {stats.dropped} whose "
-                        f"prompt fills max_length)")
+        raise DataError(
+            f"{source.path}: no usable preference pairs ({stats.rows} rows, {stats.dropped} whose "
+            f"prompt fills max_length)"
+        )
     return pairs, stats
 
 
-def load_pair_sources(sources: list[DataSource], tokenizer: Tokenizer, max_length: int,
-                      chat_template: str | None = None) -> tuple[list[list[PairDocument]], list[SourceStats]]:
+def load_pair_sources(
+    sources: list[DataSource], tokenizer: Tokenizer, max_length: int, chat_template: str | None = None
+) -> tuple[list[list[PairDocument]], list[SourceStats]]:
     encoder = PairEncoder(tokenizer, chat_template)
     loaded = [load_pair_source(s, encoder, max_length) for s in sources]
     return [pairs for pairs, _ in loaded], [stats for _, stats in loaded]
 
 
-__all__ = ["PairDocument", "PreferenceBatch", "PreferencePlan", "collate_pairs", "PairEncoder", "extract_prompt",
-           "to_pair", "load_pair_source", "load_pair_sources", "common_prefix_length"]
+__all__ = [
+    "PairDocument",
+    "PreferenceBatch",
+    "PreferencePlan",
+    "collate_pairs",
+    "PairEncoder",
+    "extract_prompt",
+    "to_pair",
+    "load_pair_source",
+    "load_pair_sources",
+    "common_prefix_length",
+]

@@ -59,19 +59,19 @@ class PrefsConfig:
     prompts: str = ""
     output: str = ""
     num_samples: int = 4
-    judges: list[str] = field(default_factory=list)            # "module:function" / "file.py:function"
-    judge_endpoints: list[str] = field(default_factory=list)   # OpenAI-compatible base URLs
+    judges: list[str] = field(default_factory=list)  # "module:function" / "file.py:function"
+    judge_endpoints: list[str] = field(default_factory=list)  # OpenAI-compatible base URLs
     judge_model: str | None = None
-    judge_rubric: str | None = None                            # a file with {conversation} and {response}
+    judge_rubric: str | None = None  # a file with {conversation} and {response}
     judge_api_key: str | None = None
     judge_workers: int = 8
     min_chosen_score: float | None = None
     min_gap: float = 0.0
     max_tokens: int = 512
-    temperature: float | None = None                           # default: the model's generation config
+    temperature: float | None = None  # default: the model's generation config
     top_p: float | None = None
     seed: int = 42
-    batch_size: int = 8                                        # prompts per generation batch
+    batch_size: int = 8  # prompts per generation batch
     quant: str | None = None
     device: str | None = None
     resume: bool = False
@@ -99,8 +99,8 @@ class PrefsResult:
     """What a run did: each finished row's outcome counted, and where the pairs are."""
 
     output: Path
-    outcomes: Counter = field(default_factory=Counter)      # this invocation
-    skipped: int = 0                                         # rows an earlier run had finished
+    outcomes: Counter = field(default_factory=Counter)  # this invocation
+    skipped: int = 0  # rows an earlier run had finished
 
     @property
     def pairs(self) -> int:
@@ -120,6 +120,7 @@ class Item:
 
 # ---- input -------------------------------------------------------------------------------------
 
+
 def read_item(where: str, index: int, row) -> Item:
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
@@ -134,8 +135,10 @@ def read_item(where: str, index: int, row) -> Item:
             completion = _messages(row, "completion") if row.get("completion") else []
             answer = completion[-1] if completion and completion[-1]["role"] == "assistant" else None
         else:
-            raise DataError("prefs build reads conversations: 'messages' (the last assistant message is the "
-                            "reference answer) or 'prompt' as a list of messages")
+            raise DataError(
+                "prefs build reads conversations: 'messages' (the last assistant message is the "
+                "reference answer) or 'prompt' as a list of messages"
+            )
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from None
     if not prompt:
@@ -155,6 +158,7 @@ def message_text(message: dict) -> str:
 
 
 # ---- resume ------------------------------------------------------------------------------------
+
 
 def progress_path(output: Path) -> Path:
     return output.with_name(output.name + PROGRESS_SUFFIX)
@@ -191,8 +195,10 @@ def finished_rows(config: PrefsConfig, output: Path) -> set[str]:
     if saved is not None:
         for key in sorted(set(saved) | set(now)):
             if saved.get(key) != now.get(key):
-                raise ConfigError(f"cannot resume {output}: {key} was {saved.get(key)!r} there, now "
-                                  f"{now.get(key)!r} (resuming must not change the run)")
+                raise ConfigError(
+                    f"cannot resume {output}: {key} was {saved.get(key)!r} there, now "
+                    f"{now.get(key)!r} (resuming must not change the run)"
+                )
     return {r["source"] for r in records + read_complete_lines(output) if "source" in r}
 
 
@@ -214,6 +220,7 @@ class Appender:
 
 # ---- sampling and judging ----------------------------------------------------------------------
 
+
 def make_jury(config: PrefsConfig) -> Jury:
     rubric = None
     if config.judge_rubric:
@@ -223,8 +230,10 @@ def make_jury(config: PrefsConfig) -> Jury:
             raise ConfigError(f"--judge-rubric: cannot read {config.judge_rubric}: {exc}") from None
     judges = [FunctionJudge(spec) for spec in config.judges]
     api_key = config.judge_api_key or os.environ.get("LFMKIT_JUDGE_API_KEY")
-    judges += [EndpointJudge(url, model=config.judge_model, rubric=rubric, api_key=api_key,
-                             workers=config.judge_workers) for url in config.judge_endpoints]
+    judges += [
+        EndpointJudge(url, model=config.judge_model, rubric=rubric, api_key=api_key, workers=config.judge_workers)
+        for url in config.judge_endpoints
+    ]
     return Jury(judges)
 
 
@@ -233,20 +242,21 @@ def prompt_ids(tokenizer: Tokenizer, item: Item) -> list[int]:
     return tokenizer.apply_chat_template(item.prompt, tools=item.tools, add_generation_prompt=True, tokenize=True)
 
 
-def sample(model, tokenizer: Tokenizer, items: list[Item], ids: list[list[int]], params: SamplingParams,
-           seed: int) -> list[list[str]]:
+def sample(
+    model, tokenizer: Tokenizer, items: list[Item], ids: list[list[int]], params: SamplingParams, seed: int
+) -> list[list[str]]:
     """`params.n` completions of every item, one generation batch (each prompt prefilled once),
     each prompt sampled from its own seed (a function of the run's seed and its row)."""
     per_prompt = [params.replace(seed=derived_seed(seed, it.index + 1)) for it in items]
     results = generate(model, ids, per_prompt, tokenizer=tokenizer)
     results = results if isinstance(results, list) else [results]
     n = params.n
-    return [[r.text or "" for r in results[k * n:(k + 1) * n]] for k in range(len(items))]
+    return [[r.text or "" for r in results[k * n : (k + 1) * n]] for k in range(len(items))]
 
 
 def judge_item(item: Item, samples: list[str], jury: Jury, config: PrefsConfig) -> tuple[str, dict | None]:
     """(outcome, the pair's output row or None) for one conversation and its samples."""
-    candidates: list[tuple[str, dict, str]] = []          # (source, message, text), distinct texts
+    candidates: list[tuple[str, dict, str]] = []  # (source, message, text), distinct texts
     seen = set()
     if item.reference is not None:
         candidates.append(("reference", item.reference, message_text(item.reference)))
@@ -259,7 +269,7 @@ def judge_item(item: Item, samples: list[str], jury: Jury, config: PrefsConfig) 
     scored = [(i, v.score) for i, v in enumerate(verdicts) if v.score is not None]
     if len(scored) < 2:
         return "fewer than two scored candidates", None
-    best = max(scored, key=lambda s: s[1])                 # the first of equals: max/min keep the earliest
+    best = max(scored, key=lambda s: s[1])  # the first of equals: max/min keep the earliest
     worst = min(scored, key=lambda s: s[1])
     gap = best[1] - worst[1]
     if gap <= 0:
@@ -272,15 +282,23 @@ def judge_item(item: Item, samples: list[str], jury: Jury, config: PrefsConfig) 
     row = {"prompt": item.prompt, "chosen": [c_msg], "rejected": [r_msg]}
     if item.tools:
         row["tools"] = item.tools
-    row.update({"chosen_score": best[1], "rejected_score": worst[1], "chosen_source": c_source,
-                "rejected_source": r_source, "chosen_judgements": verdicts[best[0]].output,
-                "rejected_judgements": verdicts[worst[0]].output,
-                "scores": [{"source": s, "score": v.score} for (s, _, _), v in zip(candidates, verdicts)],
-                "source": item.where})
+    row.update(
+        {
+            "chosen_score": best[1],
+            "rejected_score": worst[1],
+            "chosen_source": c_source,
+            "rejected_source": r_source,
+            "chosen_judgements": verdicts[best[0]].output,
+            "rejected_judgements": verdicts[worst[0]].output,
+            "scores": [{"source": s, "score": v.score} for (s, _, _), v in zip(candidates, verdicts)],
+            "source": item.where,
+        }
+    )
     return "pair", row
 
 
 # ---- the run -----------------------------------------------------------------------------------
+
 
 def build_pairs(config: PrefsConfig, verbose: bool = True) -> PrefsResult:
     """Write the pairs of `config.prompts` to `config.output` (see the module docstring)."""
@@ -300,14 +318,14 @@ def build_pairs(config: PrefsConfig, verbose: bool = True) -> PrefsResult:
     params = SamplingParams.for_model(model, max_tokens=config.max_tokens, n=config.num_samples, **overrides)
     context = model.config.max_position_embeddings
     progress_file = progress_path(output)
-    header = not progress_file.exists() or progress_file.stat().st_size == 0   # (a kill can leave it empty)
+    header = not progress_file.exists() or progress_file.stat().st_size == 0  # (a kill can leave it empty)
     pairs, progress = Appender(output), Appender(progress_file)
     if header:
         progress.write({"settings": config.settings()})
     bar = _progress_bar(config, len(items), result.skipped)
     try:
         for a in range(0, len(todo), config.batch_size):
-            batch = todo[a:a + config.batch_size]
+            batch = todo[a : a + config.batch_size]
             ids = {it.index: prompt_ids(tokenizer, it) for it in batch}
             fits = [it for it in batch if len(ids[it.index]) + config.max_tokens <= context]
             texts = sample(model, tokenizer, fits, [ids[it.index] for it in fits], params, config.seed) if fits else []
@@ -347,5 +365,16 @@ def _progress_bar(config: PrefsConfig, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="prefs", unit="prompt", file=sys.stderr, dynamic_ncols=True)
 
 
-__all__ = ["PrefsConfig", "PrefsResult", "build_pairs", "judge_item", "read_item", "finished_rows",
-           "read_complete_lines", "progress_path", "make_jury", "sample", "prompt_ids"]
+__all__ = [
+    "PrefsConfig",
+    "PrefsResult",
+    "build_pairs",
+    "judge_item",
+    "read_item",
+    "finished_rows",
+    "read_complete_lines",
+    "progress_path",
+    "make_jury",
+    "sample",
+    "prompt_ids",
+]

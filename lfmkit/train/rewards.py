@@ -52,7 +52,7 @@ from ..evals.answers import ANSWER_PHRASES, answers_match, extract_answer, strip
 from ..evals.ifeval_checks import follows
 from ..text.chat import THINK_END, THINK_START, ToolCall, parse_assistant_message
 
-LETTERS = "ABCDEFGHIJ"          # up to ten options (MMLU-Pro)
+LETTERS = "ABCDEFGHIJ"  # up to ten options (MMLU-Pro)
 
 
 # ---- the built-in rewards ------------------------------------------------------------------
@@ -91,7 +91,7 @@ def choice_letter(text: str, choices: list[str] | None = None) -> str | None:
         return boxed[-1]
     phrased = None
     for m in _PHRASE.finditer(text):
-        found = re.match(rf"\s*[*:]*\s*\(?({_LETTER})\b\)?", text[m.end():])
+        found = re.match(rf"\s*[*:]*\s*\(?({_LETTER})\b\)?", text[m.end() :])
         if found:
             phrased = found.group(1)
     if phrased:
@@ -152,7 +152,7 @@ def exact_answer(messages, completion: str, answer=None, **_) -> float | None:
     candidates = [response]
     phrases = list(_PHRASE.finditer(response))
     if phrases:
-        candidates.append(response[phrases[-1].end():].split("\n", 1)[0])
+        candidates.append(response[phrases[-1].end() :].split("\n", 1)[0])
     candidates += re.findall(r"\\boxed\{([^{}]*)\}", response)
     return float(any(normalize_text(c) in accepted for c in candidates))
 
@@ -199,13 +199,18 @@ def think_format(messages, completion: str, **_) -> float:
     text = completion.strip()
     if not text.startswith(THINK_START) or text.count(THINK_START) != 1 or text.count(THINK_END) != 1:
         return 0.0
-    reasoning, answer = text[len(THINK_START):].split(THINK_END)
+    reasoning, answer = text[len(THINK_START) :].split(THINK_END)
     return float(bool(reasoning.strip()) and bool(answer.strip()))
 
 
-BUILTIN: dict[str, Callable] = {"math": math_answer, "ifeval": instruction_following,
-                                "multiple_choice": multiple_choice, "exact": exact_answer,
-                                "tool_call": tool_call, "think_format": think_format}
+BUILTIN: dict[str, Callable] = {
+    "math": math_answer,
+    "ifeval": instruction_following,
+    "multiple_choice": multiple_choice,
+    "exact": exact_answer,
+    "tool_call": tool_call,
+    "think_format": think_format,
+}
 
 
 # ---- combining -----------------------------------------------------------------------------
@@ -262,7 +267,7 @@ class RewardSet:
             if reward.applies(fields):
                 try:
                     value = reward(messages, completion, fields)
-                except Exception as exc:   # noqa: BLE001 - user code: name the reward and the row
+                except Exception as exc:  # noqa: BLE001 - user code: name the reward and the row
                     raise DataError(f"{where}: reward {reward.name} failed: {type(exc).__name__}: {exc}") from exc
             values.append(math.nan if value is None else value)
         used = [(r.weight, v) for r, v in zip(self.rewards, values) if not math.isnan(v)]
@@ -277,8 +282,9 @@ def load_function(target: str) -> Callable:
         return BUILTIN[target]
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"reward {target!r}: expected a built-in name ({', '.join(BUILTIN)}), module:function "
-                          f"or file.py:function")
+        raise ConfigError(
+            f"reward {target!r}: expected a built-in name ({', '.join(BUILTIN)}), module:function or file.py:function"
+        )
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -293,7 +299,7 @@ def load_function(target: str) -> Callable:
             module = importlib.import_module(module_name)
     except ConfigError:
         raise
-    except Exception as exc:   # noqa: BLE001 - an import of user code: one line naming it
+    except Exception as exc:  # noqa: BLE001 - an import of user code: one line naming it
         raise ConfigError(f"reward {target!r}: cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -319,8 +325,12 @@ def parse_reward(spec: str) -> Reward:
     if not math.isfinite(weight):
         raise ConfigError(f"reward {spec!r}: the weight must be a finite number")
     target = rest.strip()
-    return Reward(load_function(target), weight, task.strip() if task else None,
-                  name=(f"{task.strip()}/" if task else "") + target.rpartition(":")[2])
+    return Reward(
+        load_function(target),
+        weight,
+        task.strip() if task else None,
+        name=(f"{task.strip()}/" if task else "") + target.rpartition(":")[2],
+    )
 
 
 def as_reward_set(rewards) -> RewardSet:
@@ -342,13 +352,26 @@ def as_reward_set(rewards) -> RewardSet:
     if not out:
         raise ConfigError("rewards: at least one reward function is needed")
     seen: dict[str, int] = {}
-    for r in out:            # duplicate names get #2, #3 in order
+    for r in out:  # duplicate names get #2, #3 in order
         seen[r.name] = seen.get(r.name, 0) + 1
         if seen[r.name] > 1:
             r.name = f"{r.name}#{seen[r.name]}"
     return RewardSet(out)
 
 
-__all__ = ["math_answer", "instruction_following", "multiple_choice", "exact_answer", "tool_call", "think_format",
-           "choice_letter", "normalize_text", "BUILTIN", "Reward", "RewardSet", "load_function", "parse_reward",
-           "as_reward_set"]
+__all__ = [
+    "math_answer",
+    "instruction_following",
+    "multiple_choice",
+    "exact_answer",
+    "tool_call",
+    "think_format",
+    "choice_letter",
+    "normalize_text",
+    "BUILTIN",
+    "Reward",
+    "RewardSet",
+    "load_function",
+    "parse_reward",
+    "as_reward_set",
+]

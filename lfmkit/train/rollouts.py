@@ -55,8 +55,9 @@ class PromptRow:
     fields: dict = field(default_factory=dict)
 
 
-def read_prompts(paths: list[str], tokenizer, max_prompt_length: int,
-                 chat_template: str | None = None) -> tuple[list[PromptRow], int]:
+def read_prompts(
+    paths: list[str], tokenizer, max_prompt_length: int, chat_template: str | None = None
+) -> tuple[list[PromptRow], int]:
     """(prompts, number dropped for being longer than max_prompt_length) from prompt files."""
     rows, dropped = [], 0
     kwargs = {"chat_template": chat_template} if chat_template else None
@@ -91,13 +92,13 @@ class Rollout:
     prompt: PromptRow
     completion_ids: list[int]
     text: str
-    truncated: bool                 # stopped by max_completion_length, not at end of turn
-    sample_logps: list[float]       # the sampler's log-probs of its tokens (the raw distribution)
-    reward: float = math.nan        # weighted sum of the rewards that apply (NaN: none applies)
+    truncated: bool  # stopped by max_completion_length, not at end of turn
+    sample_logps: list[float]  # the sampler's log-probs of its tokens (the raw distribution)
+    reward: float = math.nan  # weighted sum of the rewards that apply (NaN: none applies)
     rewards: list[float] = field(default_factory=list)
     advantage: float = 0.0
-    old_logps: torch.Tensor | None = None    # the rollout policy's, when reused (num_iterations > 1)
-    ref_logps: torch.Tensor | None = None    # the reference's, when beta > 0
+    old_logps: torch.Tensor | None = None  # the rollout policy's, when reused (num_iterations > 1)
+    ref_logps: torch.Tensor | None = None  # the reference's, when beta > 0
 
 
 def batch_seed(seed: int, batch: int, prompt: int) -> int:
@@ -117,14 +118,23 @@ def eval_mode(model: nn.Module):
         model.train(was)
 
 
-def generate_rollouts(model: nn.Module, tokenizer, prompts: list[PromptRow], sampling: SamplingParams,
-                      seeds: list[int]) -> list[Rollout]:
+def generate_rollouts(
+    model: nn.Module, tokenizer, prompts: list[PromptRow], sampling: SamplingParams, seeds: list[int]
+) -> list[Rollout]:
     """sampling.n completions of every prompt, prompt-major, unscored (see the module doc)."""
     params = [sampling.replace(seed=s, logprobs=True) for s in seeds]
     with eval_mode(model), torch.no_grad():
         results = generate(model, [p.ids for p in prompts], params, tokenizer=tokenizer)
-    return [Rollout(prompts[r.prompt_index], list(r.token_ids), r.text or "", r.finish_reason == "length",
-                    [e.logprob for e in r.logprobs or []]) for r in results]
+    return [
+        Rollout(
+            prompts[r.prompt_index],
+            list(r.token_ids),
+            r.text or "",
+            r.finish_reason == "length",
+            [e.logprob for e in r.logprobs or []],
+        )
+        for r in results
+    ]
 
 
 def score(rollouts: list[Rollout], rewards: RewardSet) -> None:
@@ -175,7 +185,7 @@ class RolloutBatch(Batch):
     items: float = 0.0
     step_items: float = 1.0
     step_tokens: float = 1.0
-    share: float = 1.0                      # this batch's rows / the step's rows
+    share: float = 1.0  # this batch's rows / the step's rows
     first_pass: bool = True
     step_metrics: dict = field(default_factory=dict)
 
@@ -184,8 +194,9 @@ class RolloutBatch(Batch):
         return self.items
 
 
-def _aligned(rollouts: list[Rollout], width: int, values: Callable[[Rollout], list | torch.Tensor | None],
-             fill: float) -> torch.Tensor | None:
+def _aligned(
+    rollouts: list[Rollout], width: int, values: Callable[[Rollout], list | torch.Tensor | None], fill: float
+) -> torch.Tensor | None:
     """[rows, width] float32 holding each rollout's per-completion-token values at the positions
     that predict those tokens (prompt length - 1 onwards), `fill` elsewhere; None if any lacks them."""
     out = torch.full((len(rollouts), width), fill, dtype=torch.float32)
@@ -195,7 +206,7 @@ def _aligned(rollouts: list[Rollout], width: int, values: Callable[[Rollout], li
             return None
         v = torch.as_tensor(v, dtype=torch.float32)
         start = len(r.prompt.ids) - 1
-        out[i, start:start + len(v)] = v
+        out[i, start : start + len(v)] = v
     return out
 
 
@@ -208,17 +219,22 @@ def collate_rollouts(rollouts: list[Rollout], pad_id: int, mask_truncated: bool 
     targets = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
     real = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, (r, s) in enumerate(zip(rollouts, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        real[i, :len(s)] = True
+        ids[i, : len(s)] = torch.tensor(s)
+        real[i, : len(s)] = True
         if not (mask_truncated and r.truncated):
             start = len(r.prompt.ids) - 1
-            targets[i, start:start + len(r.completion_ids)] = torch.tensor(r.completion_ids)
+            targets[i, start : start + len(r.completion_ids)] = torch.tensor(r.completion_ids)
     mask = None if bool(real.all()) else real.long()
-    return RolloutBatch(ids, targets, attention_mask=mask, tokens=int(real.sum()),
-                        advantages=torch.tensor([r.advantage for r in rollouts], dtype=torch.float32),
-                        old_logps=_aligned(rollouts, width, lambda r: r.old_logps, 0.0),
-                        ref_logps=_aligned(rollouts, width, lambda r: r.ref_logps, 0.0),
-                        sample_logps=_aligned(rollouts, width, lambda r: r.sample_logps, math.nan))
+    return RolloutBatch(
+        ids,
+        targets,
+        attention_mask=mask,
+        tokens=int(real.sum()),
+        advantages=torch.tensor([r.advantage for r in rollouts], dtype=torch.float32),
+        old_logps=_aligned(rollouts, width, lambda r: r.old_logps, 0.0),
+        ref_logps=_aligned(rollouts, width, lambda r: r.ref_logps, 0.0),
+        sample_logps=_aligned(rollouts, width, lambda r: r.sample_logps, math.nan),
+    )
 
 
 def loss_items(batch: Batch, loss_type: str, max_completion_length: int) -> float:
@@ -251,9 +267,17 @@ class RolloutPlan:
 
     packing = False
 
-    def __init__(self, model: nn.Module, tokenizer, prompts: list[PromptRow], rewards: RewardSet, config,
-                 reference: Callable | None = None, autocast: Callable = contextlib.nullcontext,
-                 on_step: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        prompts: list[PromptRow],
+        rewards: RewardSet,
+        config,
+        reference: Callable | None = None,
+        autocast: Callable = contextlib.nullcontext,
+        on_step: Callable[[int], None] | None = None,
+    ):
         if not prompts:
             raise DataError("prompts: no prompt left to train on")
         self.model, self.tokenizer, self.prompts, self.rewards = model, tokenizer, prompts, rewards
@@ -262,9 +286,15 @@ class RolloutPlan:
         self.autocast = autocast
         self.on_step = on_step
         self.per_step = config.prompts_per_step
-        self.sampling = SamplingParams(max_tokens=config.max_completion_length, temperature=config.temperature,
-                                       top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
-                                       repetition_penalty=config.repetition_penalty, n=config.num_generations)
+        self.sampling = SamplingParams(
+            max_tokens=config.max_completion_length,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            min_p=config.min_p,
+            repetition_penalty=config.repetition_penalty,
+            n=config.num_generations,
+        )
         self.batches_per_epoch = math.ceil(len(prompts) / self.per_step)
         self._current: RolloutStep | None = None
 
@@ -295,8 +325,11 @@ class RolloutPlan:
         batch.step_items, batch.step_tokens = current.items, current.tokens
         batch.share = len(rows) / len(current.rollouts)
         batch.first_pass = self._first_pass
-        batch.step_metrics = current.metrics if self._first_pass else {
-            k: v for k, v in current.metrics.items() if not k.startswith("rollout_")}
+        batch.step_metrics = (
+            current.metrics
+            if self._first_pass
+            else {k: v for k, v in current.metrics.items() if not k.startswith("rollout_")}
+        )
         if not self._first_pass and batch.old_logps is None:
             raise RuntimeError("a reused rollout batch has no old log-probs")
         return batch
@@ -306,14 +339,19 @@ class RolloutPlan:
         epoch, k = divmod(index, self.batches_per_epoch)
         order = list(range(len(self.prompts)))
         random.Random(f"{self.config.seed}:{epoch}:prompts").shuffle(order)
-        return [self.prompts[i] for i in order[k * self.per_step:(k + 1) * self.per_step]]
+        return [self.prompts[i] for i in order[k * self.per_step : (k + 1) * self.per_step]]
 
     def rollout_step(self, index: int) -> RolloutStep:
         cfg = self.config
         prompts = self.prompts_of(index)
         t0 = time.perf_counter()
-        rollouts = generate_rollouts(self.model, self.tokenizer, prompts, self.sampling,
-                                     [batch_seed(cfg.seed, index, i) for i in range(len(prompts))])
+        rollouts = generate_rollouts(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.sampling,
+            [batch_seed(cfg.seed, index, i) for i in range(len(prompts))],
+        )
         seconds = time.perf_counter() - t0
         score(rollouts, self.rewards)
         rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
@@ -327,8 +365,13 @@ class RolloutPlan:
                 self._attach_logps(rollouts, reference, "ref_logps")
         probe = collate_rollouts(rollouts, 0, cfg.mask_truncated_completions)
         metrics = rollout_metrics(rollouts, self.rewards.names, zero_std, seconds)
-        return RolloutStep(index, rollouts, loss_items(probe, cfg.loss_type, cfg.max_completion_length),
-                           float(probe.trained_tokens), metrics)
+        return RolloutStep(
+            index,
+            rollouts,
+            loss_items(probe, cfg.loss_type, cfg.max_completion_length),
+            float(probe.trained_tokens),
+            metrics,
+        )
 
     @torch.no_grad()
     def _attach_logps(self, rollouts: list[Rollout], model: nn.Module, name: str) -> None:
@@ -337,7 +380,7 @@ class RolloutPlan:
         size = max(1, self.config.batch_size // self.config.grad_accum)
         with eval_mode(model):
             for a in range(0, len(rollouts), size):
-                chunk = rollouts[a:a + size]
+                chunk = rollouts[a : a + size]
                 batch = collate_rollouts(chunk, 0).to(self.model.device)
                 with self.autocast():
                     logps = completion_logps(model, batch, self.config.temperature, self.config.loss_chunk_size)
@@ -354,13 +397,20 @@ def rollout_metrics(rollouts: list[Rollout], names: list[str], zero_std: torch.T
     lengths = [len(r.completion_ids) for r in rollouts]
     out = {"reward": _finite(torch.nanmean(totals)), "reward_std": _finite(nanstd(totals))}
     for k, name in enumerate(names):
-        out[f"reward/{name}"] = _finite(torch.nanmean(torch.tensor([r.rewards[k] for r in rollouts],
-                                                                   dtype=torch.float64)))
-    out.update({"frac_reward_zero_std": float(zero_std.float().mean()),
-                "unscored": sum(math.isnan(r.reward) for r in rollouts) / len(rollouts),
-                "completion_length": statistics.fmean(lengths), "completion_length_max": max(lengths),
-                "truncated": sum(r.truncated for r in rollouts) / len(rollouts),
-                "rollout_s": round(seconds, 4), "rollout_tokens_per_s": round(sum(lengths) / max(seconds, 1e-9), 1)})
+        out[f"reward/{name}"] = _finite(
+            torch.nanmean(torch.tensor([r.rewards[k] for r in rollouts], dtype=torch.float64))
+        )
+    out.update(
+        {
+            "frac_reward_zero_std": float(zero_std.float().mean()),
+            "unscored": sum(math.isnan(r.reward) for r in rollouts) / len(rollouts),
+            "completion_length": statistics.fmean(lengths),
+            "completion_length_max": max(lengths),
+            "truncated": sum(r.truncated for r in rollouts) / len(rollouts),
+            "rollout_s": round(seconds, 4),
+            "rollout_tokens_per_s": round(sum(lengths) / max(seconds, 1e-9), 1),
+        }
+    )
     return out
 
 
@@ -370,24 +420,49 @@ def _finite(x: torch.Tensor) -> float | None:
 
 
 # ---- held-out reward -----------------------------------------------------------------------
-def mean_reward(model: nn.Module, tokenizer, prompts: list[PromptRow], rewards: RewardSet,
-                max_tokens: int, temperature: float = 0.0, n: int = 1, seed: int = 0,
-                batch_size: int = 32) -> dict:
+def mean_reward(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[PromptRow],
+    rewards: RewardSet,
+    max_tokens: int,
+    temperature: float = 0.0,
+    n: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict:
     """Mean reward (and each reward's mean) of `model` on `prompts`: n completions each, greedy
     when temperature is 0, generated `batch_size` prompts at a time."""
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=1.0, top_k=0, min_p=0.0,
-                            repetition_penalty=1.0, n=n)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, n=n
+    )
     rollouts = []
     for a in range(0, len(prompts), batch_size):
-        chunk = prompts[a:a + batch_size]
-        rollouts += generate_rollouts(model, tokenizer, chunk, params,
-                                      [batch_seed(seed, -1, a + i) for i in range(len(chunk))])
+        chunk = prompts[a : a + batch_size]
+        rollouts += generate_rollouts(
+            model, tokenizer, chunk, params, [batch_seed(seed, -1, a + i) for i in range(len(chunk))]
+        )
     score(rollouts, rewards)
     metrics = rollout_metrics(rollouts, rewards.names, torch.zeros(1), 1.0)
     keep = ["reward", "completion_length", "truncated"] + [f"reward/{name}" for name in rewards.names]
     return {k: metrics[k] for k in keep} | {"prompts": len(prompts), "completions": len(rollouts)}
 
 
-__all__ = ["PromptRow", "read_prompts", "Rollout", "generate_rollouts", "score", "group_advantages", "nanstd",
-           "RolloutBatch", "collate_rollouts", "loss_items", "RolloutPlan", "RolloutStep", "rollout_metrics",
-           "mean_reward", "batch_seed", "eval_mode"]
+__all__ = [
+    "PromptRow",
+    "read_prompts",
+    "Rollout",
+    "generate_rollouts",
+    "score",
+    "group_advantages",
+    "nanstd",
+    "RolloutBatch",
+    "collate_rollouts",
+    "loss_items",
+    "RolloutPlan",
+    "RolloutStep",
+    "rollout_metrics",
+    "mean_reward",
+    "batch_seed",
+    "eval_mode",
+]

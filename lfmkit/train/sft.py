@@ -81,8 +81,12 @@ def lora_hooks(config: SFTConfig) -> tuple[Callable | None, Callable | None]:
     if importlib.util.find_spec(LORA_MODULE) is None:
         raise ConfigError("lora_r: LoRA training needs lfmkit.train.lora, which this installation does not have")
     lora = importlib.import_module(LORA_MODULE)
-    options = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-               "targets": config.lora_targets}
+    options = {
+        "r": config.lora_r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "targets": config.lora_targets,
+    }
     options = {k: v for k, v in options.items() if v is not None}
 
     def prepare(model):
@@ -101,22 +105,28 @@ def read_chat_template(config: SFTConfig) -> str | None:
         raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
 
 
-def print_data_summary(stats, sources, max_length: int, unit: str = "documents",
-                       dropped: str = "with nothing to train on") -> None:
+def print_data_summary(
+    stats, sources, max_length: int, unit: str = "documents", dropped: str = "with nothing to train on"
+) -> None:
     """One line per data source: what loading it kept, truncated and dropped."""
     for s, src in zip(stats, sources):
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.kinds.items()))
-        print(f"data {s.path} (weight {src.weight:g}): {s.documents} {unit} ({kinds}), {s.tokens:,} tokens, "
-              f"{s.trained_tokens:,} trained; {s.truncated} truncated to {max_length}, {s.dropped} {dropped}",
-              flush=True)
+        print(
+            f"data {s.path} (weight {src.weight:g}): {s.documents} {unit} ({kinds}), {s.tokens:,} tokens, "
+            f"{s.trained_tokens:,} trained; {s.truncated} truncated to {max_length}, {s.dropped} {dropped}",
+            flush=True,
+        )
 
 
 def load_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True):
     """(documents per source, weights) for the config's data, with a one-line summary per source."""
     sources = [DataSource.parse(spec) for spec in config.data]
-    options = DataOptions(max_length=config.max_length, assistant_only_loss=config.assistant_only_loss,
-                          completion_only_loss=config.completion_only_loss,
-                          chat_template=read_chat_template(config))
+    options = DataOptions(
+        max_length=config.max_length,
+        assistant_only_loss=config.assistant_only_loss,
+        completion_only_loss=config.completion_only_loss,
+        chat_template=read_chat_template(config),
+    )
     docs, stats = load_sources(sources, tokenizer, options)
     if verbose:
         print_data_summary(stats, sources, config.max_length)
@@ -134,7 +144,7 @@ class Run:
     model: nn.Module
     tokenizer: Tokenizer
     tokenizer_dir: str
-    documents: list[list[Document]]      # per data source
+    documents: list[list[Document]]  # per data source
     plan: DataPlan
     save_model: Callable[[nn.Module, Path], None]
 
@@ -145,9 +155,13 @@ def sft_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True) -> t
     return docs, DataPlan(docs, weights, config.batch_size, config.max_length, config.packing, config.seed)
 
 
-def prepare_run(config: SFTConfig, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-                save_model: Callable[[nn.Module, Path], None] | None = None, verbose: bool = True,
-                data: Callable = sft_data) -> Run:
+def prepare_run(
+    config: SFTConfig,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    save_model: Callable[[nn.Module, Path], None] | None = None,
+    verbose: bool = True,
+    data: Callable = sft_data,
+) -> Run:
     """Load `config.model` (float32 master weights) and its tokenizer, read the data and plan the
     steps (`data(config, tokenizer, verbose) -> (documents per source, plan)`; another recipe's
     documents only need `input_ids`, e.g. preference pairs) and adapt the model
@@ -164,20 +178,24 @@ def prepare_run(config: SFTConfig, prepare_model: Callable[[nn.Module], nn.Modul
     docs, plan = data(config, tokenizer, verbose)
     too_big = max(max(max(d.input_ids) for d in source) for source in docs)
     if too_big >= model.config.vocab_size:
-        raise DataError(f"token id {too_big} is outside the model's vocabulary ({model.config.vocab_size}); "
-                        f"is the tokenizer the model's?")
+        raise DataError(
+            f"token id {too_big} is outside the model's vocabulary ({model.config.vocab_size}); "
+            f"is the tokenizer the model's?"
+        )
 
     lora_prepare, lora_save = lora_hooks(config) if prepare_model is None else (None, None)
     prepare_model = prepare_model or lora_prepare
     save_model = save_model or lora_save
     if prepare_model is not None:
-        torch.manual_seed(config.seed)          # adapter initialisation is part of the run's randomness
+        torch.manual_seed(config.seed)  # adapter initialisation is part of the run's randomness
         model = prepare_model(model) or model
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if save_model is None:
+
         def save_model(m, out):
             save_hf_model(m, out, tokenizer_dir, config.save_dtype)
+
     return Run(config, device, model, tokenizer, tokenizer_dir, docs, plan, save_model)
 
 
@@ -191,14 +209,21 @@ def train_run(run: Run, loss=None, verbose: bool = True) -> TrainResult:
     config = run.config
     trainer = Trainer(run.model, run.plan, config, pad_id(run.tokenizer), loss_fn=loss, save_model=run.save_model)
     if verbose:
-        print(f"training {trainer.total_steps} steps of {config.batch_size} sequences "
-              f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {run.device}",
-              flush=True)
+        print(
+            f"training {trainer.total_steps} steps of {config.batch_size} sequences "
+            f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {run.device}",
+            flush=True,
+        )
     return trainer.train()
 
 
-def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-        save_model: Callable[[nn.Module, Path], None] | None = None, loss=None, verbose: bool = True) -> TrainResult:
+def sft(
+    config: SFTConfig | dict | str | os.PathLike,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    save_model: Callable[[nn.Module, Path], None] | None = None,
+    loss=None,
+    verbose: bool = True,
+) -> TrainResult:
     """Fine-tune `config.model` on `config.data`; see the module docstring for what is written.
 
     prepare_model: adapts the loaded model before training (freeze, wrap adapters); only the
@@ -211,5 +236,18 @@ def sft(config: SFTConfig | dict | str | os.PathLike, prepare_model: Callable[[n
     return train_run(prepare_run(as_config(config), prepare_model, save_model, verbose), loss, verbose)
 
 
-__all__ = ["sft", "Run", "prepare_run", "sft_data", "train_run", "pad_id", "read_chat_template", "print_data_summary",
-           "as_config", "save_hf_model", "lora_hooks", "load_data", "resolve_device"]
+__all__ = [
+    "sft",
+    "Run",
+    "prepare_run",
+    "sft_data",
+    "train_run",
+    "pad_id",
+    "read_chat_template",
+    "print_data_summary",
+    "as_config",
+    "save_hf_model",
+    "lora_hooks",
+    "load_data",
+    "resolve_device",
+]

@@ -76,8 +76,12 @@ def build_optimizer(model: nn.Module, config: SFTConfig) -> torch.optim.AdamW:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
-                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+    )
 
 
 def distributed() -> tuple[int, int]:
@@ -119,28 +123,37 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, plan: DataPlan, config: SFTConfig, pad_id: int,
-                 loss_fn: Callable[[nn.Module, object], LossOutput] | None = None,
-                 save_model: Callable[[nn.Module, Path], None] | None = None,
-                 progress_metrics: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: DataPlan,
+        config: SFTConfig,
+        pad_id: int,
+        loss_fn: Callable[[nn.Module, object], LossOutput] | None = None,
+        save_model: Callable[[nn.Module, Path], None] | None = None,
+        progress_metrics: tuple[str, ...] = (),
+    ):
         self.model = model
         self.plan = plan
         self.config = config
         self.pad_id = pad_id
         self.loss_fn = loss_fn or CausalLMLoss(config.loss_chunk_size)
         self.save_model = save_model
-        self.progress_metrics = progress_metrics      # more record keys the progress bar shows
+        self.progress_metrics = progress_metrics  # more record keys the progress bar shows
         self.output = Path(config.output)
         self.rank, self.world = distributed()
         if config.batch_size % (config.grad_accum * self.world):
-            raise ConfigError(f"batch_size ({config.batch_size}) must be a multiple of grad_accum x processes "
-                              f"({config.grad_accum} x {self.world})")
+            raise ConfigError(
+                f"batch_size ({config.batch_size}) must be a multiple of grad_accum x processes "
+                f"({config.grad_accum} x {self.world})"
+            )
         self.total_steps = config.max_steps or plan.total_steps(config.epochs)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, config)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, Schedule(config.lr_scheduler, warmup, self.total_steps))
+            self.optimizer, Schedule(config.lr_scheduler, warmup, self.total_steps)
+        )
 
     # ---- the run -------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -159,8 +172,13 @@ class Trainer:
                     log.write(record)
                 if bar is not None:
                     shown = {k: f"{record[k]:.4g}" for k in self.progress_metrics if record.get(k) is not None}
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:,.0f}", **shown, refresh=False)
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}",
+                        lr=f"{record['learning_rate']:.2e}",
+                        tok_s=f"{record['tokens_per_s']:,.0f}",
+                        **shown,
+                        refresh=False,
+                    )
                     bar.update(1)
                 done = step + 1
                 if self.config.save_every and (done % self.config.save_every == 0 or done == self.total_steps):
@@ -181,10 +199,19 @@ class Trainer:
         """One optimizer step over the global batch of `step`; its metrics record."""
         t0 = time.perf_counter()
         epoch, rows = self.plan.step_rows(step)
-        batches = [self.plan.collate(m, self.pad_id).to(self.model.device)
-                   for m in micro_batches(rows, self.config.grad_accum, self.rank, self.world)]
-        counts = torch.tensor([sum(b.loss_items for b in batches), sum(b.trained_tokens for b in batches),
-                               sum(b.tokens for b in batches)], dtype=torch.float64, device=self.model.device)
+        batches = [
+            self.plan.collate(m, self.pad_id).to(self.model.device)
+            for m in micro_batches(rows, self.config.grad_accum, self.rank, self.world)
+        ]
+        counts = torch.tensor(
+            [
+                sum(b.loss_items for b in batches),
+                sum(b.trained_tokens for b in batches),
+                sum(b.tokens for b in batches),
+            ],
+            dtype=torch.float64,
+            device=self.model.device,
+        )
         n_items, n_trained, n_tokens = all_reduce_sum(counts).tolist()
         scale = self.world / max(n_items, 1.0)
         sums = {"loss": torch.zeros((), dtype=torch.float64, device=self.model.device)}
@@ -196,8 +223,9 @@ class Trainer:
             for name, value in out.parts.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
         names = sorted(sums)
-        reduced = all_reduce_sum(torch.stack([torch.as_tensor(sums[n], dtype=torch.float64,
-                                                              device=self.model.device) for n in names]))
+        reduced = all_reduce_sum(
+            torch.stack([torch.as_tensor(sums[n], dtype=torch.float64, device=self.model.device) for n in names])
+        )
         means = {n: float(v) / max(n_items, 1.0) for n, v in zip(names, reduced.tolist())}
         clip = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
@@ -207,9 +235,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         _, k = self.plan.locate(step)
-        return {"step": step + 1, "epoch": round(epoch + (k + 1) / self.plan.steps_in_epoch(epoch), 4),
-                **means, "learning_rate": lr, "grad_norm": grad_norm, "tokens": int(n_tokens),
-                "trained_tokens": int(n_trained), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1)}
+        return {
+            "step": step + 1,
+            "epoch": round(epoch + (k + 1) / self.plan.steps_in_epoch(epoch), 4),
+            **means,
+            "learning_rate": lr,
+            "grad_norm": grad_norm,
+            "tokens": int(n_tokens),
+            "trained_tokens": int(n_trained),
+            "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+        }
 
     # ---- pieces --------------------------------------------------------------------------
     def _autocast(self):
@@ -222,8 +257,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=start, desc="train", unit="step", file=sys.stderr,
-                    dynamic_ncols=True)
+        return tqdm(
+            total=self.total_steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True
+        )
 
     def _start(self) -> int:
         """The step to start from: 0, or the last complete checkpoint's with --resume."""
@@ -245,16 +281,33 @@ class Trainer:
         now = self.config.to_dict()
         for key in sorted(set(saved) | set(now)):
             if key not in RESUME_FREE and saved.get(key) != now.get(key):
-                raise ConfigError(f"cannot resume from {path}: {key} was {saved.get(key)!r} there, "
-                                  f"now {now.get(key)!r} (resuming must not change the run)")
+                raise ConfigError(
+                    f"cannot resume from {path}: {key} was {saved.get(key)!r} there, "
+                    f"now {now.get(key)!r} (resuming must not change the run)"
+                )
 
     def save(self, step: int) -> Path | None:
         if self.rank != 0:
             return None
         epoch, _ = self.plan.locate(step - 1)
-        return save_checkpoint(self.output, step, self.model, self.optimizer, self.scheduler,
-                               {"epoch": epoch, "config": self.config.to_dict()}, keep=self.config.save_limit)
+        return save_checkpoint(
+            self.output,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            {"epoch": epoch, "config": self.config.to_dict()},
+            keep=self.config.save_limit,
+        )
 
 
-__all__ = ["Trainer", "TrainResult", "check_output", "Schedule", "build_optimizer", "distributed", "all_reduce_sum",
-           "RESUME_FREE"]
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "check_output",
+    "Schedule",
+    "build_optimizer",
+    "distributed",
+    "all_reduce_sum",
+    "RESUME_FREE",
+]
