@@ -36,7 +36,7 @@ from .lora import adapters_disabled, has_lora
 from .metrics import METRICS_FILE, read_metrics
 from .rewards import RewardSet, as_reward_set
 from .rollouts import PromptRow, RolloutPlan, mean_reward, read_prompts
-from .sft import lora_hooks, resolve_device, save_hf_model
+from .sft import lora_hooks, read_chat_template, resolve_device, save_hf_model
 from .trainer import Trainer, TrainResult, check_output
 
 EVAL_FILE = "eval_rewards.jsonl"
@@ -71,15 +71,6 @@ def as_grpo_config(config: GRPOConfig | dict | str | os.PathLike, rewards=None) 
     if isinstance(config, dict):
         return GRPOConfig.from_dict(config)
     return GRPOConfig.from_yaml(config)
-
-
-def _read_template(config: GRPOConfig) -> str | None:
-    if not config.chat_template:
-        return None
-    try:
-        return Path(config.chat_template).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"chat_template: cannot read {config.chat_template}: {exc}") from None
 
 
 def _load_prompts(
@@ -216,7 +207,7 @@ def grpo(
     if not tokenizer_dir:
         raise ConfigError(f"model: {config.model} ships no tokenizer, which prompts need")
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    template = _read_template(config)
+    template = read_chat_template(config)
     prompts = _load_prompts(config.prompts, tokenizer, config, template, "prompts", verbose)
     held_out = None
     if config.eval_prompts:
