@@ -13,6 +13,7 @@ import argparse
 
 from ..train.config import (
     CACHE_DTYPES,
+    DISTRIBUTED,
     KD_LOSSES,
     SCHEDULERS,
     TEACHER_QUANTS,
@@ -76,7 +77,11 @@ _FLAGS = [
         ),
     ),
     ("--bf16", dict(action=argparse.BooleanOptionalAction, help="bfloat16 autocast (float32 master weights)")),
-    ("--device", dict(help="cpu, cuda, cuda:N (default: cuda when available)")),
+    ("--device", dict(help="cpu, cuda, cuda:N (default: cuda when available; under torchrun cuda:LOCAL_RANK)")),
+    (
+        "--distributed",
+        dict(choices=DISTRIBUTED, help="under torchrun: ddp (replicate the model; default) or fsdp (shard it, FSDP2)"),
+    ),
     ("--save-dtype", dict(choices=("float32", "bfloat16", "float16"), help="dtype of the final model")),
     ("--lora-r", dict(type=int, help="LoRA rank (enables LoRA; needs lfmkit.train.lora)")),
     ("--lora-alpha", dict(type=float, help="LoRA alpha")),
@@ -238,6 +243,11 @@ def config_from_args(args, kind: type[SFTConfig] = SFTConfig) -> SFTConfig:
 
 
 def report(result) -> None:
+    """The run's one-line summary (process 0 only under torchrun)."""
+    from ..train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     ran = f"this run: {len(result.losses)}"
     if result.resumed_from:
         ran += f", resumed at step {result.resumed_from}"

@@ -158,6 +158,11 @@ class DataPlan:
         """One micro-batch of this plan's rows as tensors (what the trainer feeds the loss)."""
         return collate(rows, pad_id, self.packing)
 
+    def empty_batch(self, pad_id: int) -> "Batch":
+        """A micro-batch with nothing to train, for a process with no rows left in a short step
+        (distributed.py: every process must run as many forwards and backwards)."""
+        return empty_batch(pad_id, self.packing)
+
     def step_rows(self, step: int) -> tuple[int, list[Row]]:
         """(epoch, rows) of global optimizer step `step`, all processes together."""
         epoch, k = self.locate(step)
@@ -212,6 +217,15 @@ class Batch:
         return replace(self, **moved)
 
 
+def empty_batch(pad_id: int, packed: bool) -> Batch:
+    """A micro-batch with nothing to train (one padding token, no target): what a process with
+    no rows left in a short step runs, so that its collectives match the other processes'. Its
+    loss is 0 and reaches every parameter with a zero gradient."""
+    ids = torch.full((1, 1), pad_id, dtype=torch.long)
+    targets = torch.full((1, 1), IGNORE_INDEX, dtype=torch.long)
+    return Batch(ids, targets, document_ids=torch.zeros((1, 1), dtype=torch.long) if packed else None, tokens=0)
+
+
 def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:
     """Right-pad rows to the longest; packed rows number their documents (padding is one more)."""
     width = max(sum(len(d) for d in row) for row in rows)
@@ -235,4 +249,4 @@ def collate(rows: list[Row], pad_id: int, packed: bool) -> Batch:
     return Batch(ids, targets, attention_mask=mask, document_ids=docs, tokens=int(real.sum()))
 
 
-__all__ = ["pack_best_fit_decreasing", "DataPlan", "micro_batches", "Batch", "collate"]
+__all__ = ["pack_best_fit_decreasing", "DataPlan", "micro_batches", "Batch", "collate", "empty_batch"]

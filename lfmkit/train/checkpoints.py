@@ -4,8 +4,16 @@ A checkpoint is `<output>/checkpoints/step-<N>/` holding
 - `trainable.safetensors`: the parameters that require grad (the whole model for full
   fine-tuning, the adapters for LoRA), by parameter name;
 - `optimizer.pt`, `scheduler.pt`: their state dicts;
-- `rng.pt`: Python's and torch's random states (CPU and CUDA);
-- `trainer_state.json`: the step, the epoch, and the config the run was started with.
+- `rng.pt`: Python's and torch's random states (CPU and CUDA); with several processes, process
+  r > 0 has its own `rng-rank<r>.pt`;
+- `trainer_state.json`: the step, the epoch, the number of processes and strategy, and the
+  config the run was started with.
+
+Under FSDP the parameters and optimizer state are gathered whole first (every process takes
+part), so the files are the same as a one-process run's; process 0 writes them.
+
+Under FSDP the parameters and optimizer state are gathered whole first (every process takes
+part), so the files are the same as a one-process run's; process 0 writes them.
 
 It is written under a temporary name (`.tmp-step-<N>-<pid>`) and renamed when complete, so a
 run killed at any moment (SIGKILL included) leaves either the whole checkpoint or none;
@@ -25,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .distributed import all_gather_objects, full_optimizer_state, full_tensor, load_optimizer_state, shard_like
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -53,8 +62,14 @@ def clean_temporary(output: str | Path) -> None:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Name -> tensor of the parameters that require grad (a tied tensor once)."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Name -> whole tensor of the parameters that require grad (a tied tensor once); gathers
+    sharded parameters, so every process must call it."""
+    return {n: full_tensor(p.detach()).to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_file(rank: int) -> str:
+    """The RNG file of process `rank` in a checkpoint."""
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
 
 
 def rng_state() -> dict:
@@ -72,21 +87,37 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    output: str | Path, step: int, model: nn.Module, optimizer, scheduler, state: dict, keep: int | None = None
-) -> Path:
-    """Write checkpoint `step` atomically; keep only the newest `keep` when set. Returns its path."""
+    output: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    state: dict,
+    keep: int | None = None,
+    rank: int = 0,
+) -> Path | None:
+    """Write checkpoint `step` atomically; keep only the newest `keep` when set. Returns its path.
+
+    With several processes every one calls this (the state is gathered); process 0 writes and
+    the others return None."""
     from safetensors.torch import save_file
 
+    tensors = trainable_state(model)
+    optimizer_state = full_optimizer_state(optimizer)
+    rngs = all_gather_objects(rng_state())
+    if rank != 0:
+        return None
     root = checkpoint_dir(output)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(tensors, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    for r, rng in enumerate(rngs):
+        torch.save(rng, tmp / rng_file(r))
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     if final.exists():  # the same step saved again (a resumed run's last step)
         old = root / f".tmp-old-step-{step}-{os.getpid()}"
@@ -102,16 +133,25 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore parameters, optimizer, scheduler and RNG from checkpoint `path`; return its state."""
+def checkpoint_state(path: Path) -> dict:
+    """The trainer_state.json of checkpoint `path` (step, epoch, processes, config)."""
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read {STATE_FILE}: {exc}") from None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore parameters, optimizer, scheduler and this process's RNG from checkpoint `path`
+    (sharded parameters take their shard); return its state."""
     from safetensors.torch import load_file
 
+    state = checkpoint_state(path)
     try:
-        state = json.loads((path / STATE_FILE).read_text())
         tensors = load_file(str(path / "trainable.safetensors"))
         optim_state = torch.load(path / "optimizer.pt", weights_only=True)
         sched_state = torch.load(path / "scheduler.pt", weights_only=True)
-        rng = torch.load(path / "rng.pt", weights_only=True)
+        rng = torch.load(path / rng_file(rank), weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -127,8 +167,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
                 raise CheckpointError(
                     f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model {tuple(p.shape)}"
                 )
-            p.copy_(tensors[name])
-    optimizer.load_state_dict(optim_state)
+            p.copy_(shard_like(tensors[name], p))
+    load_optimizer_state(optimizer, optim_state)
     scheduler.load_state_dict(sched_state)
     set_rng_state(rng)
     return state
@@ -140,6 +180,7 @@ __all__ = [
     "clean_temporary",
     "save_checkpoint",
     "load_checkpoint",
+    "checkpoint_state",
     "trainable_state",
     "STATE_FILE",
 ]

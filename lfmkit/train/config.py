@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 SCHEDULERS = ("linear", "cosine", "constant")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SFTConfig:
     bf16: bool = False
     loss_chunk_size: int | None = None
     device: str | None = None  # default: cuda when available, else cpu
+    distributed: str | None = None  # under torchrun: ddp (default) or fsdp
     save_dtype: str | None = None  # final model dtype; default: the training dtype
     # checkpoints
     save_every: int = 500
@@ -151,6 +153,8 @@ class SFTConfig:
                 bad(name, f"must be at least 1, got {getattr(self, name)}")
         if self.lora_r is None and (self.lora_alpha is not None or self.lora_targets):
             bad("lora_r", "is needed when lora_alpha or lora_targets is set")
+        if self.distributed not in (None, *DISTRIBUTED):
+            bad("distributed", f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
             bad("save_dtype", f"must be float32, bfloat16 or float16, got {self.save_dtype!r}")
 
@@ -259,6 +263,7 @@ def _coerce(value, hint, where: str):
 
 __all__ = [
     "SFTConfig",
+    "DISTRIBUTED",
     "DistillConfig",
     "DistillCacheConfig",
     "SCHEDULERS",

@@ -10,6 +10,10 @@ checkpoints under `checkpoints/`.
 The recipe is two phases other recipes reuse: `prepare_run(config)` (model, tokenizer, documents,
 step plan, adapters) and `train_run(run, loss)` (the trainer); the distillation recipe
 (`distill_recipe.py`) builds its teacher loss in between.
+
+Under torchrun (WORLD_SIZE > 1) `prepare_run` joins the process group first (gloo on CPU, NCCL
+on CUDA, `distributed.py`), every process on its own GPU, and `train_run` leaves it when done;
+only process 0 prints.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..text.tokenizer import Tokenizer, copy_tokenizer_files
 from .batching import DataPlan
 from .config import SFTConfig
 from .data import DataOptions, DataSource, Document, load_sources
+from .distributed import destroy_process_group, init_process_group, is_main_process, local_rank, world_size_from_env
 from .trainer import Trainer, TrainResult, check_output
 
 LORA_MODULE = "lfmkit.train.lora"
@@ -50,12 +55,17 @@ def as_config(config: SFTConfig | dict | str | os.PathLike, kind: type[SFTConfig
 
 
 def resolve_device(name: str | None) -> torch.device:
+    """The training device: `name`, default cuda when available, else cpu. Under torchrun a
+    plain "cuda" is this process's GPU, cuda:LOCAL_RANK."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device: {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and device.index is None and world_size_from_env() > 1:
+        device = torch.device("cuda", local_rank())
+    return device
 
 
 def save_hf_model(model: nn.Module, output: Path, tokenizer_dir: str | None, dtype: str | None = None) -> Path:
@@ -147,6 +157,7 @@ class Run:
     documents: list[list[Document]]  # per data source
     plan: DataPlan
     save_model: Callable[[nn.Module, Path], None]
+    joined_group: bool = False  # prepare_run joined torchrun's process group; train_run leaves it
 
 
 def sft_data(config: SFTConfig, tokenizer: Tokenizer, verbose: bool = True) -> tuple[list[list[Document]], DataPlan]:
@@ -168,6 +179,8 @@ def prepare_run(
     (`prepare_model`, or LoRA when the config sets lora_r)."""
     check_output(config)
     device = resolve_device(config.device)
+    joined = init_process_group(device)
+    verbose = verbose and is_main_process()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
@@ -196,7 +209,7 @@ def prepare_run(
         def save_model(m, out):
             save_hf_model(m, out, tokenizer_dir, config.save_dtype)
 
-    return Run(config, device, model, tokenizer, tokenizer_dir, docs, plan, save_model)
+    return Run(config, device, model, tokenizer, tokenizer_dir, docs, plan, save_model, joined)
 
 
 def pad_id(tokenizer: Tokenizer) -> int:
@@ -206,12 +219,23 @@ def pad_id(tokenizer: Tokenizer) -> int:
 
 def train_run(run: Run, loss=None, verbose: bool = True) -> TrainResult:
     """Train a prepared run with `loss` (losses.py protocol; default next-token cross-entropy)."""
+    try:
+        return _train(run, loss, verbose and is_main_process())
+    finally:
+        if run.joined_group:
+            destroy_process_group()
+
+
+def _train(run: Run, loss, verbose: bool) -> TrainResult:
     config = run.config
     trainer = Trainer(run.model, run.plan, config, pad_id(run.tokenizer), loss_fn=loss, save_model=run.save_model)
     if verbose:
+        where = (
+            f"{trainer.world} processes ({trainer.strategy}), {run.device.type}" if trainer.world > 1 else run.device
+        )
         print(
             f"training {trainer.total_steps} steps of {config.batch_size} sequences "
-            f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {run.device}",
+            f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {where}",
             flush=True,
         )
     return trainer.train()

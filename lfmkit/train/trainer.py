@@ -12,9 +12,15 @@ The loss of a step is the sum over every loss item of the step (a trained token;
 preference loss, a pair: `Batch.loss_items`), divided by their number across all micro-batches
 and processes (all-reduced when torch.distributed is initialized), so it is the mean over the
 global batch whatever the micro-batching. Each micro-batch's backward runs on
-sum * world_size / global_count: DDP averages gradients over processes, which the world_size
-factor undoes (transformers' `average_tokens_across_devices` does the same). The plan turns a
-micro-batch's rows into tensors (`DataPlan.collate`).
+sum * world_size / global_count: DDP and FSDP average gradients over processes, which the
+world_size factor undoes (transformers' `average_tokens_across_devices` does the same). The plan
+turns a micro-batch's rows into tensors (`DataPlan.collate`).
+
+Several processes (torchrun, `distributed.py`): the model is wrapped in DDP or sharded with
+FSDP2 (`config.distributed`, default ddp); each process collates only its share of a step's
+rows, and every process runs the same number of micro-batches (one with no rows left runs the
+plan's `empty_batch`, so the collectives line up). Process 0 alone writes metrics, the progress
+bar, checkpoints and the final model (sharded tensors are gathered first).
 
 Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
 checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
@@ -38,14 +44,29 @@ from torch import nn
 
 from ..errors import ConfigError
 from .batching import DataPlan, micro_batches
-from .checkpoints import clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_state, clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import SFTConfig
+from .distributed import (
+    all_reduce_sum,
+    barrier,
+    full_tensor,
+    meta_skeleton,
+    rank_and_world,
+    resolve_strategy,
+    sync_gradients,
+    whole_model,
+    wrap,
+)
 from .losses import CausalLMLoss, LossOutput
 from .metrics import METRICS_FILE, MetricsLog, plot_loss
 
 CONFIG_FILE = "train_config.json"
 # Settings a resumed run may change without changing its losses.
-RESUME_FREE = frozenset({"resume", "output", "save_every", "save_limit", "progress", "device", "save_dtype"})
+# (`distributed` is compared as the strategy it resolves to, with the number of processes.)
+RESUME_FREE = frozenset(
+    {"resume", "output", "save_every", "save_limit", "progress", "device", "save_dtype", "distributed"}
+)
+distributed = rank_and_world  # (rank, world_size), under the trainer's earlier name
 
 
 class Schedule:
@@ -88,23 +109,6 @@ def build_optimizer(model: nn.Module, config: SFTConfig) -> torch.optim.AdamW:
     )
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world_size) when torch.distributed is initialized, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def check_output(config: SFTConfig) -> None:
     """Refuse to start a fresh run over an earlier one (its metrics and checkpoints would mix)."""
     out = Path(config.output)
@@ -145,13 +149,17 @@ class Trainer:
         self.save_model = save_model
         self.progress_metrics = progress_metrics  # more record keys the progress bar shows
         self.output = Path(config.output)
-        self.rank, self.world = distributed()
+        self.rank, self.world = rank_and_world()
         if config.batch_size % (config.grad_accum * self.world):
             raise ConfigError(
                 f"batch_size ({config.batch_size}) must be a multiple of grad_accum x processes "
                 f"({config.grad_accum} x {self.world})"
             )
         self.total_steps = config.max_steps or plan.total_steps(config.epochs)
+        self.strategy = resolve_strategy(config.distributed, self.world)
+        # FSDP shards the parameters in place; the final model is saved from a plain copy of the tree.
+        self._skeleton = meta_skeleton(model) if self.strategy == "fsdp" else None
+        self.step_module = wrap(model, self.loss_fn, self.strategy)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(model, config)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
@@ -193,10 +201,13 @@ class Trainer:
             if log is not None:
                 log.close()
         self.model.eval()
+        if self.save_model is not None:
+            model = self.model if self._skeleton is None else whole_model(self.model, self._skeleton, self.rank == 0)
+            if self.rank == 0:
+                self.save_model(model, self.output)
         if self.rank == 0:
             plot_loss(self.output)
-            if self.save_model is not None:
-                self.save_model(self.model, self.output)
+        barrier()  # the output is complete when any process returns
         return result
 
     def step(self, step: int) -> dict:
@@ -204,8 +215,8 @@ class Trainer:
         t0 = time.perf_counter()
         epoch, rows = self.plan.step_rows(step)
         batches = [
-            self.plan.collate(m, self.pad_id).to(self.model.device)
-            for m in micro_batches(rows, self.config.grad_accum, self.rank, self.world)
+            (self.plan.collate(m, self.pad_id) if m else self.plan.empty_batch(self.pad_id)).to(self.model.device)
+            for m in self._micro_batches(rows)
         ]
         counts = torch.tensor(
             [
@@ -219,12 +230,13 @@ class Trainer:
         n_items, n_trained, n_tokens = all_reduce_sum(counts).tolist()
         scale = self.world / max(n_items, 1.0)
         sums = {"loss": torch.zeros((), dtype=torch.float64, device=self.model.device)}
-        for batch in batches:
-            with self._autocast():
-                out = self.loss_fn(self.model, batch)
-            (out.total * scale).backward()
-            sums["loss"] += out.total.detach().double()
-            for name, value in out.parts.items():
+        for i, batch in enumerate(batches):
+            with sync_gradients(self.step_module, last=i == len(batches) - 1):
+                with self._autocast():
+                    total, parts = self.step_module(batch)
+                (total * scale).backward()
+            sums["loss"] += total.detach().double()
+            for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
         names = sorted(sums)
         reduced = all_reduce_sum(
@@ -232,7 +244,7 @@ class Trainer:
         )
         means = {n: float(v) / max(n_items, 1.0) for n, v in zip(names, reduced.tolist())}
         clip = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.params, clip)))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -251,6 +263,13 @@ class Trainer:
         }
 
     # ---- pieces --------------------------------------------------------------------------
+    def _micro_batches(self, rows) -> list:
+        """This process's micro-batches of a step, padded with empty ones to the count of the
+        process with the most, so every process runs as many forwards and backwards."""
+        mine = micro_batches(rows, self.config.grad_accum, self.rank, self.world)
+        most = max(len(micro_batches(rows, self.config.grad_accum, r, self.world)) for r in range(self.world))
+        return mine + [[]] * (most - len(mine))
+
     def _autocast(self):
         if self.config.bf16:
             return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
@@ -269,40 +288,59 @@ class Trainer:
         """The step to start from: 0, or the last complete checkpoint's with --resume."""
         config_file = self.output / CONFIG_FILE
         check_output(self.config)
+        barrier()  # every process has looked before process 0 writes
         if self.config.resume:
-            clean_temporary(self.output)
+            if self.rank == 0:
+                clean_temporary(self.output)
+            barrier()
             path = latest_checkpoint(self.output)
             if path is not None:
-                state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
-                self._check_same_run(state.get("config", {}), path)
+                self._check_same_run(checkpoint_state(path), path)
+                state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.rank)
                 return int(state["step"])
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
             config_file.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         return 0
 
-    def _check_same_run(self, saved: dict, path: Path) -> None:
-        now = self.config.to_dict()
+    def _check_same_run(self, state: dict, path: Path) -> None:
+        """Refuse a resume that would not continue the same run: other settings, or another
+        number of processes or strategy (each process's RNG and share of the data, and the order
+        of the gradient sums, depend on them)."""
+        saved, now = state.get("config", {}), self.config.to_dict()
         for key in sorted(set(saved) | set(now)):
             if key not in RESUME_FREE and saved.get(key) != now.get(key):
                 raise ConfigError(
                     f"cannot resume from {path}: {key} was {saved.get(key)!r} there, "
                     f"now {now.get(key)!r} (resuming must not change the run)"
                 )
+        was = (state.get("world_size", 1), state.get("strategy"))
+        if was != (self.world, self.strategy):
+            raise ConfigError(
+                f"cannot resume from {path}: it was saved by {_processes(*was)}, this run has "
+                f"{_processes(self.world, self.strategy)}; resume with the same torchrun "
+                f"--nproc_per_node and --distributed"
+            )
 
     def save(self, step: int) -> Path | None:
-        if self.rank != 0:
-            return None
+        """Checkpoint `step` (every process takes part; process 0 writes and returns the path)."""
         epoch, _ = self.plan.locate(step - 1)
+        state = {"epoch": epoch, "world_size": self.world, "strategy": self.strategy, "config": self.config.to_dict()}
         return save_checkpoint(
             self.output,
             step,
             self.model,
             self.optimizer,
             self.scheduler,
-            {"epoch": epoch, "config": self.config.to_dict()},
+            state,
             keep=self.config.save_limit,
+            rank=self.rank,
         )
+
+
+def _processes(world: int, strategy: str | None) -> str:
+    """'2 processes (fsdp)', '1 process': how a resume error names a run's layout."""
+    return f"{world} process{'es' if world > 1 else ''}" + (f" ({strategy})" if strategy else "")
 
 
 __all__ = [
