@@ -215,7 +215,7 @@ class Trainer:
         t0 = time.perf_counter()
         epoch, rows = self.plan.step_rows(step)
         batches = [
-            (self.plan.collate(m, self.pad_id) if m else self.plan.empty_batch(self.pad_id)).to(self.model.device)
+            (self.plan.collate(m, self.pad_id) if m else self._empty_batch(step)).to(self.model.device)
             for m in self._micro_batches(rows)
         ]
         counts = torch.tensor(
@@ -269,6 +269,17 @@ class Trainer:
         mine = micro_batches(rows, self.config.grad_accum, self.rank, self.world)
         most = max(len(micro_batches(rows, self.config.grad_accum, r, self.world)) for r in range(self.world))
         return mine + [[]] * (most - len(mine))
+
+    def _empty_batch(self, step: int):
+        """The micro-batch a process with no rows left runs: DataPlan's empty batch, which only
+        fits a plan that collates like DataPlan (SFT's, distillation's); a preference or rollout
+        plan has no empty batch yet, so such a run is refused with the step that needs one."""
+        if type(self.plan).collate is not DataPlan.collate:
+            raise ConfigError(
+                f"step {step + 1} leaves process {self.rank} without a row, which this recipe cannot run "
+                f"under torchrun yet; choose a batch_size the data fills on every process"
+            )
+        return self.plan.empty_batch(self.pad_id)
 
     def _autocast(self):
         if self.config.bf16:
