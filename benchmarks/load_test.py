@@ -191,17 +191,25 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
         cmd += ["--quantize", args.quantize]
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + args.startup_timeout
+    wait_healthy(proc, url, args.startup_timeout)
+    return proc, url
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float, interval: float = 0.5) -> None:
+    """Poll `url`/health until it answers 200; SystemExit if the server exits or takes too long
+    (its captured output, if any, goes into the message)."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}")
+            output = f": {proc.stdout.read()}" if proc.stdout is not None else ""
+            raise SystemExit(f"the server exited with code {proc.returncode}{output}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    proc.terminate()
+        time.sleep(interval)
+    proc.kill()
     raise SystemExit("the server did not become healthy in time")
 
 

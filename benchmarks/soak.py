@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load_test import free_port, machine, percentile  # noqa: E402
+from load_test import free_port, machine, percentile, wait_healthy  # noqa: E402
 
 MODEL = "soak"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
@@ -310,18 +310,8 @@ def start_server(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the server did not become healthy in time")
+    wait_healthy(proc, url, timeout=120, interval=0.3)
+    return proc, url
 
 
 def main(argv=None) -> int:
