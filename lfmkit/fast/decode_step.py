@@ -176,8 +176,15 @@ class FusedDecode:
         return cm, (layers, keep), lib
 
     # ---- running -------------------------------------------------------------------------
-    def __call__(self, input_ids: torch.Tensor, state: LFM2State) -> torch.Tensor | None:
-        """Logits [B, 1, vocab] for input_ids [B, 1] at each row's next slot, or None."""
+    def __call__(
+        self, input_ids: torch.Tensor, state: LFM2State, conv_columns: list[torch.Tensor | None] | None = None
+    ) -> torch.Tensor | None:
+        """Logits [B, T, vocab] for input_ids [B, T] at each row's next T slots, or None.
+
+        T > 1 computes each token exactly as T single-token steps would (speculative decoding
+        verifies drafts this way). `conv_columns`: per layer, None for attention layers, else a
+        float32 [B, T, hidden] tensor that receives the value each token shifted into the conv
+        window (so a caller can restore the window after any prefix of the T tokens)."""
         plan = self._build()
         if (
             plan is None
@@ -188,30 +195,35 @@ class FusedDecode:
         ):
             return None
         cm, _, lib = plan
-        b, s = state.batch_size, state.max_length
-        state.check_room(1)
-        ids = input_ids.reshape(b).to(torch.int64).contiguous()
-        cos, sin = self.model._rope_cache(state.max_filled() + 1)
+        b, t, s = state.batch_size, input_ids.shape[1], state.max_length
+        state.check_room(t)
+        ids = input_ids.reshape(b * t).to(torch.int64).contiguous()
+        cos, sin = self.model._rope_cache(state.max_filled() + t)
         view = self._state_view(state)
         if view is None:
             return None
         scratches = self._local.__dict__.setdefault("scratch", {})
-        scratch = scratches.get((b, s))
+        scratch = scratches.get((b * t, s))
         if scratch is None:
-            n = lib.lfm_decode_scratch_bytes(ctypes.byref(cm), b, s)
-            scratch = scratches[(b, s)] = torch.empty(n, dtype=torch.uint8)
-        logits = torch.empty(b, 1, self.model.config.vocab_size, dtype=torch.float32)
-        lib.lfm_decode_step(
+            n = lib.lfm_decode_scratch_bytes(ctypes.byref(cm), _i64(b * t), _i64(s))
+            scratch = scratches[(b * t, s)] = torch.empty(n, dtype=torch.uint8)
+        logits = torch.empty(b, t, self.model.config.vocab_size, dtype=torch.float32)
+        cols = None
+        if conv_columns is not None:
+            cols = (_p * len(conv_columns))(*[c.data_ptr() if c is not None else 0 for c in conv_columns])
+        lib.lfm_decode_tokens(
             ctypes.byref(cm),
             ctypes.byref(view[0]),
-            b,
+            _i64(b),
+            _i64(t),
             ids.data_ptr(),
             cos.data_ptr(),
             sin.data_ptr(),
             scratch.data_ptr(),
             logits.data_ptr(),
+            cols,
         )
-        state.counted_externally(1)
+        state.counted_externally(t)
         return logits
 
     def _state_view(self, state: LFM2State):

@@ -48,6 +48,7 @@ from .completion import (
     stop_token_ids,
 )
 from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
+from .speculative import DEFAULT_K, Speculator, speculator
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -263,6 +264,7 @@ def decode_rows(
     rows: list[_Row],
     sampler: BatchSampler,
     should_stop: Callable[[], bool] | None = None,
+    spec: Speculator | None = None,
 ) -> Iterator[list[tuple[_Row, str, int]]]:
     """Sample and feed tokens until every row has finished.
 
@@ -270,7 +272,12 @@ def decode_rows(
     slot i of the sampler belong to rows[i]. Yields, per step, (row, new text, token) for each
     row that got a token. A finished row's last token is never fed to the model; the running
     rows are kept in the first state rows (a finished row's place is taken by the last one).
+    With `spec`, tokens are drafted and verified several per forward (speculative.py), with
+    the same results and one yield per emitted position.
     """
+    if spec is not None:
+        yield from spec.decode_rows(model, state, logits, rows, sampler, should_stop)
+        return
     running = list(range(len(rows)))  # running[i]: the row (and sampler slot) in state row i
     step_ids = torch.empty(len(rows), 1, dtype=torch.long, device=logits.device)
     while True:
@@ -357,9 +364,11 @@ def _start(
     truncate=False,
     max_length=None,
     prefill_chunk=None,
+    headroom=0,
     **overrides,
 ):
-    """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler)."""
+    """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler).
+    `headroom`: state slots past the longest prompt plus max_tokens (drafts verified there)."""
     single, ids, params_list, tokenizer = _prepare(
         model, prompts, params, tokenizer, tools, chat_template_kwargs, overrides
     )
@@ -381,7 +390,7 @@ def _start(
                 f"prompt{'' if single else f' {i}'}: token id {bad[0]} is outside the model's vocabulary (size {vocab})"
             )
     n_rows = sum(sp.n for sp in params_list)
-    state = model.new_state(batch_size=n_rows, max_length=max_length or need)
+    state = model.new_state(batch_size=n_rows, max_length=(max_length or need) + headroom)
     sampler = BatchSampler(vocab, n_rows, device=model.device)
     rows: list[_Row] = []
     for i, (p, sp) in enumerate(zip(ids, params_list)):
@@ -415,6 +424,8 @@ def generate(
     max_length: int | None = None,
     prefill_chunk: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    draft=None,
+    draft_k: int = DEFAULT_K,
     **overrides,
 ):
     """Generate completions for one prompt or a batch.
@@ -423,7 +434,12 @@ def generate(
     all n completions of prompt 0, then of prompt 1, ...). `params` defaults to the checkpoint's
     generation_config.json / the model card; keyword overrides (max_tokens=..., seed=...) apply
     on top. `params` may also be one SamplingParams per prompt.
+
+    draft: speculative decoding (speculative.py): a draft model with the same vocabulary,
+    "ngram" (prompt lookup) or a `Speculator`; `draft_k` tokens drafted per step. Greedy output
+    is the same as without it; sampled output has the same distribution.
     """
+    spec = speculator(draft, draft_k)
     single, rows, state, logits, sampler = _start(
         model,
         prompts,
@@ -434,9 +450,10 @@ def generate(
         truncate=truncate,
         max_length=max_length,
         prefill_chunk=prefill_chunk,
+        headroom=spec.k if spec is not None else 0,
         **overrides,
     )
-    for _ in decode_rows(model, state, logits, rows, sampler, should_stop):
+    for _ in decode_rows(model, state, logits, rows, sampler, should_stop, spec):
         pass
     results = [r.result() for r in rows]
     return results[0] if single and len(results) == 1 else results
@@ -455,14 +472,17 @@ def stream_generate(
     prefill_chunk: int | None = None,
     parse: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    draft=None,
+    draft_k: int = DEFAULT_K,
     **overrides,
 ) -> Iterator[GenerationChunk]:
-    """Stream one completion of one prompt: a `GenerationChunk` per decode step.
+    """Stream one completion of one prompt: a `GenerationChunk` per generated token.
 
     Each chunk carries the newly visible text and, with `parse=True` and a tokenizer, the
     `lfmkit.chat.StreamParser` events for it (reasoning, content, tool calls). The last chunk
-    has `finish_reason` and the whole `result`.
+    has `finish_reason` and the whole `result`. `draft` / `draft_k`: as in `generate`.
     """
+    spec = speculator(draft, draft_k)
     if not _is_single_prompt(prompt):
         raise GenerationError("stream_generate takes one prompt; use generate() for a batch")
     single, rows, state, logits, sampler = _start(
@@ -475,15 +495,23 @@ def stream_generate(
         truncate=truncate,
         max_length=max_length,
         prefill_chunk=prefill_chunk,
+        headroom=spec.k if spec is not None else 0,
         **overrides,
     )
     if len(rows) != 1:
         raise GenerationError("stream_generate streams one completion: 'n' must be 1")
-    yield from stream_rows(model, state, logits, rows[0], sampler, parse=parse, should_stop=should_stop)
+    yield from stream_rows(model, state, logits, rows[0], sampler, parse=parse, should_stop=should_stop, spec=spec)
 
 
 def stream_rows(
-    model, state, logits, row: _Row, sampler, parse: bool = True, should_stop: Callable[[], bool] | None = None
+    model,
+    state,
+    logits,
+    row: _Row,
+    sampler,
+    parse: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    spec: Speculator | None = None,
 ) -> Iterator[GenerationChunk]:
     """The streaming form of `decode_rows` for one row (used by stream_generate and ChatSession)."""
     parser = None
@@ -491,7 +519,7 @@ def stream_rows(
         from ..text.chat import StreamParser
 
         parser = StreamParser()
-    for step in decode_rows(model, state, logits, [row], sampler, should_stop):
+    for step in decode_rows(model, state, logits, [row], sampler, should_stop, spec):
         for r, text, token in step:
             events = parser.feed(text) if parser is not None and text else []
             chunk = GenerationChunk(

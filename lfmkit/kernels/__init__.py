@@ -142,6 +142,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_decode_scratch_bytes.restype = i64
     lib.lfm_decode_step.argtypes = [p, p, i64, p, p, p, p, p]
     lib.lfm_decode_step.restype = None
+    lib.lfm_decode_tokens.argtypes = [p, p, i64, i64, p, p, p, p, p, p]
+    lib.lfm_decode_tokens.restype = None
     lib.lfm_has_vnni.restype = ctypes.c_int
     lib.lfm_has_vnni.argtypes = []
 

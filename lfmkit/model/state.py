@@ -236,6 +236,56 @@ class LFM2State:
         self.lengths[row] = end - n
         self._resync()
 
+    def undoable_view(self, tokens: int) -> "LFM2State":
+        """A view of this state for ONE forward of `tokens` (> 1) tokens per row that may then be
+        undone in part by `keep_prefix` (speculative decoding verifies drafts this way).
+
+        K/V, `lengths`, `positions` and `valid` are this state's own tensors; only the conv
+        windows are new, `tokens` slots wider, holding this state's windows in their last slots.
+        The multi-token conv path keeps the last `width` inputs of (window ++ chunk), so after
+        the forward each wide window holds the old window followed by every input of the chunk,
+        from which `keep_prefix` restores the window at any point of the chunk. This state's own
+        windows are untouched until then.
+        """
+        if tokens < 2:
+            raise ValueError(f"an undoable forward takes at least 2 tokens per row, got {tokens}")
+        view = LFM2State.__new__(LFM2State)
+        view.__dict__.update(self.__dict__)
+        view.__dict__.pop("_fused_view", None)  # the fused step reads fixed-width windows
+        view.conv = []
+        for c in self.conv:
+            if c is None:
+                view.conv.append(None)
+                continue
+            wide = c.new_zeros(*c.shape[:-1], c.shape[-1] + tokens)
+            wide[..., tokens:] = c
+            view.conv.append(wide)
+        view._undo_from = (self.lengths.clone(), self.positions.clone(), tokens)
+        return view
+
+    def keep_prefix(self, view: "LFM2State", kept: list[int]) -> None:
+        """After one forward on `view = self.undoable_view(t)`: keep only the first `kept[r]`
+        tokens (1 <= kept[r] <= t) of that forward in row r, as if the others were never fed.
+
+        Each row's length and position move back, its slots past the new length stop being
+        valid (their K/V is rewritten by the next write), and its conv window becomes the last
+        `conv_L_cache` inputs up to its last kept token.
+        """
+        lengths, positions, t = view._undo_from
+        if len(kept) != self.batch_size or not all(1 <= k <= t for k in kept):
+            raise ValueError(f"keep_prefix: need {self.batch_size} counts in 1..{t}, got {kept}")
+        keep = torch.as_tensor(kept, dtype=torch.long, device=self.device)
+        width = self.config.conv_L_cache
+        for mine, wide in zip(self.conv, view.conv):
+            if mine is not None:
+                index = (keep[:, None] + torch.arange(width, device=self.device))[:, None, :]
+                mine.copy_(wide.gather(-1, index.expand(*mine.shape)))
+        self.lengths.copy_(lengths + keep)
+        self.positions.copy_(positions + keep)
+        slots = torch.arange(self.max_length, device=self.device)
+        self.valid &= slots[None] < self.lengths[:, None]
+        self._resync()
+
     def rows(self, start: int, stop: int, lengths: list[int] | None = None, dense: bool | None = None) -> "LFM2State":
         """A zero-copy state over rows [start, stop): every write lands in this state.
 

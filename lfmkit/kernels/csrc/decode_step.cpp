@@ -144,13 +144,20 @@ int64_t lfm_decode_scratch_bytes(const LfmModel* m, int64_t B, int64_t max_len) 
            + B * w + 8 * (B * w / 32 + 1) + 256;                              // xq, xs, xsum, alignment
 }
 
-// Run tokens ids [B] through the model at each row's next slot; logits [B, vocab].
-// cos/sin: RoPE tables [>= max position + 1, head_dim]. The state is updated in place
-// (conv windows, K/V, valid, lengths, positions).
-void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const int64_t* ids,
-                     const float* cos_t, const float* sin_t, void* scratch, float* logits) {
+// Run T tokens per row, ids [B, T], through the model at each row's next T slots; logits
+// [B, T, vocab]. Every (row, token) pair is computed exactly as T one-token steps would
+// compute it (the same kernels on the same values: linears and norms work row by row, the conv
+// window takes the row's tokens in order, token j attends over the row's keys up to its own
+// slot), so speculative verification gives plain decoding's logits bit for bit.
+// cos/sin: RoPE tables [>= max position + T, head_dim]. The state is updated in place (conv
+// windows, K/V, valid, lengths, positions). cols: NULL, or per layer (NULL for attention
+// layers) a [B, T, h] buffer that receives the value each token shifted into the conv window,
+// from which a caller restores the window after any prefix of the T tokens.
+void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, int64_t T, const int64_t* ids,
+                       const float* cos_t, const float* sin_t, void* scratch, float* logits, float* const* cols) {
     const int64_t h = m->hidden, H = m->n_heads, KV = m->n_kv, d = m->head_dim, L = m->conv_L, S = st->max_len;
     const int64_t w = max_width(m), group = H / KV, qkv = (H + 2 * KV) * d;
+    const int64_t B = B0 * T;                   // token rows: row r is token r % T of state row r / T
     const float scale = 1.0f / sqrtf((float)d);
     float* x = (float*)scratch;                 // [B, h] the residual stream
     float* o = x + B * h;                       // [B, h] a sublayer's output
@@ -176,7 +183,12 @@ void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const
             if (!ly->is_attn) {
                 #pragma omp single
                 {
-                    lfm_conv_step(big, 3 * h, st->a[li], ly->conv_w, NULL, B, h, L, xn);
+                    for (int64_t r = 0; r < B; r++) {   // each state row's tokens in order
+                        float* window = st->a[li] + (r / T) * h * L;
+                        lfm_conv_step(big + r * 3 * h, 3 * h, window, ly->conv_w, NULL, 1, h, L, xn + r * h);
+                        if (cols != NULL)
+                            for (int64_t c = 0; c < h; c++) cols[li][r * h + c] = window[c * L + L - 1];
+                    }
                     quant_for(&ly->out, xn, B, xq, xs, xsum);
                 }
             } else {
@@ -185,22 +197,23 @@ void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const
                     float* q = big + r * qkv;
                     float* k = q + H * d;
                     const float* v = k + KV * d;
-                    const int64_t pos = st->positions[r], slot = st->lengths[r];
+                    const int64_t b = r / T, pos = st->positions[b] + r % T, slot = st->lengths[b] + r % T;
                     lfm_rmsnorm(q, ly->q_norm, H, d, m->eps, q);
                     lfm_rmsnorm(k, ly->k_norm, KV, d, m->eps, k);
                     for (int64_t hh = 0; hh < H; hh++) rope(q + hh * d, cos_t + pos * d, sin_t + pos * d, d);
                     for (int64_t g = 0; g < KV; g++) {
                         rope(k + g * d, cos_t + pos * d, sin_t + pos * d, d);
-                        const int64_t at = ((r * KV + g) * S + slot) * d;
+                        const int64_t at = ((b * KV + g) * S + slot) * d;
                         memcpy(st->a[li] + at, k + g * d, d * sizeof(float));
                         memcpy(st->b[li] + at, v + g * d, d * sizeof(float));
                     }
                 }
                 #pragma omp for schedule(static)
                 for (int64_t t = 0; t < B * KV; t++) {
-                    const int64_t r = t / KV, g = t % KV, base = t * S * d;
+                    const int64_t r = t / KV, g = t % KV, b = r / T, base = (b * KV + g) * S * d;
                     attend_group(big + r * qkv + g * group * d, group, st->a[li] + base, st->b[li] + base,
-                                 st->lengths[r] + 1, d, scale, scores + t * group * S, xn + (r * H + g * group) * d);
+                                 st->lengths[b] + r % T + 1, d, scale, scores + t * group * S,
+                                 xn + (r * H + g * group) * d);
                 }
                 #pragma omp single
                 quant_for(&ly->out, xn, B, xq, xs, xsum);
@@ -229,11 +242,17 @@ void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const
         }
         linear_for(&m->head, xq, xs, xsum, B, logits);
     }
-    for (int64_t r = 0; r < B; r++) {
-        st->valid[r * S + st->lengths[r]] = 1;
-        st->lengths[r] += 1;
-        st->positions[r] += 1;
+    for (int64_t b = 0; b < B0; b++) {
+        for (int64_t j = 0; j < T; j++) st->valid[b * S + st->lengths[b] + j] = 1;
+        st->lengths[b] += T;
+        st->positions[b] += T;
     }
+}
+
+// One token per row, ids [B]: lfm_decode_tokens with T = 1; logits [B, vocab].
+void lfm_decode_step(const LfmModel* m, const LfmStateView* st, int64_t B, const int64_t* ids,
+                     const float* cos_t, const float* sin_t, void* scratch, float* logits) {
+    lfm_decode_tokens(m, st, B, 1, ids, cos_t, sin_t, scratch, logits, NULL);
 }
 
 }  // extern "C"

@@ -1,0 +1,551 @@
+"""Speculative decoding: draft a few tokens cheaply, verify them all in ONE forward of the target.
+
+At batch 1 a decode step streams every weight once for one token; verifying `k` drafted tokens
+costs about the same pass (a `k + 1`-token chunk at the row's offset), and every accepted draft
+is a token gained. Two drafters:
+
+- `ModelDrafter`: a smaller model with the same vocabulary (LFM2-350M for the 2.6B), with its
+  own batch-1 state; it catches up on what the target emitted from the longest common prefix
+  of what it has fed (rolled back with conv-window snapshots taken after each of its steps).
+- `NgramDrafter`: prompt lookup (Saxena 2023, as transformers' `prompt_lookup_num_tokens` and
+  vLLM's n-gram speculator): the tokens that followed the last earlier occurrence of the
+  context's last n tokens (n from `max_ngram` down to `min_ngram`), that span repeated when it
+  runs into the present (a loop goes on). No model, no state.
+
+Exactness. Greedy rows: the target's token at each position is `BatchSampler.sample` of the
+verify logits (penalties included), a draft is accepted while it equals that token, and the
+first mismatch emits the target's token, so the output is plain greedy decoding's. Sampled rows
+use the rejection rule of Leviathan, Kalman & Matias, "Fast Inference from Transformers via
+Speculative Decoding" (ICML 2023, Algorithm 1) and Chen et al., "Accelerating Large Language
+Model Decoding with Speculative Sampling" (2023): draft x drawn from q is accepted with
+probability min(1, p(x) / q(x)); on rejection the token is drawn from the residual
+norm(max(0, p - q)); after k accepted drafts a bonus token is drawn from p. Each emitted token
+is then distributed exactly as p, the distribution plain sampling draws from (`BatchSampler.
+distribution`: penalties over the history so far, temperature, top_k, top_p, min_p). A
+deterministic drafter (n-gram, or a greedy draft) has q = one-hot(x). The draft's q never needs
+penalties: any q keeps the output exact, only the acceptance rate depends on it.
+
+Rollback. The verify forward runs on `LFM2State.undoable_view` (conv windows widened to keep
+every input of the chunk); `keep_prefix` then keeps, per row, only the tokens up to the first
+rejected one: lengths and positions move back (K/V past a row's length is rewritten by the
+next write) and the conv window is restored to the last `conv_L_cache` inputs at the accepted
+position. tests/test_speculative.py checks the rolled-back state against one that never saw the
+rejected tokens, tensor by tensor, and its next logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import GenerationError
+from ..model.state import LFM2State, StateSnapshot
+from .completion import FINISH_ABORT, TokenLogprob
+from .sampling import BatchSampler, SamplingParams, derived_seed, make_generator
+
+DEFAULT_K = 4
+MAX_K = 32
+FUSED_FEED = 16  # a draft's catch-up of up to this many tokens goes through its fused step
+NGRAM = "ngram"
+
+
+# ---- the rejection rule (Leviathan et al. 2023, Algorithm 1) ---------------------------------
+def acceptance_probability(p: torch.Tensor, q: torch.Tensor | None, x: int) -> float:
+    """min(1, p(x) / q(x)) for a draft x drawn from q (None: q = one-hot(x), so p(x))."""
+    qx = 1.0 if q is None else float(q[x])
+    return min(1.0, float(p[x]) / qx)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
+    """The distribution a rejected draft's replacement is drawn from: norm(max(0, p - q)).
+
+    With q = one-hot(x) that is p without x. Where p <= q everywhere (then p == q and nothing
+    is ever rejected, up to rounding) it is p itself."""
+    p = p.to(torch.float64)
+    if q is None:
+        r = p.clone()
+        r[x] = 0.0
+    else:
+        r = (p - q.to(torch.float64)).clamp_(min=0.0)
+    total = float(r.sum())
+    return r / total if total > 0 else p / p.sum()
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from `probs` [V] (any non-negative weights) by inverse CDF."""
+    cdf = probs.to(torch.float64).cumsum(-1)
+    u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
+    return int(torch.searchsorted(cdf, u[None], right=True).clamp_(max=probs.shape[-1] - 1))
+
+
+def uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+# ---- drafters --------------------------------------------------------------------------------
+@dataclass
+class Draft:
+    """Proposed next tokens; `probs[i]` is the distribution token i was drawn from (None: each
+    was chosen deterministically, so q is one-hot)."""
+
+    tokens: list[int]
+    probs: torch.Tensor | None = None  # [len(tokens), V]
+
+
+def _draft_params(params: SamplingParams) -> SamplingParams:
+    """What a draft samples with: the row's filters, no penalties (q need not match p)."""
+    return params.replace(
+        repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, logprobs=False, top_logprobs=0, n=1
+    )
+
+
+def _draft_generator(seed: int | None) -> torch.Generator:
+    return make_generator(None if seed is None else derived_seed(seed, 7_777))
+
+
+class NgramDrafter:
+    """Prompt-lookup drafting: continue the context as it continued after the last earlier
+    occurrence of its final n tokens. An index of n-grams is kept and extended as the context
+    grows (rebuilt when it does not extend the one indexed)."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise GenerationError(f"n-gram drafting: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.k = DEFAULT_K  # drafts per step (set by the Speculator)
+        self._tokens: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> where its latest occurrence ended
+
+    def reset(self, params: SamplingParams, seed: int | None = None) -> None:
+        """Start a new sequence (n-gram drafts are deterministic: nothing to seed)."""
+
+    def propose(self, context: Sequence[int], k: int) -> Draft:
+        if k < 1 or len(context) < 2:
+            return Draft([])
+        self._extend(context)
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            end = self._index.get(tuple(context[-n:]))
+            if end is not None:  # continue as it did then; a run into the present repeats
+                period = len(context) - end
+                return Draft([context[end + i % period] for i in range(k)])
+        return Draft([])
+
+    def _extend(self, context: Sequence[int]) -> None:
+        """Index every n-gram that ends before the context's last token (so each has a
+        continuation), by where it ends; later occurrences overwrite earlier ones."""
+        old = self._tokens
+        if len(context) < len(old) or list(context[: len(old)]) != old:
+            old, self._index = [], {}
+        for end in range(max(1, len(old)), len(context)):
+            for n in range(self.min_ngram, min(self.max_ngram, end) + 1):
+                self._index[tuple(context[end - n : end])] = end
+        self._tokens = list(context)
+
+
+class ModelDrafter:
+    """Drafts with a smaller model of the same vocabulary, on its own batch-1 state.
+
+    `propose(context, k)` first brings its state to `context`: it goes back to the longest
+    common prefix of what it has fed (a snapshot of its conv windows and counters is kept after
+    each of its forwards; with no snapshot there, it starts over) and feeds the rest; then it
+    drafts k tokens, one single-token step each (the fused decode step for a quantized draft).
+    """
+
+    def __init__(self, model, max_length: int):
+        self.model = model
+        self.k = DEFAULT_K  # drafts per step (set by the Speculator)
+        self.state: LFM2State = model.new_state(batch_size=1, max_length=max_length)
+        self.sampler = BatchSampler(model.config.vocab_size, 1, device=model.device)
+        self.greedy = True
+        self.generator: torch.Generator | None = None
+        self.tokens: list[int] = []  # what the state holds
+        self._snaps: dict[int, StateSnapshot] = {}
+
+    def reset(self, params: SamplingParams, seed: int | None = None) -> None:
+        """Draw drafts as `params` would (argmax when greedy), with a generator from `seed`."""
+        self.greedy = params.is_greedy
+        if not self.greedy:
+            self.sampler.add_row(0, _draft_params(params))
+            self.generator = _draft_generator(seed)
+
+    @torch.no_grad()
+    def propose(self, context: Sequence[int], k: int) -> Draft:
+        k = min(k, self.state.max_length - len(context) + 1)
+        if k < 1 or not context:
+            return Draft([])
+        logits = self._catch_up(context)
+        tokens, probs = [], []
+        for i in range(k):
+            if self.greedy:
+                tokens.append(int(logits.argmax()))
+            else:
+                q = self.sampler.distribution(logits[None], [0])[0]
+                tokens.append(draw(q, self.generator))
+                probs.append(q)
+            if i + 1 < k:
+                logits = self._feed(tokens[-1:])
+        return Draft(tokens, torch.stack(probs) if probs else None)
+
+    def _catch_up(self, context: Sequence[int]) -> torch.Tensor:
+        """Bring the state to `context`; return the next-token logits [V]."""
+        n = len(self.tokens)
+        if list(context[:n]) != self.tokens:
+            n = next((i for i, (a, b) in enumerate(zip(self.tokens, context)) if a != b), len(context))
+        n = min(n, len(context) - 1)  # at least one token to feed: its logits are needed
+        if n < len(self.tokens):
+            snap = self._snaps.get(n)
+            if snap is None:
+                self.state.reset()
+                n = 0
+            else:
+                self.state.restore(snap)
+            del self.tokens[n:]
+        self._snaps = {}
+        return self._feed(list(context[n:]))
+
+    def _feed(self, ids: list[int]) -> torch.Tensor:
+        """Feed ids (a short catch-up through the fused step when the draft has one); return
+        the last position's logits [V] and keep a snapshot for rolling back to here."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        fused = self.model.__dict__.get("fused_decode")
+        logits = fused(x, self.state) if fused is not None and len(ids) <= FUSED_FEED else None
+        logits = (logits if logits is not None else self.model.prefill(x, self.state))[0, -1]
+        self.tokens.extend(ids)
+        self._snaps[len(self.tokens)] = self.state.snapshot()
+        return logits
+
+
+# ---- verification ----------------------------------------------------------------------------
+@dataclass
+class SpecRow:
+    """One running sequence as the verifier sees it."""
+
+    context: list[int]  # every token so far; the last one is emitted but not yet fed
+    drafter: NgramDrafter | ModelDrafter
+    slot: int  # its BatchSampler row
+    params: SamplingParams
+    budget: int  # tokens it may still emit (>= 1)
+    stop_ids: frozenset[int] = frozenset()
+
+
+@dataclass
+class Verdict:
+    """What one row emits this step: accepted drafts, then the target's own token."""
+
+    tokens: list[int]
+    logprobs: list[TokenLogprob | None]
+    drafted: int
+    accepted: int
+
+
+@dataclass
+class Verification:
+    """One verify forward's outcome; `commit(kept)` then rolls each row back to its kept tokens."""
+
+    state: LFM2State
+    view: LFM2State | None  # None: no drafts, a plain one-token step
+    verdicts: list[Verdict]
+    committed: bool = False
+
+    def commit(self, kept: list[int]) -> None:
+        """Keep the first kept[i] tokens fed for row i (its last emitted token and any draft it
+        did not take are dropped): kept[i] is how many of its emitted tokens were used."""
+        if self.committed:
+            return
+        self.committed = True
+        if self.view is not None:
+            self.state.keep_prefix(self.view, kept)
+
+
+@dataclass
+class SpeculationStats:
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_step(self) -> float | None:
+        return self.emitted / self.steps if self.steps else None
+
+
+@dataclass
+class Speculator:
+    """How to speculate: a draft model (an LFM2 with the target's vocabulary) or "ngram", and
+    k drafts per step (`adaptive`: per row, k grows by one after a fully accepted step and
+    shrinks by one after a step that accepted nothing, within 1..k)."""
+
+    draft: object
+    k: int = DEFAULT_K
+    adaptive: bool = False
+    max_ngram: int = 3
+    stats: SpeculationStats = field(default_factory=SpeculationStats)
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+            raise GenerationError(f"draft k: expected an integer from 1 to {MAX_K}, got {self.k!r}")
+        if isinstance(self.draft, str) and self.draft != NGRAM:
+            raise GenerationError(f"draft: expected a model or {NGRAM!r}, got {self.draft!r}")
+        if not isinstance(self.draft, str) and not hasattr(self.draft, "new_state"):
+            raise GenerationError(f"draft: expected an LFM2 model or {NGRAM!r}, got {type(self.draft).__name__}")
+
+    @property
+    def name(self) -> str:
+        if isinstance(self.draft, str):
+            return self.draft
+        return str(getattr(self.draft, "source_path", None) or "draft model")
+
+    def check(self, model) -> None:
+        """Refuse a draft model whose vocabulary differs from the target's."""
+        if isinstance(self.draft, str):
+            return
+        ours, theirs = model.config.vocab_size, self.draft.config.vocab_size
+        if ours != theirs:
+            raise GenerationError(
+                f"draft model: its vocabulary has {theirs} tokens and the target's {ours}: a draft must share "
+                "the target's tokenizer"
+            )
+
+    def new_drafter(self, max_length: int) -> NgramDrafter | ModelDrafter:
+        """A drafter for one sequence whose context stays under `max_length` tokens."""
+        if isinstance(self.draft, str):
+            drafter = NgramDrafter(self.max_ngram)
+        else:
+            drafter = ModelDrafter(self.draft, max_length + self.k + 1)
+        drafter.k = self.k  # drafts per step for this sequence (adaptive: changes as it goes)
+        return drafter
+
+    # ---- one step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def verify(self, model, state: LFM2State, rows: list[SpecRow], sampler: BatchSampler) -> Verification:
+        """Draft for every row, run the k+1-token verify forward, accept; `commit` follows.
+
+        The state must have room for `1 + k` more slots in every row (rows with fewer drafts
+        are padded with their own last token; those slots are rolled back)."""
+        drafts = [self._propose(r) for r in rows]
+        t = 1 + max(len(d.tokens) for d in drafts)
+        ids = torch.tensor(
+            [[r.context[-1], *d.tokens] + [r.context[-1]] * (t - 1 - len(d.tokens)) for r, d in zip(rows, drafts)],
+            dtype=torch.long,
+            device=model.device,
+        )
+        logits, view = _verify_forward(model, ids, state)
+        verdicts = _accept(logits, drafts, rows, sampler)
+        self._record(rows, verdicts)
+        return Verification(state, view, verdicts)
+
+    def _propose(self, row: SpecRow) -> Draft:
+        k = min(getattr(row.drafter, "k", self.k), row.budget - 1)
+        draft = row.drafter.propose(row.context, k) if k > 0 else Draft([])
+        for i, tok in enumerate(draft.tokens):  # nothing after a stop token is ever emitted
+            if tok in row.stop_ids:
+                cut = i + 1
+                return Draft(draft.tokens[:cut], draft.probs[:cut] if draft.probs is not None else None)
+        return draft
+
+    def _record(self, rows: list[SpecRow], verdicts: list[Verdict]) -> None:
+        st = self.stats
+        st.steps += 1
+        for row, v in zip(rows, verdicts):
+            st.drafted += v.drafted
+            st.accepted += v.accepted
+            st.emitted += len(v.tokens)
+            if self.adaptive and v.drafted:
+                k = row.drafter.k + (v.accepted == v.drafted) - (v.accepted == 0)
+                row.drafter.k = max(1, min(self.k, k))
+
+    # ---- the generate loop -----------------------------------------------------------------
+    @torch.no_grad()
+    def decode_rows(
+        self,
+        model,
+        state: LFM2State,
+        logits: torch.Tensor,
+        rows: list,
+        sampler: BatchSampler,
+        should_stop: Callable[[], bool] | None = None,
+        drafters: list | None = None,
+    ) -> Iterator[list[tuple[object, str, int]]]:
+        """`generate.decode_rows` with drafts: the same rows (`generate._Row`), the same yields
+        (one list of (row, new text, token) per emitted position), the same running-row
+        compaction. The first token comes from the prefill logits, as without drafts; the state
+        must have `k` slots of room past each row's prompt plus max_tokens."""
+        self.check(model)
+        if drafters is None:
+            drafters = [self.new_drafter(state.max_length) for _ in rows]
+            for row, d in zip(rows, drafters):
+                d.reset(row.params, derived_seed(row.params.seed, row.index))
+        running = list(range(len(rows)))  # running[i]: the row (and sampler slot) in state row i
+        out = sampler.sample(logits, running)
+        emitted = [[(tok, e)] for tok, e in zip(out.tokens.tolist(), _entries(logits, out.tokens, rows, running))]
+        check: Verification | None = None
+        while True:
+            yield from self._consume(rows, running, emitted, check)
+            done = [i for i, r in enumerate(running) if rows[r].finish_reason is not None]
+            for i in reversed(done):  # fill each finished row's place with the last running row
+                last = len(running) - 1
+                if i != last:
+                    state.copy_row(state, last, i)
+                    running[i] = running[last]
+                running.pop()
+            if not running:
+                return
+            if done:
+                state = state.rows(0, len(running))
+            if should_stop is not None and should_stop():
+                yield [(rows[r], rows[r].abort(), -1) for r in running]
+                return
+            spec_rows = [
+                SpecRow(
+                    rows[r].prompt_ids + rows[r].token_ids,
+                    drafters[r],
+                    r,
+                    rows[r].params,
+                    rows[r].completion.max_tokens - rows[r].completion.count,
+                    rows[r].completion.stop_ids,
+                )
+                for r in running
+            ]
+            check = self.verify(model, state, spec_rows, sampler)
+            emitted = [list(zip(v.tokens, v.logprobs)) for v in check.verdicts]
+
+    @staticmethod
+    def _consume(rows, running, emitted, check: Verification | None):
+        """Hand each row its emitted tokens in order until it finishes, one yield per position;
+        the state is rolled back (`check.commit`) before the last yield, so whoever reads the
+        state on a row's final token sees exactly what was fed."""
+        kept = [0] * len(running)
+        width = max(len(e) for e in emitted)
+        for j in range(width):
+            step = []
+            for i, r in enumerate(running):
+                row = rows[r]
+                if j < len(emitted[i]) and row.finish_reason is None:
+                    tok, entry = emitted[i][j]
+                    step.append((row, row.accept(tok, entry), tok))
+                    kept[i] += 1
+            more = any(rows[r].finish_reason is None and kept[i] < len(emitted[i]) for i, r in enumerate(running))
+            if not more and check is not None:
+                check.commit(kept)
+            if step:
+                yield step
+            if not more:
+                return
+
+
+def _verify_forward(model, ids: torch.Tensor, state: LFM2State) -> tuple[torch.Tensor, LFM2State | None]:
+    """Logits [B, t, V] of ids [B, t] fed at each row's next slots, and the undoable view to
+    roll back with (None for t == 1: a plain step). A quantized model's fused step takes all t
+    tokens in one call, bit for bit as t single-token steps (so greedy output is plain
+    decoding's exactly); it reports the conv inputs, from which the wide windows are built.
+    Otherwise the module forward runs on the view (the same up to float rounding)."""
+    t = ids.shape[1]
+    if t == 1:
+        return model(ids, state=state), None
+    view = state.undoable_view(t)
+    fused = model.__dict__.get("fused_decode")
+    if fused is not None:
+        b, h = state.batch_size, state.config.hidden_size
+        cols = [None if c is None else torch.empty(b, t, h) for c in state.conv]
+        logits = fused(ids, state, cols)
+        if logits is not None:
+            for i, c in enumerate(cols):
+                if c is not None:
+                    view.conv[i] = torch.cat((view.conv[i][..., t:], c.transpose(1, 2)), dim=-1)
+            return logits, view
+    return model(ids, state=view), view
+
+
+def _accept(logits: torch.Tensor, drafts: list[Draft], rows: list[SpecRow], sampler: BatchSampler) -> list[Verdict]:
+    """Walk the verify logits [B, t, V] position by position: each open row takes the target's
+    token there (greedy) or the rejection rule's (sampled), and stays open while it accepts."""
+    verdicts = [Verdict([], [], len(d.tokens), 0) for d in drafts]
+    open_rows = list(range(len(rows)))
+    for j in range(logits.shape[1]):
+        if not open_rows:
+            break
+        chosen: dict[int, tuple[int, bool]] = {}
+        greedy = [i for i in open_rows if rows[i].params.is_greedy]
+        sampled = [i for i in open_rows if not rows[i].params.is_greedy]
+        if greedy:
+            out = sampler.sample(logits[greedy, j], [rows[i].slot for i in greedy])
+            for i, tok in zip(greedy, out.tokens.tolist()):
+                d = drafts[i].tokens
+                chosen[i] = (tok, j < len(d) and d[j] == tok)
+        if sampled:
+            p = sampler.distribution(logits[sampled, j], [rows[i].slot for i in sampled])
+            for n, i in enumerate(sampled):
+                tok, ok = _rejection_step(p[n], drafts[i], j, sampler.generators[rows[i].slot])
+                sampler.record([rows[i].slot], torch.tensor([tok]))
+                chosen[i] = (tok, ok)
+        still = []
+        for i in open_rows:
+            tok, ok = chosen[i]
+            v = verdicts[i]
+            v.tokens.append(tok)
+            v.logprobs.append(_logprob(logits[i, j], tok, rows[i].params))
+            if ok:
+                v.accepted += 1
+                if tok not in rows[i].stop_ids:
+                    still.append(i)
+        open_rows = still
+    return verdicts
+
+
+def _rejection_step(p: torch.Tensor, draft: Draft, j: int, generator: torch.Generator) -> tuple[int, bool]:
+    """The token at draft position j of a sampled row, and whether it is the accepted draft."""
+    if j >= len(draft.tokens):
+        return draw(p, generator), False  # every draft accepted: the bonus token, from p
+    x = draft.tokens[j]
+    q = draft.probs[j] if draft.probs is not None else None
+    if uniform(generator) < acceptance_probability(p, q, x):
+        return x, True
+    return draw(residual(p, q, x), generator), False
+
+
+def _logprob(logits: torch.Tensor, token: int, params: SamplingParams) -> TokenLogprob | None:
+    """The raw logprob of `token` (and the top alternatives) when the row asked for them."""
+    if not params.wants_logprobs:
+        return None
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = []
+    if params.top_logprobs:
+        values, ids = logp.topk(params.top_logprobs)
+        top = list(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(logp[token]), top)
+
+
+def _entries(logits: torch.Tensor, tokens: torch.Tensor, rows: list, running: list[int]):
+    return [_logprob(logits[i], int(tokens[i]), rows[r].params) for i, r in enumerate(running)]
+
+
+def speculator(draft, k: int = DEFAULT_K, adaptive: bool = False) -> Speculator | None:
+    """A `Speculator` from what a caller passes as `draft=` (None, "ngram", a model, or a
+    Speculator, which is returned as it is)."""
+    if draft is None or isinstance(draft, Speculator):
+        return draft
+    return Speculator(draft, k=k, adaptive=adaptive)
+
+
+__all__ = [
+    "Speculator",
+    "SpeculationStats",
+    "NgramDrafter",
+    "ModelDrafter",
+    "Draft",
+    "SpecRow",
+    "Verdict",
+    "Verification",
+    "speculator",
+    "acceptance_probability",
+    "residual",
+    "draw",
+    "DEFAULT_K",
+    "NGRAM",
+]
