@@ -26,6 +26,11 @@ that fails for a group of rows is retried row by row (a failed decode first puts
 as they were), so only a row that fails by itself is blamed. `_fail_all` is left for a broken
 engine (its own bookkeeping raising), never for one request's trouble.
 
+With `EngineConfig.draft` (a draft model or "ngram"), step 3 is speculative (speculative.py): each
+sequence has its own drafter, ONE forward verifies every row's drafts (rows padded to the
+longest draft), and each row takes its accepted drafts plus the target's next token; a row's
+output is what it gets without drafts and alone in the batch.
+
 Consumers get a `RequestHandle` (handle.py): an (async or sync) iterator of `TokenEvent`,
 `FinishEvent` and `ErrorEvent`, and `cancel()`. Text is detokenized incrementally here, and
 stop strings are matched here (held back until they can no longer start a stop string, and
@@ -52,6 +57,7 @@ from .generate import eos_token_ids, prefill
 from .handle import ErrorEvent, FinishEvent, RequestHandle, TokenEvent
 from .metrics import ServingMetrics
 from .sampling import BatchSampler, SamplingParams, derived_seed
+from .speculative import DEFAULT_K, SpecRow, speculator
 
 log = logging.getLogger("lfmkit.engine")
 
@@ -71,6 +77,8 @@ class EngineConfig:
     max_queued: int = 64  # requests allowed to wait for a slot; beyond: 429
     max_length: int | None = None  # tokens per slot (prompt + completion); None: min(context, 4096)
     prefill_chunk: int = 128  # prompt tokens prefilled per step while streams are running
+    draft: object = None  # speculative decoding: a draft model (same vocabulary) or "ngram"
+    draft_k: int = DEFAULT_K  # tokens drafted per sequence per step
 
     def validate(self) -> None:
         for name in ("max_concurrent", "prefill_chunk"):
@@ -105,6 +113,7 @@ class _Sequence:
     filled: int  # state slots its row uses (prompt and tokens fed, no padding)
     tokens: list[int] = field(default_factory=list)
     last_time: float = 0.0
+    drafter: object = None  # its drafter (speculative decoding), with the draft's own state
 
 
 class Engine:
@@ -120,7 +129,11 @@ class Engine:
         self.max_length = cfg.max_length or min(model.config.max_position_embeddings, 4096)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.vocab_size = model.config.vocab_size
-        self.state: LFM2State = model.new_state(cfg.max_concurrent, self.max_length)
+        self.spec = speculator(cfg.draft, cfg.draft_k)
+        if self.spec is not None:
+            self.spec.check(model)
+        headroom = self.spec.k if self.spec is not None else 0  # verified drafts run past a row's end
+        self.state: LFM2State = model.new_state(cfg.max_concurrent, self.max_length + headroom)
         self._side: LFM2State = model.new_state(1, self.max_length)
         self.sampler = BatchSampler(self.vocab_size, cfg.max_concurrent, device=model.device)
         self._free_sampler_slots = list(range(cfg.max_concurrent - 1, -1, -1))
@@ -280,7 +293,10 @@ class Engine:
                 break  # not enough free slots yet
             budget -= self._prefill_group(group)
         if self._running:
-            self._decode(list(self._running))
+            began, before = time.perf_counter(), self.metrics.generation_tokens.value()
+            (self._speculate if self.spec is not None else self._decode)(list(self._running))
+            self.metrics.decode_seconds.inc(time.perf_counter() - began)
+            self.metrics.decode_tokens.inc(self.metrics.generation_tokens.value() - before)
 
     def _take_group(self, budget: int) -> list[_Request]:
         """Waiting requests (from the front) whose left-padded prompts fit `budget` together."""
@@ -384,6 +400,9 @@ class Engine:
         sampler_slot = self._free_sampler_slots.pop()
         self.sampler.add_row(sampler_slot, req.params, req.prompt, seed=derived_seed(req.params.seed, index))
         seq = _Sequence(req, index, len(self._running), completion, sampler_slot, filled)
+        if self.spec is not None:
+            seq.drafter = self.spec.new_drafter(len(req.prompt) + req.max_new)
+            seq.drafter.reset(req.params, derived_seed(req.params.seed, index))
         self._running.append(seq)
         return seq
 
@@ -411,6 +430,53 @@ class Engine:
         for s in seqs:
             s.filled += 1
         self._emit(seqs, logits)
+
+    def _speculate(self, seqs: list[_Sequence]) -> None:
+        """`_decode` with drafts (speculative.py): ONE verify forward over `seqs`, then each
+        sequence gets its accepted drafts and the target's next token, in order, until it stops.
+        A failed step is undone and retried row by row, as in `_decode`."""
+        start = seqs[0].slot
+        view = self.state.rows(start, start + len(seqs), [s.filled for s in seqs], dense=True)
+        saved = view.snapshot() if len(seqs) > 1 else None
+        rows = [
+            SpecRow(
+                s.request.prompt + s.tokens,
+                s.drafter,
+                s.sampler_slot,
+                s.request.params,
+                s.completion.max_tokens - s.completion.count,
+                s.completion.stop_ids,
+            )
+            for s in seqs
+        ]
+        try:
+            check = self.spec.verify(self.model, view, rows, self.sampler)
+        except Exception as exc:
+            if saved is None:
+                self._fail_request(seqs[0].request, "decode", exc)
+                return
+            log.warning("a verify step of %d rows failed (%r); retrying each row alone", len(seqs), exc)
+            view.restore(saved)
+            for seq in seqs:
+                if self._alive(seq):
+                    self._speculate([seq])
+            return
+        check.commit([len(v.tokens) for v in check.verdicts])  # emitted tokens stop at a stop token
+        self.metrics.draft_tokens.inc(sum(v.drafted for v in check.verdicts))
+        self.metrics.accepted_tokens.inc(sum(v.accepted for v in check.verdicts))
+        for seq, v in zip(seqs, check.verdicts):
+            seq.filled += len(v.tokens)
+        now = time.perf_counter()
+        for seq, v in zip(seqs, check.verdicts):
+            for tok, entry in zip(v.tokens, v.logprobs):
+                if not self._alive(seq):
+                    break
+                if seq.request.handle.cancelled:
+                    with self._blame(seq.request, "the cancel"):
+                        self._finish(seq, "cancelled")
+                    break
+                with self._blame(seq.request, "the stop check"):
+                    self._deliver(seq, tok, entry, now)
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""

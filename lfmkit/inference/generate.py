@@ -265,6 +265,7 @@ def decode_rows(
     sampler: BatchSampler,
     should_stop: Callable[[], bool] | None = None,
     spec: Speculator | None = None,
+    drafters: list | None = None,
 ) -> Iterator[list[tuple[_Row, str, int]]]:
     """Sample and feed tokens until every row has finished.
 
@@ -273,10 +274,11 @@ def decode_rows(
     row that got a token. A finished row's last token is never fed to the model; the running
     rows are kept in the first state rows (a finished row's place is taken by the last one).
     With `spec`, tokens are drafted and verified several per forward (speculative.py), with
-    the same results and one yield per emitted position.
+    the same results and one yield per emitted position; `drafters` (one per row) default to
+    fresh ones.
     """
     if spec is not None:
-        yield from spec.decode_rows(model, state, logits, rows, sampler, should_stop)
+        yield from spec.decode_rows(model, state, logits, rows, sampler, should_stop, drafters)
         return
     running = list(range(len(rows)))  # running[i]: the row (and sampler slot) in state row i
     step_ids = torch.empty(len(rows), 1, dtype=torch.long, device=logits.device)
@@ -512,6 +514,7 @@ def stream_rows(
     parse: bool = True,
     should_stop: Callable[[], bool] | None = None,
     spec: Speculator | None = None,
+    drafters: list | None = None,
 ) -> Iterator[GenerationChunk]:
     """The streaming form of `decode_rows` for one row (used by stream_generate and ChatSession)."""
     parser = None
@@ -519,7 +522,7 @@ def stream_rows(
         from ..text.chat import StreamParser
 
         parser = StreamParser()
-    for step in decode_rows(model, state, logits, [row], sampler, should_stop, spec):
+    for step in decode_rows(model, state, logits, [row], sampler, should_stop, spec, drafters):
         for r, text, token in step:
             events = parser.feed(text) if parser is not None and text else []
             chunk = GenerationChunk(

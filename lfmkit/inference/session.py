@@ -13,6 +13,11 @@ generation prompt. The session keeps the exact token sequence it has fed (`token
 tokens included, so its state always equals a fresh prefill of `tokens` (tests check this).
 Past reasoning stays in that sequence (as with the template's `keep_past_thinking=True`).
 
+With `draft=` (a draft model or "ngram", see speculative.py) each turn decodes speculatively:
+the same replies (greedy; sampled: the same distribution), several tokens per forward. The
+draft keeps its own state across turns too. The slots a turn's rejected drafts wrote are
+forgotten, so a snapshot from an abandoned branch past the current end no longer restores.
+
 `snapshot()` / `restore()` go back to an earlier point (the conv windows are a few KB; K/V
 below that point is never rewritten), `undo()` drops the last turn, `fork()` makes an
 independent branch. `prefilled_tokens` / `last_prefill_tokens` count the tokens run through
@@ -31,6 +36,7 @@ from ..errors import ContextLengthError, GenerationError
 from ..model.state import StateSnapshot
 from .generate import GenerationChunk, GenerationResult, _Row, eos_token_ids, load_tokenizer_for, prefill, stream_rows
 from .sampling import BatchSampler, SamplingParams
+from .speculative import DEFAULT_K, speculator
 
 DEFAULT_MAX_LENGTH = 8192
 
@@ -59,6 +65,8 @@ class ChatSession:
         params: SamplingParams | None = None,
         max_length: int | None = None,
         chat_template_kwargs: dict | None = None,
+        draft=None,
+        draft_k: int = DEFAULT_K,
     ):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(model)
@@ -69,7 +77,10 @@ class ChatSession:
         context = model.config.max_position_embeddings
         self.max_length = min(max_length or DEFAULT_MAX_LENGTH, context)
         self.template_kwargs = {"keep_past_thinking": True, **(chat_template_kwargs or {})}
-        self.state = model.new_state(batch_size=1, max_length=self.max_length)
+        self.spec = speculator(draft, draft_k)
+        headroom = self.spec.k if self.spec is not None else 0  # verified drafts may run past the end
+        self.state = model.new_state(batch_size=1, max_length=self.max_length + headroom)
+        self._drafter = self.spec.new_drafter(self.max_length) if self.spec is not None else None
         self.stop_ids = frozenset(eos_token_ids(model, self.tokenizer))
         self._closing = self._closing_ids()
         self.system = system
@@ -198,6 +209,8 @@ class ChatSession:
         if params.n != 1:
             raise GenerationError("sampling parameter 'n': a chat session generates one reply per turn")
         mark = self.snapshot()
+        if self.spec is not None:  # rejected drafts overwrite the slots past what is fed
+            del self._kv[len(self.tokens) :]
         feed = self._new_ids(new_messages)
         start = len(self.tokens)
         need = start + len(feed) + params.max_tokens
@@ -220,8 +233,20 @@ class ChatSession:
             prompt = list(self.tokens)
             sampler.add_row(0, params, prompt)
             row = _Row(prompt, params, self.stop_ids, self.tokenizer, 0, 0, len(feed))
+            drafters = None
+            if self._drafter is not None:
+                self._drafter.reset(params, params.seed)
+                drafters = [self._drafter]
             for chunk in stream_rows(
-                self.model, self.state, logits, row, sampler, parse=parse, should_stop=should_stop
+                self.model,
+                self.state,
+                logits,
+                row,
+                sampler,
+                parse=parse,
+                should_stop=should_stop,
+                spec=self.spec,
+                drafters=drafters,
             ):
                 if chunk.result is not None:
                     self._finish_turn(chunk.result, mark)
@@ -277,6 +302,8 @@ class ChatSession:
         """An independent copy (own state) to branch the conversation."""
         other = copy.copy(self)
         other.state = self.state.clone()
+        if self.spec is not None:  # its own draft state (it catches up on the first turn)
+            other._drafter = self.spec.new_drafter(self.max_length)
         other.tokens, other.pending, other._kv = list(self.tokens), list(self.pending), list(self._kv)
         other.messages = copy.deepcopy(self.messages)
         other._turns = list(self._turns)
