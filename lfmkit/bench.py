@@ -54,6 +54,14 @@ class BenchResult:
     state_bytes_per_token: int | None = None
     load_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    # speculative decoding (--draft): batch-1 greedy decode without and with drafts, same run
+    draft: str | None = None
+    draft_k: int | None = None
+    plain_decode_tok_s: float | None = None
+    spec_decode_tok_s: float | None = None
+    acceptance_rate: float | None = None
+    tokens_per_step: float | None = None
+    spec_same_output: bool | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -196,6 +204,58 @@ def measure_lfmkit(
     return out
 
 
+@torch.no_grad()
+def measure_speculative(model, spec, prompt: torch.Tensor, decode_tokens: int, repeats: int = 2) -> dict:
+    """Batch-1 greedy decode of `decode_tokens` tokens after `prompt` through `stream_generate`,
+    plain and with `spec`'s drafts: tok/s of each (from the first token on, as `lfmkit run`
+    counts), the acceptance rate and tokens per verify step, and whether the outputs agree."""
+    from .inference.generate import stream_generate
+    from .inference.sampling import SamplingParams
+    from .inference.speculative import SpeculationStats
+
+    params = SamplingParams.greedy(max_tokens=decode_tokens, ignore_eos=True)
+    ids = prompt.tolist()
+
+    def run(draft) -> tuple[float, list[int]]:
+        best, tokens = 0.0, []
+        for _ in range(repeats):
+            if draft is not None:
+                draft.stats = SpeculationStats()
+            first = None
+            for chunk in stream_generate(model, ids, params, draft=draft):
+                first = first or time.perf_counter()
+                if chunk.result is not None:
+                    tokens = chunk.result.token_ids
+            best = max(best, (len(tokens) - 1) / (time.perf_counter() - first))
+        return best, tokens
+
+    plain, want = run(None)
+    fast, got = run(spec)
+    st = spec.stats
+    return {
+        "draft": spec.name,
+        "draft_k": spec.k,
+        "plain_decode_tok_s": plain,
+        "spec_decode_tok_s": fast,
+        "acceptance_rate": st.acceptance_rate,
+        "tokens_per_step": st.tokens_per_step,
+        "spec_same_output": got == want,
+    }
+
+
+def load_speculator(draft: str, k: int, model, mode: str):
+    """`bench --draft`: "self" (the model drafts for itself: every draft accepted, the verify
+    mechanics alone), "ngram", or a preset / checkpoint loaded in the same weights mode."""
+    from .inference.speculative import Speculator
+
+    if draft == "self":
+        return Speculator(model, k=k)
+    if draft == "ngram":
+        return Speculator("ngram", k=k)
+    config, path, _ = resolve_target(draft)
+    return Speculator(load_lfmkit(config, path, mode), k=k)
+
+
 def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:
     from llama_cpp import Llama
 
@@ -282,8 +342,13 @@ def bench(
     transformers_tokens: int = 32,
     repeats: int = 2,
     log=print,
+    draft: str | None = None,
+    draft_k: int = 4,
 ) -> list[BenchResult]:
-    """Measure `target` in each quant mode (and, with compare, the other engines). See module doc."""
+    """Measure `target` in each quant mode (and, with compare, the other engines). See module doc.
+
+    draft: also decode with speculative drafts ("self", "ngram", a preset or checkpoint) on a
+    repetitive prompt (its first 32 tokens over and over), against plain decoding of it."""
     from .fast.install import weight_bytes
     from .quant.formats import check_mode
 
@@ -307,6 +372,12 @@ def bench(
         load_s = time.perf_counter() - t
         log(f"  lfmkit {name} {mode}: loaded in {load_s:.1f} s; measuring")
         m = measure_lfmkit(model, prompt, decode_tokens, batch, batch_tokens, repeats)
+        if draft is not None and name == display:
+            log(f"  lfmkit {name} {mode}: speculative decoding with draft {draft}, k={draft_k}")
+            spec = load_speculator(draft, draft_k, model, mode)
+            repetitive = prompt[:32].repeat((len(prompt) + 31) // 32)[: len(prompt)]
+            m.update(measure_speculative(model, spec, repetitive, decode_tokens, repeats))
+            m["draft"] = draft if draft in ("self", "ngram") else m["draft"]
         results.append(
             BenchResult(
                 "lfmkit",
@@ -408,6 +479,14 @@ def ratios(results: list[BenchResult]) -> list[str]:
         return f"{a / b:.2f}x" if a and b else "n/a"
 
     for r in ours:
+        if r.spec_decode_tok_s is not None:
+            rate = f"{100 * r.acceptance_rate:.0f}%" if r.acceptance_rate is not None else "n/a"
+            lines.append(
+                f"lfmkit {r.weights} speculative (draft {r.draft}, k={r.draft_k}): decode "
+                f"{r.plain_decode_tok_s:.1f} -> {r.spec_decode_tok_s:.1f} tok/s "
+                f"({fmt(r.spec_decode_tok_s, r.plain_decode_tok_s)}), {rate} of drafts accepted, "
+                f"{r.tokens_per_step:.2f} tokens per step, same output: {'yes' if r.spec_same_output else 'NO'}"
+            )
         if r.weights in dense:
             d = dense[r.weights]
             lines.append(
@@ -462,6 +541,7 @@ __all__ = [
     "measure_lfmkit",
     "measure_llama_cpp",
     "measure_transformers",
+    "measure_speculative",
     "write_random_checkpoint",
     "ratios",
     "format_table",

@@ -51,6 +51,16 @@ def register(sub) -> None:
         default=None,
         help="where --compare writes a preset's random checkpoint and GGUF files (default ~/.cache/lfmkit/bench)",
     )
+    p.add_argument(
+        "--draft",
+        default=None,
+        metavar="MODEL|ngram|self",
+        help="also measure speculative decoding at batch 1 on a repetitive prompt, against plain decoding of it: "
+        "a draft preset or checkpoint (loaded in the same --quant), 'ngram' (prompt lookup) or 'self' (the model "
+        "drafts for itself: all drafts accepted, the verify cost alone); prints tok/s both ways and the "
+        "acceptance rate",
+    )
+    p.add_argument("--draft-k", type=int, default=4, help="tokens drafted per step with --draft (default 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
     p.set_defaults(func=run)
 
@@ -78,6 +88,8 @@ def run(args) -> int:
         transformers_tokens=args.transformers_tokens,
         repeats=args.repeats,
         log=log,
+        draft=args.draft,
+        draft_k=args.draft_k,
     )
     if args.json:
         for r in results:

@@ -16,7 +16,16 @@ import subprocess
 import sys
 import threading
 
-from .run import add_model_args, add_parser, add_sampling_args, load, sampling_params
+from .run import (
+    add_draft_args,
+    add_model_args,
+    add_parser,
+    add_sampling_args,
+    load,
+    load_draft,
+    sampling_params,
+    speculation_line,
+)
 
 HELP = """commands:
   /reset            forget the conversation (keeps the system prompt)
@@ -25,7 +34,7 @@ HELP = """commands:
   /save FILE        write the conversation (messages and exact tokens) as JSON
   /load FILE        continue a conversation saved with /save
   /set NAME VALUE   change a sampling parameter (temperature, top_p, max_tokens, seed, ...)
-  /info             tokens used, turns, sampling parameters
+  /info             tokens used, turns, sampling parameters (and drafts accepted, with --draft)
   /help             this help
   /quit             leave (or Ctrl-D)
 Ctrl-C stops a reply that is being written."""
@@ -67,6 +76,7 @@ def register(sub) -> None:
         help="no ANSI colours (also off when not a terminal, with TERM=dumb or NO_COLOR set)",
     )
     add_sampling_args(p)
+    add_draft_args(p)
     p.set_defaults(func=run)
 
 
@@ -258,6 +268,8 @@ class ChatApp:
                 f"temperature {p.temperature}, top_k {p.top_k}, top_p {p.top_p}, min_p {p.min_p}, "
                 f"repetition_penalty {p.repetition_penalty}, max_tokens {p.max_tokens}, seed {p.seed}\n"
             )
+            if s.spec is not None:
+                self.write(speculation_line(s.spec) + "\n")
         else:
             self.write(f"unknown command /{name}; /help lists them\n")
         return True
@@ -310,7 +322,15 @@ def run(args) -> int:
 
         raise TokenizerError(f"{args.model}: the checkpoint has no tokenizer, which chat needs")
     params = sampling_params(args, model)
-    session = ChatSession(model, tokenizer, system=args.system, tools=tools, params=params, max_length=args.max_length)
+    session = ChatSession(
+        model,
+        tokenizer,
+        system=args.system,
+        tools=tools,
+        params=params,
+        max_length=args.max_length,
+        draft=load_draft(args),
+    )
     color = (
         sys.stdout.isatty() and not args.no_color and os.environ.get("TERM") != "dumb" and "NO_COLOR" not in os.environ
     )

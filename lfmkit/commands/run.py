@@ -79,6 +79,47 @@ def add_sampling_args(p) -> None:
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-turn token")
 
 
+def add_draft_args(p) -> None:
+    g = p.add_argument_group(
+        "speculative decoding",
+        "draft several tokens per step and verify them in one forward of the model: the same output "
+        "(greedy: token for token; sampled: the same distribution), faster when drafts are accepted",
+    )
+    g.add_argument(
+        "--draft",
+        default=None,
+        metavar="MODEL|ngram",
+        help="a smaller model with the same tokenizer (e.g. LFM2-350M for LFM2-2.6B), loaded like MODEL, or "
+        "'ngram': prompt lookup (drafts copied from earlier in the context; no second model)",
+    )
+    g.add_argument("--draft-k", type=int, default=None, help="tokens drafted per step (default 4)")
+    g.add_argument(
+        "--draft-adaptive", action="store_true", help="adapt k per sequence (up after a full accept, down after none)"
+    )
+
+
+def load_draft(args, quant: str | None = None):
+    """The `Speculator` for --draft (None without it): the draft model loaded on the same
+    device and dtype as MODEL (and `quant`), or n-gram lookup."""
+    from ..errors import ConfigError
+    from ..inference.speculative import DEFAULT_K, NGRAM, Speculator
+    from ..loader import load as load_model
+
+    if args.draft is None:
+        if args.draft_k is not None or args.draft_adaptive:
+            raise ConfigError("--draft-k and --draft-adaptive need --draft MODEL or --draft ngram")
+        return None
+    draft = args.draft
+    if draft != NGRAM:
+        import torch
+
+        device = args.device or "cpu"
+        dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else None)
+        draft = load_model(draft, quant=quant, dtype=dtype, device=device)
+    k = DEFAULT_K if args.draft_k is None else args.draft_k
+    return Speculator(draft, k=k, adaptive=args.draft_adaptive)
+
+
 def load(args):
     """The model and its tokenizer (None when the checkpoint ships none)."""
     import torch
@@ -156,6 +197,7 @@ def register(sub) -> None:
     )
     p.add_argument("--stats", action="store_true", help="print prefill / decode speed to stderr at the end")
     add_sampling_args(p)
+    add_draft_args(p)
     p.set_defaults(func=run)
 
 
@@ -182,6 +224,7 @@ def run(args) -> int:
     from ..inference.generate import encode_prompt, stream_generate
 
     model, tokenizer = load(args)
+    spec = load_draft(args)
     params = sampling_params(args, model)
     if args.logprobs:
         params = params.replace(logprobs=True, top_logprobs=args.logprobs)
@@ -191,7 +234,7 @@ def run(args) -> int:
     first = None
     result = None
     out = sys.stdout
-    for chunk in stream_generate(model, ids, params, tokenizer=tokenizer, parse=False):
+    for chunk in stream_generate(model, ids, params, tokenizer=tokenizer, parse=False, draft=spec):
         if first is None:
             first = time.perf_counter()
         if chunk.text and not args.json:
@@ -226,6 +269,8 @@ def run(args) -> int:
             "params": params.to_dict(),
             "timings": timings,
         }
+        if spec is not None:
+            obj["speculative"] = speculation_summary(spec)
         if result.logprobs is not None:
             obj["logprobs"] = [
                 {
@@ -246,7 +291,32 @@ def run(args) -> int:
             + (f" ({timings['prefill_tokens_per_s']} tok/s)" if timings["prefill_tokens_per_s"] else "")
             + f", {n_gen} generated in {decode_s:.2f}s"
             + (f" ({timings['decode_tokens_per_s']} tok/s)" if timings["decode_tokens_per_s"] else "")
-            + f", finish: {result.finish_reason}]",
+            + f", finish: {result.finish_reason}"
+            + (f", {speculation_line(spec)}" if spec is not None else "")
+            + "]",
             file=sys.stderr,
         )
     return 0
+
+
+def speculation_summary(spec) -> dict:
+    """--json's view of a speculative run: draft, k, steps, drafted / accepted tokens."""
+    st = spec.stats
+    rate = st.acceptance_rate
+    return {
+        "draft": spec.name,
+        "k": spec.k,
+        "steps": st.steps,
+        "drafted": st.drafted,
+        "accepted": st.accepted,
+        "acceptance_rate": round(rate, 4) if rate is not None else None,
+        "tokens_per_step": round(st.tokens_per_step, 3) if st.tokens_per_step is not None else None,
+    }
+
+
+def speculation_line(spec) -> str:
+    """One line about a speculative run, for --stats and `lfmkit chat`."""
+    st = spec.stats
+    rate = f"{100 * st.acceptance_rate:.0f}%" if st.acceptance_rate is not None else "n/a"
+    per = f"{st.tokens_per_step:.2f}" if st.tokens_per_step is not None else "n/a"
+    return f"draft {spec.name} k={spec.k}: {st.accepted}/{st.drafted} drafts accepted ({rate}), {per} tokens per step"

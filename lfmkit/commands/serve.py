@@ -70,6 +70,14 @@ def register(sub) -> None:
         help="weight-only quantization at load (lfmkit.quant): smaller and faster decode on CPU",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    p.add_argument(
+        "--draft",
+        default=None,
+        metavar="MODEL|ngram",
+        help="speculative decoding: a smaller model with the same tokenizer (loaded with the same --dtype and "
+        "--quantize), or 'ngram' (prompt lookup); the same output, several tokens per forward",
+    )
+    p.add_argument("--draft-k", type=int, default=4, help="tokens drafted per sequence per step (with --draft)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
     p.add_argument(
         "--shutdown-grace",
@@ -129,11 +137,16 @@ def build_context(args):
     path = resolve_model_path(args.model)
     model = load(path, quant=args.quantize or None, dtype=args.dtype, device=args.device)
     tokenizer = Tokenizer.from_pretrained(path)
+    draft = args.draft
+    if draft is not None and draft != "ngram":
+        draft = load(resolve_model_path(draft), quant=args.quantize or None, dtype=args.dtype, device=args.device)
     config = EngineConfig(
         max_concurrent=args.max_concurrent,
         max_queued=args.max_queued,
         max_length=args.max_model_len,
         prefill_chunk=args.prefill_chunk,
+        draft=draft,
+        draft_k=args.draft_k,
     )
     engine = Engine(model, tokenizer, config, ServingMetrics())
     return ServerContext(
