@@ -135,6 +135,10 @@ class Engine:
         headroom = self.spec.k if self.spec is not None else 0  # verified drafts run past a row's end
         self.state: LFM2State = model.new_state(cfg.max_concurrent, self.max_length + headroom)
         self._side: LFM2State = model.new_state(1, self.max_length)
+        # one drafter per sampler slot, reused by the sequences that hold it (memory reserved once)
+        self._drafters = (
+            [self.spec.new_drafter(self.max_length) for _ in range(cfg.max_concurrent)] if self.spec else []
+        )
         self.sampler = BatchSampler(self.vocab_size, cfg.max_concurrent, device=model.device)
         self._free_sampler_slots = list(range(cfg.max_concurrent - 1, -1, -1))
         self.metrics = metrics or ServingMetrics()
@@ -401,8 +405,8 @@ class Engine:
         self.sampler.add_row(sampler_slot, req.params, req.prompt, seed=derived_seed(req.params.seed, index))
         seq = _Sequence(req, index, len(self._running), completion, sampler_slot, filled)
         if self.spec is not None:
-            seq.drafter = self.spec.new_drafter(len(req.prompt) + req.max_new)
-            seq.drafter.reset(req.params, derived_seed(req.params.seed, index))
+            seq.drafter = self._drafters[sampler_slot]
+            self.spec.start(seq.drafter, req.params, derived_seed(req.params.seed, index))
         self._running.append(seq)
         return seq
 

@@ -235,7 +235,7 @@ class ChatSession:
             row = _Row(prompt, params, self.stop_ids, self.tokenizer, 0, 0, len(feed))
             drafters = None
             if self._drafter is not None:
-                self._drafter.reset(params, params.seed)
+                self.spec.start(self._drafter, params, params.seed)
                 drafters = [self._drafter]
             for chunk in stream_rows(
                 self.model,

@@ -42,7 +42,7 @@ import torch
 
 from ..errors import GenerationError
 from ..model.state import LFM2State, StateSnapshot
-from .completion import FINISH_ABORT, TokenLogprob
+from .completion import TokenLogprob
 from .sampling import BatchSampler, SamplingParams, derived_seed, make_generator
 
 DEFAULT_K = 4
@@ -313,13 +313,16 @@ class Speculator:
             )
 
     def new_drafter(self, max_length: int) -> NgramDrafter | ModelDrafter:
-        """A drafter for one sequence whose context stays under `max_length` tokens."""
+        """A drafter for sequences whose context stays under `max_length` tokens."""
         if isinstance(self.draft, str):
-            drafter = NgramDrafter(self.max_ngram)
-        else:
-            drafter = ModelDrafter(self.draft, max_length + self.k + 1)
+            return NgramDrafter(self.max_ngram)
+        return ModelDrafter(self.draft, max_length + self.k + 1)
+
+    def start(self, drafter, params: SamplingParams, seed: int | None) -> None:
+        """Make `drafter` draft for a new sequence sampled with `params` (and `seed`). A drafter
+        may serve one sequence after another: it catches up from what they share."""
+        drafter.reset(params, seed)
         drafter.k = self.k  # drafts per step for this sequence (adaptive: changes as it goes)
-        return drafter
 
     # ---- one step ------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,7 +383,7 @@ class Speculator:
         if drafters is None:
             drafters = [self.new_drafter(state.max_length) for _ in rows]
             for row, d in zip(rows, drafters):
-                d.reset(row.params, derived_seed(row.params.seed, row.index))
+                self.start(d, row.params, derived_seed(row.params.seed, row.index))
         running = list(range(len(rows)))  # running[i]: the row (and sampler slot) in state row i
         out = sampler.sample(logits, running)
         emitted = [[(tok, e)] for tok, e in zip(out.tokens.tolist(), _entries(logits, out.tokens, rows, running))]
