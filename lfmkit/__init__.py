@@ -43,6 +43,7 @@ _LAZY = {
     "stream_generate": "inference.generate",
     "GenerationResult": "inference.generate",
     "ChatSession": "inference.session",
+    "Speculator": "inference.speculative",
     "optimize": "fast",
     "deoptimize": "fast",
     "quantize": "fast",

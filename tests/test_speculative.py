@@ -412,3 +412,23 @@ def test_cli_bench_draft_reports_acceptance_and_speed(target_dir, capsys):
     (row,) = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert row["draft"] == "self" and row["draft_k"] == 3 and row["spec_same_output"] is True
     assert row["acceptance_rate"] == 1.0 and row["spec_decode_tok_s"] > 0 and row["plain_decode_tok_s"] > 0
+
+
+def test_adaptive_k_drafts_less_when_drafts_are_rejected(target, small_draft):
+    fixed, adaptive = Speculator(small_draft, k=4), Speculator(small_draft, k=4, adaptive=True)
+    for p in PROMPTS:
+        want = generate(target, p, GREEDY).token_ids
+        assert generate(target, p, GREEDY, draft=fixed).token_ids == want
+        assert generate(target, p, GREEDY, draft=adaptive).token_ids == want
+    assert adaptive.stats.drafted < fixed.stats.drafted  # a random draft is mostly rejected: k shrinks
+
+
+def test_serve_builds_an_engine_with_the_draft(target_dir):
+    from lfmkit.cli import build_parser
+    from lfmkit.commands.serve import build_context
+
+    for draft in ("ngram", str(target_dir)):
+        args = build_parser().parse_args(["serve", str(target_dir), "--draft", draft, "--draft-k", "2"])
+        engine = build_context(args).engine
+        assert engine.spec is not None and engine.spec.k == 2
+        assert engine.state.max_length == engine.max_length + 2  # room for verified drafts
