@@ -93,6 +93,26 @@ def test_quantized_fused_verify_equals_plain_greedy(quant_dir, quant, kind):
     assert spec.stats.accepted > 0
 
 
+@pytest.fixture(scope="module")
+def unfused_int4(tmp_path_factory):
+    """An int4 model the fused step cannot take (w2's width 160 does not fit int4 kernels)."""
+    model = lfmkit.load(
+        make_checkpoint(tmp_path_factory.mktemp("spec-unfused"), layout="2.6b", seed=13)[0], quant="int4"
+    )
+    assert not model.fused_decode.available()
+    return model
+
+
+def test_quantized_model_without_fused_step_verifies_step_by_step_exactly(unfused_int4):
+    """Activations quantized on the fly turn float rounding into visible differences, so such a
+    model verifies token by token: still plain decoding's tokens (a chunk forward was not)."""
+    params = GREEDY.replace(max_tokens=48)
+    for draft in (unfused_int4, "ngram"):
+        for p in PROMPTS + [[1, 444, 12, 90, 91, 92, 93]]:
+            want = generate(unfused_int4, p, params).token_ids
+            assert generate(unfused_int4, p, params, draft=draft, draft_k=3).token_ids == want
+
+
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_fused_multi_token_step_is_bit_for_bit_single_steps(quant_dir, quant):
     """T tokens per row in one fused call == T one-token steps: logits, K/V, conv windows, and the
@@ -124,9 +144,9 @@ def test_fused_multi_token_step_is_bit_for_bit_single_steps(quant_dir, quant):
 
 
 # ---- rollback ---------------------------------------------------------------------------------
-def two_rows(model, prompts):
-    """A 2-row state holding two prompts at different lengths (no padding) and their last logits."""
-    state = model.new_state(2, 64)
+def rows_state(model, prompts):
+    """A state holding one prompt per row, at different lengths (no padding), and their last logits."""
+    state = model.new_state(len(prompts), 64)
     logits = []
     for row, prompt in enumerate(prompts):
         one = model.new_state(1, 64)
@@ -135,17 +155,22 @@ def two_rows(model, prompts):
     return state, logits
 
 
-@pytest.mark.parametrize("path", ["module", "fused"])
-def test_rolled_back_state_equals_a_state_that_never_saw_the_rejected_tokens(target, quant_dir, path):
-    model = target if path == "module" else lfmkit.load(quant_dir, quant="int8")
-    exact = path == "fused"
-    fed = torch.tensor([[3, 70, 71, 12], [9, 8, 7, 6]])  # the last token, then three drafts
-    kept = [2, 4]  # row 0 rejects the second draft; row 1 accepts all three
+@pytest.mark.parametrize("path", ["module", "fused", "step-by-step"])
+def test_rolled_back_state_equals_a_state_that_never_saw_the_rejected_tokens(target, quant_dir, unfused_int4, path):
+    model = {"module": target, "fused": lfmkit.load(quant_dir, quant="int8"), "step-by-step": unfused_int4}[path]
+    # Batch-1 references: the fused step equals them bit for bit in any batch; the module path
+    # up to float rounding; the step-by-step path is plain steps, so one row equals them exactly
+    # (a ragged 2-row batch of an int4 model without the fused step differs from batch 1 itself).
+    exact = path != "module"
+    rows = 1 if path == "step-by-step" else 2
+    prompts = PROMPTS[:rows]
+    fed = torch.tensor([[3, 70, 71, 12], [9, 8, 7, 6]])[:rows]  # the last token, then three drafts
+    kept = [2, 4][:rows]  # row 0 rejects the second draft; row 1 accepts all three
     with torch.no_grad():
-        state, _ = two_rows(model, PROMPTS[:2])
+        state, _ = rows_state(model, prompts)
         _, view = _verify_forward(model, fed, state)
         state.keep_prefix(view, kept)
-        for row, (prompt, n) in enumerate(zip(PROMPTS[:2], kept)):
+        for row, (prompt, n) in enumerate(zip(prompts, kept)):
             fresh = model.new_state(1, 64)
             model.prefill(torch.tensor([prompt]), fresh)
             for tok in fed[row, :n].tolist():  # fed one by one, as plain decoding feeds them
@@ -161,13 +186,10 @@ def test_rolled_back_state_equals_a_state_that_never_saw_the_rejected_tokens(tar
                 for mine, theirs in zip(group_a, group_b):
                     if mine is not None:
                         close(mine[row, :, :length], theirs[0, :, :length], exact)
-        assert state.padding_free()
-        nxt = torch.tensor([[41], [42]])
-        after = model(nxt, state=state)[:, -1]
-        for row, (prompt, n) in enumerate(zip(PROMPTS[:2], kept)):
-            fresh = model.new_state(1, 64)
-            model.prefill(torch.tensor([prompt + fed[row, :n].tolist()]), fresh)
-            close(after[row], model(nxt[row : row + 1], state=fresh)[0, -1], exact=False, atol=1e-4)
+            assert state.padding_free()
+            nxt = torch.tensor([[41 + row]])
+            after = model(nxt, state=state.rows(row, row + 1, [length], dense=True))[0, -1]
+            close(after, model(nxt, state=fresh)[0, -1], exact, atol=1e-4)
 
 
 def close(a, b, exact, atol=1e-5):

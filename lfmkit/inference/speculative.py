@@ -296,25 +296,43 @@ class Speculator:
 
 def _verify_forward(model, ids: torch.Tensor, state: LFM2State) -> tuple[torch.Tensor, LFM2State | None]:
     """Logits [B, t, V] of ids [B, t] fed at each row's next slots, and the undoable view to
-    roll back with (None for t == 1: a plain step). A quantized model's fused step takes all t
-    tokens in one call, bit for bit as t single-token steps (so greedy output is plain
-    decoding's exactly); it reports the conv inputs, from which the wide windows are built.
-    Otherwise the module forward runs on the view (the same up to float rounding)."""
+    roll back with (None for t == 1: a plain step).
+
+    - A quantized model's fused step takes all t tokens in one call, bit for bit as t
+      single-token steps (so greedy output is plain decoding's exactly).
+    - A float model runs the module forward of the chunk on the view: the same as single steps
+      up to float rounding.
+    - A quantized model on the CPU without the fused step (widths its kernels cannot take)
+      quantizes activations on the fly, which turns float rounding into visible differences:
+      it verifies step by step (exact, without the speed-up).
+    The first and last report each token's conv input, from which the wide windows are built."""
     t = ids.shape[1]
     if t == 1:
         return model(ids, state=state), None
     view = state.undoable_view(t)
+    b, h = state.batch_size, state.config.hidden_size
+    cols = [None if c is None else torch.empty(b, t, h, dtype=c.dtype, device=c.device) for c in state.conv]
     fused = model.__dict__.get("fused_decode")
-    if fused is not None:
-        b, h = state.batch_size, state.config.hidden_size
-        cols = [None if c is None else torch.empty(b, t, h) for c in state.conv]
-        logits = fused(ids, state, cols)
-        if logits is not None:
-            for i, c in enumerate(cols):
-                if c is not None:
-                    view.conv[i] = torch.cat((view.conv[i][..., t:], c.transpose(1, 2)), dim=-1)
-            return logits, view
-    return model(ids, state=view), view
+    logits = fused(ids, state, cols) if fused is not None else None
+    if logits is None and getattr(model, "quant_mode", None) in ("int8", "int4") and state.device.type == "cpu":
+        logits = _step_by_step(model, ids, state, cols)
+    if logits is None:
+        return model(ids, state=view), view
+    for i, c in enumerate(cols):
+        if c is not None:
+            view.conv[i] = torch.cat((view.conv[i][..., t:], c.transpose(1, 2)), dim=-1)
+    return logits, view
+
+
+def _step_by_step(model, ids: torch.Tensor, state: LFM2State, cols: list) -> torch.Tensor:
+    """t single-token steps (each token's conv input into `cols`); logits [B, t, V]."""
+    out = []
+    for j in range(ids.shape[1]):
+        out.append(model(ids[:, j : j + 1], state=state)[:, -1])
+        for c, col in zip(state.conv, cols):
+            if c is not None:
+                col[:, j] = c[..., -1]
+    return torch.stack(out, 1)
 
 
 def _accept(logits: torch.Tensor, drafts: list[Draft], rows: list[SpecRow], sampler: BatchSampler) -> list[Verdict]:
