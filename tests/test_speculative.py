@@ -407,7 +407,7 @@ def test_draft_errors_name_the_problem(target, tmp_path):
     other, _ = make_checkpoint(tmp_path, layout="small", seed=1, vocab_size=640)
     with pytest.raises(GenerationError, match="vocabulary has 640 tokens and the target's 512"):
         generate(target, PROMPTS[0], GREEDY, draft=LFM2.from_pretrained(other))
-    with pytest.raises(GenerationError, match="draft k"):
+    with pytest.raises(GenerationError, match="draft_k"):
         Speculator("ngram", k=0)
     with pytest.raises(GenerationError, match="'ngram'"):
         Speculator("trigram")

@@ -6,7 +6,9 @@ is a token gained. The drafters (a smaller model, or n-gram prompt lookup) are i
 
 Exactness. Greedy rows: the target's token at each position is `BatchSampler.sample` of the
 verify logits (penalties included), a draft is accepted while it equals that token, and the
-first mismatch emits the target's token, so the output is plain greedy decoding's. Sampled rows
+first mismatch emits the target's token, so the output is plain greedy decoding's (bit for bit
+when the verify runs on the fused step or step by step, see `_verify_forward`; up to float
+rounding on a float model's chunk forward). Sampled rows
 use the rejection rule of Leviathan, Kalman & Matias, "Fast Inference from Transformers via
 Speculative Decoding" (ICML 2023, Algorithm 1) and Chen et al., "Accelerating Large Language
 Model Decoding with Speculative Sampling" (2023): draft x drawn from q is accepted with
@@ -18,7 +20,8 @@ deterministic drafter (n-gram, or a greedy draft) has q = one-hot(x). The draft'
 penalties: any q keeps the output exact, only the acceptance rate depends on it.
 
 Rollback. The verify forward runs on `LFM2State.undoable_view` (conv windows widened to keep
-every input of the chunk); `keep_prefix` then keeps, per row, only the tokens up to the first
+every input of the chunk; the fused and step-by-step paths fill them from the conv inputs they
+report); `keep_prefix` then keeps, per row, only the tokens up to the first
 rejected one: lengths and positions move back (K/V past a row's length is rewritten by the
 next write) and the conv window is restored to the last `conv_L_cache` inputs at the accepted
 position. tests/test_speculative.py checks the rolled-back state against one that never saw the
@@ -141,7 +144,7 @@ class Speculator:
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
-            raise GenerationError(f"draft k: expected an integer from 1 to {MAX_K}, got {self.k!r}")
+            raise GenerationError(f"draft_k (--draft-k): expected an integer from 1 to {MAX_K}, got {self.k!r}")
         if isinstance(self.draft, str) and self.draft != NGRAM:
             raise GenerationError(f"draft: expected a model or {NGRAM!r}, got {self.draft!r}")
         if not isinstance(self.draft, str) and not hasattr(self.draft, "new_state"):
