@@ -454,3 +454,33 @@ def test_serve_builds_an_engine_with_the_draft(target_dir):
         engine = build_context(args).engine
         assert engine.spec is not None and engine.spec.k == 2
         assert engine.state.max_length == engine.max_length + 2  # room for verified drafts
+
+
+def test_a_verify_step_that_fails_is_undone_and_retried_row_by_row(target, target_dir, caplog):
+    """A fault inside the batched verify forward (after its first layers wrote the state): the
+    rows are put back and verified alone; only a row that fails by itself ends its request."""
+    from test_engine_isolation import (
+        KEEP,
+        InsideForward,
+        _raise,
+        assert_as_alone,
+        assert_idle_and_clean,
+        outcome,
+        run_until_idle,
+        stepped,
+    )
+
+    tok = Tokenizer.from_pretrained(target_dir)
+    victim = (list(range(100, 120)), SamplingParams.greedy(max_tokens=12, ignore_eos=True))  # alone past slot 21
+    engine = stepped(target, tok, max_concurrent=4, max_length=64, draft=target, draft_k=3)
+    with InsideForward(target, lambda ids, state: ids.shape[1] > 1 and bool((state.positions >= 22).any()), _raise):
+        keep = [engine.submit(p, s, skip_special_tokens=False) for p, s in KEEP]
+        bad = engine.submit(*victim, skip_special_tokens=False)
+        run_until_idle(engine)
+    assert "a verify step of 4 rows failed" in caplog.text  # the victim shared the batch
+    for (prompt, params), handle in zip(KEEP, keep):
+        assert_as_alone(target, tok, prompt, params, outcome(handle))
+    got = outcome(bad)
+    assert got.error is not None and "decode" in got.error
+    assert got.tokens[0] == generate(target, *victim, tokenizer=tok).token_ids[: len(got.tokens[0])]
+    assert_idle_and_clean(engine)
