@@ -157,7 +157,7 @@ class Speculator:
         return str(getattr(self.draft, "source_path", None) or "draft model")
 
     def check(self, model) -> None:
-        """Refuse a draft model whose vocabulary differs from the target's."""
+        """Refuse a draft model whose vocabulary or device differs from the target's."""
         if isinstance(self.draft, str):
             return
         ours, theirs = model.config.vocab_size, self.draft.config.vocab_size
@@ -166,6 +166,8 @@ class Speculator:
                 f"draft model: its vocabulary has {theirs} tokens and the target's {ours}: a draft must share "
                 "the target's tokenizer"
             )
+        if self.draft.device != model.device:
+            raise GenerationError(f"draft model: it is on {self.draft.device} and the target on {model.device}")
 
     def new_drafter(self, max_length: int) -> NgramDrafter | ModelDrafter:
         """A drafter for sequences whose context stays under `max_length` tokens."""
