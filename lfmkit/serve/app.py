@@ -2,7 +2,8 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
 server-sent-event streaming), `GET /health`, `GET /metrics`, `GET /openapi.json` (the request
-bodies' JSON Schemas, rules across fields included). Every error a client can cause comes back
+bodies' JSON Schemas, rules across fields included), and the web chat page at `GET /`
+(`webchat.py`). Every error a client can cause comes back
 in OpenAI's error shape with a 4xx status; anything unexpected is a 500 with a generic message
 (logged here, never sent as a traceback). A client that disconnects cancels its request, which
 frees its batch slots at the engine's next step.
@@ -45,6 +46,7 @@ from .schema import (
     to_json,
     usage,
 )
+from .webchat import add_web_chat
 
 log = logging.getLogger("lfmkit.server")
 
@@ -342,6 +344,7 @@ def create_app(context: ServerContext) -> FastAPI:
             "usage": usage(sum(h.prompt_tokens for h in handles), completion),
         }
 
+    add_web_chat(app)
     return app
 
 
