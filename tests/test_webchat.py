@@ -305,25 +305,39 @@ def test_page_and_files_are_served_by_the_package(server):
 
 
 def test_conversations_new_switch_delete(server, browser):
-    """New chat starts an empty conversation; the list (newest first) switches and deletes them."""
+    """New chat starts an empty conversation; the list (newest first) switches and deletes
+    them; a second tab sees the list, and its changes reach the first tab."""
     _open(browser, server, {"apiKey": KEY, "temperature": "0"})
-    items = lambda: browser.find_elements(By.CSS_SELECTOR, "#conversations li")  # noqa: E731
-    shown = lambda: [m.find_element(By.CLASS_NAME, "content").text for m in browser.find_elements(By.CLASS_NAME, "msg")]  # noqa: E731
+
+    def items():
+        return browser.find_elements(By.CSS_SELECTOR, "#conversations li")
+
+    def shown():
+        return [m.find_element(By.CLASS_NAME, "content").text for m in browser.find_elements(By.CLASS_NAME, "msg")]
+
     assert _finished(browser, _say(browser, GREETING)) == "done"
     browser.find_element(By.ID, "new-chat").click()
     _until(browser, lambda b: shown() == [] and b.find_element(By.ID, "empty").is_displayed())
     assert _finished(browser, _say(browser, HTML_PROMPT)) == "done"
     assert [i.find_element(By.CLASS_NAME, "open").text for i in items()] == [HTML_PROMPT, GREETING]
-
     items()[1].find_element(By.CLASS_NAME, "open").click()  # back to the first conversation
     _until(browser, lambda b: shown() == [GREETING, GREETING_ANSWER])
-    ActionChains(browser).move_to_element(items()[0]).perform()  # × shows on hover: delete the other one
-    items()[0].find_element(By.CLASS_NAME, "delete").click()
+
+    first_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(server)
+    _until(browser, lambda b: len(items()) == 2 and shown() == [GREETING, GREETING_ANSWER])
+    ActionChains(browser).move_to_element(items()[0]).perform()  # the × shows on hover
+    items()[0].find_element(By.CLASS_NAME, "delete").click()  # delete the other conversation
     _until(browser, lambda b: len(items()) == 1)
+    browser.close()
+    browser.switch_to.window(first_tab)
+    _until(browser, lambda b: len(items()) == 1, "the first tab did not see the deletion")
     assert shown() == [GREETING, GREETING_ANSWER]
+
     browser.refresh()
     _until(browser, lambda b: shown() == [GREETING, GREETING_ANSWER] and len(items()) == 1)
-    items()[0].find_element(By.CLASS_NAME, "delete").click()
+    items()[0].find_element(By.CLASS_NAME, "delete").click()  # the open one
     _until(browser, lambda b: items() == [] and shown() == [])
     browser.refresh()
     _until(browser, lambda b: b.find_element(By.ID, "empty").is_displayed())

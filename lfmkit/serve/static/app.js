@@ -2,15 +2,7 @@
 // right. A message is sent as a streamed /v1/chat/completions request; Stop aborts it.
 
 import { ApiError, applyChunk, chatRequest, parseTools, servedModel, streamChat } from "./api.js";
-import {
-  DEFAULT_SETTINGS,
-  loadConversations,
-  loadSettings,
-  newConversation,
-  saveConversations,
-  saveSettings,
-  titleFrom,
-} from "./store.js";
+import { loadConversations, loadSettings, newConversation, saveConversations, saveSettings, titleFrom } from "./store.js";
 import { messageElement, updateMessage } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -27,7 +19,17 @@ const ui = {
   settingsToggle: $("settings-toggle"),
   toolsError: $("tools-error"),
 };
-const FIELDS = { apiKey: "api-key", ...Object.fromEntries(Object.keys(DEFAULT_SETTINGS).slice(1).map((k) => [k, k])) };
+// each setting and the id of its field in the settings panel
+const FIELDS = {
+  apiKey: "api-key",
+  system: "system",
+  temperature: "temperature",
+  top_p: "top_p",
+  min_p: "min_p",
+  repetition_penalty: "repetition_penalty",
+  max_tokens: "max_tokens",
+  tools: "tools",
+};
 
 const state = {
   conversations: [], // newest first (see reload)
