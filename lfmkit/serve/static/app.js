@@ -289,6 +289,9 @@ function start() {
   ui.stop.addEventListener("click", () => state.controller?.abort());
   $("new-chat").addEventListener("click", () => openConversation(null));
   $("chats-toggle").addEventListener("click", () => document.body.classList.toggle("show-sidebar"));
+  document.querySelector("main").addEventListener("click", (event) => {
+    if (!event.target.closest("#chats-toggle")) document.body.classList.remove("show-sidebar"); // narrow screens
+  });
   window.addEventListener("storage", (event) => {
     if (event.key !== null && !event.key.startsWith("lfmkit.chat.conversations")) return;
     if (!state.controller) reload(state.current); // another tab changed the conversations
