@@ -31,6 +31,7 @@ try:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # the browser tests skip (see `browser`); the others run
     webdriver = None
@@ -247,6 +248,26 @@ def test_html_in_model_output_is_shown_as_text(server, browser):
         assert browser.title == "lfmkit chat"
         browser.refresh()
         _until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, ".msg[data-role=assistant]"))
+
+
+def test_a_refused_request_shows_the_servers_message(server, browser):
+    _open(browser, server, {"apiKey": KEY, "max_tokens": "0"})
+    answer = _say(browser, GREETING)
+    assert _finished(browser, answer) == "error"
+    message = httpx.post(
+        server + "/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": GREETING}], "max_tokens": 0, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+    ).json()["error"]["message"]
+    assert "max_tokens" in message
+    assert answer.find_element(By.CLASS_NAME, "meta").text == f"error: {message}"
+    browser.find_element(By.ID, "settings-toggle").click()  # the user fixes the setting and asks again
+    browser.find_element(By.ID, "max_tokens").send_keys(Keys.BACKSPACE)
+    browser.execute_script(SPY)
+    assert _finished(browser, _say(browser, GREETING)) == "done"
+    [request] = [s for s in browser.execute_script("return window.seen") if s["url"].endswith("/chat/completions")]
+    assert "max_tokens" not in request["body"]
+    assert [m["role"] for m in request["body"]["messages"]] == ["user", "user"]  # the failed answer left out
 
 
 def test_stop_aborts_the_request(server, browser):

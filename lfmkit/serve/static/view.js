@@ -78,7 +78,7 @@ export function updateMessage(node, msg) {
   const content = part(node, "content", "div");
   if (msg.role === "user") content.textContent = msg.content;
   else content.replaceChildren(renderMarkdown(msg.content));
-  content.hidden = !msg.content && msg.role !== "user";
+  content.hidden = !msg.content && msg.role !== "user" && msg.state !== "streaming"; // streaming: the cursor
   renderToolCalls(node, msg);
   const meta = part(node, "meta", "div");
   meta.textContent = msg.state === "error" ? `error: ${msg.error}` : facts(msg);
