@@ -30,7 +30,6 @@ shortest completion the closer finds (it may miss it for grammars that need long
 
 from __future__ import annotations
 
-import json
 import re
 import weakref
 from typing import Any
