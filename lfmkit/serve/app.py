@@ -45,6 +45,7 @@ from .schema import (
     to_json,
     usage,
 )
+from .structured import request_constraint
 
 log = logging.getLogger("lfmkit.server")
 
@@ -99,7 +100,8 @@ class ServerContext:
         self.check_model(req.model)
         prompt = build_chat_prompt(self.tokenizer, req, self.bound)
         params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs, req.top_logprobs or 0)
-        return req, prompt, params
+        constraint = request_constraint(self.tokenizer, req)
+        return req, prompt, params if constraint is None else params.replace(constraint=constraint)
 
     def prepare_completions(
         self, body: bytes
