@@ -22,7 +22,7 @@ Finishing within `max_tokens`: a grammar-valid but unfinished text (a string sti
 the budget runs out) would not parse. In a row's last `FINISH_WINDOW` tokens, each sampled token
 is kept only if the row can still finish after it: a deterministic closer (close the open
 string, then `}` `]` `)`, `,`, an empty string or a 0 where a value must come, else the
-grammar's lowest allowed token id, end-of-turn as soon as the grammar accepts) is run on a
+grammar's longest allowed token, end-of-turn as soon as the grammar accepts) is run on a
 copy of the matcher and must reach the end in the tokens left; otherwise the row switches to
 the closer for good. So an output that could fit always ends complete, for every schema whose
 shortest completion the closer finds (it may miss it for grammars that need long forced text).
@@ -85,6 +85,9 @@ class _Vocab:
         for text in ("}", "]", ")", ",", '"', "0"):
             self.outside += single(text)
         self._bytes: dict[int, bytes] = {}
+        # the closer's tie-break: longer tokens first (fewer steps through forced text), then lower ids
+        lengths = np.array([len(self.ll.decode_bytes([t])) for t in range(size)], dtype=np.int64)
+        self.rank = lengths * size - np.arange(size)
 
     def token_bytes(self, token: int) -> bytes:
         got = self._bytes.get(token)
@@ -127,22 +130,48 @@ def _schema_paths(schema: Any, keys: set[str], path: str = "$") -> list[str]:
     return found
 
 
-def _grammar_problem(message: str, schema: Any = None) -> GrammarError:
-    """A GrammarError for llguidance's complaint, naming unimplemented keywords and their places."""
+def _without(schema: Any, keys: set[str]) -> Any:
+    """`schema` with the keywords `keys` removed everywhere."""
+    if isinstance(schema, dict):
+        return {k: _without(v, keys) for k, v in schema.items() if k not in keys}
+    if isinstance(schema, list):
+        return [_without(v, keys) for v in schema]
+    return schema
+
+
+def _unimplemented(message: str) -> set[str]:
     hit = _UNIMPLEMENTED.search(message)
-    if hit is None:
+    return {k.strip().strip('"') for k in hit.group(1).split(",") if k.strip()} if hit else set()
+
+
+def _grammar_problem(message: str, schema: Any = None, vocab: "_Vocab | None" = None) -> GrammarError:
+    """A GrammarError for llguidance's complaint. For a schema it names every unimplemented
+    keyword (llguidance stops at the first: the schema is recompiled without the ones found)
+    and where each appears."""
+    features = _unimplemented(message)
+    if not features:
         first = message.strip().splitlines()[0] if message.strip() else "unknown problem"
         if "look-around" in message:
             first = "a regex 'pattern' uses look-around (look-ahead / look-behind), which is not supported"
         return GrammarError(f"cannot enforce this grammar: {first}")
-    features = sorted({k.strip().strip('"') for k in hit.group(1).split(",") if k.strip()})
-    places = _schema_paths(schema, set(features)) if schema is not None else []
-    where = f" (at {', '.join(places[:5])})" if places else ""
+    llg = _llguidance()
+    for _ in range(16):
+        if schema is None or vocab is None:
+            break
+        grammar = llg.LLMatcher.grammar_from_json_schema(_without(schema, features), defaults=dict(JSON_FORMAT))
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, vocab.ll)
+        more = _unimplemented(messages[0]) - features if is_error and messages else set()
+        if not more:
+            break
+        features |= more
+    names = sorted(features)
+    places = _schema_paths(schema, features) if schema is not None else []
+    where = f" (at {', '.join(places[:8])})" if places else ""
     return GrammarError(
-        f"unsupported JSON Schema feature{'s' if len(features) > 1 else ''}: "
-        f"{', '.join(repr(f) for f in features)}{where}; remove or rewrite "
-        f"{'them' if len(features) > 1 else 'it'} (structured output cannot enforce it while decoding)",
-        features,
+        f"unsupported JSON Schema feature{'s' if len(names) > 1 else ''}: "
+        f"{', '.join(repr(f) for f in names)}{where}; remove or rewrite "
+        f"{'them' if len(names) > 1 else 'it'} (structured output cannot enforce it while decoding)",
+        names,
     )
 
 
@@ -151,9 +180,10 @@ class Constraint:
 
     def __init__(self, grammar: str, tokenizer, description: str, schema: Any = None):
         llg = _llguidance()
-        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, _vocab(tokenizer).ll)
+        vocab = _vocab(tokenizer)
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, vocab.ll)
         if is_error:
-            raise _grammar_problem(messages[0] if messages else "", schema)
+            raise _grammar_problem(messages[0] if messages else "", schema, vocab)
         self.grammar = grammar
         self.tokenizer = tokenizer
         self.description = description
@@ -237,12 +267,13 @@ class RowMatcher:
         self.closing = False  # finishing by the closer from now on
 
     def _closer(self, allowed: np.ndarray, scan: tuple[bool, bool]) -> int:
-        """The closer's token for a state: a preferred closing token if allowed, else the lowest allowed id."""
+        """The closer's token for a state: a preferred closing token if allowed, else the longest allowed one."""
         for t in self.vocab.in_string if scan[0] else self.vocab.outside:
             if allowed[t]:
                 return t
-        hits = np.flatnonzero(allowed)
-        return int(hits[0]) if hits.size else self.vocab.eos
+        if not allowed.any():
+            return self.vocab.eos
+        return int(np.argmax(np.where(allowed, self.vocab.rank, -1)))
 
     def _finishes(self, matcher, scan, budget: int) -> bool:
         """Whether the closer ends (end-of-turn included) from this state within `budget` tokens."""
