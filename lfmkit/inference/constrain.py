@@ -308,27 +308,26 @@ class RowMatcher:
 
 
 # ---- a batch ----------------------------------------------------------------------------------
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-
-
 def allowed_tokens(rows: list[RowMatcher], vocab_size: int) -> torch.Tensor:
     """[len(rows), vocab_size] bool: the tokens each row's grammar allows now (one parallel call).
     A row whose grammar allows nothing (it failed) may only end."""
     words = (vocab_size + 31) // 32
-    bits = torch.zeros(len(rows), words, dtype=torch.int32)
-    _executor().unsafe_compute_mask_ptr([(r.m, i) for i, r in enumerate(rows)], bits.data_ptr(), words * 4, len(rows))
-    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).view(len(rows), words * 32)[:, :vocab_size].bool()
-    for i, r in enumerate(rows):
-        if not bool(allowed[i].any()):
-            allowed[i, r.vocab.eos] = True
-    return allowed
+    bits = np.zeros((len(rows), words), dtype=np.int32)
+    _executor().unsafe_compute_mask_ptr([(r.m, i) for i, r in enumerate(rows)], bits.ctypes.data, words * 4, len(rows))
+    allowed = np.unpackbits(bits.view(np.uint8), axis=-1, bitorder="little")[:, :vocab_size].view(np.bool_)
+    for i in np.flatnonzero(~allowed.any(axis=1)):
+        allowed[i, rows[i].vocab.eos] = True
+    return torch.from_numpy(allowed)
 
 
 def mask_logits(logits: torch.Tensor, index: list[int], allowed: torch.Tensor) -> torch.Tensor:
-    """A copy of `logits` [B, V] with the tokens rows `index` may not take at -inf."""
+    """`logits` [B, V] with the tokens rows `index` may not take at -inf (a new tensor)."""
+    allowed = allowed.to(logits.device)
+    if index == list(range(logits.shape[0])):
+        return torch.where(allowed, logits, float("-inf"))
     out = logits.clone()
     idx = torch.tensor(index, dtype=torch.long, device=logits.device)
-    out[idx] = out[idx].masked_fill(~allowed.to(logits.device), float("-inf"))
+    out[idx] = torch.where(allowed, out[idx], float("-inf"))
     return out
 
 
