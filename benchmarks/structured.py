@@ -8,13 +8,16 @@ sampled once from random logits under llguidance's mask, so every step is a real
 step of a valid document. Per step and row it times
 
 - `fill`: computing the bit masks of the whole batch in one call (llguidance's LLExecutor,
-  xgrammar's BatchGrammarMatcher; both fill [rows, V/32] int32 words);
+  xgrammar's BatchGrammarMatcher; both fill [rows, V/32] int32 words), and for llguidance also
+  row by row on the calling thread (`llguidance-sequential`: what lfmkit ships);
 - `consume`: advancing every row's matcher by its token;
 - `apply`: lfmkit's unpacking of the bits and the -inf fill of [rows, V] float32 logits
   (the same code for both, the one lfmkit.inference.constrain runs);
 
-and, for lfmkit as shipped, `sampler`: `BatchSampler.sample` on random [rows, V] logits with the
-constraint minus the same call without it (greedy), the whole overhead a decode step pays.
+each as the median wall time and the mean CPU time of the process (all its threads; a busy
+machine inflates wall time far more than CPU time), and, for lfmkit as shipped, `sampler`:
+`BatchSampler.sample` on random [rows, V] logits with the constraint minus the same call
+without it (greedy), the whole overhead a decode step pays.
 Also the one-off costs: the tokenizer description and each schema's compilation.
 
     python benchmarks/structured.py                      # batch 1 and 8, all schemas
@@ -168,6 +171,17 @@ class LLGuidance:
             assert m.consume_token(t), m.get_error()
 
 
+class LLGuidanceSequential(LLGuidance):
+    """llguidance with each row's mask computed in turn on the calling thread (no thread pool)."""
+
+    name = "llguidance-sequential"
+
+    def fill(self, matchers, bits):
+        for i, m in enumerate(matchers):
+            row = bits[i]
+            m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * 4)
+
+
 class XGrammar:
     name = "xgrammar"
 
@@ -204,7 +218,7 @@ def time_engine(engine, schema, docs: list[list[int]]) -> dict:
     """Replay `docs` (one per row) step by step; median microseconds per step of fill / consume / apply."""
     import torch
 
-    from lfmkit.inference.constrain import mask_logits
+    from lfmkit.inference.constrain import mask_logits, unpack_masks
 
     t = time.perf_counter()
     compiled = engine.compile(schema)
@@ -213,28 +227,25 @@ def time_engine(engine, schema, docs: list[list[int]]) -> dict:
     matchers = engine.matchers(compiled, rows)
     bits = torch.zeros(rows, (VOCAB + 31) // 32, dtype=torch.int32)
     logits = torch.randn(rows, VOCAB)
-    shifts = torch.arange(32, dtype=torch.int32)
-    fill, consume, apply = [], [], []
+    wall = {"fill": [], "apply": [], "consume": []}
+    cpu = {"fill": [], "apply": [], "consume": []}
     for step in range(min(len(d) for d in docs)):
-        t0 = time.perf_counter()
+        marks = [(time.perf_counter(), time.process_time())]
         engine.fill(matchers, bits)
-        t1 = time.perf_counter()
-        allowed = ((bits.unsqueeze(-1) >> shifts) & 1).view(rows, -1)[:, :VOCAB].bool()
+        marks.append((time.perf_counter(), time.process_time()))
+        allowed = unpack_masks(bits.numpy(), VOCAB)
         mask_logits(logits, list(range(rows)), allowed)
-        t2 = time.perf_counter()
+        marks.append((time.perf_counter(), time.process_time()))
         engine.consume(matchers, [d[step] for d in docs])
-        t3 = time.perf_counter()
-        fill.append(t1 - t0)
-        apply.append(t2 - t1)
-        consume.append(t3 - t2)
-    us = lambda xs: round(statistics.median(xs) * 1e6, 1)  # noqa: E731
-    return {
-        "compile_ms": round(compile_s * 1e3, 2),
-        "steps": len(fill),
-        "fill_us": us(fill),
-        "consume_us": us(consume),
-        "apply_us": us(apply),
-    }
+        marks.append((time.perf_counter(), time.process_time()))
+        for (w0, c0), (w1, c1), part in zip(marks, marks[1:], ("fill", "apply", "consume")):
+            wall[part].append(w1 - w0)
+            cpu[part].append(c1 - c0)
+    out = {"compile_ms": round(compile_s * 1e3, 2), "steps": len(wall["fill"])}
+    for part in ("fill", "consume", "apply"):
+        out[f"{part}_us"] = round(statistics.median(wall[part]) * 1e6, 1)
+        out[f"{part}_cpu_us"] = round(statistics.mean(cpu[part]) * 1e6, 1)
+    return out
 
 
 def time_sampler(tok, schema, rows: int, steps: int) -> dict:
@@ -267,7 +278,7 @@ def time_sampler(tok, schema, rows: int, steps: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--engines", default="llguidance,xgrammar")
+    p.add_argument("--engines", default="llguidance,llguidance-sequential,xgrammar")
     p.add_argument("--repeats", type=int, default=2, help="runs per engine and batch; the best median is kept")
     p.add_argument("--max-tokens", type=int, default=160, help="longest sampled document")
     p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "lfmkit-bench-tokenizer"))
@@ -277,7 +288,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     tok = build_tokenizer(Path(args.cache))
-    engines = {"llguidance": LLGuidance, "xgrammar": XGrammar}
+    engines = {"llguidance": LLGuidance, "llguidance-sequential": LLGuidanceSequential, "xgrammar": XGrammar}
     built = [engines[name](tok) for name in args.engines.split(",")]
     for e in built:
         print(f"{e.name}: tokenizer description {e.setup_s * 1e3:.0f} ms", flush=True)
@@ -287,9 +298,13 @@ def main(argv=None) -> int:
             docs = documents(tok, schema, batch, seed=11, max_tokens=args.max_tokens)
             for e in built:
                 runs = [time_engine(e, schema, docs) for _ in range(args.repeats)]
-                best = min(runs, key=lambda r: r["fill_us"] + r["consume_us"])
-                line = {"schema": name, "batch": batch, "engine": e.name, **best}
+                best = min(runs, key=lambda r: r["fill_cpu_us"] + r["consume_cpu_us"])
+                # the first compile: later ones may hit the engine's cache (xgrammar keeps one)
+                line = {"schema": name, "batch": batch, "engine": e.name, **best, "compile_ms": runs[0]["compile_ms"]}
                 line["per_token_us"] = round((best["fill_us"] + best["consume_us"] + best["apply_us"]) / batch, 1)
+                line["per_token_cpu_us"] = round(
+                    sum(best[f"{k}_cpu_us"] for k in ("fill", "consume", "apply")) / batch, 1
+                )
                 lines.append(line)
                 print(json.dumps(line), flush=True)
             line = {"schema": name, "batch": batch, "engine": "lfmkit BatchSampler (llguidance)"}

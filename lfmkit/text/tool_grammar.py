@@ -65,12 +65,12 @@ def _arguments(fn: dict[str, Any], k: int, where: str) -> list[str]:
         if not name.isidentifier():
             raise ToolGrammarError(
                 f"{where}: argument name {name!r} cannot be written as a Python keyword argument",
-                param=f"{where}.parameters.properties.{name}",
+                param=f"{where}.function.parameters.properties.{name}",
             )
         if not (isinstance(props[name], dict) or props[name] is True):
             raise ToolGrammarError(
                 f"{where}: the schema of argument {name!r} must be a JSON schema object",
-                param=f"{where}.parameters.properties.{name}",
+                param=f"{where}.function.parameters.properties.{name}",
             )
         value = f"v{k}_{i}"
         rules.append(f"{value}: {_json_value(props[name])}")
