@@ -205,6 +205,18 @@ def test_json_object_and_lark_grammar(model, tokenizer):
     assert r.text in ("The answer is yes.", "The answer is no.") or 5 <= int(r.text) <= 9, r.text
 
 
+def test_chat_session_turns_with_a_schema(model, tokenizer):
+    """A session's constrained turn, then a free one: the JSON answer is in the history."""
+    from lfmkit.inference.session import ChatSession
+
+    chat = ChatSession(model, tokenizer, params=SamplingParams.greedy(max_tokens=60))
+    schema = SCHEMAS["enums and const"]
+    r = chat.send("Weather as JSON?", constraint=Constraint.json_schema(schema, tokenizer))
+    jsonschema.validate(json.loads(r.text), schema)
+    chat.send("Thanks!", max_tokens=8)
+    assert chat.messages[1]["content"] == r.text
+
+
 def test_output_finishes_within_a_tight_max_tokens(model, tokenizer):
     """The finish guard: a budget just above the shortest answer still ends in valid JSON."""
     schema = {
