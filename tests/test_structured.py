@@ -298,6 +298,32 @@ def test_unsupported_schema_features_are_named(tokenizer):
         SamplingParams(constraint={"type": "object"})
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["string", "object", "array", "integer", "^a+$"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["type", "properties", "items", "required", "enum", "pattern", "minimum", "not", "$ref", "x"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(schema=JSON)
+def test_any_schema_compiles_or_is_a_grammar_error(tokenizer, schema):
+    """Whatever JSON arrives as a schema, compiling it either works or raises GrammarError (a 400)."""
+    try:
+        Constraint.json_schema(schema, tokenizer)
+    except GrammarError as exc:
+        assert str(exc)
+
+
 # ---- batch = single ------------------------------------------------------------------------------
 def test_engine_rows_are_independent_of_their_batch_mates(model, tokenizer):
     """Greedy, byte for byte: constrained and free rows of different lengths decoded together in the

@@ -100,7 +100,7 @@ class ServerContext:
         self.check_model(req.model)
         prompt = build_chat_prompt(self.tokenizer, req, self.bound)
         params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs, req.top_logprobs or 0)
-        constraint = request_constraint(self.tokenizer, req)
+        constraint = request_constraint(self.tokenizer, req, self.engine.vocab_size)
         return req, prompt, params if constraint is None else params.replace(constraint=constraint)
 
     def prepare_completions(

@@ -46,8 +46,19 @@ def _tool_schema_error(tokenizer, tools: list[dict], exc: GrammarError) -> Reque
     return RequestError(f"cannot constrain tool calls to these tools: {exc}", param="tools")
 
 
-def request_constraint(tokenizer, req: ChatCompletionRequest) -> Constraint | None:
-    """The constraint for a chat request, or None; RequestError (400) naming what cannot be enforced."""
+def request_constraint(tokenizer, req: ChatCompletionRequest, vocab_size: int) -> Constraint | None:
+    """The constraint for a chat request, or None; RequestError (400) naming what cannot be enforced.
+    Its matcher for the model's `vocab_size` logits is built here, so the engine only copies it."""
+    constraint = _request_constraint(tokenizer, req)
+    if constraint is not None:
+        try:
+            constraint.matcher(vocab_size, 1)
+        except GrammarError as exc:
+            raise RequestError(f"cannot enforce this request's output format: {exc}") from None
+    return constraint
+
+
+def _request_constraint(tokenizer, req: ChatCompletionRequest) -> Constraint | None:
     choice = req.tool_choice
     if req.tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         name = choice.function.name if isinstance(choice, NamedToolChoice) else None
