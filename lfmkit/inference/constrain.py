@@ -12,8 +12,8 @@ names them and whose message says where they are in the schema, before anything 
 
 Decoding (sampling.BatchSampler): each constrained row has a `RowMatcher`. Every step the masks
 of all constrained rows of the batch are computed together (`allowed_tokens`: one [rows, V/32]
-bit-mask buffer, unpacked at once) and disallowed logits become -inf
-before penalties and sampling; then `advance` hands each matcher its row's token. The
+bit-mask buffer, unpacked at once) and disallowed logits become -inf before penalties and
+sampling; then `advance` hands each matcher its row's token. The
 end-of-turn token is allowed only where the grammar accepts and is the only token once the
 grammar is complete, so a row ends exactly where its grammar does. Unconstrained rows are not
 touched and a row's mask depends only on its own tokens: batching changes no row's output.
@@ -73,7 +73,7 @@ class _Vocab:
         self.size = size
         self.eos = tokenizer.eos_token_id
         self.ll = llg.LLTokenizer(tokenizer.backend.to_str(), n_vocab=size, eos_token=self.eos)
-        self.words = (size + 31) // 32
+        self.bytes = [self.ll.decode_bytes([t]) for t in range(size)]  # what each token writes
 
         def single(text: str) -> list[int]:
             ids = tokenizer.encode(text)
@@ -84,16 +84,9 @@ class _Vocab:
         self.outside = [self.eos] + ([end] if end is not None else [])
         for text in ("}", "]", ")", ",", '"', "0"):
             self.outside += single(text)
-        self._bytes: dict[int, bytes] = {}
         # the closer's tie-break: longer tokens first (fewer steps through forced text), then lower ids
-        lengths = np.array([len(self.ll.decode_bytes([t])) for t in range(size)], dtype=np.int64)
+        lengths = np.array([len(b) for b in self.bytes], dtype=np.int64)
         self.rank = lengths * size - np.arange(size)
-
-    def token_bytes(self, token: int) -> bytes:
-        got = self._bytes.get(token)
-        if got is None:
-            got = self._bytes[token] = self.ll.decode_bytes([token])
-        return got
 
 
 _VOCABS: "weakref.WeakKeyDictionary[Any, dict[int, _Vocab]]" = weakref.WeakKeyDictionary()
@@ -276,7 +269,7 @@ class RowMatcher:
             t = self._closer(_bits(m.compute_bitmask(), self.vocab.size), scan)
             if not m.consume_token(t):
                 return False
-            scan = _scan(scan, self.vocab.token_bytes(t))
+            scan = _scan(scan, self.vocab.bytes[t])
         return False
 
     def guard(self, token: int, allowed: np.ndarray) -> int:
@@ -286,7 +279,7 @@ class RowMatcher:
         if not self.closing:
             after = self.m.deep_copy()
             if after.consume_token(token) and self._finishes(
-                after, _scan(self.scan, self.vocab.token_bytes(token)), self.left - 1
+                after, _scan(self.scan, self.vocab.bytes[token]), self.left - 1
             ):
                 return token
             self.closing = True
@@ -295,7 +288,7 @@ class RowMatcher:
     def consume(self, token: int) -> None:
         self.left -= 1
         if token != self.vocab.eos:
-            self.scan = _scan(self.scan, self.vocab.token_bytes(token))
+            self.scan = _scan(self.scan, self.vocab.bytes[token])
         self.m.consume_token(token)
 
 
