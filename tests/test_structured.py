@@ -296,6 +296,8 @@ def test_unsupported_schema_features_are_named(tokenizer):
         Constraint.json_schema({"type": "string", "pattern": "^(?!x).*$"}, tokenizer)
     with pytest.raises(GenerationError, match="constraint"):
         SamplingParams(constraint={"type": "object"})
+    with pytest.raises(GenerationError, match="ignore_eos"):
+        SamplingParams(ignore_eos=True, constraint=Constraint.json_object(tokenizer))
 
 
 JSON = st.recursive(
@@ -423,6 +425,7 @@ def test_server_tool_choice_always_gives_a_well_formed_call(server, choice):
         ),
         ({"response_format": {"type": "json_schema"}}, "response_format", ["json_schema"]),
         ({"response_format": {"type": "xml"}}, "response_format.type", []),
+        ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos", ["ignore_eos"]),
         (
             {
                 "tools": [
@@ -448,7 +451,7 @@ def test_server_tool_choice_always_gives_a_well_formed_call(server, choice):
             ["my-tool"],
         ),
     ],
-    ids=["unsupported-keywords", "no-schema", "bad-type", "tool-schema", "tool-name"],
+    ids=["unsupported-keywords", "no-schema", "bad-type", "ignore-eos", "tool-schema", "tool-name"],
 )
 def test_server_refuses_what_it_cannot_enforce(server, body, param, words):
     r = chat(server, **body)

@@ -178,6 +178,8 @@ class SamplingParams:
         integer("top_logprobs", 0, MAX_TOP_LOGPROBS)
         if self.constraint is not None and not isinstance(self.constraint, Constraint):
             bad("constraint", "must be an lfmkit Constraint (Constraint.json_schema(...), .lark(...), ...)")
+        if self.constraint is not None and self.ignore_eos:
+            bad("ignore_eos", "cannot be combined with a constraint: a constrained answer ends where its grammar does")
         return self
 
 

@@ -50,6 +50,12 @@ def request_constraint(tokenizer, req: ChatCompletionRequest, vocab_size: int) -
     """The constraint for a chat request, or None; RequestError (400) naming what cannot be enforced.
     Its matcher for the model's `vocab_size` logits is built here, so the engine only copies it."""
     constraint = _request_constraint(tokenizer, req)
+    if constraint is not None and req.ignore_eos:
+        raise RequestError(
+            "'ignore_eos' cannot be combined with 'response_format' or a forced 'tool_choice': "
+            "a constrained answer ends where its grammar does",
+            param="ignore_eos",
+        )
     if constraint is not None:
         try:
             constraint.matcher(vocab_size, 1)
