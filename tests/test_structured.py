@@ -25,7 +25,7 @@ from lfmkit.inference.generate import generate
 from lfmkit.inference.sampling import BatchSampler, SamplingParams
 from lfmkit.text.tokenizer import Tokenizer
 from lfmkit.text.tool_calls import parse_tool_calls
-from lfmkit.text.tool_grammar import ToolGrammarError, tool_call_grammar
+from lfmkit.text.tool_grammar import forced_prefix
 
 SCHEMAS = {
     "required fields": {
@@ -234,7 +234,8 @@ def test_output_finishes_within_a_tight_max_tokens(model, tokenizer):
 @pytest.mark.parametrize("name", [None, "search", "ping"], ids=["required", "named", "named-no-args"])
 def test_tool_call_grammar_gives_calls_our_parser_reads(model, tokenizer, name):
     prompt = tokenizer.apply_chat_template(ASK, tools=FUNCTIONS, add_generation_prompt=True)
-    forced = "<|tool_call_start|>[" + (f"{name}(" if name else "")
+    forced = forced_prefix(FUNCTIONS, name)
+    assert forced == "<|tool_call_start|>[" + (f"{name}(" if name else "")
     c = Constraint.tool_calls(FUNCTIONS, tokenizer, name=name)
     params = [SamplingParams(max_tokens=80, temperature=1.0, min_p=0.0, seed=s, constraint=c) for s in range(4)]
     for r in generate(model, [prompt + forced] * 4, params, tokenizer=tokenizer):
@@ -277,13 +278,29 @@ def test_any_token_choice_within_the_grammar_parses(tokenizer, seed, max_tokens,
         jsonschema.validate(json.loads(text), SCHEMAS[which])
 
 
-def test_tool_names_python_cannot_call_are_refused():
-    with pytest.raises(ToolGrammarError, match="my-tool") as e:
-        tool_call_grammar([{"name": "my-tool", "parameters": {"type": "object", "properties": {}}}])
-    assert e.value.param == "tools[0].function.name"
-    bad_arg = {"name": "f", "parameters": {"type": "object", "properties": {"user-id": {"type": "integer"}}}}
-    with pytest.raises(ToolGrammarError, match="user-id"):
-        tool_call_grammar([bad_arg])
+ODD = [  # names Python cannot call: such tools are called JSON-style
+    {
+        "name": "my-tool",
+        "parameters": {"type": "object", "properties": {"user-id": {"type": "integer"}}, "required": ["user-id"]},
+    },
+    {"name": "import", "parameters": {"type": "object", "properties": {"path": {"type": "string", "maxLength": 8}}}},
+    {"name": "ping", "parameters": {"type": "object", "properties": {}}},
+]
+
+
+@pytest.mark.parametrize("name", [None, "my-tool", "import"], ids=["required", "named-hyphen", "named-keyword"])
+def test_tools_python_cannot_call_are_called_json_style(model, tokenizer, name):
+    prompt = tokenizer.apply_chat_template(ASK, tools=ODD, add_generation_prompt=True)
+    forced = forced_prefix(ODD, name)
+    assert forced == "<|tool_call_start|>["
+    c = Constraint.tool_calls(ODD, tokenizer, name=name)
+    params = [SamplingParams(max_tokens=60, temperature=1.0, min_p=0.0, seed=s, constraint=c) for s in range(3)]
+    schemas = {t["name"]: t["parameters"] for t in ODD}
+    for r in generate(model, [prompt + forced] * 3, params, tokenizer=tokenizer):
+        calls = parse_tool_calls(forced + r.text)
+        assert calls and (name is None or [call.name for call in calls] == [name]), r.text
+        for call in calls:
+            jsonschema.validate(call.arguments, schemas[call.name])
 
 
 def test_unsupported_schema_features_are_named(tokenizer):
@@ -393,18 +410,25 @@ def test_server_json_object_streamed(server):
 
 
 @pytest.mark.parametrize(
-    "choice", ["required", {"type": "function", "function": {"name": "search"}}], ids=["required", "named"]
+    "tools,choice",
+    [
+        (TOOLS, "required"),
+        (TOOLS, {"type": "function", "function": {"name": "search"}}),
+        ([{"type": "function", "function": f} for f in ODD], {"type": "function", "function": {"name": "my-tool"}}),
+    ],
+    ids=["required", "named", "named-json-style"],
 )
-def test_server_tool_choice_always_gives_a_well_formed_call(server, choice):
+def test_server_tool_choice_always_gives_a_well_formed_call(server, tools, choice):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     for seed in range(3):
-        r = chat(server, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=seed)
+        r = chat(server, tools=tools, tool_choice=choice, temperature=1.0, seed=seed)
         assert r.status_code == 200, r.text
         out = r.json()["choices"][0]
         assert out["finish_reason"] == "tool_calls", out
-        names = {"search"} if isinstance(choice, dict) else set(SCHEMA_OF)
+        names = {choice["function"]["name"]} if isinstance(choice, dict) else set(schemas)
         for call in out["message"]["tool_calls"]:
             assert call["function"]["name"] in names
-            jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMA_OF[call["function"]["name"]])
+            jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
 
 
 @pytest.mark.parametrize(
@@ -445,13 +469,8 @@ def test_server_tool_choice_always_gives_a_well_formed_call(server, choice):
             "tools[0].function.parameters",
             ["bogus"],
         ),
-        (
-            {"tools": [{"type": "function", "function": {"name": "my-tool"}}], "tool_choice": "required"},
-            "tools[0].function.name",
-            ["my-tool"],
-        ),
     ],
-    ids=["unsupported-keywords", "no-schema", "bad-type", "ignore-eos", "tool-schema", "tool-name"],
+    ids=["unsupported-keywords", "no-schema", "bad-type", "ignore-eos", "tool-schema"],
 )
 def test_server_refuses_what_it_cannot_enforce(server, body, param, words):
     r = chat(server, **body)

@@ -197,7 +197,7 @@ class Constraint:
 
     @classmethod
     def tool_calls(cls, tools: list[dict], tokenizer, name: str | None = None, parallel: bool = True) -> "Constraint":
-        """LFM2 calls to `tools`, after the `<|tool_call_start|>[` (or `...[name(`) the prompt ends with."""
+        """LFM2 calls to `tools`, after the `tool_grammar.forced_prefix(tools, name)` the prompt ends with."""
         return cls.lark(tool_call_grammar(tools, name, parallel), tokenizer).described(
             f"tool call to {name}" if name else "tool calls"
         )
