@@ -309,6 +309,10 @@ def test_unsupported_schema_features_are_named(tokenizer):
         Constraint.json_schema(schema, tokenizer)
     assert e.value.features == ["if", "then", "uniqueItems"]
     assert "$.properties.a.uniqueItems" in str(e.value)
+    overlapping = {"oneOf": [{"type": "object"}, {"type": "object", "properties": {"a": {"type": "integer"}}}]}
+    with pytest.raises(GrammarError, match="anyOf") as e:
+        Constraint.json_schema({"type": "object", "properties": {"x": overlapping}}, tokenizer)
+    assert e.value.features == ["oneOf"] and "$.properties.x.oneOf" in str(e.value)
     with pytest.raises(GrammarError, match="look-around"):
         Constraint.json_schema({"type": "string", "pattern": "^(?!x).*$"}, tokenizer)
     with pytest.raises(GenerationError, match="constraint"):

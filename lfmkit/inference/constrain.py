@@ -134,6 +134,14 @@ def _grammar_problem(message: str, schema: Any = None, vocab: "_Vocab | None" = 
     keyword (llguidance stops at the first: the schema is recompiled without the ones found)
     and where each appears."""
     features = _unimplemented(message)
+    if "oneOf constraints are not supported" in message:
+        places = _schema_paths(schema, {"oneOf"}) if schema is not None else []
+        where = f" (at {', '.join(places[:8])})" if places else ""
+        return GrammarError(
+            f"unsupported JSON Schema feature: 'oneOf' with branches that can overlap{where}: structured output "
+            "can enforce 'oneOf' only when at most one branch can match; use 'anyOf' if any branch will do",
+            ["oneOf"],
+        )
     if not features:
         first = message.strip().splitlines()[0] if message.strip() else "unknown problem"
         if "look-around" in message:
