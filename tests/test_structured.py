@@ -485,6 +485,16 @@ def test_server_refuses_what_it_cannot_enforce(server, body, param, words):
         assert w in err["message"], err
 
 
+def test_server_streamed_forced_call_equals_the_non_streamed_one(server):
+    body = dict(tools=TOOLS, tool_choice="required", temperature=0, max_tokens=60)
+    whole = chat(server, **body).json()["choices"][0]["message"]["tool_calls"]
+    r = chat(server, stream=True, **body)
+    parts = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    streamed = [c for p in parts if p["choices"] for c in p["choices"][0]["delta"].get("tool_calls") or []]
+    assert [c["function"] for c in streamed] == [c["function"] for c in whole] and whole
+    assert [p["choices"][0]["finish_reason"] for p in parts if p["choices"]][-1] == "tool_calls"
+
+
 # ---- the CLI -------------------------------------------------------------------------------------
 def test_run_json_schema_and_grammar_files(checkpoint, tmp_path, capsys):
     schema = SCHEMAS["required fields"]
