@@ -39,6 +39,7 @@ _LAZY = {
     "ToolCallEvent": "text.chat",
     "ToolCallError": "text.chat",
     "SamplingParams": "inference.sampling",
+    "Constraint": "inference.constrain",
     "generate": "inference.generate",
     "stream_generate": "inference.generate",
     "GenerationResult": "inference.generate",

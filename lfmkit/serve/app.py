@@ -46,6 +46,7 @@ from .schema import (
     to_json,
     usage,
 )
+from .structured import request_constraint
 from .webchat import add_web_chat
 
 log = logging.getLogger("lfmkit.server")
@@ -101,7 +102,8 @@ class ServerContext:
         self.check_model(req.model)
         prompt = build_chat_prompt(self.tokenizer, req, self.bound)
         params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs, req.top_logprobs or 0)
-        return req, prompt, params
+        constraint = request_constraint(self.tokenizer, req, self.engine.vocab_size)
+        return req, prompt, params if constraint is None else params.replace(constraint=constraint)
 
     def prepare_completions(
         self, body: bytes
