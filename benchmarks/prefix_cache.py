@@ -69,17 +69,17 @@ def prepare(shape: str, workdir: Path, seed: int):
 class Framing:
     """LFM2's chat framing as token ids: user turns of fixed length, the assistant's opening."""
 
-    def __init__(self, tokenizer, vocab: int, user_tokens: int, answer_tokens: int, seed: int):
+    def __init__(self, tokenizer, user_tokens: int, answer_tokens: int, seed: int):
         import random
 
         self.rng = random.Random(seed)
         self.enc = lambda text: tokenizer.encode(text)
-        self.vocab, self.user_tokens, self.answer_tokens = vocab, user_tokens, answer_tokens
+        self.user_tokens, self.answer_tokens = user_tokens, answer_tokens
         self.bos = [tokenizer.bos_token_id]
-        self.eos = tokenizer.convert_tokens_to_ids(IM_END)
+        self.eos = tokenizer.token_to_id(IM_END)
 
     def words(self, n: int) -> list[int]:
-        return [self.rng.randrange(600, self.vocab) for _ in range(n)]  # plain tokens, no specials
+        return [self.rng.randrange(100, 400) for _ in range(n)]  # the test tokenizer's plain tokens
 
     def user(self) -> list[int]:
         return self.enc(f"{IM_START}user{NL}") + self.words(self.user_tokens) + self.enc(f"{IM_END}{NL}")
@@ -121,9 +121,14 @@ class LlamaCppEngine:
     name = "llama.cpp (prefix reuse)"
 
     def __init__(self, gguf: Path, threads: int, eos: int):
-        from llama_cpp import Llama
+        import numpy as np
+        from llama_cpp import Llama, LogitsProcessorList
 
-        self.eos = eos
+        def mask_eos(_ids, scores):
+            scores[eos] = -np.inf
+            return scores
+
+        self.no_eos = LogitsProcessorList([mask_eos])
         self.llm = Llama(
             model_path=str(gguf),
             n_ctx=8192,
@@ -141,19 +146,20 @@ class LlamaCppEngine:
                 break
             kept += 1
         t = time.perf_counter()
-        stream = self.llm.create_completion(
-            prompt=prompt, max_tokens=answer_tokens, temperature=0.0, logit_bias={self.eos: -1e9}, stream=True
-        )
         ttft, out = None, []
-        for chunk in stream:
+        # `generate` is what create_completion runs (prefix reuse included); it never stops by itself
+        for token in self.llm.generate(prompt, temp=0.0, logits_processor=self.no_eos):
             ttft = ttft if ttft is not None else time.perf_counter() - t
-            out.extend(chunk["choices"][0].get("token_ids") or [])
+            out.append(int(token))
+            if len(out) == answer_tokens:
+                break
         # llama.cpp keeps its memory only when the prompt extends exactly what it held
         reused = kept if kept == before else 0
         return ttft, out, reused
 
     def close(self):
-        self.llm.close()
+        if hasattr(self.llm, "close"):
+            self.llm.close()
 
 
 # ---- conversations ----------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def main(argv=None) -> int:
     directory, gguf = prepare(args.shape, args.workdir, args.seed)
     model = LFM2.from_pretrained(str(directory), dtype="float32").eval()
     tok = Tokenizer.from_pretrained(str(directory))
-    framing = Framing(tok, model.config.vocab_size, args.user_tokens, args.answer_tokens, args.seed)
+    framing = Framing(tok, args.user_tokens, args.answer_tokens, args.seed)
     factories = [
         lambda: LfmkitEngine(model, 1024, "lfmkit, prefix cache"),
         lambda: LfmkitEngine(model, 0, "lfmkit, re-prefill"),

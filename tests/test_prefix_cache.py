@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 from checkpoints import make_checkpoint
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lfmkit import LFM2, ChatSession, SamplingParams, Tokenizer
 from lfmkit.errors import GenerationError
@@ -187,6 +189,70 @@ def test_shared_prefixes_share_their_kv(ckpt):
     assert cache.bytes == tokens * state.bytes_per_token() + 2 * state.fixed_bytes_per_row()
     assert cache.lookup(common + [5, 6, 7, 1]).tokens == len(common) + 3
     assert cache.lookup(common + [4]).tokens == 0  # no snapshot where they part (yet)
+
+
+def _mark(prefix: list[int]) -> float:
+    return float(hash(tuple(prefix)) % 9973)  # exact in float32
+
+
+def _fill(state, tokens: list[int]) -> None:
+    """Write row 0 as if it held `tokens`: each K/V slot a function of its prefix, the windows of all."""
+    for i in range(len(tokens)):
+        for t in state.keys + state.values:
+            if t is not None:
+                t[0, :, i] = _mark(tokens[: i + 1])
+    for c in state.conv:
+        if c is not None:
+            c[0] = _mark(tokens)
+    state.set_dense_row(0, len(tokens))
+
+
+def _holds(state, row: int, tokens: list[int]) -> bool:
+    """Row `row` holds what `_fill` writes for `tokens`."""
+    kv = all(
+        bool((t[row, :, i] == _mark(tokens[: i + 1])).all())
+        for i in range(len(tokens))
+        for t in state.keys + state.values
+        if t is not None
+    )
+    return kv and all(bool((c[row] == _mark(tokens)).all()) for c in state.conv if c is not None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(st.lists(st.integers(1, 3), min_size=1, max_size=12), st.booleans()), min_size=1, max_size=8
+    ),
+    probe=st.lists(st.integers(1, 3), min_size=1, max_size=14),
+    budget_tokens=st.integers(4, 60),
+)
+def test_the_tree_resumes_the_longest_stored_prefix_and_counts_its_bytes(ckpt, entries, probe, budget_tokens):
+    """Stored rows (some with logits) under a budget: bytes are exact and within the budget, and a
+    lookup finds the longest stored prefix still cached, restored slot for slot."""
+    model = ckpt[1]
+    state, out = model.new_state(1, 16), model.new_state(1, 16)
+    per_token, fixed = state.bytes_per_token(), state.fixed_bytes_per_row()
+    logits = torch.zeros(4)
+    cache = PrefixCache(model, max_bytes=budget_tokens * per_token + 3 * fixed)
+    for tokens, with_logits in entries:
+        _fill(state, tokens)
+        cache.store(tokens, state, 0, logits if with_logits else None)
+        nodes = cache._nodes
+        assert cache.bytes == sum(n.nbytes for n in nodes) <= cache.max_bytes
+        kv_tokens = sum(len(n.tokens) for n in nodes)
+        snaps = [n for n in nodes if n.conv is not None]
+        assert cache.bytes == kv_tokens * per_token + len(snaps) * fixed + 16 * sum(n.logits is not None for n in snaps)
+    cached = {}  # what the cache still holds: each snapshot's token path, and whether it has logits
+    for n in cache._nodes:
+        if n.conv is not None:
+            path = [t for seg in n.path() for t in seg.tokens]
+            cached[tuple(path)] = n.logits is not None
+    usable = [len(k) for k, has in cached.items() if list(k) == probe[: len(k)] and (len(k) < len(probe) or has)]
+    plan = cache.resume(probe, out, 0)
+    assert plan.tokens == max(usable, default=0)
+    assert (plan.logits is not None) == (plan.tokens == len(probe) > 0)
+    if plan.tokens:
+        assert _holds(out, 0, probe[: plan.tokens]) and int(out.lengths[0]) == plan.tokens
 
 
 def test_session_resumes_from_a_shared_cache_and_replies_the_same(ckpt):
