@@ -8,6 +8,8 @@ cached path); eviction against a byte budget; and a mixed batch against each row
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from checkpoints import make_checkpoint
@@ -302,12 +304,15 @@ def test_server_turn_two_reports_cached_tokens_and_the_text_of_a_server_without_
             turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Another?"}]
             r2 = client.post("/v1/chat/completions", json={**body, "messages": turn2}).json()
             metrics = client.get("/metrics").text
+            streamed = {**body, "messages": turn2, "stream": True, "stream_options": {"include_usage": True}}
+            with client.stream("POST", "/v1/chat/completions", json=streamed) as r:
+                chunks = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
         finally:
             engine.stop()
-        return turn2, r1, r2, metrics
+        return turn2, r1, r2, metrics, chunks[-1]["usage"]
 
-    turn2, r1, r2, metrics = conversation(64)
-    _, n1, n2, _ = conversation(0)
+    turn2, r1, r2, metrics, again = conversation(64)
+    _, n1, n2, _, n_again = conversation(0)
     assert [r["choices"][0]["message"] for r in (r1, r2)] == [r["choices"][0]["message"] for r in (n1, n2)]
     assert n2["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     # the reused prefix: the turn-1 prompt, and the answer as generated if the template renders
@@ -324,3 +329,6 @@ def test_server_turn_two_reports_cached_tokens_and_the_text_of_a_server_without_
     assert "lfmkit_prefix_cache_hits_total 1" in metrics and "lfmkit_prefix_cache_misses_total 1" in metrics
     assert f"lfmkit_prefix_cache_hit_tokens_total {want}" in metrics
     assert "lfmkit_prefix_cache_bytes 0" not in metrics
+    # the same turn again, streamed: all of its prompt comes from the cache (with its logits)
+    assert again["prompt_tokens_details"] == {"cached_tokens": len(p2)} and again["prompt_tokens"] == len(p2)
+    assert n_again["prompt_tokens_details"] == {"cached_tokens": 0}

@@ -6,8 +6,9 @@ its conv windows back, so it can only resume at a point where the conv windows w
 LFM2's windows are tiny (`conv_L_cache` values per channel per conv layer), so we save them at
 every point worth resuming from: the end of each prompt (with its next-token logits, so an
 identical prompt needs no forward at all), the end of each generated answer, fixed token
-intervals in long prompts, and the point where a prompt leaves a cached path (a shared system
-prompt then resumes exactly where the next request's own text begins).
+intervals in long prompts (`interval`), and the point where a prompt leaves a cached path, when
+that is at least `MIN_SPLIT` tokens past where it resumed (a shared system prompt then resumes
+exactly where each later request's own text begins).
 
 The cache is a radix tree over token ids. Each node owns the K/V of its own segment of tokens
 (so a conversation's turns share their common K/V instead of each holding a copy) and may hold
@@ -121,7 +122,8 @@ class PrefixCache:
             return sum(1 for n in self._nodes if n.conv is not None)
 
     def count_misses(self, n: int = 1) -> None:
-        """Count `n` prompts prefilled without looking here (the engine's grouped prefill)."""
+        """Count `n` prompts that had nothing to resume and were prefilled together (the engine's
+        left-padded groups, which never call `resume`)."""
         with self._lock:
             self.misses += n
 
