@@ -88,6 +88,27 @@ def test_turn_two_resumes_after_the_answer_and_equals_no_cache(ckpt, params):
     assert t2 == t3 == alone(model, p2, params)
 
 
+def test_n_choices_share_a_resumed_prefill(ckpt):
+    engine = engine_for(ckpt[1])
+    params = SEEDED.replace(n=3)
+
+    def choices(prompt):
+        handle = engine.submit(prompt, params)
+        out: dict[int, list[int]] = {}
+        for ev in handle:
+            assert not isinstance(ev, ErrorEvent), ev
+            if isinstance(ev, TokenEvent):
+                out.setdefault(ev.index, []).append(ev.token_id)
+        return out, handle.cached_tokens
+
+    try:
+        first, c1 = choices(P1)
+        again, c2 = choices(P1)
+    finally:
+        engine.stop()
+    assert (c1, c2) == (0, len(P1)) and first == again and len(first) == 3
+
+
 def test_long_prompts_snapshot_at_intervals_and_where_they_leave_a_cached_path(ckpt):
     model = ckpt[1]
     engine = engine_for(model, cache_interval=64, prefill_chunk=8)
