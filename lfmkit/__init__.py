@@ -44,6 +44,7 @@ _LAZY = {
     "stream_generate": "inference.generate",
     "GenerationResult": "inference.generate",
     "ChatSession": "inference.session",
+    "PrefixCache": "inference.prefix_cache",
     "optimize": "fast",
     "deoptimize": "fast",
     "quantize": "fast",

@@ -314,7 +314,7 @@ def create_app(context: ServerContext) -> FastAPI:
             "model": context.model_name,
             "system_fingerprint": None,
             "choices": [o.final_choice(i) for i, o in enumerate(outputs)],
-            "usage": usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs)),
+            "usage": _usage([handle], sum(o.completion_tokens for o in outputs)),
         }
 
     @app.post(COMPLETIONS, openapi_extra=_request_body("CompletionRequest"), responses={**_STREAMED, **_ERRORS})
@@ -343,11 +343,17 @@ def create_app(context: ServerContext) -> FastAPI:
             "model": context.model_name,
             "system_fingerprint": None,
             "choices": choices,
-            "usage": usage(sum(h.prompt_tokens for h in handles), completion),
+            "usage": _usage(handles, completion),
         }
 
     add_web_chat(app)
     return app
+
+
+def _usage(handles: list[RequestHandle], completion_tokens: int) -> dict:
+    """`usage` of a response: its prompts' tokens, of which `cached_tokens` came from the prefix cache."""
+    prompt = sum(h.prompt_tokens for h in handles)
+    return usage(prompt, completion_tokens, sum(h.cached_tokens for h in handles))
 
 
 def _echo_text(tokenizer, prompt) -> str:
@@ -448,9 +454,7 @@ async def _chat_chunks(
             yield chunk(ev.index, {}, finish_reason=out.finish_reason)
     if include_usage:
         yield _sse(
-            chat_chunk(
-                rid, created, model, [], usage=usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))
-            )
+            chat_chunk(rid, created, model, [], usage=_usage([handle], sum(o.completion_tokens for o in outputs)))
         )
     yield _sse("[DONE]")
 
@@ -499,11 +503,7 @@ async def _completion_chunks(
                 yield chunk(index, ev.text, None, out.finish_reason)
         if include_usage:
             completion = sum(o.completion_tokens for row in outputs for o in row)
-            yield _sse(
-                completion_chunk(
-                    rid, created, model, [], usage=usage(sum(h.prompt_tokens for h in handles), completion)
-                )
-            )
+            yield _sse(completion_chunk(rid, created, model, [], usage=_usage(handles, completion)))
         yield _sse("[DONE]")
     finally:
         for task in tasks:
