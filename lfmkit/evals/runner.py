@@ -19,6 +19,7 @@ import torch
 
 from ..errors import EvalError
 from .backends import LocalBackend
+from .hub_data import task_source
 from .registry import get_tasks
 from .report import write_outputs
 from .tasks import MC_RULES, GenItem, LoadOptions, MCItem
@@ -143,7 +144,7 @@ def aggregate(task, samples: list[dict]) -> dict:
 def evaluate(
     model,
     tasks: list[str] | str,
-    data: str | Path,
+    data: str | Path | None = None,
     output: str | Path | None = None,
     *,
     tokenizer=None,
@@ -156,8 +157,11 @@ def evaluate(
     mc_rule: str = "vocab",
     max_tokens: int = 1024,
     model_name: str | None = None,
+    hf_cache_dir: str | None = None,
 ) -> dict:
-    """Run `tasks` on `model` over the data in `data`; return (and write to `output`) the results."""
+    """Run `tasks` on `model` over the data in `data` (a folder of `<task>/<split>.jsonl`; a task
+    without a folder there, or every task when `data` is None, reads the Hugging Face datasets
+    cache, `hf_cache_dir` or datasets' default); return (and write to `output`) the results."""
     if mc_rule not in MC_RULES:
         raise EvalError(f"--mc-rule must be one of {', '.join(MC_RULES)}, got {mc_rule!r}")
     if limit is not None and limit < 1:
@@ -166,8 +170,8 @@ def evaluate(
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     task_objs = get_tasks([n for n in names if n])
-    data_dir = Path(data)
-    if not data_dir.is_dir():
+    data_dir = Path(data) if data is not None else None
+    if data_dir is not None and not data_dir.is_dir():
         raise EvalError(f"--data {data_dir}: no such directory (it holds <task>/<split>.jsonl files)")
     kwargs = {"enable_thinking": think} if think is not None else None
     backend = make_backend(model, tokenizer, batch_size, kwargs)
@@ -175,9 +179,10 @@ def evaluate(
     torch.manual_seed(seed)
     results, all_samples = {}, {}
     for task in task_objs:
-        items, files = task.load(data_dir, opts)
+        source = task_source(task, data_dir, hf_cache_dir)
+        items, files = task.load(source, opts)
         if not items:
-            raise EvalError(f"{task.name}: the data in {data_dir / task.name} holds no rows")
+            raise EvalError(f"{task.name}: the data in {source.describe(task.name)} holds no rows")
         if task.kind == "mc":
             samples = run_mc(backend, items, mc_rule, apply_chat_template)
         else:
