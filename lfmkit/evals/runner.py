@@ -168,6 +168,8 @@ def evaluate(
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if think is not None and not apply_chat_template:
+        raise EvalError("--think / --no-think switch the chat template's reasoning: add --apply-chat-template")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     task_objs = get_tasks([n for n in names if n])
     data_dir = Path(data) if data is not None else None
