@@ -35,9 +35,17 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(statistics.variance(values) / len(values))
 
 
-def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwargs: dict | None = None):
-    """A backend for a path, an lfmkit model, or a backend given as is (anything with the backend
-    interface: `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
+def make_backend(
+    model,
+    tokenizer=None,
+    batch_size: int = 16,
+    chat_template_kwargs: dict | None = None,
+    quant: str | None = None,
+    dtype: str | None = None,
+):
+    """A backend for a path (loaded with `lfmkit.load(path, quant=..., dtype=...)`: the int8 /
+    int4 / bfloat16 fast paths when asked for), an lfmkit model, or a backend given as is
+    (anything with `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
     if (
         not isinstance(model, (str, Path, torch.nn.Module))
         and hasattr(model, "generate")
@@ -47,7 +55,7 @@ def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwar
     if isinstance(model, (str, Path)):
         from ..loader import load
 
-        model = load(model)
+        model = load(model, quant=quant, dtype=dtype)
     if tokenizer is None:
         from ..inference.generate import load_tokenizer_for
 
@@ -158,6 +166,8 @@ def evaluate(
     max_tokens: int = 1024,
     model_name: str | None = None,
     hf_cache_dir: str | None = None,
+    quant: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Run `tasks` on `model` over the data in `data` (a folder of `<task>/<split>.jsonl`; a task
     without a folder there, or every task when `data` is None, reads the Hugging Face datasets
@@ -176,7 +186,7 @@ def evaluate(
     if data_dir is not None and not data_dir.is_dir():
         raise EvalError(f"--data {data_dir}: no such directory (it holds <task>/<split>.jsonl files)")
     kwargs = {"enable_thinking": think} if think is not None else None
-    backend = make_backend(model, tokenizer, batch_size, kwargs)
+    backend = make_backend(model, tokenizer, batch_size, kwargs, quant=quant, dtype=dtype)
     opts = LoadOptions(num_fewshot=num_fewshot, limit=limit, seed=seed, mc_rule=mc_rule, chat=apply_chat_template)
     torch.manual_seed(seed)
     results, all_samples = {}, {}
