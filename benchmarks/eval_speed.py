@@ -220,10 +220,9 @@ def main() -> None:
     rows = []
     for k, (name, n, _, _) in enumerate(workloads):
         ours, int8, hf = times["lfmkit"][k], times["lfmkit_int8"][k], times["hf"][k]
-        mid = times["lm_eval_lfmkit"][k] if times["lm_eval_lfmkit"] else float("nan")
-        print(
-            f"{name:<32}{n:>6}{ours:>9.1f}s{int8:>9.1f}s{mid:>15.1f}s{hf:>9.1f}s{hf / ours:>6.1f}x{hf / int8:>10.1f}x"
-        )
+        mid = times["lm_eval_lfmkit"][k] if times["lm_eval_lfmkit"] else None
+        shown = f"{mid:.1f}s" if mid is not None else "-"
+        print(f"{name:<32}{n:>6}{ours:>9.1f}s{int8:>9.1f}s{shown:>16}{hf:>9.1f}s{hf / ours:>6.1f}x{hf / int8:>10.1f}x")
         rows.append(
             {"workload": name, "items": n, "lfmkit": ours, "lfmkit_int8": int8, "lm_eval_lfmkit": mid, "hf": hf}
         )
