@@ -48,6 +48,7 @@ from .completion import (
     stop_token_ids,
 )
 from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
+from .shared_prefix import prefill_shared, worth_sharing
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -357,6 +358,7 @@ def _start(
     truncate=False,
     max_length=None,
     prefill_chunk=None,
+    share_prefix=False,
     **overrides,
 ):
     """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler)."""
@@ -389,7 +391,9 @@ def _start(
         for k in range(sp.n):
             sampler.add_row(len(rows), sp, p, seed=derived_seed(sp.seed, k))
             rows.append(_Row(p, sp, stop_ids, tokenizer, i, k, len(p) if k == 0 else 0))
-    if n_rows == len(ids):
+    if n_rows == len(ids) and share_prefix:
+        logits = _prefill_unpadded(model, state, ids, prefill_chunk)
+    elif n_rows == len(ids):
         logits = prefill(model, state, ids, chunk_size=prefill_chunk)
     else:
         # n > 1: prefill each prompt once into a side state, then copy it into its n rows.
@@ -401,6 +405,19 @@ def _start(
         logits = first[torch.tensor(owner, device=first.device)]
         del side
     return single, rows, state, logits, sampler
+
+
+def _prefill_unpadded(model, state: LFM2State, ids: list[list[int]], chunk_size: int | None) -> torch.Tensor:
+    """Prefill leaving every row unpadded: a long common prefix once (shared_prefix.py), else one
+    left-padded pass whose padding is then dropped (padding-free rows take the fused decode step)."""
+    shared = worth_sharing(ids)
+    if shared:
+        return prefill_shared(model, state, ids, shared)
+    logits = prefill(model, state, ids, chunk_size=chunk_size)
+    width = max(len(p) for p in ids)
+    for row, p in enumerate(ids):
+        state.drop_left_padding(row, width - len(p))
+    return logits
 
 
 def generate(
@@ -415,6 +432,7 @@ def generate(
     max_length: int | None = None,
     prefill_chunk: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    share_prefix: bool = False,
     **overrides,
 ):
     """Generate completions for one prompt or a batch.
@@ -422,7 +440,8 @@ def generate(
     Returns one `GenerationResult` for a single prompt with n == 1, else a list (prompt-major:
     all n completions of prompt 0, then of prompt 1, ...). `params` defaults to the checkpoint's
     generation_config.json / the model card; keyword overrides (max_tokens=..., seed=...) apply
-    on top. `params` may also be one SamplingParams per prompt.
+    on top. `params` may also be one SamplingParams per prompt. `share_prefix` (n == 1) prefills
+    a batch's long common prefix (few-shot examples) once and leaves rows unpadded.
     """
     single, rows, state, logits, sampler = _start(
         model,
@@ -434,6 +453,7 @@ def generate(
         truncate=truncate,
         max_length=max_length,
         prefill_chunk=prefill_chunk,
+        share_prefix=share_prefix,
         **overrides,
     )
     for _ in decode_rows(model, state, logits, rows, sampler, should_stop):
