@@ -1,20 +1,26 @@
 """Evaluation speed: lfmkit against lm-eval's Hugging Face backend, same model, data and batch size.
 
 Builds a random-weight checkpoint of a preset (real shapes) with the test tokenizer, writes an
-MMLU-style 5-shot multiple-choice set and a GSM8K-style generation set, and times, in one run:
+MMLU-style 5-shot multiple-choice set, a GSM8K-style 0-shot generation set and the same
+questions 5-shot (MGSM's layout: five worked examples before each question), and times, in one run:
 
-- `lfmkit.evals.evaluate` (mmlu, --mc-rule choices; gsm8k greedy generation),
-- lm-eval's `simple_evaluate` with `LMEvalModel` (model `lfmkit`) on the same prompts as a custom task,
-- lm-eval's `simple_evaluate` with its `hf` backend (transformers), the same task.
+- `lfmkit.evals.evaluate` (mmlu, --mc-rule choices; gsm8k greedy generation, 0- and 5-shot),
+  in float32 and, as a user would choose it, with `--quant int8` (not the same numbers: a speed
+  column only),
+- lm-eval's `simple_evaluate` with `LMEvalModel` (model `lfmkit`) on the same prompts as a custom
+  task (skipped with --skip-lm-eval-lfmkit),
+- lm-eval's `simple_evaluate` with its `hf` backend (transformers, float32), the same tasks.
 
     python benchmarks/eval_speed.py [--preset lfm2-350m] [--questions 64] [--gen-questions 16]
                                     [--max-tokens 32] [--batch-size 8] [--threads N]
+                                    [--skip-lm-eval-lfmkit] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import tempfile
@@ -66,6 +72,20 @@ generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: {
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 """
 
+GEN_FS_YAML = """task: speed_gen_fs
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {test}, train: {train}}}}}
+test_split: test
+fewshot_split: train
+fewshot_config: {{sampler: first_n}}
+num_fewshot: 5
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: {max_tokens}, do_sample: false}}
+metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
+"""
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,26 +106,33 @@ def make_data(root: Path, n_mc: int, n_gen: int, max_tokens: int) -> Path:
     data = root / "data"
     write_jsonl(data / "mmlu" / "dev.jsonl", [question(i) for i in range(5)])
     write_jsonl(data / "mmlu" / "test.jsonl", [question(i) for i in range(n_mc)])
-    gen = [
-        {
+
+    def problem() -> dict:
+        a, b = rng.randrange(100), rng.randrange(100)
+        return {
             "question": f"{rng.choice(WORDS)} has {a} apples and gets {b} more. How many?",
-            "answer": f"{a} + {b} = {a + b}\n#### {a + b}",
+            "answer": f"{rng.choice(WORDS)} had {a} apples. Then {b} more came, so {a} + {b} = {a + b}.\n#### {a + b}",
         }
-        for a, b in ((rng.randrange(100), rng.randrange(100)) for _ in range(n_gen))
-    ]
-    write_jsonl(data / "gsm8k" / "test.jsonl", gen)
+
+    write_jsonl(data / "gsm8k" / "test.jsonl", [problem() for _ in range(n_gen)])
+    write_jsonl(data / "gsm8k" / "train.jsonl", [problem() for _ in range(5)])
     tasks = root / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
     (tasks / "speed_mc.yaml").write_text(
         MC_YAML.format(test=data / "mmlu" / "test.jsonl", dev=data / "mmlu" / "dev.jsonl")
     )
     (tasks / "speed_gen.yaml").write_text(GEN_YAML.format(test=data / "gsm8k" / "test.jsonl", max_tokens=max_tokens))
+    (tasks / "speed_gen_fs.yaml").write_text(
+        GEN_FS_YAML.format(
+            test=data / "gsm8k" / "test.jsonl", train=data / "gsm8k" / "train.jsonl", max_tokens=max_tokens
+        )
+    )
     return data
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     t = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - t, out
 
 
@@ -118,6 +145,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--skip-lm-eval-lfmkit", action="store_true", help="leave out the lm-eval + LMEvalModel column")
+    ap.add_argument("--json", default=None, help="append the result line to this file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,50 +164,83 @@ def main() -> None:
         build_test_tokenizer(model_dir)
     data = make_data(root, args.questions, args.gen_questions, args.max_tokens)
     manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
-    bs = args.batch_size
+    bs, mt = args.batch_size, args.max_tokens
+    started = time.strftime("%H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
 
-    rows = []
-    t_ours_mc, ours_mc = timed(lambda: evaluate(str(model_dir), "mmlu", data, mc_rule="choices", batch_size=bs))
-    t_ours_gen, ours_gen = timed(
-        lambda: evaluate(str(model_dir), "gsm8k", data, batch_size=bs, max_tokens=args.max_tokens)
-    )
-    lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs)
-    t_lmk_mc, _ = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["speed_mc"], task_manager=manager))
-    t_lmk_gen, _ = timed(lambda: lm_eval.simple_evaluate(model=lm, tasks=["speed_gen"], task_manager=manager))
+    # (workload, items, lfmkit evaluate kwargs, lm-eval task)
+    workloads = [
+        ("multiple choice, 5-shot", args.questions, {"tasks": "mmlu", "mc_rule": "choices"}, "speed_mc"),
+        (f"generation 0-shot, {mt} tokens", args.gen_questions, {"tasks": "gsm8k", "max_tokens": mt}, "speed_gen"),
+        (
+            f"generation 5-shot, {mt} tokens",
+            args.gen_questions,
+            {"tasks": "gsm8k", "max_tokens": mt, "num_fewshot": 5},
+            "speed_gen_fs",
+        ),
+    ]
+    times: dict[str, list[float]] = {"lfmkit": [], "lfmkit_int8": [], "lm_eval_lfmkit": [], "hf": []}
+    scores = {}
+    for name, _, kw, _ in workloads:
+        t, out = timed(evaluate, str(model_dir), data=data, batch_size=bs, **kw)
+        times["lfmkit"].append(t)
+        scores[name] = out["results"][kw["tasks"]]["score"]
+        t, _ = timed(evaluate, str(model_dir), data=data, batch_size=bs, quant="int8", **kw)
+        times["lfmkit_int8"].append(t)
+    if not args.skip_lm_eval_lfmkit:
+        lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs)
+        for *_, task in workloads:
+            t, _ = timed(lm_eval.simple_evaluate, model=lm, tasks=[task], task_manager=manager)
+            times["lm_eval_lfmkit"].append(t)
     hf_args = f"pretrained={model_dir},dtype=float32"
-    t_hf_mc, hf_mc = timed(
-        lambda: lm_eval.simple_evaluate(
-            model="hf", model_args=hf_args, tasks=["speed_mc"], task_manager=manager, batch_size=bs, device="cpu"
+    hf_mc = None
+    for k, (*_, task) in enumerate(workloads):
+        t, out = timed(
+            lm_eval.simple_evaluate,
+            model="hf",
+            model_args=hf_args,
+            tasks=[task],
+            task_manager=manager,
+            batch_size=bs,
+            device="cpu",
         )
-    )
-    t_hf_gen, _ = timed(
-        lambda: lm_eval.simple_evaluate(
-            model="hf", model_args=hf_args, tasks=["speed_gen"], task_manager=manager, batch_size=bs, device="cpu"
-        )
-    )
-    rows.append(("multiple choice, 5-shot", args.questions, t_ours_mc, t_lmk_mc, t_hf_mc))
-    rows.append((f"generation, {args.max_tokens} tokens", args.gen_questions, t_ours_gen, t_lmk_gen, t_hf_gen))
-    acc_ours, acc_hf = ours_mc["results"]["mmlu"]["score"], hf_mc["results"]["speed_mc"]["acc,none"]
+        times["hf"].append(t)
+        if k == 0:
+            hf_mc = out["results"][task]["acc,none"]
+    load_after = os.getloadavg()
 
     print(
-        f"{args.preset} (random weights, float32), batch size {bs}, torch threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}"
+        f"{args.preset} (random weights), batch size {bs}, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, started {started}, load average {load_before[0]:.1f} "
+        f"before / {load_after[0]:.1f} after"
     )
-    print(f"mc accuracy: lfmkit {acc_ours:.4f} / lm-eval hf {acc_hf:.4f} (same prompts and rule)")
-    print(f"{'workload':<28}{'items':>6}{'lfmkit eval':>13}{'lm-eval+lfmkit':>16}{'lm-eval hf':>12}{'speed-up':>10}")
-    for name, n, a, b, c in rows:
-        print(f"{name:<28}{n:>6}{a:>12.1f}s{b:>15.1f}s{c:>11.1f}s{c / a:>9.1f}x")
-    print(
-        json.dumps(
-            {
-                "preset": args.preset,
-                "batch_size": bs,
-                "rows": rows,
-                "acc": [acc_ours, acc_hf],
-                "gen_score": ours_gen["results"]["gsm8k"]["score"],
-            }
+    print(f"mc accuracy: lfmkit {scores[workloads[0][0]]:.4f} / lm-eval hf {hf_mc:.4f} (same prompts and rule)")
+    header = f"{'workload':<32}{'items':>6}{'lfmkit':>10}{'int8':>10}{'lm-eval+lfmkit':>16}{'hf':>10}{'x hf':>7}"
+    print(header + f"{'int8 x hf':>11}")
+    rows = []
+    for k, (name, n, _, _) in enumerate(workloads):
+        ours, int8, hf = times["lfmkit"][k], times["lfmkit_int8"][k], times["hf"][k]
+        mid = times["lm_eval_lfmkit"][k] if times["lm_eval_lfmkit"] else None
+        shown = f"{mid:.1f}s" if mid is not None else "-"
+        print(f"{name:<32}{n:>6}{ours:>9.1f}s{int8:>9.1f}s{shown:>16}{hf:>9.1f}s{hf / ours:>6.1f}x{hf / int8:>10.1f}x")
+        rows.append(
+            {"workload": name, "items": n, "lfmkit": ours, "lfmkit_int8": int8, "lm_eval_lfmkit": mid, "hf": hf}
         )
+    line = json.dumps(
+        {
+            "preset": args.preset,
+            "batch_size": bs,
+            "threads": torch.get_num_threads(),
+            "started": started,
+            "loadavg": [load_before[0], load_after[0]],
+            "rows": rows,
+            "acc": [scores[workloads[0][0]], hf_mc],
+        }
     )
+    print(line)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

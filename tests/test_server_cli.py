@@ -75,13 +75,25 @@ def _start(checkpoint, *extra: str) -> tuple[subprocess.Popen, str]:
 def test_serve_command_end_to_end(checkpoint, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("k3y\n")
-    proc, url = _start(checkpoint, "--api-key-file", str(key_file), "--max-concurrent", "2", "--max-model-len", "256")
+    proc, url = _start(
+        checkpoint,
+        "--api-key-file",
+        str(key_file),
+        "--max-concurrent",
+        "2",
+        "--max-model-len",
+        "256",
+        "--cache-mb",
+        "16",
+    )
     try:
         with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
             assert b"k3y" not in f.read()  # the key is not in the process list
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
         assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens >= 1
+        again = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+        assert again.usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens  # the prefix cache
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
     finally:
@@ -149,6 +161,17 @@ def test_serve_bad_model_path_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lfmkit serve: error:") and "/nonexistent/model/dir" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_negative_cache_budget_is_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfmkit", "serve", "/nonexistent/model/dir", "--cache-mb", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "lfmkit serve: error: --cache-mb must be >= 0 MiB, got -1.0"
 
 
 def test_serve_unreadable_api_key_file_is_one_line(tmp_path):

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-TASK_NAMES = "mmlu, mmmlu, gpqa, gsm8k, mgsm, ifeval"
+TASK_NAMES = "mmlu, mmmlu, gpqa, gsm8k, mgsm, ifeval, ifbench"
 
 
 class EvalParser(argparse.ArgumentParser):
@@ -29,9 +29,10 @@ def register(sub) -> None:
     try:
         p = sub.add_parser(
             "eval",
-            help="benchmark a model (MMLU, GPQA, GSM8K, MGSM, MMMLU, IFEval), judge, plot",
+            help="benchmark a model (MMLU, GPQA, GSM8K, MGSM, MMMLU, IFEval, IFBench), judge, plot",
             description="Score MODEL on benchmarks with the model card's methods (docs/eval.md). Data comes from "
-            "--data DIR/<task>/<split>.jsonl|csv|parquet with the Hugging Face datasets' columns. "
+            "--data DIR/<task>/<split>.jsonl|csv|parquet with the Hugging Face datasets' columns, or, for a "
+            "task without such a folder, the Hugging Face datasets cache (HF_DATASETS_OFFLINE=1: cache only). "
             "Also: 'lfmkit eval judge ...' (pairwise LLM judging) and 'lfmkit eval plot ...'.",
             epilog="examples:\n  lfmkit eval ./LFM2-1.2B --tasks mmlu,gsm8k --data bench --output out\n"
             "  lfmkit eval tiny --endpoint http://127.0.0.1:8000 --tasks gsm8k --data bench\n"
@@ -45,7 +46,12 @@ def register(sub) -> None:
         "model", help="checkpoint directory or Hub id; with --endpoint, the served model name ('-': the server's first)"
     )
     p.add_argument("--tasks", default="", help=f"comma-separated: {TASK_NAMES}")
-    p.add_argument("--data", default=None, help="folder holding <task>/<split>.jsonl (or .csv / .parquet)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder holding <task>/<split>.jsonl (or .csv / .parquet); tasks without a folder there "
+        "read the Hugging Face datasets cache",
+    )
     p.add_argument("--output", default=None, help="folder for results.json and samples_<task>.jsonl")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (per subtask)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the model card's)")
@@ -151,9 +157,7 @@ def run(args) -> int:
         return _run_lm_eval(args)
     if not args.tasks:
         raise EvalError(f"--tasks: name at least one task ({TASK_NAMES})")
-    if not args.data:
-        raise EvalError("--data: give the folder holding <task>/<split>.jsonl files (docs/eval.md)")
-    if not Path(args.data).is_dir():
+    if args.data and not Path(args.data).is_dir():
         raise EvalError(f"--data {args.data}: no such directory (it holds <task>/<split>.jsonl files)")
     from ..evals.report import format_table
     from ..evals.runner import evaluate

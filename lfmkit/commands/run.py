@@ -196,9 +196,50 @@ def register(sub) -> None:
         help="with --json: each generated token's logprob and the K likeliest alternatives",
     )
     p.add_argument("--stats", action="store_true", help="print prefill / decode speed to stderr at the end")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="FILE",
+        help="structured output: the answer is JSON valid against the JSON Schema in FILE (enforced while decoding)",
+    )
+    g.add_argument(
+        "--grammar",
+        default=None,
+        metavar="FILE",
+        help="structured output: the answer follows the Lark grammar in FILE (llguidance Lark, docs/generation.md)",
+    )
     add_sampling_args(p)
     add_draft_args(p)
     p.set_defaults(func=run)
+
+
+def constraint_from_args(args, tokenizer):
+    """The --json-schema / --grammar constraint (None without either); errors name the file."""
+    from pathlib import Path
+
+    from ..errors import GenerationError
+    from ..inference.constrain import Constraint, GrammarError
+
+    flag, file = ("--json-schema", args.json_schema) if args.json_schema else ("--grammar", args.grammar)
+    if file is None:
+        return None
+    if tokenizer is None:
+        raise GenerationError(f"{flag}: the checkpoint has no tokenizer, which structured output needs")
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenerationError(f"{flag} {file}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if flag == "--grammar":
+            return Constraint.lark(text, tokenizer)
+        try:
+            schema = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"{flag} {file}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        return Constraint.json_schema(schema, tokenizer)
+    except GrammarError as exc:
+        raise GenerationError(f"{flag} {file}: {exc}") from None
 
 
 def _prompt(args, tokenizer):
@@ -228,6 +269,9 @@ def run(args) -> int:
     params = sampling_params(args, model)
     if args.logprobs:
         params = params.replace(logprobs=True, top_logprobs=args.logprobs)
+    constraint = constraint_from_args(args, tokenizer)
+    if constraint is not None:
+        params = params.replace(constraint=constraint)
     prompt = _prompt(args, tokenizer)
     ids = encode_prompt(prompt, tokenizer)
     start = time.perf_counter()

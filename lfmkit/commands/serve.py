@@ -62,6 +62,15 @@ def register(sub) -> None:
         help="prompt tokens prefilled per step while other streams decode (smaller: "
         "smoother streams, larger: faster time to first token)",
     )
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=1024,
+        metavar="MiB",
+        help="prefix cache budget: snapshots of the model state at the end of every prompt and answer, "
+        "so a conversation's next turn prefills only its new tokens (least recently used evicted first; "
+        "0: off)",
+    )
     p.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16 or float16")
     p.add_argument(
         "--quantize",
@@ -131,6 +140,8 @@ def build_context(args):
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if not args.shutdown_grace >= 0:
         raise ConfigError(f"--shutdown-grace must be >= 0 seconds, got {args.shutdown_grace}")
+    if not args.cache_mb >= 0:
+        raise ConfigError(f"--cache-mb must be >= 0 MiB, got {args.cache_mb}")
     key = api_key(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,6 +158,7 @@ def build_context(args):
         prefill_chunk=args.prefill_chunk,
         draft=draft,
         draft_k=args.draft_k,
+        cache_mb=args.cache_mb,
     )
     engine = Engine(model, tokenizer, config, ServingMetrics())
     return ServerContext(

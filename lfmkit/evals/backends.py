@@ -31,6 +31,7 @@ import torch
 from ..errors import EvalError
 from ..inference.generate import encode_prompt, generate
 from ..inference.sampling import SamplingParams
+from ..inference.shared_prefix import common_prefix
 
 # Token rows (rows x tokens) per forward pass when scoring: one pass for typical MMLU questions
 # after their shared few-shot prefix; long rows are split (the state carries them across passes).
@@ -97,20 +98,8 @@ def _fit(ctx: list[int], conts: list[list[int]], limit: int) -> list[int]:
     return ctx[max(0, len(ctx) + longest - 1 - limit) :]
 
 
-def _common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
 def _score_batch(model, batch, max_rows: int) -> list[ContinuationScore]:
-    p = _common_prefix([ctx for ctx, _ in batch])
+    p = common_prefix([ctx for ctx, _ in batch])
     # A row: (question, continuation index or None, its tokens past the prefix).
     rows = []
     for b, (ctx, conts) in enumerate(batch):
@@ -204,7 +193,8 @@ class LocalBackend:
         out: list[str] = [""] * len(ids)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            results = generate(self.model, [ids[i] for i in idx], params, tokenizer=self.tokenizer, truncate=True)
+            batch = [ids[i] for i in idx]
+            results = generate(self.model, batch, params, tokenizer=self.tokenizer, truncate=True, share_prefix=True)
             for i, r in zip(idx, results):
                 out[i] = r.text
         return out

@@ -1,4 +1,5 @@
-"""Benchmark data from local files, in the Hugging Face datasets' own layout.
+"""Benchmark data from local files, in the Hugging Face datasets' own layout, or from the
+Hugging Face datasets cache (hub_data.py).
 
 `--data DIR` holds `DIR/<task>/<split>.jsonl` (or `.json`, `.csv`, `.tsv`, `.parquet`) with the
 dataset's own columns and split names, e.g. `DIR/mmlu/test.jsonl` + `DIR/mmlu/dev.jsonl`
@@ -25,9 +26,10 @@ EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 @dataclass
 class Split:
-    """The rows of one split file, and where they came from."""
+    """The rows of one split, where they came from (a file, or `hf:<dataset>/<config>/<split>`)
+    and their sha256."""
 
-    path: Path
+    path: Path | str
     rows: list[dict]
     sha256: str
 
@@ -75,12 +77,18 @@ def read_file(path: Path, required: tuple[str, ...], what: str = "columns") -> S
     except FileNotFoundError:
         raise EvalError(f"{path}: no such file") from None
     rows = _parse(path, raw)
+    check_columns(rows, required, str(path), what, "line" if path.suffix == ".jsonl" else "row")
+    return Split(path, rows, hashlib.sha256(raw).hexdigest())
+
+
+def check_columns(rows: list[dict], required: tuple[str, ...], where: str, what: str, unit: str = "row") -> None:
+    """EvalError naming the first row that lacks one of the `required` columns."""
     for i, row in enumerate(rows):
         missing = [c for c in required if c not in row]
         if missing:
-            where = f"line {i + 1}" if path.suffix == ".jsonl" else f"row {i + 1}"
-            raise EvalError(f"{path}: {where} has no column {missing[0]!r} (expected {what}: {', '.join(required)})")
-    return Split(path, rows, hashlib.sha256(raw).hexdigest())
+            raise EvalError(
+                f"{where}: {unit} {i + 1} has no column {missing[0]!r} (expected {what}: {', '.join(required)})"
+            )
 
 
 def _parse(path: Path, raw: bytes) -> list[dict]:
@@ -144,4 +152,46 @@ def config_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.*")))
 
 
-__all__ = ["Split", "DataFiles", "read_split", "read_file", "find_split", "config_folders", "EXTENSIONS"]
+@dataclass(frozen=True)
+class HubDataset:
+    """Where a task's data lives on the Hugging Face Hub: the dataset, its one config (None for
+    the default), or the configs that are the task's subtasks (MMMLU's languages ...)."""
+
+    path: str
+    config: str | None = None
+    configs: tuple[str, ...] = ()
+
+
+class LocalFiles:
+    """`DIR/<task>/<split>.<ext>`, or `DIR/<task>/<config>/<split>.<ext>` per config."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self, task: str) -> str:
+        return str(self.root / task)
+
+    def read(self, task: str, split: str, dataset: str, required: tuple[str, ...], config: str | None = None) -> Split:
+        folder = self.root / task if config is None else self.root / task / config
+        return read_split(folder, split, dataset, required)
+
+    def configs(self, task: str, split: str) -> list[str | None]:
+        """[None] when the split sits in the task's folder, else the config folders holding files."""
+        folder = self.root / task
+        if find_split(folder, split):
+            return [None]
+        return [p.name for p in config_folders(folder)]
+
+
+__all__ = [
+    "Split",
+    "DataFiles",
+    "HubDataset",
+    "LocalFiles",
+    "read_split",
+    "read_file",
+    "find_split",
+    "check_columns",
+    "config_folders",
+    "EXTENSIONS",
+]

@@ -1,36 +1,48 @@
-"""IFEval (`google/IFEval`, split `train`): generate, then verify each instruction offline.
+"""Instruction following: IFEval (`google/IFEval`) and IFBench (`allenai/IFBench_test`), both
+split `train`: generate, then verify each instruction offline.
 
-Four metrics, as the reference reports them: prompt-level (every instruction of a prompt
+Four metrics, as the references report them: prompt-level (every instruction of a prompt
 followed) and instruction-level (each instruction on its own), strict and loose. The task's
-score is prompt-level strict accuracy; results.json has all four.
+score is prompt-level strict accuracy; results.json has all four. A reasoning trace is
+stripped before verifying (an unclosed one leaves no answer, which follows nothing).
 """
 
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
+from typing import Callable
 
 from ..errors import EvalError
-from .data import DataFiles, read_split
+from .answers import strip_reasoning
+from .data import DataFiles, HubDataset
+from .ifbench_checks import ALL_VERIFIERS as IFBENCH_VERIFIERS
+from .ifbench_checks import VERIFIERS as IFBENCH_OOD
+from .ifbench_checks import follows_ifbench
 from .ifeval_checks import VERIFIERS, follows
 from .tasks import GenItem, LoadOptions, Prompt, first_n
 
 
-class IFEval:
-    name, dataset, default_fewshot = "ifeval", "google/IFEval", 0
-    kind, metric = "generate", "prompt_level_strict_acc"
+class InstructionTask:
+    """A prompt per row with a list of verifiable instructions and their kwargs."""
+
+    kind, metric, default_fewshot = "generate", "prompt_level_strict_acc", 0
     columns = ("key", "prompt", "instruction_id_list", "kwargs")
+    verifiers: dict[str, Callable[..., bool]]
+    n_types: int
+
+    def check(self, response: str, instruction_id: str, kwargs: dict | None, loose: bool) -> bool:
+        raise NotImplementedError
 
     def method(self, opts: LoadOptions) -> str:
         return (
-            f"greedy generation, {len(VERIFIERS)} offline instruction verifiers (strict and loose); score = "
+            f"greedy generation, {self.n_types} offline instruction verifiers (strict and loose); score = "
             f"prompt-level strict accuracy{', chat template' if opts.chat else ''}"
         )
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
+    def load(self, source, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
         if opts.num_fewshot:
-            raise EvalError("--num-fewshot: ifeval is 0-shot")
-        split = read_split(data_dir / self.name, "train", self.dataset, self.columns)
+            raise EvalError(f"--num-fewshot: {self.name} is 0-shot")
+        split = source.read(self.name, "train", self.dataset, self.columns)
         files = DataFiles()
         files.add(split)
         items = []
@@ -40,7 +52,7 @@ class IFEval:
                 raise EvalError(
                     f"{split.path}: row {i + 1}: 'instruction_id_list' and 'kwargs' must be lists of the same length"
                 )
-            unknown = [x for x in ids if x not in VERIFIERS]
+            unknown = [x for x in ids if x not in self.verifiers]
             if unknown:
                 raise EvalError(f"{split.path}: row {i + 1}: unknown instruction id {unknown[0]!r}")
             items.append(GenItem(i, "default", Prompt(row["prompt"]), {"ids": ids, "kwargs": kwargs}))
@@ -48,8 +60,9 @@ class IFEval:
 
     def score(self, item: GenItem, output: str) -> dict:
         ids, kwargs = item.target["ids"], item.target["kwargs"]
-        strict = [follows(output, i, k) for i, k in zip(ids, kwargs)]
-        loose = [follows(output, i, k, loose=True) for i, k in zip(ids, kwargs)]
+        answer = strip_reasoning(output) or ""
+        strict = [self.check(answer, i, k, False) for i, k in zip(ids, kwargs)]
+        loose = [self.check(answer, i, k, True) for i, k in zip(ids, kwargs)]
         return {
             "prediction": None,
             "correct": all(strict),
@@ -70,6 +83,26 @@ class IFEval:
         }
 
 
-IFEVAL_TASKS = {"ifeval": IFEval()}
+class IFEval(InstructionTask):
+    name, dataset = "ifeval", "google/IFEval"
+    hub = HubDataset("google/IFEval")
+    verifiers, n_types = VERIFIERS, len(VERIFIERS)
 
-__all__ = ["IFEVAL_TASKS", "IFEval"]
+    def check(self, response, instruction_id, kwargs, loose):
+        return follows(response, instruction_id, kwargs, loose=loose)
+
+
+class IFBench(InstructionTask):
+    """IFBench's 58 new constraint types (IFEval's 25 accepted too, as the reference's registry)."""
+
+    name, dataset = "ifbench", "allenai/IFBench_test"
+    hub = HubDataset("allenai/IFBench_test")
+    verifiers, n_types = IFBENCH_VERIFIERS, len(IFBENCH_OOD)
+
+    def check(self, response, instruction_id, kwargs, loose):
+        return follows_ifbench(response, instruction_id, kwargs, loose=loose)
+
+
+IFEVAL_TASKS = {t.name: t for t in (IFEval(), IFBench())}
+
+__all__ = ["IFEVAL_TASKS", "IFEval", "IFBench", "InstructionTask"]

@@ -276,17 +276,30 @@ def loose_variants(response: str) -> list[str]:
     return [response, response.replace("*", ""), *cut, *(c.replace("*", "") for c in cut)]
 
 
-def follows(response: str, instruction_id: str, kwargs: dict | None = None, loose: bool = False) -> bool:
-    """Whether `response` follows one IFEval instruction (strict, or loose with `loose=True`)."""
-    verifier = VERIFIERS.get(instruction_id)
+def check_instruction(
+    verifiers: dict[str, Callable[..., bool]],
+    benchmark: str,
+    response: str,
+    instruction_id: str,
+    args: dict,
+    loose: bool,
+) -> bool:
+    """One instruction's verdict: strict (the response as is) or loose (any of `loose_variants`);
+    an empty response never follows. Shared by IFEval and IFBench."""
+    verifier = verifiers.get(instruction_id)
     if verifier is None:
-        raise EvalError(f"IFEval: unknown instruction id {instruction_id!r}")
-    args = {k: v for k, v in (kwargs or {}).items() if v}  # the reference drops None / 0 / ""
+        raise EvalError(f"{benchmark}: unknown instruction id {instruction_id!r}")
     candidates = loose_variants(response) if loose else [response]
     try:
         return any(c.strip() and verifier(c, **args) for c in candidates)
     except TypeError as exc:
-        raise EvalError(f"IFEval: {instruction_id}: bad kwargs {sorted(args)} ({exc})") from None
+        raise EvalError(f"{benchmark}: {instruction_id}: bad kwargs {sorted(args)} ({exc})") from None
 
 
-__all__ = ["VERIFIERS", "follows", "loose_variants", "split_into_sentences", "count_words"]
+def follows(response: str, instruction_id: str, kwargs: dict | None = None, loose: bool = False) -> bool:
+    """Whether `response` follows one IFEval instruction (strict, or loose with `loose=True`)."""
+    args = {k: v for k, v in (kwargs or {}).items() if v}  # the reference drops None / 0 / ""
+    return check_instruction(VERIFIERS, "IFEval", response, instruction_id, args, loose)
+
+
+__all__ = ["VERIFIERS", "follows", "check_instruction", "loose_variants", "split_into_sentences", "count_words"]

@@ -134,7 +134,9 @@ class LMEvalModel(TemplateLM):
             idx = sorted(idx, key=lambda i: -len(prompts[i]))
             for start in range(0, len(idx), self.batch_size):
                 batch = idx[start : start + self.batch_size]
-                results = generate(self.model, [prompts[i] for i in batch], params, tokenizer=self.tokenizer)
+                results = generate(
+                    self.model, [prompts[i] for i in batch], params, tokenizer=self.tokenizer, share_prefix=True
+                )
                 for i, r in zip(batch, results):
                     out[i] = r.text
         return out

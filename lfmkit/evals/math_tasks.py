@@ -13,11 +13,9 @@ earlier user / assistant turns.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import EvalError
 from .answers import answers_match, extract_answer
-from .data import DataFiles, config_folders, find_split, read_split
+from .data import DataFiles, HubDataset
 from .tasks import GenItem, LoadOptions, Prompt, first_n
 
 # lm-eval tasks/mgsm/utils.py: each language's question and step-by-step answer words.
@@ -61,17 +59,17 @@ def _strip_prefix(text: str, prefix: str) -> str:
 
 class GSM8K(MathTask):
     name, dataset, default_fewshot = "gsm8k", "openai/gsm8k (config 'main')", 0
+    hub = HubDataset("openai/gsm8k", "main")
     columns = ("question", "answer")
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
-        folder = data_dir / self.name
+    def load(self, source, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
         files = DataFiles()
-        test = read_split(folder, "test", self.dataset, self.columns)
+        test = source.read(self.name, "test", self.dataset, self.columns)
         files.add(test)
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         examples = []
         if shots:
-            train = read_split(folder, "train", self.dataset, self.columns)
+            train = source.read(self.name, "train", self.dataset, self.columns)
             files.add(train)
             examples = train.rows[:shots]
         items = []
@@ -94,27 +92,28 @@ class GSM8K(MathTask):
 
 class MGSM(MathTask):
     name, dataset, default_fewshot = "mgsm", "juletxara/mgsm", 5
+    hub = HubDataset("juletxara/mgsm", configs=tuple(MGSM_WORDS))
     columns = ("question", "answer_number")
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
-        folder = data_dir / self.name
-        configs = [folder] if find_split(folder, "test") else config_folders(folder)
+    def load(self, source, opts: LoadOptions) -> tuple[list[GenItem], DataFiles]:
+        configs = source.configs(self.name, "test")
         if not configs:
             raise EvalError(
                 f"missing data: put {self.dataset}'s 'test' (and, for few-shot, 'train') split of each "
-                f"language at {folder}/<lang>/test.jsonl ({', '.join(MGSM_WORDS)}) with its columns "
+                f"language at {source.describe(self.name)}/<lang>/test.jsonl ({', '.join(MGSM_WORDS)}) "
+                f"with its columns "
                 f"question, answer, answer_number"
             )
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         files, items = DataFiles(), []
         for cfg in configs:
-            lang = cfg.name if cfg != folder else "en"
+            lang = cfg or "en"
             q_word, a_word = MGSM_WORDS.get(lang, MGSM_WORDS["en"])
-            test = read_split(cfg, "test", self.dataset, self.columns)
+            test = source.read(self.name, "test", self.dataset, self.columns, cfg)
             files.add(test)
             examples = []
             if shots:
-                train = read_split(cfg, "train", self.dataset, ("question", "answer"))
+                train = source.read(self.name, "train", self.dataset, ("question", "answer"), cfg)
                 files.add(train)
                 examples = [
                     (_strip_prefix(r["question"], q_word), _strip_prefix(r["answer"], a_word))
@@ -129,11 +128,7 @@ class MGSM(MathTask):
                         f"{q_word} {question}\n{a_word}", shots=[(f"{q_word} {q}\n{a_word}", a) for q, a in examples]
                     )
                     stop = [q_word, *PLAIN_STOPS]
-                items.append(
-                    GenItem(
-                        len(items), cfg.name if cfg != folder else "default", prompt, str(row["answer_number"]), stop
-                    )
-                )
+                items.append(GenItem(len(items), cfg or "default", prompt, str(row["answer_number"]), stop))
         return items, files
 
 

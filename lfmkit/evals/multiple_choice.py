@@ -16,10 +16,9 @@ Two scoring rules, both from one forward pass over the prompt:
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from ..errors import EvalError
-from .data import DataFiles, config_folders, find_split, read_split
+from .data import DataFiles, HubDataset
 from .tasks import LoadOptions, MCItem, Prompt, first_n
 
 LETTERS = ["A", "B", "C", "D"]
@@ -93,17 +92,17 @@ class MultipleChoiceTask:
 
 class MMLU(MultipleChoiceTask):
     name, dataset, default_fewshot = "mmlu", "cais/mmlu (config 'all')", 5
+    hub = HubDataset("cais/mmlu", "all")
     columns = ("question", "subject", "choices", "answer")
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
-        folder = data_dir / self.name
+    def load(self, source, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
         files = DataFiles()
-        test = read_split(folder, "test", self.dataset, self.columns)
+        test = source.read(self.name, "test", self.dataset, self.columns)
         files.add(test)
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         pool: dict[str, list[dict]] = {}
         if shots:
-            dev = read_split(folder, "dev", self.dataset, self.columns)
+            dev = source.read(self.name, "dev", self.dataset, self.columns)
             files.add(dev)
             for row in dev.rows:
                 pool.setdefault(row["subject"], []).append(row)
@@ -116,8 +115,8 @@ class MMLU(MultipleChoiceTask):
             system = description(subject)
             shot_pairs = [
                 (
-                    mmlu_question(r["question"], _choices(r, f"{folder}/dev")),
-                    LETTERS[answer_index(r["answer"], f"{folder}/dev")],
+                    mmlu_question(r["question"], _choices(r, f"{dev.path}")),
+                    LETTERS[answer_index(r["answer"], f"{dev.path}")],
                 )
                 for r in examples
             ]
@@ -134,23 +133,24 @@ class MMLU(MultipleChoiceTask):
 
 class MMMLU(MultipleChoiceTask):
     name, dataset, default_fewshot = "mmmlu", "openai/MMMLU", 5
+    hub = HubDataset("openai/MMMLU", configs=CARD_MMMLU)
     columns = ("Question", "A", "B", "C", "D", "Answer", "Subject")
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
-        folder = data_dir / self.name
-        configs = [folder] if find_split(folder, "test") else config_folders(folder)
+    def load(self, source, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
+        configs = source.configs(self.name, "test")
         if not configs:
             raise EvalError(
                 f"missing data: put {self.dataset}'s 'test' split of each language at "
-                f"{folder}/<CONFIG>/test.jsonl (e.g. {', '.join(CARD_MMMLU)}; the model card's seven) "
+                f"{source.describe(self.name)}/<CONFIG>/test.jsonl (e.g. {', '.join(CARD_MMMLU)}; "
+                f"the model card's seven) "
                 f"with its columns {', '.join(self.columns)}"
             )
         shots = self.default_fewshot if opts.num_fewshot is None else opts.num_fewshot
         files, items = DataFiles(), []
         for cfg in configs:
-            split = read_split(cfg, "test", self.dataset, self.columns)
+            split = source.read(self.name, "test", self.dataset, self.columns, cfg)
             files.add(split)
-            language = cfg.name if cfg != folder else "default"
+            language = cfg or "default"
             display = MMMLU_LANGUAGES.get(language.upper(), language)
             by_subject: dict[str, list[int]] = {}
             for i, row in enumerate(split.rows):
@@ -187,13 +187,14 @@ def gpqa_clean(text) -> str:
 
 class GPQA(MultipleChoiceTask):
     name, dataset, default_fewshot = "gpqa", "Idavidrein/gpqa", 0
+    hub = HubDataset("Idavidrein/gpqa", configs=("gpqa_diamond",))
     columns = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
-    def load(self, data_dir: Path, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
+    def load(self, source, opts: LoadOptions) -> tuple[list[MCItem], DataFiles]:
         if opts.num_fewshot:
             raise EvalError("--num-fewshot: gpqa is 0-shot (the dataset has one split); use --num-fewshot 0")
-        folder = data_dir / self.name
-        configs = [folder] if find_split(folder, "train") else config_folders(folder)
+        configs = source.configs(self.name, "train")
+        folder = source.describe(self.name)
         if not configs:
             raise EvalError(
                 f"missing data: put {self.dataset}'s 'train' split at {folder}/train.jsonl (or one "
@@ -202,7 +203,7 @@ class GPQA(MultipleChoiceTask):
             )
         files, items = DataFiles(), []
         for cfg in configs:
-            split = read_split(cfg, "train", self.dataset, self.columns)
+            split = source.read(self.name, "train", self.dataset, self.columns, cfg)
             files.add(split)
             rng = random.Random(opts.seed)  # the choice order: lm-eval shuffles, we seed it
             for row in first_n(split.rows, opts.limit):
@@ -212,7 +213,7 @@ class GPQA(MultipleChoiceTask):
                 items.append(
                     self._item(
                         len(items),
-                        cfg.name if cfg != folder else "default",
+                        cfg or "default",
                         row["Question"],
                         choices,
                         choices.index(correct),

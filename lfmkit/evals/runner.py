@@ -19,6 +19,7 @@ import torch
 
 from ..errors import EvalError
 from .backends import LocalBackend
+from .hub_data import task_source
 from .registry import get_tasks
 from .report import write_outputs
 from .tasks import MC_RULES, GenItem, LoadOptions, MCItem
@@ -34,9 +35,17 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(statistics.variance(values) / len(values))
 
 
-def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwargs: dict | None = None):
-    """A backend for a path, an lfmkit model, or a backend given as is (anything with the backend
-    interface: `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
+def make_backend(
+    model,
+    tokenizer=None,
+    batch_size: int = 16,
+    chat_template_kwargs: dict | None = None,
+    quant: str | None = None,
+    dtype: str | None = None,
+):
+    """A backend for a path (loaded with `lfmkit.load(path, quant=..., dtype=...)`: the int8 /
+    int4 / bfloat16 fast paths when asked for), an lfmkit model, or a backend given as is
+    (anything with `generate(prompts, max_tokens, stop)` and `score_mc(prompts, continuations)`)."""
     if (
         not isinstance(model, (str, Path, torch.nn.Module))
         and hasattr(model, "generate")
@@ -46,7 +55,7 @@ def make_backend(model, tokenizer=None, batch_size: int = 16, chat_template_kwar
     if isinstance(model, (str, Path)):
         from ..loader import load
 
-        model = load(model)
+        model = load(model, quant=quant, dtype=dtype)
     if tokenizer is None:
         from ..inference.generate import load_tokenizer_for
 
@@ -143,7 +152,7 @@ def aggregate(task, samples: list[dict]) -> dict:
 def evaluate(
     model,
     tasks: list[str] | str,
-    data: str | Path,
+    data: str | Path | None = None,
     output: str | Path | None = None,
     *,
     tokenizer=None,
@@ -156,28 +165,36 @@ def evaluate(
     mc_rule: str = "vocab",
     max_tokens: int = 1024,
     model_name: str | None = None,
+    hf_cache_dir: str | None = None,
+    quant: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
-    """Run `tasks` on `model` over the data in `data`; return (and write to `output`) the results."""
+    """Run `tasks` on `model` over the data in `data` (a folder of `<task>/<split>.jsonl`; a task
+    without a folder there, or every task when `data` is None, reads the Hugging Face datasets
+    cache, `hf_cache_dir` or datasets' default); return (and write to `output`) the results."""
     if mc_rule not in MC_RULES:
         raise EvalError(f"--mc-rule must be one of {', '.join(MC_RULES)}, got {mc_rule!r}")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if think is not None and not apply_chat_template:
+        raise EvalError("--think / --no-think switch the chat template's reasoning: add --apply-chat-template")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     task_objs = get_tasks([n for n in names if n])
-    data_dir = Path(data)
-    if not data_dir.is_dir():
+    data_dir = Path(data) if data is not None else None
+    if data_dir is not None and not data_dir.is_dir():
         raise EvalError(f"--data {data_dir}: no such directory (it holds <task>/<split>.jsonl files)")
     kwargs = {"enable_thinking": think} if think is not None else None
-    backend = make_backend(model, tokenizer, batch_size, kwargs)
+    backend = make_backend(model, tokenizer, batch_size, kwargs, quant=quant, dtype=dtype)
     opts = LoadOptions(num_fewshot=num_fewshot, limit=limit, seed=seed, mc_rule=mc_rule, chat=apply_chat_template)
     torch.manual_seed(seed)
     results, all_samples = {}, {}
     for task in task_objs:
-        items, files = task.load(data_dir, opts)
+        source = task_source(task, data_dir, hf_cache_dir)
+        items, files = task.load(source, opts)
         if not items:
-            raise EvalError(f"{task.name}: the data in {data_dir / task.name} holds no rows")
+            raise EvalError(f"{task.name}: the data in {source.describe(task.name)} holds no rows")
         if task.kind == "mc":
             samples = run_mc(backend, items, mc_rule, apply_chat_template)
         else:

@@ -16,6 +16,14 @@ Every step it
    parameters, RNG and penalty history (`sampling.BatchSampler`: one sampler row per
    sequence, independent of the state row it occupies), and hands each token to its request.
 
+With a prefix cache (`cache_mb` > 0; prefix_cache.py) a prompt first looks for its longest
+cached prefix: one that resumes from it (or that the cache wants snapshotted part-way, at an
+interval of a long prompt or where it leaves a cached path) goes through the side state, its
+prefix restored there, and prefills only the rest, pausing at those snapshot points; every
+prompt's end (with its logits) and every finished answer's end are offered to the cache. A
+row's K/V and windows are then what a fresh prefill gives, so outputs do not change (tests
+compare with `cache_mb=0`); `RequestHandle.cached_tokens` says how many prompt tokens came back.
+
 Running sequences always occupy the lowest slots `[0, running)`: when one ends, the last row
 is moved into its hole. The decode forward runs on a zero-copy view of those rows, so a
 half-empty batch costs what a small batch costs.
@@ -56,6 +64,7 @@ from .completion import Completion, logprob_entries, stop_token_ids
 from .generate import eos_token_ids, prefill
 from .handle import ErrorEvent, FinishEvent, RequestHandle, TokenEvent
 from .metrics import ServingMetrics
+from .prefix_cache import DEFAULT_CACHE_MB, DEFAULT_INTERVAL, PrefixCache, Resume
 from .sampling import BatchSampler, SamplingParams, derived_seed
 from .speculative import DEFAULT_K, SpecRow, speculator
 
@@ -79,6 +88,8 @@ class EngineConfig:
     prefill_chunk: int = 128  # prompt tokens prefilled per step while streams are running
     draft: object = None  # speculative decoding: a draft model (same vocabulary) or "ngram"
     draft_k: int = DEFAULT_K  # tokens drafted per sequence per step
+    cache_mb: float = DEFAULT_CACHE_MB  # prefix cache budget (prefix_cache.py); 0: no cache
+    cache_interval: int = DEFAULT_INTERVAL  # tokens between prefix-cache snapshots in a long prompt
 
     def validate(self) -> None:
         for name in ("max_concurrent", "prefill_chunk"):
@@ -88,6 +99,10 @@ class EngineConfig:
             raise GenerationError(f"max_queued must be >= 0, got {self.max_queued}")
         if self.max_length is not None and self.max_length < 2:
             raise GenerationError(f"max_length must be >= 2, got {self.max_length}")
+        if not self.cache_mb >= 0:
+            raise GenerationError(f"cache_mb must be >= 0, got {self.cache_mb}")
+        if self.cache_interval < 1:
+            raise GenerationError(f"cache_interval must be >= 1, got {self.cache_interval}")
 
 
 @dataclass(eq=False)
@@ -99,6 +114,7 @@ class _Request:
     skip_special_tokens: bool
     prefilled: int = 0
     open: int = 0  # choices still generating
+    resume: Resume = field(default_factory=Resume)  # what the prefix cache restored, where to snapshot
 
 
 @dataclass(eq=False)
@@ -141,7 +157,9 @@ class Engine:
         )
         self.sampler = BatchSampler(self.vocab_size, cfg.max_concurrent, device=model.device)
         self._free_sampler_slots = list(range(cfg.max_concurrent - 1, -1, -1))
+        self.cache = PrefixCache.from_mb(model, cfg.cache_mb, cfg.cache_interval)
         self.metrics = metrics or ServingMetrics()
+        self.metrics.bind_cache(self.cache)
         self.metrics.queue_depth.bind(self.queue_depth)
         self.metrics.running.bind(self.active_sequences)
         self.metrics.slots.set(cfg.max_concurrent)
@@ -286,8 +304,9 @@ class Engine:
                 head = self._waiting[0] if self._waiting else None
             if head is None:
                 break
-            if head.prefilled or len(head.prompt) > budget:
-                # A long prompt: chunk by chunk in the side state, FIFO (nobody overtakes it).
+            if head.prefilled or len(head.prompt) > budget or self._alone(head):
+                # A long prompt, or one the prefix cache resumes or snapshots part-way: chunk by
+                # chunk in the side state, FIFO (nobody overtakes it).
                 if not head.prefilled and head.handle.n > self._free_slots():
                     break
                 budget -= self._prefill_chunk(head, budget)
@@ -309,11 +328,28 @@ class Engine:
         with self._cv:
             for req in self._waiting:
                 size = max(longest, len(req.prompt)) * (len(group) + 1)
-                if req.prefilled or size > budget or req.handle.n > slots:
+                if req.prefilled or size > budget or req.handle.n > slots or self._alone(req):
                     break
                 group.append(req)
                 longest, slots = max(longest, len(req.prompt)), slots - req.handle.n
         return group
+
+    def _alone(self, req: _Request) -> bool:
+        """The prefix cache would resume this prompt, or snapshot it part-way: it is prefilled
+        alone (a left-padded group cannot start rows at different points)."""
+        if self.cache is None:
+            return False
+        plan = self.cache.lookup(req.prompt)
+        return bool(plan.tokens or plan.stops)
+
+    def _snapshot(self, tokens: list[int], state: LFM2State, row: int, logits: torch.Tensor | None = None) -> None:
+        """Offer a state row to the prefix cache; a failure to store is logged, never a request's."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.store(tokens, state, row, logits)
+        except Exception:
+            log.exception("the prefix cache could not store a snapshot")
 
     def _drop_cancelled(self) -> None:
         with self._cv:
@@ -337,6 +373,8 @@ class Engine:
             for _ in group:
                 self._waiting.popleft()
         self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in group))
+        if self.cache is not None:
+            self.cache.count_misses(len(group))
         self._prefill_rows(group)
         return len(group) * max(len(r.prompt) for r in group)
 
@@ -361,6 +399,7 @@ class Engine:
         seqs = []
         for i, req in enumerate(group):  # rows first .. first+k-1
             self.state.drop_left_padding(first + i, width - len(req.prompt))
+            self._snapshot(req.prompt, self.state, first + i, logits[i])
             seqs.append(self._start_sequence(req, 0, len(req.prompt)))
         rows = list(range(k))
         for i, req in enumerate(group):
@@ -371,16 +410,27 @@ class Engine:
         self._emit(seqs, logits[rows])
 
     def _prefill_chunk(self, req: _Request, budget: int) -> int:
-        """Prefill up to `budget` prompt tokens of a long prompt; start its sequences when done."""
-        chunk = req.prompt[req.prefilled : req.prefilled + budget]
-        ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
-        try:
-            logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
-        except Exception as exc:
-            self._fail_request(req, "prefill", exc)
-            return len(chunk)
-        req.prefilled += len(chunk)
-        self.metrics.prompt_tokens.inc(len(chunk))
+        """Prefill up to `budget` prompt tokens of a prompt in the side state (first restoring its
+        longest cached prefix; pausing at the cache's snapshot points); start its sequences when done."""
+        if not req.prefilled and self.cache is not None:
+            req.resume = self.cache.resume(req.prompt, self._side, 0)
+            req.prefilled = req.handle.cached_tokens = req.resume.tokens
+        logits = req.resume.logits  # set when the whole prompt was cached
+        chunk = req.prompt[
+            req.prefilled : min(req.prefilled + budget, req.resume.next_stop(req.prefilled, len(req.prompt)))
+        ]
+        if chunk:
+            ids = torch.tensor([chunk], dtype=torch.long, device=self.model.device)
+            try:
+                logits = self.model(ids, state=self._side, logits_to_keep=1)[0, -1]
+            except Exception as exc:
+                self._fail_request(req, "prefill", exc)
+                return len(chunk)
+            req.prefilled += len(chunk)
+            self.metrics.prompt_tokens.inc(len(chunk))
+            if req.prefilled in req.resume.stops or req.prefilled == len(req.prompt):
+                done = req.prefilled == len(req.prompt)
+                self._snapshot(req.prompt[: req.prefilled], self._side, 0, logits if done else None)
         if req.prefilled < len(req.prompt):
             return len(chunk)
         with self._cv:
@@ -465,22 +515,39 @@ class Engine:
                 if self._alive(seq):
                     self._speculate([seq])
             return
-        check.commit([len(v.tokens) for v in check.verdicts])  # emitted tokens stop at a stop token
         self.metrics.draft_tokens.inc(sum(v.drafted for v in check.verdicts))
         self.metrics.accepted_tokens.inc(sum(v.accepted for v in check.verdicts))
-        for seq, v in zip(seqs, check.verdicts):
-            seq.filled += len(v.tokens)
         now = time.perf_counter()
-        for seq, v in zip(seqs, check.verdicts):
-            for tok, entry in zip(v.tokens, v.logprobs):
-                if not self._alive(seq):
-                    break
-                if seq.request.handle.cancelled:
-                    with self._blame(seq.request, "the cancel"):
-                        self._finish(seq, "cancelled")
-                    break
+        ends = [self._take_tokens(seq, v, now) for seq, v in zip(seqs, check.verdicts)]
+        # Keep in each row only what its sequence took (a stop string may end it inside the
+        # accepted drafts), before any row moves, so a finished answer's state is exact.
+        check.commit([max(kept, 1) for kept, _ in ends])
+        for seq, (kept, _) in zip(seqs, ends):
+            seq.filled += max(kept, 1)
+        for seq, (_, end) in zip(seqs, ends):
+            if end is None or not self._alive(seq):
+                continue
+            if isinstance(end, Exception):
+                self._fail_request(seq.request, "the stop check", end)
+            else:
                 with self._blame(seq.request, "the stop check"):
-                    self._deliver(seq, tok, entry, now)
+                    self._finish(seq, end)
+
+    def _take_tokens(self, seq: _Sequence, verdict, now: float) -> tuple[int, str | Exception | None]:
+        """Hand a verify step's tokens to `seq` in order, without finishing it yet: how many it
+        took, and how it ends (a finish reason, "cancelled", the exception its stop check raised,
+        or None while it runs on)."""
+        kept = 0
+        for tok, entry in zip(verdict.tokens, verdict.logprobs):
+            if seq.request.handle.cancelled:
+                return kept, "cancelled"
+            kept += 1
+            try:
+                if self._accept_token(seq, tok, entry, now):
+                    return kept, seq.completion.finish_reason
+            except Exception as exc:
+                return kept, exc
+        return kept, None
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence from `logits` [len(seqs), V] and deliver it."""
@@ -509,6 +576,11 @@ class Engine:
 
     def _deliver(self, seq: _Sequence, tok: int, entry, now: float) -> None:
         """Hand one sampled token to its sequence: text, stop rule, event; finish it if done."""
+        if self._accept_token(seq, tok, entry, now):
+            self._finish(seq, seq.completion.finish_reason)
+
+    def _accept_token(self, seq: _Sequence, tok: int, entry, now: float) -> bool:
+        """One token to its sequence (text, stop rule, event, metrics); True when it finished it."""
         if not seq.tokens:
             self.metrics.ttft.observe(now - seq.request.handle.created)
         else:
@@ -522,8 +594,7 @@ class Engine:
                 seq.index, tok, text, entry.logprob if entry else None, entry.top if entry and entry.top else None
             )
         )
-        if seq.completion.finish_reason is not None:
-            self._finish(seq, seq.completion.finish_reason)
+        return seq.completion.finish_reason is not None
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         """End one choice: its held-back text (which may still complete a stop string, making a
@@ -533,6 +604,8 @@ class Engine:
         if reason != "cancelled":
             tail = seq.completion.flush()
             reason = seq.completion.finish_reason
+            fed = seq.tokens[: seq.filled - len(req.prompt)]  # the last token was never fed
+            self._snapshot(req.prompt + fed, self.state, seq.slot)
         self.metrics.finished.inc(reason=reason)
         req.handle._push(FinishEvent(seq.index, reason, tail, len(seq.tokens)))
         req.open -= 1

@@ -48,6 +48,7 @@ from .completion import (
     stop_token_ids,
 )
 from .sampling import GENERATION_CONFIG, BatchSampler, SamplingParams, derived_seed, generation_config_eos
+from .shared_prefix import prefill_shared, worth_sharing
 from .speculative import DEFAULT_K, Speculator, speculator
 
 
@@ -367,6 +368,7 @@ def _start(
     max_length=None,
     prefill_chunk=None,
     headroom=0,
+    share_prefix=False,
     **overrides,
 ):
     """Encode, check, allocate, prefill; return (single, rows, state, logits, sampler).
@@ -400,7 +402,9 @@ def _start(
         for k in range(sp.n):
             sampler.add_row(len(rows), sp, p, seed=derived_seed(sp.seed, k))
             rows.append(_Row(p, sp, stop_ids, tokenizer, i, k, len(p) if k == 0 else 0))
-    if n_rows == len(ids):
+    if n_rows == len(ids) and share_prefix:
+        logits = _prefill_unpadded(model, state, ids, prefill_chunk)
+    elif n_rows == len(ids):
         logits = prefill(model, state, ids, chunk_size=prefill_chunk)
     else:
         # n > 1: prefill each prompt once into a side state, then copy it into its n rows.
@@ -412,6 +416,19 @@ def _start(
         logits = first[torch.tensor(owner, device=first.device)]
         del side
     return single, rows, state, logits, sampler
+
+
+def _prefill_unpadded(model, state: LFM2State, ids: list[list[int]], chunk_size: int | None) -> torch.Tensor:
+    """Prefill leaving every row unpadded: a long common prefix once (shared_prefix.py), else one
+    left-padded pass whose padding is then dropped (padding-free rows take the fused decode step)."""
+    shared = worth_sharing(ids)
+    if shared:
+        return prefill_shared(model, state, ids, shared)
+    logits = prefill(model, state, ids, chunk_size=chunk_size)
+    width = max(len(p) for p in ids)
+    for row, p in enumerate(ids):
+        state.drop_left_padding(row, width - len(p))
+    return logits
 
 
 def generate(
@@ -428,6 +445,7 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
     draft=None,
     draft_k: int = DEFAULT_K,
+    share_prefix: bool = False,
     **overrides,
 ):
     """Generate completions for one prompt or a batch.
@@ -440,6 +458,9 @@ def generate(
     draft: speculative decoding (speculative.py): a draft model with the same vocabulary,
     "ngram" (prompt lookup) or a `Speculator`; `draft_k` tokens drafted per step. Greedy output
     is the same as without it; sampled output has the same distribution.
+
+    `share_prefix` (n == 1) prefills a batch's long common prefix (few-shot examples) once and
+    leaves rows unpadded.
     """
     spec = speculator(draft, draft_k)
     single, rows, state, logits, sampler = _start(
@@ -453,6 +474,7 @@ def generate(
         max_length=max_length,
         prefill_chunk=prefill_chunk,
         headroom=spec.k if spec is not None else 0,
+        share_prefix=share_prefix,
         **overrides,
     )
     for _ in decode_rows(model, state, logits, rows, sampler, should_stop, spec):

@@ -48,6 +48,7 @@ class RequestHandle:
         self.request_id = request_id
         self.n = n
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0  # prompt tokens restored from the prefix cache (set before any event)
         self.created = time.perf_counter()
         self.cancelled = False
         self._loop = loop

@@ -64,6 +64,11 @@ class Counter(_Metric):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._values: dict[tuple[str, ...], float] = {}
+        self._read: Callable[[], float] | None = None
+
+    def bind(self, read: Callable[[], float]) -> None:
+        """Read the (unlabelled) count from a callback at render time, e.g. a counter kept elsewhere."""
+        self._read = read
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels)
@@ -71,10 +76,14 @@ class Counter(_Metric):
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
+        if self._read is not None:
+            return float(self._read())
         with self._lock:
             return self._values.get(self._key(labels), 0.0)
 
     def render(self) -> list[str]:
+        if self._read is not None:
+            return self.header() + [f"{self.name} {_number(self._read())}"]
         with self._lock:
             items = sorted(self._values.items())
         if not items and not self.labelnames:
@@ -188,6 +197,27 @@ class ServingMetrics:
             "Accepted / proposed draft tokens so far (0 before any draft).",
             read=lambda: self.accepted_tokens.value() / max(self.draft_tokens.value(), 1.0),
         )
+        self.cache_hits = Counter("lfmkit_prefix_cache_hits_total", "Prompts resumed from a cached prefix.")
+        self.cache_misses = Counter("lfmkit_prefix_cache_misses_total", "Prompts with no cached prefix to resume.")
+        self.cache_hit_tokens = Counter(
+            "lfmkit_prefix_cache_hit_tokens_total", "Prompt tokens restored from the prefix cache instead of prefilled."
+        )
+        self.cache_evictions = Counter("lfmkit_prefix_cache_evictions_total", "Prefix-cache nodes evicted (LRU).")
+        self.cache_bytes = Gauge("lfmkit_prefix_cache_bytes", "Bytes held by the prefix cache.")
+        self.cache_capacity = Gauge("lfmkit_prefix_cache_capacity_bytes", "The prefix cache's budget (--cache-mb).")
+        self.cache_snapshots = Gauge("lfmkit_prefix_cache_snapshots", "Resumable points in the prefix cache.")
+
+    def bind_cache(self, cache) -> None:
+        """Report a `PrefixCache`'s counters and sizes (all zero when `cache` is None: no cache)."""
+        if cache is None:
+            return
+        self.cache_hits.bind(lambda: cache.hits)
+        self.cache_misses.bind(lambda: cache.misses)
+        self.cache_hit_tokens.bind(lambda: cache.hit_tokens)
+        self.cache_evictions.bind(lambda: cache.evictions)
+        self.cache_bytes.bind(lambda: cache.bytes)
+        self.cache_capacity.set(cache.max_bytes)
+        self.cache_snapshots.bind(lambda: cache.snapshots)
 
     def all(self) -> list[_Metric]:
         return [
@@ -208,6 +238,13 @@ class ServingMetrics:
             self.draft_tokens,
             self.accepted_tokens,
             self.acceptance,
+            self.cache_hits,
+            self.cache_misses,
+            self.cache_hit_tokens,
+            self.cache_evictions,
+            self.cache_bytes,
+            self.cache_capacity,
+            self.cache_snapshots,
         ]
 
     def render(self) -> str:

@@ -29,6 +29,11 @@ top_p (on the top_k-renormalised distribution), min_p (relative to the most like
 draw from the row's generator by inverse CDF. Returned logprobs are those of the model's raw
 distribution (log-softmax of the unprocessed logits), as vLLM reports them by default.
 
+Structured output: a row whose params carry a `constraint` (constrain.Constraint: a JSON
+schema, a Lark grammar, tool calls) gets a grammar matcher in `add_row`; `sample` sets the tokens
+its grammar disallows to -inf first (the masks of all such rows in one call), and the matcher
+takes the chosen token (see constrain.py). Logprobs stay those of the raw distribution.
+
 Seeds: a row with `seed=s` draws from `torch.Generator().manual_seed(s)`; a row without a seed
 draws its generator's seed from torch's global RNG (so `torch.manual_seed` makes it repeatable).
 """
@@ -45,6 +50,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import GenerationError
+from .constrain import Constraint, advance, allowed_tokens, mask_logits
 
 # The model card's recommended sampling settings for every LFM2 checkpoint.
 MODEL_CARD_DEFAULTS = {"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05}
@@ -72,6 +78,7 @@ class SamplingParams:
     n: int = 1  # completions per prompt
     logprobs: bool = False  # logprob of each chosen token
     top_logprobs: int = 0  # and of the k likeliest tokens
+    constraint: Constraint | None = None  # structured output: a grammar every token must follow
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -123,7 +130,10 @@ class SamplingParams:
         return self.logprobs or self.top_logprobs > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The parameters as JSON-ready values (a constraint by its description)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["constraint"] = None if self.constraint is None else self.constraint.description
+        return out
 
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> "SamplingParams":
@@ -166,6 +176,10 @@ class SamplingParams:
         if not isinstance(self.logprobs, bool):
             bad("logprobs", "must be true or false")
         integer("top_logprobs", 0, MAX_TOP_LOGPROBS)
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            bad("constraint", "must be an lfmkit Constraint (Constraint.json_schema(...), .lark(...), ...)")
+        if self.constraint is not None and self.ignore_eos:
+            bad("ignore_eos", "cannot be combined with a constraint: a constrained answer ends where its grammar does")
         return self
 
 
@@ -261,6 +275,7 @@ class _Plan:
     p_only: torch.Tensor | None  # [B, 1] bool: sampled rows with top_p and no top_k
     top_logprobs: int
     logprobs: bool
+    constrained: list[int]  # rows (batch positions) with a grammar
 
 
 _PARAMS_SEED = object()  # add_row's default: use params.seed
@@ -277,6 +292,7 @@ class BatchSampler:
         self.device = torch.device(device)
         self.params: list[SamplingParams | None] = [None] * max_rows
         self.generators: list[torch.Generator | None] = [None] * max_rows
+        self.matchers: list = [None] * max_rows  # constrain.RowMatcher of rows with a constraint
         # Penalty history, allocated when the first row with a penalty arrives.
         self._seen: torch.Tensor | None = None  # [max_rows, V] bool: prompt + generated
         self._counts: torch.Tensor | None = None  # [max_rows, V] float: generated-token counts
@@ -296,6 +312,9 @@ class BatchSampler:
         self.generators[slot] = (
             None if params.is_greedy else make_generator(params.seed if seed is _PARAMS_SEED else seed)
         )
+        self.matchers[slot] = (
+            None if params.constraint is None else params.constraint.matcher(self.vocab_size, params.max_tokens)
+        )
         if params.has_penalties and self._seen is None:
             self._seen = torch.zeros(self.max_rows, self.vocab_size, dtype=torch.bool, device=self.device)
             self._counts = torch.zeros(self.max_rows, self.vocab_size, dtype=torch.float32, device=self.device)
@@ -310,6 +329,7 @@ class BatchSampler:
     def remove_row(self, slot: int) -> None:
         self.params[slot] = None
         self.generators[slot] = None
+        self.matchers[slot] = None
         self._plans.clear()
 
     def record(self, slots: Sequence[int], tokens: torch.Tensor) -> None:
@@ -379,6 +399,7 @@ class BatchSampler:
             ),
             top_logprobs=max(p.top_logprobs for p in params),
             logprobs=any(p.wants_logprobs for p in params),
+            constrained=[i for i, s in enumerate(slot_list) if self.matchers[s] is not None],
         )
         self._plans[key] = plan
         return plan
@@ -403,6 +424,9 @@ class BatchSampler:
         if logits.dim() == 3:
             logits = logits[:, -1]
         plan = self._plan(slots, logits.shape[0])
+        raw, allowed = logits, None
+        if plan.constrained:
+            logits, allowed = self._constrained(logits, plan)
         if plan.all_greedy and not plan.penalties:
             tokens = logits.argmax(-1)
         else:
@@ -413,15 +437,31 @@ class BatchSampler:
             else:
                 sampled = self._draw(*self._probabilities(x, plan), plan)
                 tokens = sampled if greedy_tokens is None else torch.where(plan.greedy_mask, greedy_tokens, sampled)
+        if plan.constrained:
+            tokens = self._advance(plan, tokens, allowed)
         if plan.penalties:
             self._record(plan, tokens)
         out = SampleOutput(tokens=tokens)
         if plan.logprobs:
-            logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = torch.log_softmax(raw.float(), dim=-1)
             out.logprobs = logp.gather(-1, tokens[:, None])[:, 0]
             if plan.top_logprobs:
                 out.top_logprobs, out.top_ids = logp.topk(plan.top_logprobs, dim=-1)
         return out
+
+    def _constrained(self, logits: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with what the constrained rows' grammars disallow at -inf, and their masks."""
+        allowed = allowed_tokens([self.matchers[plan.slots[i]] for i in plan.constrained], logits.shape[-1])
+        return mask_logits(logits, plan.constrained, allowed), allowed
+
+    def _advance(self, plan: _Plan, tokens: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The constrained rows' matchers take their tokens (the finish guard may change one)."""
+        picked = tokens[plan.constrained].tolist()
+        taken = advance([self.matchers[plan.slots[i]] for i in plan.constrained], picked, allowed)
+        if taken != picked:
+            tokens = tokens.clone()
+            tokens[plan.constrained] = torch.tensor(taken, dtype=tokens.dtype, device=tokens.device)
+        return tokens
 
     def processed_logits(self, logits: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Float32 logits after the penalties (a new tensor; the input is not modified)."""
@@ -509,6 +549,8 @@ class BatchSampler:
         if logits.dim() == 3:
             logits = logits[:, -1]
         plan = self._plan(slots, logits.shape[0])
+        if plan.constrained:
+            logits = self._constrained(logits, plan)[0]
         x = self.processed_logits(logits, plan)
         out = torch.zeros_like(x)
         if plan.any_greedy:

@@ -22,6 +22,12 @@ forgotten, so a snapshot from an abandoned branch past the current end no longer
 below that point is never rewritten), `undo()` drops the last turn, `fork()` makes an
 independent branch. `prefilled_tokens` / `last_prefill_tokens` count the tokens run through
 the model as prompt, so tests (and curious users) can see the reuse.
+
+With a `PrefixCache` (prefix_cache.py, the one the server's engine uses; pass the same object
+to share it) the session stores a snapshot at the end of every prompt and reply and resumes
+from the cache whenever it holds more of the conversation than the state does: a new session
+(or a `reset()` one) replaying the same history, a `load()`ed chat, or a `restore()` to a point
+whose K/V was overwritten since (without a cache that is an error).
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import torch
+
 from ..errors import ContextLengthError, GenerationError
 from ..model.state import StateSnapshot
 from .generate import GenerationChunk, GenerationResult, _Row, eos_token_ids, load_tokenizer_for, prefill, stream_rows
+from .prefix_cache import PrefixCache
 from .sampling import BatchSampler, SamplingParams
 from .speculative import DEFAULT_K, speculator
 
@@ -67,8 +76,12 @@ class ChatSession:
         chat_template_kwargs: dict | None = None,
         draft=None,
         draft_k: int = DEFAULT_K,
+        cache: PrefixCache | None = None,
     ):
         self.model = model
+        if cache is not None:
+            cache.check_model(model)
+        self.cache = cache
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(model)
         if self.tokenizer is None:
             raise GenerationError("ChatSession needs a tokenizer: the model's checkpoint has none; pass tokenizer=...")
@@ -86,6 +99,7 @@ class ChatSession:
         self.system = system
         self.prefilled_tokens = 0
         self.last_prefill_tokens = 0
+        self.last_cached_tokens = 0  # tokens of the last prefill resumed from the prefix cache
         self.reset()
 
     # ---- history -------------------------------------------------------------------------
@@ -224,11 +238,8 @@ class ChatSession:
         vocab = self.model.config.vocab_size
         sampler = BatchSampler(vocab, 1, device=self.model.device)
         try:
-            logits = prefill(self.model, self.state, [feed])
-            self._fed(feed)
+            logits = self._prefill(feed)
             self.pending = []
-            self.prefilled_tokens += len(feed)
-            self.last_prefill_tokens = len(feed)
             self.messages.extend(new_messages)
             prompt = list(self.tokens)
             sampler.add_row(0, params, prompt)
@@ -258,6 +269,33 @@ class ChatSession:
                 self.restore(mark)
             raise
 
+    def _prefill(self, feed: list[int], need_logits: bool = True) -> torch.Tensor | None:
+        """Run `feed` into the state after `tokens` (first resuming from the prefix cache when it
+        holds more of the conversation; pausing at its snapshot points); return the next-token
+        logits [1, V] (None when not `need_logits` and the cache held all of it)."""
+        target = self.tokens + feed
+        self.last_cached_tokens = 0
+        logits = None
+        stops: list[int] = []
+        if self.cache is not None:
+            plan = self.cache.lookup(target, need_logits)
+            if plan.tokens > len(self.tokens):
+                plan = self.cache.resume(target, self.state, 0, need_logits)
+                self.last_cached_tokens = plan.tokens - len(self.tokens)
+                self._fed(target[len(self.tokens) : plan.tokens])
+                logits = plan.logits[None] if plan.logits is not None else None
+            stops = plan.stops
+        start = len(self.tokens)
+        ends = [s for s in stops if start < s < len(target)] + ([len(target)] if start < len(target) else [])
+        for end in ends:
+            logits = prefill(self.model, self.state, [target[len(self.tokens) : end]])
+            self._fed(target[len(self.tokens) : end])
+            if self.cache is not None:
+                self.cache.store(self.tokens, self.state, 0, logits[0] if end == len(target) else None)
+        self.prefilled_tokens += len(target) - start
+        self.last_prefill_tokens = len(target) - start
+        return logits
+
     def _fed(self, ids: list[int]) -> None:
         n = len(self.tokens)
         self.tokens.extend(ids)
@@ -267,6 +305,8 @@ class ChatSession:
         generated = result.token_ids
         fed = int(self.state.lengths[0]) - len(self.tokens)  # the state knows what went in
         self._fed(generated[:fed])
+        if self.cache is not None:
+            self.cache.store(self.tokens, self.state, 0)
         self.pending = list(generated[fed:])
         self.messages.append({"role": "assistant", "content": result.text or ""})
         self._turns.append(mark)
@@ -278,14 +318,21 @@ class ChatSession:
         )
 
     def restore(self, snap: SessionSnapshot) -> None:
-        """Go back to a snapshot of this session (invalid once its tokens were overwritten)."""
+        """Go back to a snapshot of this session. Once its tokens were overwritten, the state is
+        rebuilt from the prefix cache (and prefill); without a cache that is an error."""
         n = len(snap.tokens)
-        if self._kv[:n] != snap.tokens:
+        if self._kv[:n] == snap.tokens:
+            self.state.restore(snap.state)
+        elif self.cache is None:
             raise GenerationError(
                 "restore: this snapshot's tokens were overwritten since it was taken "
-                "(take a fork() to keep two branches alive)"
+                "(take a fork() to keep two branches alive, or give the session a prefix cache)"
             )
-        self.state.restore(snap.state)
+        else:
+            self.state.reset()
+            self.tokens, self._kv = [], []
+            if snap.tokens:
+                self._prefill(list(snap.tokens), need_logits=False)
         self.tokens = list(snap.tokens)
         self.pending = list(snap.pending)
         self.messages = copy.deepcopy(snap.messages)
@@ -339,10 +386,7 @@ class ChatSession:
         self.tools = data.get("tools", self.tools)
         self.reset()
         if tokens:
-            prefill(self.model, self.state, [tokens])
-            self._fed(tokens)
-            self.prefilled_tokens += len(tokens)
-            self.last_prefill_tokens = len(tokens)
+            self._prefill(list(tokens), need_logits=False)
         self.pending = list(pending)
         self.messages = messages
         sys_msgs = [m for m in messages[:1] if m.get("role") == "system"]

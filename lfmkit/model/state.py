@@ -218,6 +218,18 @@ class LFM2State:
         self.positions[dst_row] = src.positions[src_row]
         self._resync()
 
+    def set_dense_row(self, row: int, n: int) -> None:
+        """Record that `row` now holds `n` real tokens in its first `n` slots (its K/V and conv
+        windows were written by the caller, e.g. restored from a prefix cache): no padding, the
+        next RoPE position is `n`."""
+        if n > self.max_length:
+            raise ContextLengthError(f"row holds {n} tokens, more than this state's {self.max_length}")
+        self.valid[row].zero_()
+        self.valid[row, :n] = True
+        self.lengths[row] = n
+        self.positions[row] = n
+        self._resync()
+
     def drop_left_padding(self, row: int, n: int) -> None:
         """Remove the first `n` slots of `row`, which must be left padding (no real tokens):
         its K/V move `n` slots down, so the row holds only its real tokens and has `n` more

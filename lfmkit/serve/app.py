@@ -2,7 +2,8 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
 server-sent-event streaming), `GET /health`, `GET /metrics`, `GET /openapi.json` (the request
-bodies' JSON Schemas, rules across fields included). Every error a client can cause comes back
+bodies' JSON Schemas, rules across fields included), and the web chat page at `GET /`
+(`webchat.py`). Every error a client can cause comes back
 in OpenAI's error shape with a 4xx status; anything unexpected is a 500 with a generic message
 (logged here, never sent as a traceback). A client that disconnects cancels its request, which
 frees its batch slots at the engine's next step.
@@ -45,6 +46,8 @@ from .schema import (
     to_json,
     usage,
 )
+from .structured import request_constraint
+from .webchat import add_web_chat
 
 log = logging.getLogger("lfmkit.server")
 
@@ -99,7 +102,8 @@ class ServerContext:
         self.check_model(req.model)
         prompt = build_chat_prompt(self.tokenizer, req, self.bound)
         params = self.sampling_params(req, req.completion_limit(), len(prompt.ids), req.logprobs, req.top_logprobs or 0)
-        return req, prompt, params
+        constraint = request_constraint(self.tokenizer, req, self.engine.vocab_size)
+        return req, prompt, params if constraint is None else params.replace(constraint=constraint)
 
     def prepare_completions(
         self, body: bytes
@@ -310,7 +314,7 @@ def create_app(context: ServerContext) -> FastAPI:
             "model": context.model_name,
             "system_fingerprint": None,
             "choices": [o.final_choice(i) for i, o in enumerate(outputs)],
-            "usage": usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs)),
+            "usage": _usage([handle], sum(o.completion_tokens for o in outputs)),
         }
 
     @app.post(COMPLETIONS, openapi_extra=_request_body("CompletionRequest"), responses={**_STREAMED, **_ERRORS})
@@ -339,10 +343,17 @@ def create_app(context: ServerContext) -> FastAPI:
             "model": context.model_name,
             "system_fingerprint": None,
             "choices": choices,
-            "usage": usage(sum(h.prompt_tokens for h in handles), completion),
+            "usage": _usage(handles, completion),
         }
 
+    add_web_chat(app)
     return app
+
+
+def _usage(handles: list[RequestHandle], completion_tokens: int) -> dict:
+    """`usage` of a response: its prompts' tokens, of which `cached_tokens` came from the prefix cache."""
+    prompt = sum(h.prompt_tokens for h in handles)
+    return usage(prompt, completion_tokens, sum(h.cached_tokens for h in handles))
 
 
 def _echo_text(tokenizer, prompt) -> str:
@@ -443,9 +454,7 @@ async def _chat_chunks(
             yield chunk(ev.index, {}, finish_reason=out.finish_reason)
     if include_usage:
         yield _sse(
-            chat_chunk(
-                rid, created, model, [], usage=usage(handle.prompt_tokens, sum(o.completion_tokens for o in outputs))
-            )
+            chat_chunk(rid, created, model, [], usage=_usage([handle], sum(o.completion_tokens for o in outputs)))
         )
     yield _sse("[DONE]")
 
@@ -494,11 +503,7 @@ async def _completion_chunks(
                 yield chunk(index, ev.text, None, out.finish_reason)
         if include_usage:
             completion = sum(o.completion_tokens for row in outputs for o in row)
-            yield _sse(
-                completion_chunk(
-                    rid, created, model, [], usage=usage(sum(h.prompt_tokens for h in handles), completion)
-                )
-            )
+            yield _sse(completion_chunk(rid, created, model, [], usage=_usage(handles, completion)))
         yield _sse("[DONE]")
     finally:
         for task in tasks:

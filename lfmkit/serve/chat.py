@@ -4,9 +4,11 @@ In: a validated request becomes prompt ids through the checkpoint's chat templat
 rendered into the system prompt (LFM2's tool list). `tool_choice` is honoured by steering the
 output, not by hoping: "none" leaves the tools out of the prompt; "required" starts the
 assistant's answer with `<|tool_call_start|>[` so the model must write a call; a named function
-starts it with `<|tool_call_start|>[name(`. That forced prefix is part of the answer when it is
-parsed. Rendering and tokenizing are the expensive part of a request: the server runs them in
-a worker thread, bounded by `limits` (template-input depth, prompt length).
+starts it with `<|tool_call_start|>[name(` (`[` alone for a name Python cannot call, which is
+called JSON-style); the rest is constrained by a grammar (structured.py). That forced prefix is
+part of the answer when it is parsed. Rendering and tokenizing are the expensive part of a
+request: the server runs them in a worker thread, bounded by `limits` (template-input depth,
+prompt length).
 
 Out: `ChatOutput` follows one choice token by token. Its deltas come from `chat.StreamParser`
 (content, `reasoning_content` for `<think>` traces, whole tool calls), and the non-streamed
@@ -27,6 +29,7 @@ from typing import Any
 from ..errors import LFMKitError, TokenizerError, ToolCallParseError
 from ..inference.generate import encode_prompt as generate_encode_prompt
 from ..text.chat import ContentDelta, ReasoningDelta, StreamParser, ToolCall, ToolCallEvent, format_tool_calls
+from ..text.tool_grammar import forced_prefix
 from .limits import PromptBound, check_depth, parse_json_arguments
 from .schema import ChatCompletionRequest, NamedToolChoice, RequestError
 
@@ -75,9 +78,9 @@ def build_chat_prompt(tokenizer, req: ChatCompletionRequest, bound: PromptBound)
     use_tools = bool(req.tools) and choice != "none"
     forced = ""
     if use_tools and choice == "required":
-        forced = TOOL_CALL_START + "["
+        forced = forced_prefix([], None)
     elif use_tools and isinstance(choice, NamedToolChoice):
-        forced = f"{TOOL_CALL_START}[{choice.function.name}("
+        forced = forced_prefix([t.to_template() for t in req.tools], choice.function.name)
     messages = _messages_for_template(req)
     tools = _tools_for_template(req) if use_tools else None
     try:

@@ -202,6 +202,33 @@ class NamedToolChoice(_Strict):
     function: NamedFunction
 
 
+class JSONSchemaFormat(_Strict):
+    name: str
+    description: str | None = None
+    schema_: Union[dict[str, Any], bool] = Field({}, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TOOL_NAME.match(v):
+            raise ValueError(f"schema name {v!r} must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'")
+        return v
+
+
+class ResponseFormat(_Strict):
+    """`response_format`: free text, any JSON object, or JSON valid against a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("'json_schema' is required when 'type' is 'json_schema'")
+        return self
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
@@ -269,6 +296,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
     skip_special_tokens: bool = False
 
     def check(self) -> None:
@@ -456,11 +484,13 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's `usage`; `cached_tokens`: prompt tokens resumed from the prefix cache, not prefilled."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
