@@ -201,6 +201,8 @@ class Speculator:
         return Verification(state, view, verdicts)
 
     def _propose(self, row: SpecRow) -> Draft:
+        if row.params.constraint is not None and not row.params.is_greedy:
+            return Draft([])  # a sampled constrained row decodes plainly (see `_accept`)
         k = min(getattr(row.drafter, "k", self.k), row.budget - 1)
         draft = row.drafter.propose(row.context, k) if k > 0 else Draft([])
         for i, tok in enumerate(draft.tokens):  # nothing after a stop token is ever emitted
@@ -342,18 +344,24 @@ def _step_by_step(model, ids: torch.Tensor, state: LFM2State, cols: list) -> tor
 
 def _accept(logits: torch.Tensor, drafts: list[Draft], rows: list[SpecRow], sampler: BatchSampler) -> list[Verdict]:
     """Walk the verify logits [B, t, V] position by position: each open row takes the target's
-    token there (greedy) or the rejection rule's (sampled), and stays open while it accepts."""
+    token there (greedy) or the rejection rule's (sampled), and stays open while it accepts.
+
+    Structured output: `BatchSampler.sample` masks a constrained row's logits with its grammar
+    and advances its matcher by the token it picks. Greedy rows go through it at every position
+    they reach, so the grammar sees exactly the emitted tokens (a draft it disallows is
+    rejected there). A sampled constrained row has no drafts (`_propose`) and is sampled by it
+    too: plain decoding, since the rejection rule's draws would bypass the matcher."""
     verdicts = [Verdict([], [], len(d.tokens), 0) for d in drafts]
     open_rows = list(range(len(rows)))
     for j in range(logits.shape[1]):
         if not open_rows:
             break
         chosen: dict[int, tuple[int, bool]] = {}
-        greedy = [i for i in open_rows if rows[i].params.is_greedy]
-        sampled = [i for i in open_rows if not rows[i].params.is_greedy]
-        if greedy:
-            out = sampler.sample(logits[greedy, j], [rows[i].slot for i in greedy])
-            for i, tok in zip(greedy, out.tokens.tolist()):
+        plain = [i for i in open_rows if rows[i].params.is_greedy or rows[i].params.constraint is not None]
+        sampled = [i for i in open_rows if i not in plain]
+        if plain:
+            out = sampler.sample(logits[plain, j], [rows[i].slot for i in plain])
+            for i, tok in zip(plain, out.tokens.tolist()):
                 d = drafts[i].tokens
                 chosen[i] = (tok, j < len(d) and d[j] == tok)
         if sampled:
