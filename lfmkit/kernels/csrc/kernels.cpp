@@ -1,8 +1,34 @@
-// lfmkit's CPU kernels for quantized linears (see lfmkit/kernels.py for how they are built).
-#include <immintrin.h>
+// lfmkit's CPU kernels for quantized linears (see lfmkit/kernels/__init__.py for how they are built).
+//
+// One source, compiled once per CPU path with that path's flags (the library picks one at run
+// time): AVX-512 VNNI (`vpdpbusd` on 256-bit vectors, 32 registers), AVX-VNNI (the same
+// instruction, VEX-encoded, 16 registers), AVX2 (`vpmaddubsw` + `vpmaddwd`) and a portable
+// path in plain C++ (any CPU; the compiler vectorises what it can). The x86 paths share the
+// intrinsics code below; `LFM_VNNI` picks the dot-product instruction.
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LFM_X86 1
+#include <immintrin.h>
+#else
+#define LFM_X86 0
+#endif
+#if LFM_X86 && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LFM_VNNI 1
+#define LFM_ISA "avx512vnni"
+#define LFM_DPBUSD _mm256_dpbusd_epi32
+#elif LFM_X86 && defined(__AVXVNNI__)
+#define LFM_VNNI 1
+#define LFM_ISA "avxvnni"
+#define LFM_DPBUSD _mm256_dpbusd_avx_epi32
+#elif LFM_X86
+#define LFM_VNNI 0
+#define LFM_ISA "avx2"
+#else
+#define LFM_VNNI 0
+#define LFM_ISA "portable"
+#endif
 
 // Weights stream from memory once per token; the hardware prefetcher alone leaves about a
 // quarter of the bandwidth unused, so each kernel asks for the bytes this far ahead.
@@ -17,10 +43,32 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+// IEEE half (bits) -> float
+static inline float f16_to_f32(uint16_t h) {
+#if LFM_X86
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 0x3FF;
+    uint32_t u;
+    if (e == 31) u = sign | 0x7F800000 | (m << 13);                  // inf / nan
+    else if (e != 0) u = sign | ((e + 112) << 23) | (m << 13);       // normal
+    else if (m == 0) u = sign;                                        // zero
+    else {                                                            // subnormal: 2^-24 * m
+        float f = (float)m * 5.9604644775390625e-8f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+#if LFM_X86
 // unsigned a (u8) times signed b (s8), 32 pairs -> 8 int32 lanes (no saturation for a <= 127)
 static inline __m256i dot_u8s8(__m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#if LFM_VNNI
+    return LFM_DPBUSD(_mm256_setzero_si256(), a, b);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 #endif
@@ -44,13 +92,14 @@ static inline int hsum_epi32(__m256i v) {
     lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
     return _mm_cvtsi128_si32(lo);
 }
+#endif  // LFM_X86
 
 // One row of int4 weights (layout below: +8 nibbles, two blocks of 32 per 32 bytes, an fp16
 // scale per block) as floats, handed over as put(column, value).
 template <class Put>
 static inline void q4_row(const uint8_t* w, const uint16_t* scales, int64_t K, Put put) {
     for (int64_t b = 0; b < K / 32; b += 2) {
-        const float sa = _cvtsh_ss(scales[b]), sb = _cvtsh_ss(scales[b + 1]);
+        const float sa = f16_to_f32(scales[b]), sb = f16_to_f32(scales[b + 1]);
         const uint8_t* p = w + b * 16;
         for (int i = 0; i < 32; i++) {
             put(b * 32 + i, (float)((p[i] & 15) - 8) * sa);
@@ -61,13 +110,9 @@ static inline void q4_row(const uint8_t* w, const uint16_t* scales, int64_t K, P
 
 extern "C" {
 
-int lfm_has_vnni(void) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return 1;
-#else
-    return 0;
-#endif
-}
+int lfm_has_vnni(void) { return LFM_VNNI; }
+
+const char* lfm_isa(void) { return LFM_ISA; }
 
 // x [M, K] float -> xq [M, K] int8 (or uint8 x+128 when offset), xs [M, K/ab] float
 // (absmax / 127 per block of ab = 32 or 256 values), xsum [M, K/32] int32 (sums of the
@@ -75,6 +120,7 @@ int lfm_has_vnni(void) {
 void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offset, int8_t* xq, float* xs,
                       int32_t* xsum) {
     const int64_t nab = K / ab, per = ab / 32;
+#if LFM_X86
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int64_t i = 0; i < M * nab; i++) {
@@ -100,10 +146,30 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
             _mm256_storeu_si256((__m256i*)(xq + i * ab + q * 32), p);
         }
     }
+#else
+    for (int64_t i = 0; i < M * nab; i++) {
+        const float* src = x + i * ab;
+        float m = 0.0f;
+        for (int64_t c = 0; c < ab; c++) m = fmaxf(m, fabsf(src[c]));
+        const float d = m / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        xs[i] = d;
+        for (int64_t q = 0; q < per; q++) {
+            int32_t sum = 0;
+            for (int64_t c = q * 32; c < q * 32 + 32; c++) {
+                int32_t v = (int32_t)nearbyintf(src[c] * inv);   // round half to even, as the x86 paths
+                v = v < -128 ? -128 : (v > 127 ? 127 : v);
+                sum += v;
+                xq[i * ab + c] = offset ? (int8_t)(uint8_t)(v + 128) : (int8_t)v;
+            }
+            xsum[i * per + q] = sum;
+        }
+    }
+#endif
 }
 
 }  // extern "C"
 
+#if LFM_X86
 // int4 weights: 32 bytes per pair of blocks (64 columns): low nibbles = first 32 columns,
 // high nibbles = next 32, stored +8 as unsigned. fp16 scale per block of 32. Activations in
 // blocks of 32. Each block's integer dot product is scaled in its own lanes (one convert and
@@ -150,7 +216,7 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
         for (int64_t b = nsb * 8; b < nb; b += 2) {   // leftover pairs of blocks
             __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + b * 16));
             __m256i wa = _mm256_and_si256(raw, mask), wb = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            float sa = _cvtsh_ss(sp[b]), sb = _cvtsh_ss(sp[b + 1]);
+            float sa = f16_to_f32(sp[b]), sb = f16_to_f32(sp[b + 1]);
             for (int j = 0; j < MT; j++) {
                 const int8_t* xp = xq + j * K + b * 32;
                 int da = hsum_epi32(dot_u8s8(wa, _mm256_loadu_si256((const __m256i*)xp))) - 8 * xsum[j * nb + b];
@@ -187,9 +253,9 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 for (int j = 0; j < MT; j++) {
                     const int8_t* xp = xq + j * K + b * ab + c * 32;
                     __m256i x0 = _mm256_loadu_si256((const __m256i*)xp), x1 = _mm256_loadu_si256((const __m256i*)(xp + 32));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
-                    ib[j] = _mm256_dpbusd_epi32(ib[j], x1, w1);
+#if LFM_VNNI
+                    ia[j] = LFM_DPBUSD(ia[j], x0, w0);
+                    ib[j] = LFM_DPBUSD(ib[j], x1, w1);
 #else
                     ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
                     ib[j] = _mm256_add_epi32(ib[j], dot_s8s8(w1, x1));
@@ -200,8 +266,8 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 __m256i w0 = _mm256_loadu_si256((const __m256i*)(wp + b * ab + c * 32));
                 for (int j = 0; j < MT; j++) {
                     __m256i x0 = _mm256_loadu_si256((const __m256i*)(xq + j * K + b * ab + c * 32));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
+#if LFM_VNNI
+                    ia[j] = LFM_DPBUSD(ia[j], x0, w0);
 #else
                     ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
 #endif
@@ -213,7 +279,7 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
         }
         for (int j = 0; j < MT; j++) {
             float total = hsum_ps(acc[j]);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if LFM_VNNI
             float corr = 0.0f;
             for (int64_t b = 0; b < nab; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
             total -= 128.0f * corr;
@@ -223,8 +289,55 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
     }
 }
 
+#else   // portable: the same sums, one row at a time in plain C++
+template <int MT>
+static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+    const int64_t nb = K / 32;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t* wp = w + n * (K / 2);
+        const uint16_t* sp = ws + n * nb;
+        for (int j = 0; j < MT; j++) {
+            const int8_t* xj = xq + j * K;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b += 2) {
+                const uint8_t* p = wp + b * 16;
+                int32_t da = 0, db = 0;
+                for (int i = 0; i < 32; i++) {
+                    da += (p[i] & 15) * xj[b * 32 + i];
+                    db += (p[i] >> 4) * xj[b * 32 + 32 + i];
+                }
+                acc += f16_to_f32(sp[b]) * xs[j * nb + b] * (float)(da - 8 * xsum[j * nb + b]) +
+                       f16_to_f32(sp[b + 1]) * xs[j * nb + b + 1] * (float)(db - 8 * xsum[j * nb + b + 1]);
+            }
+            out[j * N + n] = acc;
+        }
+    }
+}
+
+template <int MT>
+static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out) {
+    (void)wsum;   // signed activations: no offset to remove
+    const int64_t nab = K / ab;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t* wp = w + n * K;
+        for (int j = 0; j < MT; j++) {
+            const int8_t* xj = xq + j * K;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nab; b++) {
+                int32_t d = 0;
+                for (int64_t i = b * ab; i < (b + 1) * ab; i++) d += (int32_t)wp[i] * xj[i];
+                acc += (float)d * xs[j * nab + b];
+            }
+            out[j * N + n] = acc * ws[n];
+        }
+    }
+}
+#endif  // LFM_X86
+
 #define ROWS_PER_TASK 8
-#if defined(__AVX512VL__)
+#if LFM_X86 && defined(__AVX512VL__)
 #define M_TILE 8          // 32 vector registers hold eight rows' accumulators
 #else
 #define M_TILE 4
@@ -303,7 +416,7 @@ void lfm_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const
 // activation block (QuantLinear.kernel_spec computes them)
 void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_t* w, const float* ws,
                    const int32_t* wsum, int64_t N, float* out, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, M, K, ab, lfm_has_vnni(), xq, xs, xsum);
+    lfm_quantize_act(x, M, K, ab, LFM_VNNI, xq, xs, xsum);
     lfm_q8_gemm(xq, xs, M, K, ab, w, ws, wsum, N, out);
 }
 

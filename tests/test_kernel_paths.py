@@ -1,0 +1,99 @@
+"""Every CPU path of the kernels (AVX-512 VNNI, AVX-VNNI, AVX2, portable C++), forced one at a
+time with LFMKIT_ISA, computes what the PyTorch reference computes: the int8 and int4 matrix
+products (one row to a small batch) and the fused decode step. A path this CPU lacks is skipped
+(e.g. AVX-VNNI, the VEX encoding, on AMD Zen 4, which has only the AVX-512 one)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checkpoints import make_checkpoint
+from quant_helpers import act_quantized
+
+from lfmkit import LFM2, kernels
+from lfmkit.errors import ConfigError
+from lfmkit.fast import quantize
+from lfmkit.quant import QuantLinear
+
+pytestmark = pytest.mark.skipif(not kernels.supported_paths(), reason="no C++ compiler")
+
+
+@pytest.fixture(params=list(kernels.PATHS))
+def cpu_path(request, monkeypatch):
+    """Force one kernel path for the test (skipped where this CPU cannot run it)."""
+    name = request.param
+    if name not in kernels.supported_paths():
+        pytest.skip(f"this CPU has no {kernels.PATHS[name][2]} (it runs {', '.join(kernels.supported_paths())})")
+    monkeypatch.setenv(kernels.ENV, name)
+    kernels.reset()
+    yield name
+    monkeypatch.undo()
+    kernels.reset()
+
+
+def test_the_forced_path_is_the_one_loaded(cpu_path):
+    assert kernels.load() is not None, kernels.build_error
+    assert kernels.active_path() == cpu_path
+    assert kernels.PATHS[cpu_path][2] in kernels.describe()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("rows", [1, 5, 8, 13])
+@pytest.mark.parametrize("width", [512, 320])
+def test_each_path_multiplies_like_the_reference(cpu_path, bits, rows, width):
+    g = torch.Generator().manual_seed(rows + width)
+    lin = QuantLinear.from_float(torch.randn(40, width, generator=g) * 0.05, bits)
+    x = torch.randn(rows, width, generator=g)
+    # the same int8 activations (blocks of 32, or 256 for int8 where the width allows) times the
+    # dequantized weights: equal up to float summation order
+    block = 256 if bits == 8 and width % 256 == 0 else 32
+    exact = F.linear(act_quantized(x, block), lin.dequantize())
+    torch.testing.assert_close(lin(x), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+
+
+@pytest.fixture(scope="module", params=[64, 256], ids=["hidden64", "hidden256"])
+def ckpt(request, tmp_path_factory):
+    path, _ = make_checkpoint(
+        tmp_path_factory.mktemp("paths"),
+        layout="small",
+        seed=3,
+        hidden_size=request.param,
+        intermediate_size=3 * request.param,
+        num_key_value_heads=2,
+    )
+    return path
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_each_path_runs_the_fused_decode_step_like_the_module_path(cpu_path, ckpt, mode):
+    model = quantize(LFM2.from_pretrained(ckpt, dtype="float32"), mode)
+    assert model.fused_decode.available(), model.fused_decode.reason
+    prompt = torch.tensor([list(range(5, 17)), list(range(40, 52))])
+
+    def first_step():
+        state = model.new_state(2, max_length=32)
+        model.prefill(prompt, state)
+        return model(torch.tensor([[3], [4]]), state=state)
+
+    fused = first_step()
+    model.__dict__.pop("fused_decode")  # the module path: one kernel call per linear
+    module = first_step()
+    scale = module.abs().amax(-1, keepdim=True)
+    assert ((fused - module).abs() <= 1e-5 * scale).all()
+
+
+def test_forcing_an_unknown_or_missing_path_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "sse9")
+    kernels.reset()
+    try:
+        with pytest.raises(ConfigError, match="LFMKIT_ISA='sse9': choose auto, avx512vnni"):
+            kernels.load()
+        missing = [p for p in kernels.PATHS if p not in kernels.supported_paths()]
+        if missing:
+            monkeypatch.setenv(kernels.ENV, missing[0])
+            with pytest.raises(ConfigError, match=f"this CPU has no {kernels.PATHS[missing[0]][2]}"):
+                kernels.load()
+    finally:
+        monkeypatch.undo()
+        kernels.reset()
+    assert kernels.load() is not None
