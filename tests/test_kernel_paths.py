@@ -13,6 +13,7 @@ from lfmkit import LFM2, kernels
 from lfmkit.errors import ConfigError
 from lfmkit.fast import quantize
 from lfmkit.quant import QuantLinear
+from lfmkit.quant.prefill import int4_rows_as_int8, w8a8_linear
 
 pytestmark = pytest.mark.skipif(not kernels.supported_paths(), reason="no C++ compiler")
 
@@ -48,6 +49,36 @@ def test_each_path_multiplies_like_the_reference(cpu_path, bits, rows, width):
     block = 256 if bits == 8 and width % 256 == 0 else 32
     exact = F.linear(act_quantized(x, block), lin.dequantize())
     torch.testing.assert_close(lin(x), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+
+
+def int4_as_int8_reference(lin: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """lfm_q4_to_q8 in PyTorch: one scale per row, 8 * max|group scale| / 127 (a row's largest
+    |weight| under Q4_0's rule), codes round(q * group scale / row scale)."""
+    s = lin.scales.float()
+    row = s.abs().amax(1) * 8 / 127
+    codes = (lin.dequantize() / s.repeat_interleave(32, 1)).round()  # q in [-8, 7]
+    r = s * (1 / row[:, None])  # as the kernel: times the reciprocal
+    return torch.round(codes * r.repeat_interleave(32, 1)).clamp(-127, 127), row
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("rows", [17, 40])
+def test_each_path_runs_the_w8a8_prefill_product_like_the_reference(cpu_path, bits, rows):
+    g = torch.Generator().manual_seed(rows)
+    lin = QuantLinear.from_float(torch.randn(72, 320, generator=g) * 0.05, bits)
+    x = torch.randn(rows, 320, generator=g)
+    if bits == 8:
+        w = lin.dequantize()
+    else:
+        codes, row = int4_as_int8_reference(lin)
+        w8, s8 = torch.empty(72, 320, dtype=torch.int8), torch.empty(72)
+        int4_rows_as_int8(lin.qweight, lin.scales, w8, s8)
+        assert torch.equal(w8.float(), codes) and torch.equal(s8, row)
+        w = codes * row[:, None]
+    exact = F.linear(act_quantized(x, 320), w)  # per-token int8 activations
+    got = w8a8_linear(x, lin.qweight, lin.scales, bits)
+    torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    assert torch.equal(lin(x), got)  # a QuantLinear takes this path for more than 16 rows
 
 
 @pytest.fixture(scope="module", params=[64, 256], ids=["hidden64", "hidden256"])

@@ -8,9 +8,10 @@ compiles in a few seconds with plain `g++ -O3 -fopenmp`) and call it through cty
   weights, of 256 for int8 weights where the width allows); int4 weights (two per byte, one
   fp16 scale per 32) and int8 weights (one float scale per output row) are multiplied with
   integer dot products, with software prefetch so the weights stream at memory speed;
-  `dequant_*` expand weights to bfloat16, `q4_to_q8` to int8 rows for prefill GEMMs; a few
+  `dequant_*` expand weights to bfloat16 for prefill GEMMs; a few
   fused float32 ops (RMSNorm, the short-conv step, SiLU-gate) replace five to ten small
   PyTorch ops each.
+- `prefill.cpp`: int4 weights as int8 rows for the W8A8 prefill GEMMs (lfmkit/quant/prefill.py).
 - `decode_step.cpp`: a whole decode step of a quantized model in one call (see
   lfmkit/fast/decode_step.py).
 
@@ -41,7 +42,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("kernels.cpp", "decode_step.cpp")  # one translation unit, in this order
+SOURCES = ("kernels.cpp", "decode_step.cpp", "prefill.cpp")  # one translation unit, in this order
 
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
 # path -> (compiler flags, bit in cpu.cpp's lfm_cpu_paths(), name for people); fastest first
@@ -171,6 +172,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_q8_gemm.argtypes = [p, p, i64, i64, i64, p, p, p, i64, p]
     lib.lfm_q4_dequant_bf16.argtypes = [p, p, i64, i64, p]
     lib.lfm_q8_dequant_bf16.argtypes = [p, p, i64, i64, p]
+    lib.lfm_q4_to_q8.argtypes = [p, p, i64, i64, p, p]
     f32 = ctypes.c_float
     lib.lfm_q4_linear.argtypes = [p, i64, i64, p, p, i64, p, p, p, p]
     lib.lfm_q8_linear.argtypes = [p, i64, i64, i64, p, p, p, i64, p, p, p, p]
@@ -188,6 +190,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "lfm_q8_gemm",
         "lfm_q4_dequant_bf16",
         "lfm_q8_dequant_bf16",
+        "lfm_q4_to_q8",
     ):
         getattr(lib, fn).restype = None
     lib.lfm_decode_scratch_bytes.argtypes = [p, i64, i64]

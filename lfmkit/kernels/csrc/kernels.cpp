@@ -115,8 +115,8 @@ int lfm_has_vnni(void) { return LFM_VNNI; }
 const char* lfm_isa(void) { return LFM_ISA; }
 
 // x [M, K] float -> xq [M, K] int8 (or uint8 x+128 when offset), xs [M, K/ab] float
-// (absmax / 127 per block of ab = 32 or 256 values), xsum [M, K/32] int32 (sums of the
-// signed codes per 32, for the int4 kernel's -8 correction)
+// (absmax / 127 per block of ab = 32 or 256 values, or K: one per row), xsum [M, K/32] int32
+// (sums of the signed codes per 32, for the int4 kernel's -8 correction; may be NULL)
 void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offset, int8_t* xq, float* xs,
                       int32_t* xsum) {
     const int64_t nab = K / ab, per = ab / 32;
@@ -139,7 +139,7 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
             __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 8), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 16), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 24), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-            xsum[i * per + q] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+            if (xsum) xsum[i * per + q] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
             __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
             p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             if (offset) p = _mm256_xor_si256(p, flip);
@@ -161,7 +161,7 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
                 sum += v;
                 xq[i * ab + c] = offset ? (int8_t)(uint8_t)(v + 128) : (int8_t)v;
             }
-            xsum[i * per + q] = sum;
+            if (xsum) xsum[i * per + q] = sum;
         }
     }
 #endif
