@@ -1,5 +1,5 @@
 """W8A8 prefill (int8 GEMMs on activations quantized per token) stays within the error bounds
-docs/quantization.md states, against float32 activations over the same quantized weights:
+docs/speed.md states, against float32 activations over the same quantized weights:
 per product (a proven bound) and per model on random weights of several layouts; and the
 bf16 prefill option still runs the bf16 GEMM."""
 
@@ -16,7 +16,7 @@ from lfmkit.quant.prefill import w8a8_available
 
 pytestmark = pytest.mark.skipif(not w8a8_available(), reason=f"no C++ kernels or torch._int_mm: {kernels.build_error}")
 
-# docs/quantization.md, "W8A8 prefill": the logits' relative RMS error and cosine similarity
+# docs/speed.md, "W8A8 prefill": the logits' relative RMS error and cosine similarity
 # against float32 activations over the same weights, on random-weight models
 MODEL_RMS_BOUND, MODEL_COSINE_BOUND = 0.4, 0.92
 

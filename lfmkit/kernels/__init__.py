@@ -173,6 +173,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_q4_dequant_bf16.argtypes = [p, p, i64, i64, p]
     lib.lfm_q8_dequant_bf16.argtypes = [p, p, i64, i64, p]
     lib.lfm_q4_to_q8.argtypes = [p, p, i64, i64, p, p]
+    lib.lfm_scale_int32.argtypes = [p, i64, i64, p, p, p, i64]
     f32 = ctypes.c_float
     lib.lfm_q4_linear.argtypes = [p, i64, i64, p, p, i64, p, p, p, p]
     lib.lfm_q8_linear.argtypes = [p, i64, i64, i64, p, p, p, i64, p, p, p, p]
@@ -191,6 +192,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "lfm_q4_dequant_bf16",
         "lfm_q8_dequant_bf16",
         "lfm_q4_to_q8",
+        "lfm_scale_int32",
     ):
         getattr(lib, fn).restype = None
     lib.lfm_decode_scratch_bytes.argtypes = [p, i64, i64]

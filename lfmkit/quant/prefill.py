@@ -16,7 +16,7 @@ GEMM on weights dequantized per tile), a product with more than SMALL_BATCH rows
 
 Accuracy: against float32 activations times the same dequantized weights, the logits move by a
 few parts per thousand of their largest magnitude on random weights (bounded in
-tests/test_prefill.py and stated in docs/quantization.md).
+tests/test_prefill.py and stated in docs/speed.md).
 """
 
 from __future__ import annotations
@@ -64,16 +64,21 @@ def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bi
     n = qweight.shape[0]
     k = qweight.shape[1] * (2 if bits == 4 else 1)
     xq, xs = quantize_per_token(x.reshape(-1, k).float().contiguous())
-    xs = xs[:, None]
-    if bits == 8:
-        return (torch._int_mm(xq, qweight.t()) * xs).mul_(scales).reshape(*x.shape[:-1], n)
     out = torch.empty(xq.shape[0], n, dtype=torch.float32)
+    if bits == 8:
+        _scale_into(torch._int_mm(xq, qweight.t()), xs, scales, out)
+        return out.reshape(*x.shape[:-1], n)
     tile = min(n, max(64, TILE_BYTES // k))
     w8 = torch.empty(tile, k, dtype=torch.int8)
     s8 = torch.empty(tile, dtype=torch.float32)
     for r0 in range(0, n, tile):
         r1 = min(n, r0 + tile)
         int4_rows_as_int8(qweight[r0:r1], scales[r0:r1], w8, s8)
-        acc = torch._int_mm(xq, w8[: r1 - r0].t())
-        torch.mul(acc, xs, out=out[:, r0:r1]).mul_(s8[: r1 - r0])
+        _scale_into(torch._int_mm(xq, w8[: r1 - r0].t()), xs, s8, out[:, r0:r1])
     return out.reshape(*x.shape[:-1], n)
+
+
+def _scale_into(acc: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, out: torch.Tensor) -> None:
+    """out = acc * xs[:, None] * ws[None, :] in one pass (out: rows of a wider float32 matrix)."""
+    m, n = acc.shape
+    kernels.load().lfm_scale_int32(acc.data_ptr(), m, n, xs.data_ptr(), ws.data_ptr(), out.data_ptr(), out.stride(0))
