@@ -109,8 +109,9 @@ def test_each_path_runs_the_fused_decode_step_like_the_module_path(cpu_path, ckp
     fused = first_step()
     model.__dict__.pop("fused_decode")  # the module path: one kernel call per linear
     module = first_step()
+    # equal up to float rounding, or one int8 rounding flip of an activation (test_decode_step.py)
     scale = module.abs().amax(-1, keepdim=True)
-    assert ((fused - module).abs() <= 1e-5 * scale).all()
+    assert ((fused - module).abs() <= 0.01 * scale).all()
 
 
 def test_forcing_an_unknown_or_missing_path_is_a_clear_error(monkeypatch):

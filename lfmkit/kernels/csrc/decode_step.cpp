@@ -47,14 +47,18 @@ typedef struct {
 
 // quantize B rows of activations for L (one thread)
 static void quant_for(const LfmLinear* L, const float* x, int64_t B, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, B, L->K, L->ab, L->bits == 8 ? LFM_VNNI : 0, xq, xs, xsum);
+    if (L->bits == 4)
+        q4_quantize(x, B, L->K, xq, xs, xsum);
+    else
+        lfm_quantize_act(x, B, L->K, L->ab, LFM_VNNI, xq, xs, xsum);
 }
 
 // out [B, N] = x @ W^T for the activations quant_for prepared (threads share the rows)
 static void linear_for(const LfmLinear* L, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t B,
                        float* out) {
     if (L->bits == 4)
-        q4_gemm_for(xq, xs, xsum, B, L->K, (const uint8_t*)L->w, (const uint16_t*)L->s, L->N, out);
+        q4_gemm_for(xq, xs, xsum, B, L->K, (const uint8_t*)L->w, (const uint16_t*)L->s, L->N, out,
+                    q4_interleaved(B, L->K));
     else
         q8_gemm_for(xq, xs, B, L->K, L->ab, (const int8_t*)L->w, (const float*)L->s, L->wsum, L->N, out);
 }

@@ -92,7 +92,51 @@ static inline int hsum_epi32(__m256i v) {
     lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
     return _mm_cvtsi128_si32(lo);
 }
+
+// acc + the 8 lanes of dot_u8s8(a, b)
+static inline __m256i dot_acc(__m256i acc, __m256i a, __m256i b) {
+#if LFM_VNNI
+    return LFM_DPBUSD(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, dot_u8s8(a, b));
+#endif
+}
+
+// 8 x 8 transpose of 32-bit lanes: afterwards v[t] lane i = (before) v[i] lane t
+static inline void transpose8(__m256i v[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+    }
+}
+
+// sums[j] = the sum of v[j]'s lanes, for MT rows (eight at once by a tree of horizontal adds)
+template <int MT>
+static inline void hsum_rows(const __m256 v[MT], float sums[MT]) {
+    if constexpr (MT == 8) {
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+    } else {
+        for (int j = 0; j < MT; j++) sums[j] = hsum_ps(v[j]);
+    }
+}
 #endif  // LFM_X86
+
+// Several rows of int4 activations take the interleaved kernel (below): per 256 values, the
+// eight blocks' 32-bit groups transposed so one integer vector holds one block per lane.
+static inline bool q4_interleaved(int64_t M, int64_t K) { return LFM_X86 && M >= 2 && K >= 256; }
 
 // One row of int4 weights (layout below: +8 nibbles, two blocks of 32 per 32 bytes, an fp16
 // scale per block) as floats, handed over as put(column, value).
@@ -172,11 +216,15 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
 #if LFM_X86
 // int4 weights: 32 bytes per pair of blocks (64 columns): low nibbles = first 32 columns,
 // high nibbles = next 32, stored +8 as unsigned. fp16 scale per block of 32. Activations in
-// blocks of 32. Each block's integer dot product is scaled in its own lanes (one convert and
-// one FMA per block, no horizontal sums inside the loop); the -8 offset is corrected once per
-// eight blocks from the activation block sums.
+// blocks of 32.
 // out[j, n] = sum_b scale[n, b] * xs[j, b] * (sum_i nib[n, b, i] * xq[j, b, i] - 8 * xsum[j, b])
-template <int MT>
+// One row (IL false): each block's integer dot product is scaled in its own lanes (one convert
+// and one FMA per block, no horizontal sums inside the loop); the -8 offset is corrected once
+// per eight blocks from the activation block sums. Several rows (IL true, activations
+// interleaved by q4_interleave): the weights of eight blocks are transposed once (transpose8),
+// and then every row needs eight dot products, one integer -8 correction, one convert and one
+// FMA per eight blocks: a third of the per-row work, so one weight pass serves a batch.
+template <int MT, bool IL>
 static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
                     const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
     const int64_t nb = K / 32, nsb = nb / 8;
@@ -194,6 +242,23 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH + 64), _MM_HINT_T0);
             __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sp + s * 8)));
+            if (IL) {
+                __m256i v[8];
+                for (int p = 0; p < 4; p++) {
+                    __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + s * 128 + p * 32));
+                    v[2 * p] = _mm256_and_si256(raw, mask);
+                    v[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                }
+                transpose8(v);
+                for (int j = 0; j < MT; j++) {
+                    const __m256i* xp = (const __m256i*)(xq + j * K + s * 256);
+                    __m256i d = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(xsum + j * nb + s * 8)), 3);
+                    d = _mm256_sub_epi32(_mm256_setzero_si256(), d);
+                    for (int t = 0; t < 8; t++) d = dot_acc(d, v[t], _mm256_loadu_si256(xp + t));
+                    acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, _mm256_loadu_ps(xs + j * nb + s * 8)), acc0[j]);
+                }
+                continue;
+            }
             for (int j = 0; j < MT; j++) {
                 __m256 c = _mm256_mul_ps(sw, _mm256_loadu_ps(xs + j * nb + s * 8));
                 _mm256_store_ps(cs[j], c);
@@ -224,9 +289,25 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
                 tail[j] += sa * xs[j * nb + b] * (float)da + sb * xs[j * nb + b + 1] * (float)db;
             }
         }
-        for (int j = 0; j < MT; j++)
-            out[j * N + n] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) - 8.0f * hsum_ps(corr[j]) + tail[j];
+        alignas(32) float sums[8];
+        if (!IL)   // the interleaved loop leaves acc1 and corr at zero
+            for (int j = 0; j < MT; j++) acc0[j] = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr[j], _mm256_add_ps(acc0[j], acc1[j]));
+        hsum_rows<MT>(acc0, sums);
+        for (int j = 0; j < MT; j++) out[j * N + n] = sums[j] + tail[j];
     }
+}
+
+// The activation layout the interleaved kernel reads: per 256 values of a row, the same
+// transpose as the weights get (32-bit group t of block i moves to group i of vector t).
+static void q4_interleave(int8_t* xq, int64_t M, int64_t K) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t c = 0; c + 256 <= K; c += 256) {
+            __m256i* p = (__m256i*)(xq + m * K + c);
+            __m256i v[8];
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_si256(p + i);
+            transpose8(v);
+            for (int i = 0; i < 8; i++) _mm256_storeu_si256(p + i, v[i]);
+        }
 }
 
 // int8 weights [N, K] with one float scale per row; activations in blocks of ab (32 or 256)
@@ -277,8 +358,10 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ia[j], ib[j])),
                                          _mm256_broadcast_ss(xs + j * nab + b), acc[j]);
         }
+        alignas(32) float sums[8];
+        hsum_rows<MT>(acc, sums);
         for (int j = 0; j < MT; j++) {
-            float total = hsum_ps(acc[j]);
+            float total = sums[j];
 #if LFM_VNNI
             float corr = 0.0f;
             for (int64_t b = 0; b < nab; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
@@ -289,8 +372,8 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
     }
 }
 
-#else   // portable: the same sums, one row at a time in plain C++
-template <int MT>
+#else   // portable: the same sums, one row at a time in plain C++ (never interleaved)
+template <int MT, bool IL>
 static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
                     const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
     const int64_t nb = K / 32;
@@ -345,26 +428,46 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
 
 // The row loops below are orphaned `omp for` loops: called inside a parallel region (the
 // decode step) the threads share the rows; the exported wrappers open a region of their own.
+template <bool IL>
+static void q4_task(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
+                    const uint8_t* w, const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+    const int64_t nb = K / 32;
+    int64_t m = 0;
+    for (; m + M_TILE <= M; m += M_TILE)
+        q4_rows<M_TILE, IL>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
+    xq += m * K, xs += m * nb, xsum += m * nb, out += m * N;
+    switch (M - m) {
+        case 7: q4_rows<7, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 6: q4_rows<6, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 5: q4_rows<5, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 4: q4_rows<4, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 3: q4_rows<3, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 2: q4_rows<2, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        case 1: q4_rows<1, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
+        default: break;
+    }
+}
+
+// il: the activations were interleaved (q4_quantize does it where q4_interleaved says so)
 static void q4_gemm_for(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
-                        const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
-    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, nb = K / 32;
+                        const uint8_t* w, const uint16_t* ws, int64_t N, float* out, bool il) {
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
-        int64_t m = 0;
-        for (; m + M_TILE <= M; m += M_TILE)
-            q4_rows<M_TILE>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
-        switch (M - m) {
-            case 7: q4_rows<7>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 6: q4_rows<6>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 5: q4_rows<5>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 4: q4_rows<4>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 3: q4_rows<3>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 2: q4_rows<2>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 1: q4_rows<1>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            default: break;
-        }
+        if (il)
+            q4_task<true>(xq, xs, xsum, M, K, w, ws, n0, n1, N, out);
+        else
+            q4_task<false>(xq, xs, xsum, M, K, w, ws, n0, n1, N, out);
     }
+}
+
+// quantize x [M, K] for int4 weights (blocks of 32), interleaved where q4_interleaved says so
+static void q4_quantize(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
+    lfm_quantize_act(x, M, K, 32, 0, xq, xs, xsum);
+#if LFM_X86
+    if (q4_interleaved(M, K)) q4_interleave(xq, M, K);
+#endif
 }
 
 static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_t ab, const int8_t* w,
@@ -395,7 +498,7 @@ extern "C" {
 void lfm_q4_gemm(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
                  const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
     #pragma omp parallel
-    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out);
+    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out, false);
 }
 
 // out [M, N] float; w [N, K] int8; ws [N] float; wsum [N, K/ab] int32 (VNNI only)
@@ -408,8 +511,9 @@ void lfm_q8_gemm(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_
 // one call per linear: quantize x [M, K] into the scratch buffers, then multiply
 void lfm_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* ws, int64_t N,
                    float* out, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, M, K, 32, 0, xq, xs, xsum);
-    lfm_q4_gemm(xq, xs, xsum, M, K, w, ws, N, out);
+    q4_quantize(x, M, K, xq, xs, xsum);
+    #pragma omp parallel
+    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out, q4_interleaved(M, K));
 }
 
 // ab: activation block (256 when K allows, else 32); wsum [N, K/ab]: the weight sums per
