@@ -8,4 +8,5 @@ def act_quantized(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     values; int8: 256 where the width allows, else 32; W8A8 prefill: the whole row)."""
     b = x.reshape(*x.shape[:-1], -1, block)
     s = b.abs().amax(-1, keepdim=True) / 127
-    return (torch.round(b / s.clamp(min=1e-30)) * s).reshape(x.shape)
+    inv = torch.where(s > 0, 1 / s, torch.zeros_like(s))  # times the reciprocal, as the kernels
+    return (torch.round(b * inv) * s).reshape(x.shape)

@@ -39,7 +39,7 @@ def test_the_forced_path_is_the_one_loaded(cpu_path):
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [1, 5, 8, 13])
-@pytest.mark.parametrize("width", [512, 320])
+@pytest.mark.parametrize("width", [512, 320, 2112, 4608])  # wider than 2048: several passes over K
 def test_each_path_multiplies_like_the_reference(cpu_path, bits, rows, width):
     g = torch.Generator().manual_seed(rows + width)
     lin = QuantLinear.from_float(torch.randn(40, width, generator=g) * 0.05, bits)

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <type_traits>
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define LFM_X86 1
 #include <immintrin.h>
@@ -213,6 +214,16 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
 
 }  // extern "C"
 
+// A pass over part of K: units [c0, c1) (int4: 256 values, int8: one activation block). With
+// eight rows the activations of a whole wide row (w2's 4608 values: 37 KB) overflow L1, and a
+// weight row streams past all of them; so the rows are multiplied KPASS values at a time, the
+// first pass writing the outputs and later ones adding to them.
+struct KRange {
+    int64_t c0, c1;
+    bool first() const { return c0 == 0; }
+};
+#define KPASS 2048
+
 #if LFM_X86
 // int4 weights: 32 bytes per pair of blocks (64 columns): low nibbles = first 32 columns,
 // high nibbles = next 32, stored +8 as unsigned. fp16 scale per block of 32. Activations in
@@ -226,7 +237,7 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
 // FMA per eight blocks: a third of the per-row work, so one weight pass serves a batch.
 template <int MT, bool IL>
 static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
-                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     const int64_t nb = K / 32, nsb = nb / 8;
     const __m256i mask = _mm256_set1_epi8(0x0F);
     alignas(32) float cs[MT][8];
@@ -238,7 +249,7 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
         for (int j = 0; j < MT; j++) {
             acc0[j] = _mm256_setzero_ps(); acc1[j] = _mm256_setzero_ps(); corr[j] = _mm256_setzero_ps(); tail[j] = 0.0f;
         }
-        for (int64_t s = 0; s < nsb; s++) {
+        for (int64_t s = r.c0; s < r.c1; s++) {
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH + 64), _MM_HINT_T0);
             __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sp + s * 8)));
@@ -278,7 +289,7 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
                 }
             }
         }
-        for (int64_t b = nsb * 8; b < nb; b += 2) {   // leftover pairs of blocks
+        for (int64_t b = r.c1 == nsb ? nsb * 8 : nb; b < nb; b += 2) {   // leftover pairs of blocks (last pass)
             __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + b * 16));
             __m256i wa = _mm256_and_si256(raw, mask), wb = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
             float sa = f16_to_f32(sp[b]), sb = f16_to_f32(sp[b + 1]);
@@ -293,7 +304,7 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
         if (!IL)   // the interleaved loop leaves acc1 and corr at zero
             for (int j = 0; j < MT; j++) acc0[j] = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr[j], _mm256_add_ps(acc0[j], acc1[j]));
         hsum_rows<MT>(acc0, sums);
-        for (int j = 0; j < MT; j++) out[j * N + n] = sums[j] + tail[j];
+        for (int j = 0; j < MT; j++) out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + sums[j] + tail[j];
     }
 }
 
@@ -317,13 +328,13 @@ static void q4_interleave(int8_t* xq, int64_t M, int64_t K) {
 // wsum[n, b]. Without VNNI, signed times signed uses the sign trick.
 template <int MT>
 static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
-                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     const int64_t nab = K / ab, chunks = ab / 32;
     for (int64_t n = n0; n < n1; n++) {
         const int8_t* wp = w + n * K;
         __m256 acc[MT];
         for (int j = 0; j < MT; j++) acc[j] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nab; b++) {
+        for (int64_t b = r.c0; b < r.c1; b++) {
             for (int64_t o = 0; o < ab; o += 64) _mm_prefetch((const char*)(wp + b * ab + o + PREFETCH), _MM_HINT_T0);
             __m256i ia[MT], ib[MT];
             for (int j = 0; j < MT; j++) { ia[j] = _mm256_setzero_si256(); ib[j] = _mm256_setzero_si256(); }
@@ -364,10 +375,10 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
             float total = sums[j];
 #if LFM_VNNI
             float corr = 0.0f;
-            for (int64_t b = 0; b < nab; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
+            for (int64_t b = r.c0; b < r.c1; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
             total -= 128.0f * corr;
 #endif
-            out[j * N + n] = total * ws[n];
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + total * ws[n];
         }
     }
 }
@@ -375,7 +386,7 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
 #else   // portable: the same sums, one row at a time in plain C++ (never interleaved)
 template <int MT, bool IL>
 static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
-                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     const int64_t nb = K / 32;
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t* wp = w + n * (K / 2);
@@ -383,7 +394,7 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
         for (int j = 0; j < MT; j++) {
             const int8_t* xj = xq + j * K;
             float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b += 2) {
+            for (int64_t b = r.c0 * 8; b < (r.c1 == nb / 8 ? nb : r.c1 * 8); b += 2) {
                 const uint8_t* p = wp + b * 16;
                 int32_t da = 0, db = 0;
                 for (int i = 0; i < 32; i++) {
@@ -393,14 +404,14 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
                 acc += f16_to_f32(sp[b]) * xs[j * nb + b] * (float)(da - 8 * xsum[j * nb + b]) +
                        f16_to_f32(sp[b + 1]) * xs[j * nb + b + 1] * (float)(db - 8 * xsum[j * nb + b + 1]);
             }
-            out[j * N + n] = acc;
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + acc;
         }
     }
 }
 
 template <int MT>
 static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
-                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     (void)wsum;   // signed activations: no offset to remove
     const int64_t nab = K / ab;
     for (int64_t n = n0; n < n1; n++) {
@@ -408,12 +419,12 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
         for (int j = 0; j < MT; j++) {
             const int8_t* xj = xq + j * K;
             float acc = 0.0f;
-            for (int64_t b = 0; b < nab; b++) {
+            for (int64_t b = r.c0; b < r.c1; b++) {
                 int32_t d = 0;
                 for (int64_t i = b * ab; i < (b + 1) * ab; i++) d += (int32_t)wp[i] * xj[i];
                 acc += (float)d * xs[j * nab + b];
             }
-            out[j * N + n] = acc * ws[n];
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + acc * ws[n];
         }
     }
 }
@@ -428,24 +439,46 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
 
 // The row loops below are orphaned `omp for` loops: called inside a parallel region (the
 // decode step) the threads share the rows; the exported wrappers open a region of their own.
+// f(tile, m) for the tiles of rows [m, m + tile) covering M: M_TILE at a time, then the rest
+// (tile is a compile-time constant, std::integral_constant, so the kernels are unrolled for it)
+template <class F>
+static inline void for_row_tiles(int64_t M, F f) {
+    int64_t m = 0;
+    for (; m + M_TILE <= M; m += M_TILE) f(std::integral_constant<int, M_TILE>{}, m);
+    switch (M - m) {
+        case 7: f(std::integral_constant<int, 7>{}, m); break;
+        case 6: f(std::integral_constant<int, 6>{}, m); break;
+        case 5: f(std::integral_constant<int, 5>{}, m); break;
+        case 4: f(std::integral_constant<int, 4>{}, m); break;
+        case 3: f(std::integral_constant<int, 3>{}, m); break;
+        case 2: f(std::integral_constant<int, 2>{}, m); break;
+        case 1: f(std::integral_constant<int, 1>{}, m); break;
+        default: break;
+    }
+}
+
+// f(r) for the passes over K (units of `unit` values, KPASS values a pass; at least one pass).
+// One row (batch-1 decode) takes K in one pass: its activations fit in L1 anyway.
+template <class F>
+static inline void for_k_passes(int64_t M, int64_t units, int64_t unit, F f) {
+    const int64_t per = M == 1 ? (units > 0 ? units : 1) : (KPASS / unit > 0 ? KPASS / unit : 1);
+    for (KRange r{0, 0};; r.c0 = r.c1) {
+        r.c1 = r.c0 + per < units ? r.c0 + per : units;
+        f(r);
+        if (r.c1 >= units) break;
+    }
+}
+
 template <bool IL>
 static void q4_task(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
                     const uint8_t* w, const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
     const int64_t nb = K / 32;
-    int64_t m = 0;
-    for (; m + M_TILE <= M; m += M_TILE)
-        q4_rows<M_TILE, IL>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
-    xq += m * K, xs += m * nb, xsum += m * nb, out += m * N;
-    switch (M - m) {
-        case 7: q4_rows<7, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 6: q4_rows<6, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 5: q4_rows<5, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 4: q4_rows<4, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 3: q4_rows<3, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 2: q4_rows<2, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        case 1: q4_rows<1, IL>(xq, xs, xsum, K, w, ws, n0, n1, N, out); break;
-        default: break;
-    }
+    for_k_passes(M, K / 256, 256, [&](KRange r) {
+        for_row_tiles(M, [&](auto tile, int64_t m) {
+            q4_rows<decltype(tile)::value, IL>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N,
+                                               out + m * N, r);
+        });
+    });
 }
 
 // il: the activations were interleaved (q4_quantize does it where q4_interleaved says so)
@@ -476,19 +509,11 @@ static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K,
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
-        int64_t m = 0;
-        for (; m + M_TILE <= M; m += M_TILE)
-            q8_rows<M_TILE>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N);
-        switch (M - m) {
-            case 7: q8_rows<7>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 6: q8_rows<6>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 5: q8_rows<5>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 4: q8_rows<4>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 3: q8_rows<3>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 2: q8_rows<2>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 1: q8_rows<1>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            default: break;
-        }
+        for_k_passes(M, nab, ab, [&](KRange r) {
+            for_row_tiles(M, [&](auto tile, int64_t m) {
+                q8_rows<decltype(tile)::value>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N, r);
+            });
+        });
     }
 }
 
