@@ -7,6 +7,8 @@ from pathlib import Path
 
 from checkpoints import make_checkpoint
 
+from lfmkit.train.losses import CausalLMLoss
+
 TOOLS = [
     {
         "type": "function",
@@ -86,3 +88,20 @@ def tiny_model_dir(directory: Path, layout: str = "small", **overrides) -> Path:
     """A random-weight checkpoint with the test tokenizer (vocab 512)."""
     path, _ = make_checkpoint(directory, layout=layout, seed=11, with_tokenizer=True, **overrides)
     return path
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupting_loss(after_calls):
+    """The default loss, raising once `after_calls` micro-batches have run (a crash mid-step)."""
+    loss, calls = CausalLMLoss(), [0]
+
+    def fn(model, batch):
+        calls[0] += 1
+        if calls[0] > after_calls:
+            raise Interrupt
+        return loss(model, batch)
+
+    return fn

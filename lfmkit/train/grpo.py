@@ -173,13 +173,16 @@ def plot_rewards(output: str | Path) -> Path | None:
 
 
 def _reference(config: GRPOConfig, model: nn.Module, snapshot: nn.Module | None) -> Callable | None:
-    """A context-manager factory yielding the KL reference (None when beta is 0)."""
+    """A context-manager factory yielding the KL reference (None when beta is 0); under
+    bf16_weights the frozen copy is in bfloat16 too, so the policy starts at KL 0."""
     if config.beta == 0:
         return None
     if has_lora(model):
         return lambda: adapters_disabled(model)
     for p in snapshot.parameters():
         p.requires_grad_(False)
+    if config.bf16_weights:
+        snapshot.to(torch.bfloat16)
     return lambda: contextlib.nullcontext(snapshot)
 
 
@@ -261,10 +264,11 @@ def grpo(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model, progress_metrics=PROGRESS)
     if verbose:
+        dtype = "bfloat16" if config.bf16_weights else str(model.dtype).removeprefix("torch.")
         print(
             f"training {trainer.total_steps} steps of {config.prompts_per_step} prompts x {config.num_generations} "
             f"completions (loss {config.loss_type}, {config.num_iterations} step(s) per batch of rollouts) "
-            f"on {device}; rollouts in {str(model.dtype).removeprefix('torch.')} on the training weights",
+            f"on {device}; rollouts in {dtype} on the training weights",
             flush=True,
         )
     result = trainer.train()
