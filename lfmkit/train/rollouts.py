@@ -319,19 +319,39 @@ class RolloutPlan:
         return epoch, self._current.rollouts
 
     def collate(self, rows: list[Rollout], pad_id: int) -> RolloutBatch:
-        cfg, current = self.config, self._current
+        cfg = self.config
         batch = collate_rollouts(rows, pad_id, cfg.mask_truncated_completions)
         batch.items = loss_items(batch, cfg.loss_type, cfg.max_completion_length)
+        if not self._first_pass and batch.old_logps is None:
+            raise RuntimeError("a reused rollout batch has no old log-probs")
+        return self._of_step(batch, len(rows))
+
+    def empty_batch(self, pad_id: int) -> RolloutBatch:
+        """No completion: one padding token, nothing trained, the step's totals and metrics (a
+        process with no row left in a short step logs the same names as the others)."""
+        cfg, none = self.config, torch.zeros((1, 1), dtype=torch.float32)
+        batch = RolloutBatch(
+            torch.full((1, 1), pad_id, dtype=torch.long),
+            torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+            tokens=0,
+            advantages=torch.zeros(1),
+            old_logps=None if self._first_pass else none,
+            ref_logps=none if cfg.beta > 0 else None,
+            sample_logps=torch.full((1, 1), math.nan),
+        )
+        return self._of_step(batch, 0)
+
+    def _of_step(self, batch: RolloutBatch, rows: int) -> RolloutBatch:
+        """`batch` stamped with the current step's totals, its share of the step and its metrics."""
+        current = self._current
         batch.step_items, batch.step_tokens = current.items, current.tokens
-        batch.share = len(rows) / len(current.rollouts)
+        batch.share = rows / len(current.rollouts)
         batch.first_pass = self._first_pass
         batch.step_metrics = (
             current.metrics
             if self._first_pass
             else {k: v for k, v in current.metrics.items() if not k.startswith("rollout_")}
         )
-        if not self._first_pass and batch.old_logps is None:
-            raise RuntimeError("a reused rollout batch has no old log-probs")
         return batch
 
     # building one batch of rollouts

@@ -279,15 +279,16 @@ class Trainer:
         return mine + [[]] * (most - len(mine))
 
     def _empty_batch(self, step: int):
-        """The micro-batch a process with no rows left runs: DataPlan's empty batch, which only
-        fits a plan that collates like DataPlan (SFT's, distillation's); a preference or rollout
-        plan has no empty batch yet, so such a run is refused with the step that needs one."""
-        if type(self.plan).collate is not DataPlan.collate:
+        """The micro-batch a process with no rows left runs: the plan's `empty_batch` (nothing
+        trained, but it reaches every parameter and logs the same metrics, so the collectives
+        line up); a plan without one is refused with the step that needs it."""
+        empty = getattr(self.plan, "empty_batch", None)
+        if empty is None:
             raise ConfigError(
                 f"step {step + 1} leaves process {self.rank} without a row, which this recipe cannot run "
-                f"under torchrun yet; choose a batch_size the data fills on every process"
+                f"under torchrun; choose a batch_size the data fills on every process"
             )
-        return self.plan.empty_batch(self.pad_id)
+        return empty(self.pad_id)
 
     def _mixed_precision(self) -> MasterWeights | None:
         """bf16_weights: the model's weights in bfloat16, float32 masters in the optimizer (mixed.py)."""
