@@ -11,7 +11,8 @@ weights with float32 masters, lfmkit's `bf16_weights`, so the rollouts read bflo
 Reports per step (the first step of each is a warm-up and left out):
 
 - rollout tokens/s: completion tokens generated / time in generation (lfmkit: `generate` on
-  the training weights; TRL: `model.generate`, timed by wrapping it);
+  the training weights; TRL: `model.generate`, timed by wrapping it), per wall-clock second
+  and per second of the process's CPU time (which a busy shared machine inflates much less);
 - step time: one whole optimizer step (generation, rewards, forward, backward, AdamW);
 - logprob_diff (lfmkit): the mean |sampler log-prob - training forward log-prob| per token.
 
@@ -93,6 +94,7 @@ def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path, precision: str) 
             {
                 "step_s": r["elapsed_s"] - previous,
                 "rollout_s": r["rollout_s"],
+                "rollout_cpu_s": r["rollout_cpu_s"],
                 "rollout_tokens": round(r["completion_length"] * args.prompts * args.generations),
                 "logprob_diff": r.get("logprob_diff"),
             }
@@ -132,9 +134,10 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
     generate = trainer.model.generate
 
     def timed_generate(*a, **k):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         output = generate(*a, **k)
         rows[-1]["rollout_s"] += time.perf_counter() - t
+        rows[-1]["rollout_cpu_s"] += time.process_time() - c
         rows[-1]["rollout_tokens"] += int(output.shape[0] * (output.shape[1] - k["input_ids"].shape[1]))
         return output
 
@@ -142,7 +145,7 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
 
     class Steps(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            rows.append({"step_s": -time.perf_counter(), "rollout_s": 0.0, "rollout_tokens": 0})
+            rows.append({"step_s": -time.perf_counter(), "rollout_s": 0.0, "rollout_cpu_s": 0.0, "rollout_tokens": 0})
 
         def on_step_end(self, *a, **k):
             rows[-1]["step_s"] += time.perf_counter()
@@ -161,6 +164,8 @@ def summary(rows: list[dict]) -> dict:
         "step_s": statistics.fmean(r["step_s"] for r in measured),
         "rollout_s": seconds / len(measured),
         "rollout_tokens_per_s": sum(r["rollout_tokens"] for r in measured) / max(seconds, 1e-9),
+        "rollout_tokens_per_cpu_s": sum(r["rollout_tokens"] for r in measured)
+        / max(sum(r["rollout_cpu_s"] for r in measured), 1e-9),
     } | ({"logprob_diff_max": max(diffs)} if diffs else {})
 
 
@@ -193,6 +198,7 @@ def main() -> None:
     print(f"{'':<26}" + "".join(f"{'lfmkit ' + p:>22}" for p in ours) + f"{'TRL fp32':>12}")
     rows = [
         ("rollout tokens/s", "rollout_tokens_per_s", lambda a, b: a / b),
+        ("rollout tokens/CPU-s", "rollout_tokens_per_cpu_s", lambda a, b: a / b),
         ("rollout s per step", "rollout_s", lambda a, b: b / a),
         ("step s", "step_s", lambda a, b: b / a),
     ]

@@ -115,3 +115,42 @@ def test_a_quantized_model_is_refused(setup):
     model = optimize(LFM2.from_pretrained(setup[1]), quant="int8")
     with pytest.raises(ConfigError, match="bf16_weights: the model has quantized layers"):
         MasterWeights(model)
+
+
+def test_grpo_rollouts_read_the_bf16_weights(setup, tmp_path):
+    """GRPO under bf16_weights: rollouts and training forward read the same bfloat16 weights
+    (the sampler's and the forward's log-probs agree to bfloat16 rounding), the frozen reference
+    is bfloat16 too (KL starts at 0), and the reward still drives training."""
+    from lfmkit.train.grpo import grpo
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Count: {w}"} for w in "one two three four".split()])
+    seen = []
+
+    def digits(messages, completion):
+        return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+    def prepare(model):
+        seen.append(model)
+        return model
+
+    values = dict(
+        model=str(setup[1]),
+        prompts=[str(prompts)],
+        output=str(tmp_path / "grpo"),
+        max_steps=3,
+        batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        learning_rate=3e-3,
+        beta=0.05,
+        save_every=0,
+        progress=False,
+        bf16_weights=True,
+    )
+    result = grpo(values, rewards=[digits], prepare_model=prepare, verbose=False)
+    records = read_metrics(tmp_path / "grpo" / "metrics.jsonl")
+    assert len(result.losses) == 3
+    assert records[0]["kl"] == 0.0 and records[-1]["kl"] > 0
+    assert all(0 < r["logprob_diff"] < 5e-2 for r in records), [r["logprob_diff"] for r in records]
+    assert {p.dtype for p in seen[0].parameters()} == {torch.bfloat16}  # what the rollouts ran on
+    assert load_file(str(tmp_path / "grpo" / "model.safetensors"))["model.embed_tokens.weight"].dtype == torch.float32

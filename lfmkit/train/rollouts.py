@@ -364,7 +364,7 @@ class RolloutPlan:
     def rollout_step(self, index: int) -> RolloutStep:
         cfg = self.config
         prompts = self.prompts_of(index)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rollouts = generate_rollouts(
             self.model,
             self.tokenizer,
@@ -372,7 +372,7 @@ class RolloutPlan:
             self.sampling,
             [batch_seed(cfg.seed, index, i) for i in range(len(prompts))],
         )
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         score(rollouts, self.rewards)
         rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
@@ -384,7 +384,7 @@ class RolloutPlan:
             with self.reference() as reference:
                 self._attach_logps(rollouts, reference, "ref_logps")
         probe = collate_rollouts(rollouts, 0, cfg.mask_truncated_completions)
-        metrics = rollout_metrics(rollouts, self.rewards.names, zero_std, seconds)
+        metrics = rollout_metrics(rollouts, self.rewards.names, zero_std, seconds, cpu)
         return RolloutStep(
             index,
             rollouts,
@@ -410,7 +410,9 @@ class RolloutPlan:
                     setattr(r, name, values)
 
 
-def rollout_metrics(rollouts: list[Rollout], names: list[str], zero_std: torch.Tensor, seconds: float) -> dict:
+def rollout_metrics(
+    rollouts: list[Rollout], names: list[str], zero_std: torch.Tensor, seconds: float, cpu_seconds: float = 0.0
+) -> dict:
     """The step's rollout metrics (TRL's names in lfmkit's style): mean reward, its std, each
     reward's mean over the rows it applies to, completion lengths, truncation, throughput."""
     totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float64)
@@ -429,6 +431,7 @@ def rollout_metrics(rollouts: list[Rollout], names: list[str], zero_std: torch.T
             "truncated": sum(r.truncated for r in rollouts) / len(rollouts),
             "rollout_s": round(seconds, 4),
             "rollout_tokens_per_s": round(sum(lengths) / max(seconds, 1e-9), 1),
+            "rollout_cpu_s": round(cpu_seconds, 4),  # the process's CPU time (all threads)
         }
     )
     return out
