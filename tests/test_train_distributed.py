@@ -107,8 +107,11 @@ def test_two_processes_train_what_one_process_trains(setup, one_process, two_pro
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-4)
     mine, theirs = final_tensors(out), final_tensors(reference)
     assert set(mine) == set(theirs)
+    # AdamW divides by sqrt(v): an element whose gradient is ~0 moves by up to lr per step on float
+    # rounding alone (the gradient sums run in another order), so the weights get a looser atol
+    # than the losses and gradient norms above.
     for name, tensor in theirs.items():
-        torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
+        torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s}" for s in range(1, STEPS + 1)]
     assert (out / "checkpoints" / "step-1" / "rng-rank1.pt").is_file()
     assert stdout.count("trained 3 steps") == 1  # printed by process 0 only

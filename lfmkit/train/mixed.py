@@ -10,8 +10,10 @@ optimizer's (as in apex's O2 / DeepSpeed's bf16 mode / Megatron's mixed precisio
 
 On CPUs with AVX512-BF16 or AMX (and on GPUs) bfloat16 matmuls run ~2.5x faster than float32
 ones at the small batches of decoding and ~2x at training sizes, and the weights take half the
-memory bandwidth. Gradients are accumulated in float32 on the masters (`fold_grads` after every
-micro-batch's backward), so accumulation over micro-batches loses nothing to bfloat16.
+memory bandwidth. Gradients are accumulated in float32 on the masters, each one as soon as the
+backward has produced it (a post-accumulate-grad hook: the bfloat16 gradient is dropped at once,
+so the whole model's bfloat16 gradients never exist together), and accumulation over
+micro-batches loses nothing to bfloat16.
 
 `master_view()` puts the float32 masters in the parameters' place for checkpoint saving and
 loading and for the final save, so checkpoints and the final model hold the float32 values.
@@ -42,7 +44,9 @@ class MasterWeights:
                 if not p.is_floating_point() or p.dtype == dtype:
                     continue
                 if p.requires_grad:
-                    self.pairs.append((p, p.detach().to(torch.float32, copy=True)))
+                    master = p.detach().to(torch.float32, copy=True)
+                    self.pairs.append((p, master))
+                    p.register_post_accumulate_grad_hook(lambda p, m=master: fold(p, m))
                 p.data = p.data.to(dtype)
 
     @property
@@ -51,16 +55,10 @@ class MasterWeights:
         return [m for _, m in self.pairs]
 
     def fold_grads(self) -> None:
-        """Add each parameter's bfloat16 gradient into its master's float32 gradient and drop it."""
+        """Fold any gradient still on a working weight into its master (the hooks do it during
+        the backward; this catches a gradient set by other means)."""
         for p, m in self.pairs:
-            if p.grad is None:
-                continue
-            g = p.grad.to(torch.float32)
-            if m.grad is None:
-                m.grad = g
-            else:
-                m.grad.add_(g)
-            p.grad = None
+            fold(p, m)
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -81,6 +79,17 @@ class MasterWeights:
             for (p, _), w in zip(self.pairs, working):
                 p.data = w
             self.write_back()
+
+
+def fold(p: torch.Tensor, master: torch.Tensor) -> None:
+    """Add p's bfloat16 gradient into master's float32 gradient and drop it from p."""
+    if p.grad is None:
+        return
+    if master.grad is None:
+        master.grad = p.grad.to(torch.float32)
+    else:
+        master.grad.add_(p.grad)
+    p.grad = None
 
 
 __all__ = ["MasterWeights"]
