@@ -22,6 +22,10 @@ rows, and every process runs the same number of micro-batches (one with no rows 
 plan's `empty_batch`, so the collectives line up). Process 0 alone writes metrics, the progress
 bar, checkpoints and the final model (sharded tensors are gathered first).
 
+With `bf16_weights` (mixed.py) the model's weights are bfloat16 and the optimizer steps their
+float32 masters, writing the rounded values back in the same step; checkpoints and the final
+model are saved from the masters.
+
 Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
 checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
 produces bit for bit the losses an uninterrupted run produces from step k on (same machine,
@@ -163,7 +167,9 @@ class Trainer:
         self._skeleton = meta_skeleton(model) if self.strategy == "fsdp" else None
         self.step_module = wrap(model, self.loss_fn, self.strategy)
         self.mixed = self._mixed_precision()
-        self.params = self.mixed.masters if self.mixed else [p for p in model.parameters() if p.requires_grad]
+        self.params = (
+            self.mixed.masters if self.mixed is not None else [p for p in model.parameters() if p.requires_grad]
+        )
         self.optimizer = build_optimizer(model, config, self.params)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
