@@ -12,8 +12,10 @@ On CPUs with AVX512-BF16 or AMX (and on GPUs) bfloat16 matmuls run ~2.5x faster 
 ones at the small batches of decoding and ~2x at training sizes, and the weights take half the
 memory bandwidth. Gradients are accumulated in float32 on the masters, each one as soon as the
 backward has produced it (a post-accumulate-grad hook: the bfloat16 gradient is dropped at once,
-so the whole model's bfloat16 gradients never exist together), and accumulation over
-micro-batches loses nothing to bfloat16.
+so the whole model's bfloat16 gradients never exist together; the peak is the optimizer step
+anyway), and accumulation over micro-batches loses nothing to bfloat16. Full fine-tuning holds
+18 bytes per parameter (bfloat16 weight, float32 master, its gradient, two AdamW moments)
+against float32's 16; the halved activations pay for it. LoRA's frozen base is bfloat16 only.
 
 `master_view()` puts the float32 masters in the parameters' place for checkpoint saving and
 loading and for the final save, so checkpoints and the final model hold the float32 values.
