@@ -154,3 +154,31 @@ def test_grpo_rollouts_read_the_bf16_weights(setup, tmp_path):
     assert all(0 < r["logprob_diff"] < 5e-2 for r in records), [r["logprob_diff"] for r in records]
     assert {p.dtype for p in seen[0].parameters()} == {torch.bfloat16}  # what the rollouts ran on
     assert load_file(str(tmp_path / "grpo" / "model.safetensors"))["model.embed_tokens.weight"].dtype == torch.float32
+
+
+def test_dpo_scores_its_reference_in_the_training_precision(setup, tmp_path):
+    """Under bf16_weights the starting model's reference log-probs are bfloat16 too, so the
+    policy starts exactly at the reference: the first step's sigmoid loss is ln 2, margins 0."""
+    import math
+
+    from dpo_helpers import TEXT
+
+    from lfmkit.train.dpo import dpo
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", TEXT)
+    values = dict(
+        model=str(setup[1]),
+        data=[str(pairs)],
+        output=str(tmp_path / "dpo"),
+        max_steps=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        save_every=0,
+        progress=False,
+        bf16_weights=True,
+    )
+    result = dpo(values, verbose=False)
+    first = read_metrics(tmp_path / "dpo" / "metrics.jsonl")[0]
+    assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert result.losses[1] < result.losses[0]
