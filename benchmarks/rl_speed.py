@@ -5,15 +5,20 @@ Builds a random-weight checkpoint of a preset (real shapes, float32) with the te
 a prompt file, then runs a few GRPO steps with each trainer: `prompts` prompts x `generations`
 completions per step, up to `max_tokens` tokens each (a random model almost never samples eos,
 so both generate `max_tokens`; lfmkit counts the tokens it generated, TRL the generated width),
-loss dapo, beta 0, one iteration, no gradient checkpointing,
-float32. Reports per step (the first step of each is a warm-up and left out):
+loss dapo, beta 0, one iteration, no gradient checkpointing. TRL trains and generates in float32;
+lfmkit in each of `--lfmkit-precision` (fp32: float32 weights; bf16-weights: bfloat16 working
+weights with float32 masters, lfmkit's `bf16_weights`, so the rollouts read bfloat16 weights).
+Reports per step (the first step of each is a warm-up and left out):
 
 - rollout tokens/s: completion tokens generated / time in generation (lfmkit: `generate` on
-  the training weights; TRL: `model.generate`, timed by wrapping it);
-- step time: one whole optimizer step (generation, rewards, forward, backward, AdamW).
+  the training weights; TRL: `model.generate`, timed by wrapping it), per wall-clock second
+  and per second of the process's CPU time (which a busy shared machine inflates much less);
+- step time: one whole optimizer step (generation, rewards, forward, backward, AdamW);
+- logprob_diff (lfmkit): the mean |sampler log-prob - training forward log-prob| per token.
 
     python benchmarks/rl_speed.py [--preset lfm2-350m] [--prompts 2] [--generations 4]
                                   [--max-tokens 64] [--steps 3] [--threads N] [--dir DIR]
+                                  [--lfmkit-precision fp32,bf16-weights]
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def setup(root: Path, preset: str, n_prompts: int) -> tuple[Path, Path]:
     return model_dir, prompts
 
 
-def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
+def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path, precision: str) -> list[dict]:
     from lfmkit.train.grpo import grpo
     from lfmkit.train.metrics import read_metrics
 
@@ -78,6 +83,7 @@ def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
         learning_rate=1e-6,
         save_every=0,
         progress=False,
+        bf16_weights=precision == "bf16-weights",
     )
     grpo(config, rewards=[digits], verbose=False)
     records = read_metrics(out / "metrics.jsonl")
@@ -88,7 +94,9 @@ def run_lfmkit(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
             {
                 "step_s": r["elapsed_s"] - previous,
                 "rollout_s": r["rollout_s"],
+                "rollout_cpu_s": r["rollout_cpu_s"],
                 "rollout_tokens": round(r["completion_length"] * args.prompts * args.generations),
+                "logprob_diff": r.get("logprob_diff"),
             }
         )
         previous = r["elapsed_s"]
@@ -126,9 +134,10 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
     generate = trainer.model.generate
 
     def timed_generate(*a, **k):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         output = generate(*a, **k)
         rows[-1]["rollout_s"] += time.perf_counter() - t
+        rows[-1]["rollout_cpu_s"] += time.process_time() - c
         rows[-1]["rollout_tokens"] += int(output.shape[0] * (output.shape[1] - k["input_ids"].shape[1]))
         return output
 
@@ -136,7 +145,7 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
 
     class Steps(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            rows.append({"step_s": -time.perf_counter(), "rollout_s": 0.0, "rollout_tokens": 0})
+            rows.append({"step_s": -time.perf_counter(), "rollout_s": 0.0, "rollout_cpu_s": 0.0, "rollout_tokens": 0})
 
         def on_step_end(self, *a, **k):
             rows[-1]["step_s"] += time.perf_counter()
@@ -149,12 +158,15 @@ def run_trl(model_dir: Path, prompts: Path, args, out: Path) -> list[dict]:
 def summary(rows: list[dict]) -> dict:
     measured = rows[1:] or rows
     seconds = sum(r["rollout_s"] for r in measured)
+    diffs = [r["logprob_diff"] for r in rows if r.get("logprob_diff") is not None]
     return {
         "steps": len(measured),
         "step_s": statistics.fmean(r["step_s"] for r in measured),
         "rollout_s": seconds / len(measured),
         "rollout_tokens_per_s": sum(r["rollout_tokens"] for r in measured) / max(seconds, 1e-9),
-    }
+        "rollout_tokens_per_cpu_s": sum(r["rollout_tokens"] for r in measured)
+        / max(sum(r["rollout_cpu_s"] for r in measured), 1e-9),
+    } | ({"logprob_diff_max": max(diffs)} if diffs else {})
 
 
 def main() -> None:
@@ -166,42 +178,42 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per trainer (the first is a warm-up)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument(
+        "--lfmkit-precision", default="fp32,bf16-weights", help="comma-separated: fp32 and/or bf16-weights (lfmkit)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.dir or tempfile.mkdtemp(prefix="lfmkit-rl-speed-"))
     model_dir, prompts = setup(root, args.preset, args.prompts)
     stamp = time.strftime("%H%M%S")
-    ours = summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{stamp}"))
+    precisions = [p for p in args.lfmkit_precision.split(",") if p]
+    ours = {p: summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{p}-{stamp}", p)) for p in precisions}
     theirs = summary(run_trl(model_dir, prompts, args, root / f"trl-{stamp}"))
     print(
-        f"{args.preset} (random weights, float32), {args.prompts} prompts x {args.generations} completions x "
+        f"{args.preset} (random weights), {args.prompts} prompts x {args.generations} completions x "
         f"{args.max_tokens} tokens per step, torch threads {torch.get_num_threads()}, "
         f"{platform.processor() or platform.machine()}"
     )
-    print(f"{'':<26}{'lfmkit':>12}{'TRL':>12}{'ratio':>8}")
-    print(
-        f"{'rollout tokens/s':<26}{ours['rollout_tokens_per_s']:>12.1f}{theirs['rollout_tokens_per_s']:>12.1f}"
-        f"{ours['rollout_tokens_per_s'] / theirs['rollout_tokens_per_s']:>7.1f}x"
-    )
-    print(
-        f"{'rollout s per step':<26}{ours['rollout_s']:>12.2f}{theirs['rollout_s']:>12.2f}"
-        f"{theirs['rollout_s'] / ours['rollout_s']:>7.1f}x"
-    )
-    print(f"{'step s':<26}{ours['step_s']:>12.2f}{theirs['step_s']:>12.2f}{theirs['step_s'] / ours['step_s']:>7.1f}x")
-    print(
-        json.dumps(
-            {
-                "preset": args.preset,
-                "prompts": args.prompts,
-                "generations": args.generations,
-                "max_tokens": args.max_tokens,
-                "threads": torch.get_num_threads(),
-                "lfmkit": ours,
-                "trl": theirs,
-            }
-        )
-    )
+    print(f"{'':<26}" + "".join(f"{'lfmkit ' + p:>22}" for p in ours) + f"{'TRL fp32':>12}")
+    rows = [
+        ("rollout tokens/s", "rollout_tokens_per_s", lambda a, b: a / b),
+        ("rollout tokens/CPU-s", "rollout_tokens_per_cpu_s", lambda a, b: a / b),
+        ("rollout s per step", "rollout_s", lambda a, b: b / a),
+        ("step s", "step_s", lambda a, b: b / a),
+    ]
+    for label, key, ratio in rows:
+        cells = "".join(f"{o[key]:>14.2f} ({ratio(o[key], theirs[key]):>4.1f}x)" for o in ours.values())
+        print(f"{label:<26}{cells}{theirs[key]:>12.2f}")
+    record = {
+        "preset": args.preset,
+        "prompts": args.prompts,
+        "generations": args.generations,
+        "max_tokens": args.max_tokens,
+        "threads": torch.get_num_threads(),
+        "trl": theirs,
+    }
+    print(json.dumps(record | {f"lfmkit-{p}": o for p, o in ours.items()}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ peak RSS (VmHWM, which includes the Python, torch and library footprint) is its 
     python benchmarks/train_speed.py                       # LFM2-350M shapes, full and LoRA
     python benchmarks/train_speed.py --shape small --steps 4 --seq-len 256 --batch-size 2
     python benchmarks/train_speed.py --gradient-checkpointing defaults --modes lora --json out.jsonl
+    python benchmarks/train_speed.py --engines lfmkit,lfmkit-bf16,trl   # + lfmkit's bf16_weights
+
+`lfmkit-bf16` is lfmkit with `bf16_weights` (mixed precision: bfloat16 working weights, float32
+masters and AdamW states); every other engine trains in float32.
 
 tokens/s is over the timed steps (all but the first `--warmup` steps), each step timed from
 the end of the previous one (data collation included), as the median step: wall-clock time,
@@ -33,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+ENGINES = ("lfmkit", "lfmkit-bf16", "trl")
 LORA_R, LORA_ALPHA = 16, 32  # TRL's CLI defaults, which docs/training.md recommends too
 SHAPES = {
     "lfm2-350m": {},
@@ -111,13 +116,13 @@ def report(results: list[dict]) -> None:
     print()
     for mode in dict.fromkeys(r["mode"] for r in results):
         by = {r["engine"]: r for r in results if r["mode"] == mode}
-        if {"lfmkit", "trl"} <= set(by):
-            ours, theirs = by["lfmkit"], by["trl"]
+        for engine in (e for e in by if e.startswith("lfmkit") and "trl" in by):
+            ours, theirs = by[engine], by["trl"]
             speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
             cpu = ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"]
             memory = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
             print(
-                f"{mode}: lfmkit / TRL tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
+                f"{mode}: {engine} / TRL tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
                 f"(target >= 2x: {'met' if min(speed, cpu) >= 2 else 'missed'}); peak RSS {memory:.2f}x "
                 f"(target <= 0.6x: {'met' if memory <= 0.6 else 'missed'})"
             )
@@ -142,7 +147,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", type=Path, default=None, help="where the checkpoint and data go (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="append one JSON line per engine and mode")
-    p.add_argument("--worker", choices=("lfmkit", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=("full", "lora"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -193,7 +198,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     start = rss_mib("VmRSS")
     rows = json.loads((args.dir / "rows.json").read_text())
-    train = train_lfmkit if args.worker == "lfmkit" else train_trl
+    train = train_trl if args.worker == "trl" else train_lfmkit
     checkpointing = {"off": False, "on": True, "defaults": args.worker == "trl"}[args.gradient_checkpointing]
     clock, losses = train(args, rows, checkpointing)
     wall = [clock[i][0] - clock[i - 1][0] for i in range(args.warmup, len(clock))]
@@ -250,6 +255,7 @@ def train_lfmkit(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
             save_every=0,
             progress=False,
             gradient_checkpointing=checkpointing,
+            bf16_weights=args.worker == "lfmkit-bf16",
         )
         trainer = Trainer(model, plan, config, pad_id=0)
         clock, step = [], trainer.step

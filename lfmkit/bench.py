@@ -6,12 +6,16 @@ returns a list of `BenchResult`, one per engine/weights pair:
 - prefill tok/s on a `prompt_len`-token prompt (also the time to first token),
 - decode tok/s at batch 1 (`decode_tokens` steps) and at batch `batch` (`batch_tokens` steps),
 - the process's peak RSS while that engine loaded and ran (VmHWM, reset between engines),
-- state bytes per token (what one more token of context costs).
+- state bytes per token (what one more token of context costs),
+- the share of the machine's read bandwidth batch-1 decode uses: weight bytes x decode tok/s
+  over a bandwidth measured in the same run (`read_bandwidth`: summing a buffer of
+  `bandwidth_mib` MiB on the same threads), since batch-1 decode reads every weight once.
 
 With `compare=True` the same run also measures (a) the dense Qwen3-shaped baseline of the same
 class in lfmkit (config.DENSE_BASELINE), (b) llama.cpp through llama-cpp-python on a GGUF of the
 same weights (Q4_0 for int4, Q8_0 for int8, F16 for float; written with lfmkit.export.gguf),
-when installed, and (c) transformers float32 on the same weights. A preset's random weights
+when installed, and (c) transformers float32 on the same weights (skipped when its float32
+weights would not fit in the available memory). A preset's random weights
 are written once as a bf16 checkpoint under `workdir` so every engine reads the same numbers.
 
 Speed does not depend on the weights' values, so random weights at the real shapes give real
@@ -53,6 +57,8 @@ class BenchResult:
     weight_bytes: int | None = None
     state_bytes_per_token: int | None = None
     load_s: float | None = None
+    bandwidth_share: float | None = None  # weight bytes x decode tok/s / read bandwidth
+    read_bandwidth: float | None = None  # bytes/s, measured in the same run
     notes: list[str] = field(default_factory=list)
     # speculative decoding (--draft): batch-1 greedy decode without and with drafts, same run
     draft: str | None = None
@@ -68,15 +74,19 @@ class BenchResult:
 
 
 # ---- process memory -------------------------------------------------------------------------
-def _status_kb(key: str) -> int | None:
+def _status_kb_file(path: str, key: str) -> int | None:
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _status_kb(key: str) -> int | None:
+    return _status_kb_file("/proc/self/status", key)
 
 
 def reset_peak_rss() -> None:
@@ -107,6 +117,20 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} vCPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def read_bandwidth(mib: int = 1024, repeats: int = 3) -> float:
+    """Bytes per second of reading memory on torch's threads: the best of `repeats` sums of a
+    `mib`-MiB float32 buffer (far larger than the caches at the default 1 GiB)."""
+    buf = torch.ones(max(1, mib) * (1 << 18), dtype=torch.float32)
+    buf.sum()
+    best = min(_timed(buf.sum) for _ in range(repeats))
+    return buf.numel() * 4 / best
+
+
+def available_memory_bytes() -> int | None:
+    kb = _status_kb_file("/proc/meminfo", "MemAvailable:")
+    return kb * 1024 if kb is not None else None
 
 
 # ---- random-weight checkpoints --------------------------------------------------------------
@@ -243,7 +267,7 @@ def measure_speculative(model, spec, prompt: torch.Tensor, decode_tokens: int, r
     }
 
 
-def load_speculator(draft: str, k: int, model, mode: str):
+def load_speculator(draft: str, k: int, model, mode: str, prefill: str = "w8a8"):
     """`bench --draft`: "self" (the model drafts for itself: every draft accepted, the verify
     mechanics alone), "ngram", or a preset / checkpoint loaded in the same weights mode."""
     from .inference.speculative import Speculator
@@ -253,7 +277,7 @@ def load_speculator(draft: str, k: int, model, mode: str):
     if draft == "ngram":
         return Speculator("ngram", k=k)
     config, path, _ = resolve_target(draft)
-    return Speculator(load_lfmkit(config, path, mode), k=k)
+    return Speculator(load_lfmkit(config, path, mode, prefill), k=k)
 
 
 def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:
@@ -321,12 +345,12 @@ def resolve_target(target: str) -> tuple[LFM2Config, Path | None, str]:
     return LFM2Config.from_pretrained(path), path, str(target)
 
 
-def load_lfmkit(config: LFM2Config, path: Path | None, mode: str):
+def load_lfmkit(config: LFM2Config, path: Path | None, mode: str, prefill: str = "w8a8"):
+    from .fast.install import set_prefill
     from .loader import load_quantized, random_quantized
 
-    if path is None:
-        return random_quantized(config, mode)
-    return load_quantized(path, mode)
+    model = random_quantized(config, mode) if path is None else load_quantized(path, mode)
+    return set_prefill(model, prefill)
 
 
 def bench(
@@ -344,6 +368,8 @@ def bench(
     log=print,
     draft: str | None = None,
     draft_k: int = 4,
+    prefill: str = "w8a8",
+    bandwidth_mib: int = 1024,
 ) -> list[BenchResult]:
     """Measure `target` in each quant mode (and, with compare, the other engines). See module doc.
 
@@ -351,6 +377,9 @@ def bench(
     repetitive prompt (its first 32 tokens over and over), against plain decoding of it."""
     from .fast.install import weight_bytes
     from .quant.formats import check_mode
+    from .quant.prefill import check_prefill
+
+    prefill = check_prefill(prefill)
 
     if threads:
         torch.set_num_threads(threads)
@@ -360,6 +389,8 @@ def bench(
         if value < 4:
             raise ConfigError(f"{name} must be at least 4, got {value}")
     config, path, display = resolve_target(target)
+    bandwidth = read_bandwidth(bandwidth_mib)
+    log(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s ({bandwidth_mib} MiB summed on {threads} threads)")
     g = torch.Generator().manual_seed(1234)
     prompt = torch.randint(16, min(config.vocab_size, 512), (prompt_len,), generator=g)
     results: list[BenchResult] = []
@@ -368,13 +399,13 @@ def bench(
         gc.collect()
         reset_peak_rss()
         t = time.perf_counter()
-        model = load_lfmkit(cfg, ckpt, mode)
+        model = load_lfmkit(cfg, ckpt, mode, prefill)
         load_s = time.perf_counter() - t
         log(f"  lfmkit {name} {mode}: loaded in {load_s:.1f} s; measuring")
         m = measure_lfmkit(model, prompt, decode_tokens, batch, batch_tokens, repeats)
         if draft is not None and name == display:
             log(f"  lfmkit {name} {mode}: speculative decoding with draft {draft}, k={draft_k}")
-            spec = load_speculator(draft, draft_k, model, mode)
+            spec = load_speculator(draft, draft_k, model, mode, prefill)
             repetitive = prompt[:32].repeat((len(prompt) + 31) // 32)[: len(prompt)]
             m.update(measure_speculative(model, spec, repetitive, decode_tokens, repeats))
             m["draft"] = draft if draft in ("self", "ngram") else m["draft"]
@@ -392,6 +423,12 @@ def bench(
         del model
         gc.collect()
 
+    def share(r: BenchResult) -> BenchResult:
+        r.read_bandwidth = bandwidth
+        if r.weight_bytes and r.decode_tok_s:
+            r.bandwidth_share = r.weight_bytes * r.decode_tok_s / bandwidth
+        return r
+
     if compare and path is None:
         workdir = Path(workdir or os.path.join(os.path.expanduser("~"), ".cache", "lfmkit", "bench"))
         log(f"writing random bf16 weights for {display} under {workdir} (once)")
@@ -399,7 +436,7 @@ def bench(
     for mode in modes:
         run_lfmkit(config, path, display, mode)
     if not compare:
-        return results
+        return [share(r) for r in results]
 
     dense = DENSE_BASELINE.get(display)
     if dense is not None:
@@ -444,6 +481,10 @@ def bench(
             )
             gc.collect()
 
+    need, free = 4 * config.num_parameters(), available_memory_bytes()
+    if free is not None and need > 0.9 * free:
+        log(f"  transformers fp32: skipped (needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available)")
+        return [share(r) for r in results]
     try:
         import transformers  # noqa: F401
 
@@ -464,7 +505,7 @@ def bench(
     except ImportError:
         log("  transformers is not installed: skipping it")
     gc.collect()
-    return results
+    return [share(r) for r in results]
 
 
 def ratios(results: list[BenchResult]) -> list[str]:
@@ -517,7 +558,7 @@ def ratios(results: list[BenchResult]) -> list[str]:
 def format_table(results: list[BenchResult]) -> str:
     head = (
         f"{'engine':<13}{'model':<18}{'weights':<8}{'prefill/s':>10}{'TTFT s':>8}{'decode/s':>10}"
-        f"{'batch/s':>10}{'peak RSS':>10}{'weights':>10}{'state/tok':>10}"
+        f"{'batch/s':>10}{'bw share':>9}{'peak RSS':>10}{'weights':>10}{'state/tok':>10}"
     )
     rows = [head]
 
@@ -528,6 +569,7 @@ def format_table(results: list[BenchResult]) -> str:
         rows.append(
             f"{r.engine:<13}{r.model[-17:]:<18}{r.weights:<8}{num(r.prefill_tok_s):>10}"
             f"{num(r.ttft_s, '{:.2f}'):>8}{num(r.decode_tok_s):>10}{num(r.decode_batch_tok_s):>10}"
+            f"{num(r.bandwidth_share and 100 * r.bandwidth_share, '{:.0f}%'):>9}"
             f"{num(r.peak_rss_bytes and r.peak_rss_bytes / 2**20, '{:.0f}M'):>10}"
             f"{num(r.weight_bytes and r.weight_bytes / 2**20, '{:.0f}M'):>10}"
             f"{num(r.state_bytes_per_token, '{:.0f}'):>10}"
@@ -546,6 +588,7 @@ __all__ = [
     "ratios",
     "format_table",
     "machine_description",
+    "read_bandwidth",
     "reset_peak_rss",
     "peak_rss_bytes",
 ]

@@ -523,7 +523,8 @@ PRESETS: dict[str, LFM2Config] = {
     # Same-class dense transformers for side-by-side benchmarks (not LFM2 checkpoints).
     "qwen3-0.6b-shape": _dense(1024, 28, 16, 8, 128, 3072),
     "qwen3-1.7b-shape": _dense(2048, 28, 16, 8, 128, 6144),
+    "qwen3-4b-shape": _dense(2560, 36, 32, 8, 128, 9728),
 }
 
 # The dense baseline each hybrid preset is compared with.
-DENSE_BASELINE = {"lfm2-350m": "qwen3-0.6b-shape", "lfm2-1.2b": "qwen3-1.7b-shape"}
+DENSE_BASELINE = {"lfm2-350m": "qwen3-0.6b-shape", "lfm2-1.2b": "qwen3-1.7b-shape", "lfm2-2.6b": "qwen3-4b-shape"}

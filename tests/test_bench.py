@@ -51,13 +51,15 @@ def test_bench_json_per_mode(tiny, capsys):
             "3",
             "--repeats",
             "1",
+            "--bandwidth-mib",
+            "64",
             "--json",
         ],
     )
     assert [r["weights"] for r in rows] == ["int8", "int4", "fp32"]
     for r in rows:
         assert r["engine"] == "lfmkit" and r["batch"] == 3
-        for f in FIELDS + ("decode_batch_tok_s", "state_bytes_per_token", "weight_bytes"):
+        for f in FIELDS + ("decode_batch_tok_s", "state_bytes_per_token", "weight_bytes", "bandwidth_share"):
             assert r[f] > 0, f
     assert rows[1]["weight_bytes"] < rows[0]["weight_bytes"] < rows[2]["weight_bytes"]
 

@@ -74,11 +74,12 @@ def test_fused_step_equals_module_path(ckpt, mode, rows):
     model = load_quantized(ckpt, mode)
     assert model.fused_decode.available(), model.fused_decode.reason
     (fused, s1, v1), (ref, s2, v2) = run_both(model, rows, steps=6)
-    # The first step agrees to float rounding. Later, one activation landing on the other side
-    # of an int8 rounding boundary (float sums in another order) shifts a logit by up to about
-    # 1/127 of its block, and that difference stays in the state: close, not equal.
+    # The two paths differ only in float rounding (attention's sums run in another order), but
+    # one activation landing on the other side of an int8 rounding boundary shifts the logits by
+    # up to about 1/127 of its block, and that difference stays in the state: close, not equal
+    # (a flip even at the first step, for one prompt in a few; it depends on the kernels' order).
     scale = ref.abs().amax(-1, keepdim=True)
-    assert ((fused[:, 0] - ref[:, 0]).abs() <= 1e-5 * scale[:, 0]).all()
+    assert ((fused[:, 0] - ref[:, 0]).abs() <= 0.01 * scale[:, 0]).all()
     assert ((fused - ref).abs() <= 0.05 * scale).all()
     assert torch.equal(fused.argmax(-1), ref.argmax(-1))
     for a, b in zip(s1.conv + s1.keys + s1.values, s2.conv + s2.keys + s2.values):

@@ -6,17 +6,13 @@ Each two-process run is a real `python -m torch.distributed.run --nproc_per_node
 on a tiny model for a few steps (seconds); the timeout is only a hang guard."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, torchrun, write_jsonl
 
 from lfmkit.errors import ConfigError
 from lfmkit.train.batching import DataPlan, micro_batches
@@ -25,7 +21,6 @@ from lfmkit.train.metrics import read_metrics
 from lfmkit.train.sft import load_data, sft
 
 STEPS = 3
-HANG_GUARD_S = 600
 # Full fine-tuning packs; LoRA pads, with accumulation, and its 5 documents leave a step of one
 # row, where the second process has nothing to run but must still take part.
 RUNS = {
@@ -58,52 +53,6 @@ def settings(setup, kind: str, output: str, **overrides) -> dict:
     )
     values.update(overrides)
     return values
-
-
-def cli_args(values: dict) -> list[str]:
-    args = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if key == "progress":
-            args += [] if value else ["--no-progress"]
-        elif key == "data":
-            for spec in value:
-                args += ["--data", spec]
-        elif isinstance(value, bool):
-            args += [flag] if value else [f"--no-{key.replace('_', '-')}"]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(values: dict) -> str:
-    """Run `lfmkit train sft` under torchrun with 2 processes; its stdout."""
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "lfmkit",
-        "train",
-        "sft",
-        *cli_args(values),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
 
 
 def losses(output) -> list[float]:
@@ -158,8 +107,11 @@ def test_two_processes_train_what_one_process_trains(setup, one_process, two_pro
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-4)
     mine, theirs = final_tensors(out), final_tensors(reference)
     assert set(mine) == set(theirs)
+    # AdamW divides by sqrt(v): an element whose gradient is ~0 moves by up to lr per step on float
+    # rounding alone (the gradient sums run in another order), so the weights get a looser atol
+    # than the losses and gradient norms above.
     for name, tensor in theirs.items():
-        torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=2e-5, msg=name)
+        torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s}" for s in range(1, STEPS + 1)]
     assert (out / "checkpoints" / "step-1" / "rng-rank1.pt").is_file()
     assert stdout.count("trained 3 steps") == 1  # printed by process 0 only

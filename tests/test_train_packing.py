@@ -55,6 +55,26 @@ def test_packed_row_logits_equal_each_document_alone(model):
 
 
 @torch.no_grad()
+def test_packed_attention_builds_no_row_by_row_mask(model, monkeypatch):
+    """Attention over a packed row runs per document: every SDPA call is causal, maskless and
+    no longer than one document (a long packed row never holds a [t, t] mask)."""
+    import torch.nn.functional as F
+
+    calls, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((q.shape[2], k.shape[2], attn_mask, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    docs = documents(model.config.vocab_size, lengths=[7, 12, 5, 9])
+    ids, doc_ids = packed(docs)
+    model(torch.cat([ids, ids.flip(1)]), document_ids=torch.cat([doc_ids, doc_ids.flip(1)]))
+    assert len(calls) == 2 * len(docs) * len(model.config.attention_layers)
+    assert all(mask is None and causal and q == k <= 12 for q, k, mask, causal in calls)
+
+
+@torch.no_grad()
 def test_without_document_ids_the_documents_leak_into_each_other(model):
     """The control: a plain forward of the same row differs after the first document, so the
     test above would catch a packing that only restarted some of attention, RoPE or the conv."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, Interrupt, interrupting_loss, tiny_model_dir, write_jsonl
 
 from lfmkit import LFM2
 from lfmkit.errors import CheckpointError, ConfigError
@@ -130,23 +130,6 @@ def test_saved_model_loads_in_transformers_with_the_same_logits(uninterrupted, t
 
 def setup_model_dir(out):
     return json.loads((out / "train_config.json").read_text())["model"]
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupting_loss(after_calls):
-    """The default loss, raising once `after_calls` micro-batches have run (a crash mid-step)."""
-    loss, calls = CausalLMLoss(), [0]
-
-    def fn(model, batch):
-        calls[0] += 1
-        if calls[0] > after_calls:
-            raise Interrupt
-        return loss(model, batch)
-
-    return fn
 
 
 def micro_batch_counts(cfg):

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from checkpoints import make_checkpoint
+
+from lfmkit.train.losses import CausalLMLoss
 
 TOOLS = [
     {
@@ -86,3 +92,73 @@ def tiny_model_dir(directory: Path, layout: str = "small", **overrides) -> Path:
     """A random-weight checkpoint with the test tokenizer (vocab 512)."""
     path, _ = make_checkpoint(directory, layout=layout, seed=11, with_tokenizer=True, **overrides)
     return path
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupting_loss(after_calls):
+    """The default loss, raising once `after_calls` micro-batches have run (a crash mid-step)."""
+    loss, calls = CausalLMLoss(), [0]
+
+    def fn(model, batch):
+        calls[0] += 1
+        if calls[0] > after_calls:
+            raise Interrupt
+        return loss(model, batch)
+
+    return fn
+
+
+# ---- torchrun ------------------------------------------------------------------------------
+HANG_GUARD_S = 600
+FLAGS = {"rewards": "--reward"}  # settings whose flag is not the setting's name
+
+
+def cli_args(values: dict) -> list[str]:
+    """Command-line flags of a settings dict (lists repeat their flag)."""
+    args = []
+    for key, value in values.items():
+        flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+        if key == "progress":
+            args += [] if value else ["--no-progress"]
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        elif isinstance(value, bool):
+            args += [flag] if value else [f"--no-{key.replace('_', '-')}"]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(values: dict, command: tuple[str, ...] = ("train", "sft"), processes: int = 2, cwd=None) -> str:
+    """Run `lfmkit <command>` under torchrun with `processes` processes of one thread each; its stdout."""
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "lfmkit",
+        *command,
+        *cli_args(values),
+    ]
+    path = [str(cwd)] if cwd else []
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path + sys.path))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=cwd)
+    errors = "\n".join(line for line in proc.stderr.splitlines() if "error:" in line)  # lfmkit's one-line errors
+    assert proc.returncode == 0, errors + "\n" + proc.stderr[-4000:]
+    return proc.stdout

@@ -47,6 +47,18 @@ def register(sub) -> None:
     )
     p.add_argument("--repeats", type=int, default=2, help="runs per measurement, best kept (default 2)")
     p.add_argument(
+        "--prefill",
+        default="w8a8",
+        choices=["w8a8", "bf16"],
+        help="GEMMs of int8/int4 prefill: w8a8 (int8 activations per token, default) or bf16",
+    )
+    p.add_argument(
+        "--bandwidth-mib",
+        type=int,
+        default=1024,
+        help="MiB summed to measure the read bandwidth for the bandwidth share (default 1024)",
+    )
+    p.add_argument(
         "--workdir",
         default=None,
         help="where --compare writes a preset's random checkpoint and GGUF files (default ~/.cache/lfmkit/bench)",
@@ -90,6 +102,8 @@ def run(args) -> int:
         log=log,
         draft=args.draft,
         draft_k=args.draft_k,
+        prefill=args.prefill,
+        bandwidth_mib=args.bandwidth_mib,
     )
     if args.json:
         for r in results:

@@ -77,6 +77,13 @@ _FLAGS = [
         ),
     ),
     ("--bf16", dict(action=argparse.BooleanOptionalAction, help="bfloat16 autocast (float32 master weights)")),
+    (
+        "--bf16-weights",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            help="mixed precision: the model's weights in bfloat16, float32 masters in the optimizer",
+        ),
+    ),
     ("--device", dict(help="cpu, cuda, cuda:N (default: cuda when available; under torchrun cuda:LOCAL_RANK)")),
     (
         "--distributed",

@@ -106,9 +106,12 @@ def config_from_args(args) -> GRPOConfig:
 
 
 def run_grpo(args) -> int:
+    from ..train.distributed import is_main_process
     from ..train.grpo import grpo
 
     result = grpo(config_from_args(args))
+    if not is_main_process():  # under torchrun, process 0 alone reports
+        return 0
     ran = f"this run: {len(result.losses)}"
     if result.resumed_from:
         ran += f", resumed at step {result.resumed_from}"

@@ -4,7 +4,15 @@ for inference. See install.py (what is installed), modules.py (the fast module c
 falling back to the reference) and decode_step.py (one C call per token)."""
 
 from .decode_step import FusedDecode
-from .install import deoptimize, install_fast_modules, logit_agreement, optimize, quantize, weight_bytes
+from .install import (
+    deoptimize,
+    install_fast_modules,
+    logit_agreement,
+    optimize,
+    quantize,
+    set_prefill,
+    weight_bytes,
+)
 from .modules import FastLFM2
 
 __all__ = [
@@ -12,6 +20,7 @@ __all__ = [
     "quantize",
     "deoptimize",
     "install_fast_modules",
+    "set_prefill",
     "FusedDecode",
     "FastLFM2",
     "weight_bytes",

@@ -15,6 +15,9 @@ What it installs, each with the reference as its fallback:
   each runs its kernel path only when no gradient is needed, so a float model with fast paths
   still trains and equals the reference.
 - the fused decode step (`model.fused_decode`), used for single-token steps of quantized models.
+- the prefill mode of the quantized linears (`prefill="w8a8"`, the default: int8 GEMMs on
+  activations quantized per token; `"bf16"`: bf16 GEMMs on weights dequantized per tile; see
+  quant/prefill.py); `set_prefill(model, mode)` changes it later.
 
 `deoptimize(model)` swaps the reference classes back (quantized weights stay quantized).
 """
@@ -27,6 +30,7 @@ from torch import nn
 
 from ..quant.formats import bits_of, check_mode, fits
 from ..quant.linear import QuantEmbedding, QuantLinear, adjacent
+from ..quant.prefill import check_prefill
 from .decode_step import FusedDecode
 from .modules import REFERENCE, SWAPS
 
@@ -78,8 +82,10 @@ def quantize_rows(layer: QuantLinear, read_rows, rows: int) -> None:
         layer.set_weight(read_rows(r0, r1), slice(r0, r1))
 
 
-def install_fast_modules(model: nn.Module) -> nn.Module:
-    """Swap in the fast module classes (same parameters and names) and the fused decode step."""
+def install_fast_modules(model: nn.Module, prefill: str = "w8a8") -> nn.Module:
+    """Swap in the fast module classes (same parameters and names) and the fused decode step;
+    set the quantized linears' prefill mode."""
+    set_prefill(model, prefill)
     for m in model.modules():
         fast = SWAPS.get(type(m))
         if fast is not None:
@@ -88,9 +94,20 @@ def install_fast_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize(model: nn.Module, quant: str | None = None, group_size: int = 32) -> nn.Module:
+def set_prefill(model: nn.Module, mode: str) -> nn.Module:
+    """How the quantized linears run many-token products: "w8a8" or "bf16" (quant/prefill.py)."""
+    mode = check_prefill(mode)
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.prefill = mode
+        m.__dict__.pop("_fused", None)  # fused views copy the mode of their parts: rebuild them
+    return model
+
+
+def optimize(model: nn.Module, quant: str | None = None, group_size: int = 32, prefill: str = "w8a8") -> nn.Module:
     """Install the inference fast paths on `model` in place (see the module doc); returns it."""
     mode = check_mode(quant) if quant is not None else None
+    check_prefill(prefill)
     if mode == "fp32":
         model.float()
     elif mode == "bf16":
@@ -107,7 +124,7 @@ def optimize(model: nn.Module, quant: str | None = None, group_size: int = 32) -
                 w = old[name].detach()
                 quantize_rows(layer, lambda a, b, w=w: w[a:b], w.shape[0])
         model.requires_grad_(False)
-    return install_fast_modules(model)
+    return install_fast_modules(model, prefill)
 
 
 def quantize(model: nn.Module, mode: str = "int8", group_size: int = 32) -> nn.Module:

@@ -38,6 +38,7 @@ def load(
     device: torch.device | str | None = None,
     fast: bool = True,
     group_size: int = 32,
+    prefill: str = "w8a8",
     **kwargs,
 ) -> LFM2:
     """A model for inference from a directory, Hub id or .gguf file.
@@ -45,11 +46,12 @@ def load(
     quant: None (float, in `dtype`), "int8" or "int4" (quantized while loading; our kernels run
     on the CPU, elsewhere the layers dequantize for each product), "bf16".
     fast: install the fast paths (kernels, fused decode); False gives the reference model.
+    prefill: "w8a8" (int8 GEMMs for many-token products of int8/int4 models) or "bf16".
     kwargs: revision, cache_dir (Hub ids).
     """
     mode = check_mode(quant) if quant is not None else None
     if mode in ("int8", "int4"):
-        model = load_quantized(path, mode, group_size=group_size, fast=fast, **kwargs)
+        model = load_quantized(path, mode, group_size=group_size, fast=fast, prefill=prefill, **kwargs)
         return model.to(device) if device is not None else model
     if mode in ("fp32", "bf16"):
         dtype = torch.float32 if mode == "fp32" else torch.bfloat16
@@ -75,7 +77,9 @@ def _skeleton(config: LFM2Config, mode: str, group_size: int) -> tuple[LFM2, dic
     return model, targets, shapes
 
 
-def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32, fast: bool = True, **kwargs) -> LFM2:
+def load_quantized(
+    path: str | os.PathLike, mode: str, group_size: int = 32, fast: bool = True, prefill: str = "w8a8", **kwargs
+) -> LFM2:
     """Load a checkpoint straight into int8/int4, a few rows at a time (see the module doc)."""
     mode = check_mode(mode)
     if mode in ("fp32", "bf16"):
@@ -96,10 +100,12 @@ def load_quantized(path: str | os.PathLike, mode: str, group_size: int = 32, fas
     model.source_path = ckpt.tokenizer_dir()
     _release_freed_memory()
     model.eval()
-    return install_fast_modules(model) if fast else model
+    return install_fast_modules(model, prefill) if fast else model
 
 
-def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: int = 0, std: float = 0.02) -> LFM2:
+def random_quantized(
+    config: LFM2Config, mode: str, group_size: int = 32, seed: int = 0, std: float = 0.02, prefill: str = "w8a8"
+) -> LFM2:
     """A random-weight model of `config` built directly in `mode` (no full float copy), fast."""
     mode = check_mode(mode)
     if mode in ("fp32", "bf16"):
@@ -117,7 +123,7 @@ def random_quantized(config: LFM2Config, mode: str, group_size: int = 32, seed: 
                 set_parameter(model, name, t, requires_grad=False)
     _tie(model, targets)
     _release_freed_memory()
-    return install_fast_modules(model.eval())
+    return install_fast_modules(model.eval(), prefill)
 
 
 def _tie(model: LFM2, targets: dict) -> None:

@@ -108,6 +108,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=kv != h)
 
 
+def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[list[tuple[int, int]]]):
+    """Causal attention inside each document of packed rows, one SDPA call per document: row r's
+    documents are the token ranges spans[r] (covering the row). No [t, t] mask is ever built,
+    and attention costs the sum of the squared document lengths, not the row length squared."""
+    gqa = k.shape[1] != q.shape[1]
+    rows = []
+    for r, row in enumerate(spans):
+        parts = [
+            F.scaled_dot_product_attention(
+                q[r : r + 1, :, a:b], k[r : r + 1, :, a:b], v[r : r + 1, :, a:b], is_causal=True, enable_gqa=gqa
+            )
+            for a, b in row
+        ]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+
+
 @dataclass
 class StepContext:
     """What every layer of one forward call shares: positions, masks and state slots."""
@@ -121,6 +138,7 @@ class StepContext:
     slots: torch.Tensor | None = None  # [B, T] per-row write slots when rows differ
     kv_end: int = 0  # keys to attend over: [0, kv_end)
     doc_positions: torch.Tensor | None = None  # [B, T] position inside its document (packed rows)
+    doc_spans: list[list[tuple[int, int]]] | None = None  # packed rows: each row's document ranges
 
 
 class FeedForward(nn.Module):
@@ -235,7 +253,9 @@ class Attention(nn.Module):
                 k = kbuf[:, :, : ctx.kv_end].to(q.dtype)
                 v = vbuf[:, :, : ctx.kv_end].to(q.dtype)
                 causal = False if ctx.attn_mask is not None or t == 1 else causal
-        if causal and ctx.attn_mask is None and k.shape[2] != t:
+        if ctx.doc_spans is not None:
+            out = attend_documents(q, k, v, ctx.doc_spans)
+        elif causal and ctx.attn_mask is None and k.shape[2] != t:
             # A chunk after a prefix, no padding: query i sees keys up to prefix + i.
             prefix = k.shape[2] - t
             keys = torch.arange(k.shape[2], device=x.device)
@@ -517,8 +537,9 @@ class LFM2(nn.Module):
         attention_mask: torch.Tensor | None,
         state: LFM2State | None,
     ) -> StepContext:
-        """Positions and masks for packed rows: per-document RoPE positions, a block-diagonal
-        causal mask (None when every row is one document), and the positions the conv reads."""
+        """Positions and documents for packed rows: per-document RoPE positions, each row's
+        document ranges (attention runs per document: `attend_documents`; none when every row
+        is one document), and the positions the conv reads."""
         if state is not None or attention_mask is not None:
             raise ValueError(
                 "document_ids is for the stateless training forward: pass it without state and without attention_mask"
@@ -539,10 +560,11 @@ class LFM2(nn.Module):
         cos, sin = rope_tables(positions, self.config.head_size, self.config.rope_theta, self.dtype)
         if not bool(first[:, 1:].any()):  # one document per row: a plain forward
             return StepContext(cos[:, None], sin[:, None], None, None)
-        run = first.long().cumsum(-1)  # document number along the row
-        causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-        attn_mask = ((run[:, :, None] == run[:, None, :]) & causal)[:, None]
-        return StepContext(cos[:, None], sin[:, None], None, attn_mask, doc_positions=positions)
+        spans = []
+        for row in first.cpu():
+            starts = row.nonzero()[:, 0].tolist()
+            spans.append(list(zip(starts, starts[1:] + [t])))
+        return StepContext(cos[:, None], sin[:, None], None, None, doc_positions=positions, doc_spans=spans)
 
     def _dense_context(self, state: LFM2State, t: int) -> StepContext:
         """The fast path: every row at the same length, no padding anywhere, so positions are

@@ -2,8 +2,10 @@
 
 Matrix-vector products (decode, small batches) run in our C++ kernels (lfmkit.kernels), which
 quantize the activations to int8 in blocks of 32 and use integer dot products. Larger inputs
-(prefill) dequantize one weight to bfloat16 a tile of rows at a time and run a bfloat16 GEMM.
-Without the kernels, everything falls back to dequantize + `F.linear` in PyTorch.
+(prefill) run an int8 GEMM on activations quantized per token (`prefill="w8a8"`, the default,
+see prefill.py), or with `prefill="bf16"` dequantize the weight to bfloat16 a tile of rows at a
+time and run a bfloat16 GEMM. Without the kernels, everything falls back to dequantize +
+`F.linear` in PyTorch.
 
 Linears that read the same input (q/k/v, w1/w3) can be allocated back to back in one buffer
 (`adjacent`): each part is still its own `QuantLinear` under its Hugging Face name, and
@@ -23,6 +25,7 @@ from torch import nn
 from .. import kernels
 from ..errors import ConfigError
 from .formats import dequantize_int4, dequantize_int8, fits, quantize_int4, quantize_int8
+from .prefill import w8a8_available, w8a8_linear
 
 SMALL_BATCH = 16  # rows up to which the matrix-vector kernels beat dequant + GEMM
 PREFILL_TILE_BYTES = 8 << 20  # bf16 weight rows expanded at a time for a prefill GEMM
@@ -101,6 +104,7 @@ class QuantLinear(nn.Module):
         return mod
 
     _fast = None  # cached kernel call (see _prepare)
+    prefill = "w8a8"  # how products of more than SMALL_BATCH rows run: "w8a8" or "bf16" (prefill.py)
 
     def set_weight(self, weight: torch.Tensor, rows: slice | None = None) -> None:
         """Quantize `weight` (float, all rows or the given row range) into this layer."""
@@ -150,8 +154,11 @@ class QuantLinear(nn.Module):
         return out
 
     def _prefill_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Many rows: a bf16 GEMM (AVX-512 BF16 / AMX via oneDNN) on the weights expanded a
+        """Many rows: an int8 GEMM on per-token int8 activations (prefill.py), or with
+        prefill="bf16" a bf16 GEMM (AVX-512 BF16 / AMX via oneDNN) on the weights expanded a
         tile of rows at a time, so the float copy never exceeds PREFILL_TILE_BYTES."""
+        if self.prefill == "w8a8" and w8a8_available():
+            return w8a8_linear(x, self.qweight, self.scales, self.bits)
         k, n = self.in_features, self.out_features
         xb = x.reshape(-1, k).to(torch.bfloat16)
         tile = max(64, PREFILL_TILE_BYTES // (2 * k) // 64 * 64)
@@ -283,10 +290,12 @@ def fused_view(parts: list[nn.Module]) -> QuantLinear | None:
             return None
     n = sum(p.out_features for p in parts)
     q, sc = first.qweight, first.scales
-    return QuantLinear.over(
+    whole = QuantLinear.over(
         q.as_strided((n, *q.shape[1:]), q.stride()),
         sc.as_strided((n, *sc.shape[1:]), sc.stride()),
         first.in_features,
         first.bits,
         first.group_size,
     )
+    whole.prefill = first.prefill
+    return whole

@@ -52,6 +52,7 @@ class SFTConfig:
     # memory and precision
     gradient_checkpointing: bool = False
     bf16: bool = False
+    bf16_weights: bool = False  # bfloat16 working weights, float32 masters in the optimizer (mixed.py)
     loss_chunk_size: int | None = None
     device: str | None = None  # default: cuda when available, else cpu
     distributed: str | None = None  # under torchrun: ddp (default) or fsdp

@@ -16,6 +16,7 @@ reference-free and skips all of this.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -86,7 +87,12 @@ def reference_fingerprint(config: DPOConfig, pairs: list[PairDocument], lora: bo
     reference = config.ref_model or config.model
     h.update(
         json.dumps(
-            {"reference": reference, "adapters_off": lora and not config.ref_model, "bf16": config.bf16}
+            {
+                "reference": reference,
+                "adapters_off": lora and not config.ref_model,
+                "bf16": config.bf16,
+                "bf16_weights": config.bf16_weights,
+            }
         ).encode()
     )
     for p in pairs:
@@ -131,8 +137,11 @@ def attach_reference(
 def _compute_reference(config: DPOConfig, model: nn.Module, pairs: list[PairDocument], lora: bool) -> torch.Tensor:
     capacity, rows = 2 * config.max_length, max(1, config.batch_size // config.grad_accum)
     if not config.ref_model:
-        with adapters_disabled(model):
-            return reference_log_probs(model, pairs, capacity, rows, config.bf16, config.loss_chunk_size)
+        # Under bf16_weights the policy trains in bfloat16: the starting model is scored in
+        # bfloat16 too (a copy, dropped after), so the first step's implicit rewards are 0.
+        start = copy.deepcopy(model).to(torch.bfloat16) if config.bf16_weights else model
+        with adapters_disabled(start):
+            return reference_log_probs(start, pairs, capacity, rows, config.bf16, config.loss_chunk_size)
     ref = LFM2.from_pretrained(config.ref_model, dtype="float32", device=model.device)
     if ref.config.vocab_size != model.config.vocab_size:
         raise ConfigError(

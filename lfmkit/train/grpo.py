@@ -30,13 +30,14 @@ from torch import nn
 from ..errors import ConfigError
 from ..model import LFM2
 from ..text.tokenizer import Tokenizer
+from .distributed import destroy_process_group, init_process_group, is_main_process
 from .grpo_config import GRPOConfig
 from .grpo_loss import GRPOLoss
 from .lora import adapters_disabled, has_lora
 from .metrics import METRICS_FILE, read_metrics
 from .rewards import RewardSet, as_reward_set
 from .rollouts import PromptRow, RolloutPlan, mean_reward, read_prompts
-from .sft import lora_hooks, read_chat_template, resolve_device, save_hf_model
+from .sft import lora_hooks, read_chat_template, resolve_device, save_hf_model, where
 from .trainer import Trainer, TrainResult, check_output
 
 EVAL_FILE = "eval_rewards.jsonl"
@@ -173,13 +174,16 @@ def plot_rewards(output: str | Path) -> Path | None:
 
 
 def _reference(config: GRPOConfig, model: nn.Module, snapshot: nn.Module | None) -> Callable | None:
-    """A context-manager factory yielding the KL reference (None when beta is 0)."""
+    """A context-manager factory yielding the KL reference (None when beta is 0); under
+    bf16_weights the frozen copy is in bfloat16 too, so the policy starts at KL 0."""
     if config.beta == 0:
         return None
     if has_lora(model):
         return lambda: adapters_disabled(model)
     for p in snapshot.parameters():
         p.requires_grad_(False)
+    if config.bf16_weights:
+        snapshot.to(torch.bfloat16)
     return lambda: contextlib.nullcontext(snapshot)
 
 
@@ -198,8 +202,19 @@ def grpo(
     """
     config = as_grpo_config(config, rewards)
     check_output(config)
-    reward_set = as_reward_set(rewards if rewards is not None else config.rewards)
     device = resolve_device(config.device)
+    joined = init_process_group(device)  # under torchrun
+    try:
+        return _grpo(config, rewards, device, prepare_model, save_model, verbose and is_main_process())
+    finally:
+        if joined:
+            destroy_process_group()
+
+
+def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save_model, verbose: bool) -> GRPOResult:
+    """The run of `grpo` (in every process under torchrun; process 0 alone evaluates the held-out
+    prompts and writes their records and the reward plot)."""
+    reward_set = as_reward_set(rewards if rewards is not None else config.rewards)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
@@ -210,7 +225,7 @@ def grpo(
     template = read_chat_template(config)
     prompts = _load_prompts(config.prompts, tokenizer, config, template, "prompts", verbose)
     held_out = None
-    if config.eval_prompts:
+    if config.eval_prompts and is_main_process():
         held_out = HeldOut(
             model,
             tokenizer,
@@ -261,16 +276,18 @@ def grpo(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model, progress_metrics=PROGRESS)
     if verbose:
+        dtype = "bfloat16" if config.bf16_weights else str(model.dtype).removeprefix("torch.")
         print(
             f"training {trainer.total_steps} steps of {config.prompts_per_step} prompts x {config.num_generations} "
             f"completions (loss {config.loss_type}, {config.num_iterations} step(s) per batch of rollouts) "
-            f"on {device}; rollouts in {str(model.dtype).removeprefix('torch.')} on the training weights",
+            f"on {where(trainer, device)}; rollouts in {dtype} on the training weights",
             flush=True,
         )
     result = trainer.train()
     if held_out is not None:
         held_out(trainer.total_steps)
-    plot_rewards(config.output)
+    if is_main_process():
+        plot_rewards(config.output)
     records = {r["step"]: r for r in read_metrics(Path(config.output) / METRICS_FILE)}
     ran = range(result.resumed_from + 1, result.resumed_from + len(result.losses) + 1)
     return GRPOResult(

@@ -117,8 +117,8 @@ def token_log_probs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     def chunk_logps(h, t):
         return -F.cross_entropy(head(h).float(), t, reduction="none")
 
-    if hidden.shape[0] == 0:
-        return hidden.new_zeros((0,), dtype=torch.float32)
+    if hidden.shape[0] == 0:  # still through the head: an empty result that reaches every parameter
+        return chunk_logps(hidden, targets)
     parts = [
         checkpoint(chunk_logps, hidden[a : a + chunk_size], targets[a : a + chunk_size], use_reentrant=False)
         for a in range(0, hidden.shape[0], chunk_size)

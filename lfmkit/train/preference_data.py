@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DataError, LFMKitError
 from ..text.tokenizer import Tokenizer
-from .batching import Batch, DataPlan, Row, collate
+from .batching import Batch, DataPlan, Row, collate, empty_batch
 from .data import DataSource, Document, SourceStats, _messages, read_rows, to_document
 
 
@@ -119,6 +119,19 @@ class PreferencePlan(DataPlan):
 
     def collate(self, rows: list[Row], pad_id: int) -> PreferenceBatch:
         return collate_pairs(rows, pad_id)
+
+    def empty_batch(self, pad_id: int) -> PreferenceBatch:
+        """No pair: one padding token (what a process with no row left in a short step runs)."""
+        base = empty_batch(pad_id, packed=True)
+        return PreferenceBatch(
+            base.input_ids,
+            base.targets,
+            document_ids=base.document_ids,
+            tokens=0,
+            sequence_ids=torch.full_like(base.input_ids, -1),
+            lengths=torch.zeros((0, 2), dtype=torch.float32),
+            ref_logps=torch.zeros((0, 2), dtype=torch.float32),
+        )
 
 
 # ---- rows to pairs ---------------------------------------------------------------------------

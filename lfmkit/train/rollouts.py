@@ -319,19 +319,39 @@ class RolloutPlan:
         return epoch, self._current.rollouts
 
     def collate(self, rows: list[Rollout], pad_id: int) -> RolloutBatch:
-        cfg, current = self.config, self._current
+        cfg = self.config
         batch = collate_rollouts(rows, pad_id, cfg.mask_truncated_completions)
         batch.items = loss_items(batch, cfg.loss_type, cfg.max_completion_length)
+        if not self._first_pass and batch.old_logps is None:
+            raise RuntimeError("a reused rollout batch has no old log-probs")
+        return self._of_step(batch, len(rows))
+
+    def empty_batch(self, pad_id: int) -> RolloutBatch:
+        """No completion: one padding token, nothing trained, the step's totals and metrics (a
+        process with no row left in a short step logs the same names as the others)."""
+        cfg, none = self.config, torch.zeros((1, 1), dtype=torch.float32)
+        batch = RolloutBatch(
+            torch.full((1, 1), pad_id, dtype=torch.long),
+            torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+            tokens=0,
+            advantages=torch.zeros(1),
+            old_logps=None if self._first_pass else none,
+            ref_logps=none if cfg.beta > 0 else None,
+            sample_logps=torch.full((1, 1), math.nan),
+        )
+        return self._of_step(batch, 0)
+
+    def _of_step(self, batch: RolloutBatch, rows: int) -> RolloutBatch:
+        """`batch` stamped with the current step's totals, its share of the step and its metrics."""
+        current = self._current
         batch.step_items, batch.step_tokens = current.items, current.tokens
-        batch.share = len(rows) / len(current.rollouts)
+        batch.share = rows / len(current.rollouts)
         batch.first_pass = self._first_pass
         batch.step_metrics = (
             current.metrics
             if self._first_pass
             else {k: v for k, v in current.metrics.items() if not k.startswith("rollout_")}
         )
-        if not self._first_pass and batch.old_logps is None:
-            raise RuntimeError("a reused rollout batch has no old log-probs")
         return batch
 
     # building one batch of rollouts
@@ -344,7 +364,7 @@ class RolloutPlan:
     def rollout_step(self, index: int) -> RolloutStep:
         cfg = self.config
         prompts = self.prompts_of(index)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rollouts = generate_rollouts(
             self.model,
             self.tokenizer,
@@ -352,7 +372,7 @@ class RolloutPlan:
             self.sampling,
             [batch_seed(cfg.seed, index, i) for i in range(len(prompts))],
         )
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         score(rollouts, self.rewards)
         rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
@@ -364,7 +384,7 @@ class RolloutPlan:
             with self.reference() as reference:
                 self._attach_logps(rollouts, reference, "ref_logps")
         probe = collate_rollouts(rollouts, 0, cfg.mask_truncated_completions)
-        metrics = rollout_metrics(rollouts, self.rewards.names, zero_std, seconds)
+        metrics = rollout_metrics(rollouts, self.rewards.names, zero_std, seconds, cpu)
         return RolloutStep(
             index,
             rollouts,
@@ -390,7 +410,9 @@ class RolloutPlan:
                     setattr(r, name, values)
 
 
-def rollout_metrics(rollouts: list[Rollout], names: list[str], zero_std: torch.Tensor, seconds: float) -> dict:
+def rollout_metrics(
+    rollouts: list[Rollout], names: list[str], zero_std: torch.Tensor, seconds: float, cpu_seconds: float = 0.0
+) -> dict:
     """The step's rollout metrics (TRL's names in lfmkit's style): mean reward, its std, each
     reward's mean over the rows it applies to, completion lengths, truncation, throughput."""
     totals = torch.tensor([r.reward for r in rollouts], dtype=torch.float64)
@@ -409,6 +431,7 @@ def rollout_metrics(rollouts: list[Rollout], names: list[str], zero_std: torch.T
             "truncated": sum(r.truncated for r in rollouts) / len(rollouts),
             "rollout_s": round(seconds, 4),
             "rollout_tokens_per_s": round(sum(lengths) / max(seconds, 1e-9), 1),
+            "rollout_cpu_s": round(cpu_seconds, 4),  # the process's CPU time (all threads)
         }
     )
     return out

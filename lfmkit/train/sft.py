@@ -230,15 +230,18 @@ def _train(run: Run, loss, verbose: bool) -> TrainResult:
     config = run.config
     trainer = Trainer(run.model, run.plan, config, pad_id(run.tokenizer), loss_fn=loss, save_model=run.save_model)
     if verbose:
-        where = (
-            f"{trainer.world} processes ({trainer.strategy}), {run.device.type}" if trainer.world > 1 else run.device
-        )
         print(
             f"training {trainer.total_steps} steps of {config.batch_size} sequences "
-            f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on {where}",
+            f"({'packed' if config.packing else 'padded'}, max_length {config.max_length}) on "
+            f"{where(trainer, run.device)}",
             flush=True,
         )
     return trainer.train()
+
+
+def where(trainer: Trainer, device: torch.device) -> str:
+    """Where a run trains, as its first line says: 'cpu', or '2 processes (ddp), cpu'."""
+    return f"{trainer.world} processes ({trainer.strategy}), {device.type}" if trainer.world > 1 else str(device)
 
 
 def sft(

@@ -22,6 +22,10 @@ rows, and every process runs the same number of micro-batches (one with no rows 
 plan's `empty_batch`, so the collectives line up). Process 0 alone writes metrics, the progress
 bar, checkpoints and the final model (sharded tensors are gathered first).
 
+With `bf16_weights` (mixed.py) the model's weights are bfloat16 and the optimizer steps their
+float32 masters, writing the rounded values back in the same step; checkpoints and the final
+model are saved from the masters.
+
 Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
 checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
 produces bit for bit the losses an uninterrupted run produces from step k on (same machine,
@@ -59,6 +63,7 @@ from .distributed import (
 )
 from .losses import CausalLMLoss, LossOutput
 from .metrics import METRICS_FILE, MetricsLog, plot_loss
+from .mixed import MasterWeights
 
 CONFIG_FILE = "train_config.json"
 # Settings a resumed run may change without changing its losses.
@@ -88,10 +93,11 @@ class Schedule:
         return max(0.0, 1.0 - progress)
 
 
-def build_optimizer(model: nn.Module, config: SFTConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; biases and norm weights (1-D) get no weight decay,
-    as transformers' Trainer groups them."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, config: SFTConfig, params: list | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (or `params`: bf16_weights' float32 masters); biases
+    and norm weights (1-D) get no weight decay, as transformers' Trainer groups them."""
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: no parameter of the model requires grad")
     decay = [p for p in params if p.dim() >= 2]
@@ -160,8 +166,11 @@ class Trainer:
         # FSDP shards the parameters in place; the final model is saved from a plain copy of the tree.
         self._skeleton = meta_skeleton(model) if self.strategy == "fsdp" else None
         self.step_module = wrap(model, self.loss_fn, self.strategy)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(model, config)
+        self.mixed = self._mixed_precision()
+        self.params = (
+            self.mixed.masters if self.mixed is not None else [p for p in model.parameters() if p.requires_grad]
+        )
+        self.optimizer = build_optimizer(model, config, self.params)
         warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, Schedule(config.lr_scheduler, warmup, self.total_steps)
@@ -204,7 +213,8 @@ class Trainer:
         if self.save_model is not None:
             model = self.model if self._skeleton is None else whole_model(self.model, self._skeleton, self.rank == 0)
             if self.rank == 0:
-                self.save_model(model, self.output)
+                with self._masters():
+                    self.save_model(model, self.output)
         if self.rank == 0:
             plot_loss(self.output)
         barrier()  # the output is complete when any process returns
@@ -235,6 +245,8 @@ class Trainer:
                 with self._autocast():
                     total, parts = self.step_module(batch)
                 (total * scale).backward()
+            if self.mixed is not None:
+                self.mixed.fold_grads()
             sums["loss"] += total.detach().double()
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
@@ -247,6 +259,8 @@ class Trainer:
         grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.params, clip)))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        if self.mixed is not None:
+            self.mixed.write_back()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
@@ -271,15 +285,28 @@ class Trainer:
         return mine + [[]] * (most - len(mine))
 
     def _empty_batch(self, step: int):
-        """The micro-batch a process with no rows left runs: DataPlan's empty batch, which only
-        fits a plan that collates like DataPlan (SFT's, distillation's); a preference or rollout
-        plan has no empty batch yet, so such a run is refused with the step that needs one."""
-        if type(self.plan).collate is not DataPlan.collate:
+        """The micro-batch a process with no rows left runs: the plan's `empty_batch` (nothing
+        trained, but it reaches every parameter and logs the same metrics, so the collectives
+        line up); a plan without one is refused with the step that needs it."""
+        empty = getattr(self.plan, "empty_batch", None)
+        if empty is None:
             raise ConfigError(
                 f"step {step + 1} leaves process {self.rank} without a row, which this recipe cannot run "
-                f"under torchrun yet; choose a batch_size the data fills on every process"
+                f"under torchrun; choose a batch_size the data fills on every process"
             )
-        return self.plan.empty_batch(self.pad_id)
+        return empty(self.pad_id)
+
+    def _mixed_precision(self) -> MasterWeights | None:
+        """bf16_weights: the model's weights in bfloat16, float32 masters in the optimizer (mixed.py)."""
+        if not self.config.bf16_weights:
+            return None
+        if self.world > 1:
+            raise ConfigError("bf16_weights: not supported under torchrun yet (use --bf16 autocast there)")
+        return MasterWeights(self.model)
+
+    def _masters(self):
+        """The float32 masters in the parameters' place (bf16_weights), for saving and loading."""
+        return self.mixed.master_view() if self.mixed is not None else contextlib.nullcontext()
 
     def _autocast(self):
         if self.config.bf16:
@@ -307,7 +334,8 @@ class Trainer:
             path = latest_checkpoint(self.output)
             if path is not None:
                 self._check_same_run(checkpoint_state(path), path)
-                state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.rank)
+                with self._masters():
+                    state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.rank)
                 return int(state["step"])
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
@@ -337,16 +365,17 @@ class Trainer:
         """Checkpoint `step` (every process takes part; process 0 writes and returns the path)."""
         epoch, _ = self.plan.locate(step - 1)
         state = {"epoch": epoch, "world_size": self.world, "strategy": self.strategy, "config": self.config.to_dict()}
-        return save_checkpoint(
-            self.output,
-            step,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            state,
-            keep=self.config.save_limit,
-            rank=self.rank,
-        )
+        with self._masters():
+            return save_checkpoint(
+                self.output,
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                keep=self.config.save_limit,
+                rank=self.rank,
+            )
 
 
 def _processes(world: int, strategy: str | None) -> str:

@@ -47,14 +47,18 @@ typedef struct {
 
 // quantize B rows of activations for L (one thread)
 static void quant_for(const LfmLinear* L, const float* x, int64_t B, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, B, L->K, L->ab, L->bits == 8 ? lfm_has_vnni() : 0, xq, xs, xsum);
+    if (L->bits == 4)
+        q4_quantize(x, B, L->K, xq, xs, xsum);
+    else
+        lfm_quantize_act(x, B, L->K, L->ab, LFM_VNNI, xq, xs, xsum);
 }
 
 // out [B, N] = x @ W^T for the activations quant_for prepared (threads share the rows)
 static void linear_for(const LfmLinear* L, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t B,
                        float* out) {
     if (L->bits == 4)
-        q4_gemm_for(xq, xs, xsum, B, L->K, (const uint8_t*)L->w, (const uint16_t*)L->s, L->N, out);
+        q4_gemm_for(xq, xs, xsum, B, L->K, (const uint8_t*)L->w, (const uint16_t*)L->s, L->N, out,
+                    q4_interleaved(B, L->K));
     else
         q8_gemm_for(xq, xs, B, L->K, L->ab, (const int8_t*)L->w, (const float*)L->s, L->wsum, L->N, out);
 }
@@ -84,13 +88,16 @@ static void rope(float* x, const float* c, const float* s, int64_t d) {
 
 // a . b over d floats (two 8-lane accumulators; the tail, if any, in scalar)
 static inline float dot_f32(const float* a, const float* b, int64_t d) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
+    float acc = 0.0f;
+#if LFM_X86
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (; i + 16 <= d; i += 16) {
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
     }
-    float acc = hsum_ps(_mm256_add_ps(s0, s1));
+    acc = hsum_ps(_mm256_add_ps(s0, s1));
+#endif
     for (; i < d; i++) acc += a[i] * b[i];
     return acc;
 }

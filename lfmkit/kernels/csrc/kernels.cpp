@@ -1,8 +1,35 @@
-// lfmkit's CPU kernels for quantized linears (see lfmkit/kernels.py for how they are built).
-#include <immintrin.h>
+// lfmkit's CPU kernels for quantized linears (see lfmkit/kernels/__init__.py for how they are built).
+//
+// One source, compiled once per CPU path with that path's flags (the library picks one at run
+// time): AVX-512 VNNI (`vpdpbusd` on 256-bit vectors, 32 registers), AVX-VNNI (the same
+// instruction, VEX-encoded, 16 registers), AVX2 (`vpmaddubsw` + `vpmaddwd`) and a portable
+// path in plain C++ (any CPU; the compiler vectorises what it can). The x86 paths share the
+// intrinsics code below; `LFM_VNNI` picks the dot-product instruction.
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <type_traits>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LFM_X86 1
+#include <immintrin.h>
+#else
+#define LFM_X86 0
+#endif
+#if LFM_X86 && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LFM_VNNI 1
+#define LFM_ISA "avx512vnni"
+#define LFM_DPBUSD _mm256_dpbusd_epi32
+#elif LFM_X86 && defined(__AVXVNNI__)
+#define LFM_VNNI 1
+#define LFM_ISA "avxvnni"
+#define LFM_DPBUSD _mm256_dpbusd_avx_epi32
+#elif LFM_X86
+#define LFM_VNNI 0
+#define LFM_ISA "avx2"
+#else
+#define LFM_VNNI 0
+#define LFM_ISA "portable"
+#endif
 
 // Weights stream from memory once per token; the hardware prefetcher alone leaves about a
 // quarter of the bandwidth unused, so each kernel asks for the bytes this far ahead.
@@ -17,10 +44,32 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+// IEEE half (bits) -> float
+static inline float f16_to_f32(uint16_t h) {
+#if LFM_X86
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 0x3FF;
+    uint32_t u;
+    if (e == 31) u = sign | 0x7F800000 | (m << 13);                  // inf / nan
+    else if (e != 0) u = sign | ((e + 112) << 23) | (m << 13);       // normal
+    else if (m == 0) u = sign;                                        // zero
+    else {                                                            // subnormal: 2^-24 * m
+        float f = (float)m * 5.9604644775390625e-8f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+#if LFM_X86
 // unsigned a (u8) times signed b (s8), 32 pairs -> 8 int32 lanes (no saturation for a <= 127)
 static inline __m256i dot_u8s8(__m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#if LFM_VNNI
+    return LFM_DPBUSD(_mm256_setzero_si256(), a, b);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 #endif
@@ -45,12 +94,57 @@ static inline int hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(lo);
 }
 
+// acc + the 8 lanes of dot_u8s8(a, b)
+static inline __m256i dot_acc(__m256i acc, __m256i a, __m256i b) {
+#if LFM_VNNI
+    return LFM_DPBUSD(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, dot_u8s8(a, b));
+#endif
+}
+
+// 8 x 8 transpose of 32-bit lanes: afterwards v[t] lane i = (before) v[i] lane t
+static inline void transpose8(__m256i v[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+    }
+}
+
+// sums[j] = the sum of v[j]'s lanes, for MT rows (eight at once by a tree of horizontal adds)
+template <int MT>
+static inline void hsum_rows(const __m256 v[MT], float sums[MT]) {
+    if constexpr (MT == 8) {
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+    } else {
+        for (int j = 0; j < MT; j++) sums[j] = hsum_ps(v[j]);
+    }
+}
+#endif  // LFM_X86
+
+// Several rows of int4 activations take the interleaved kernel (below): per 256 values, the
+// eight blocks' 32-bit groups transposed so one integer vector holds one block per lane.
+static inline bool q4_interleaved(int64_t M, int64_t K) { return LFM_X86 && M >= 2 && K >= 256; }
+
 // One row of int4 weights (layout below: +8 nibbles, two blocks of 32 per 32 bytes, an fp16
 // scale per block) as floats, handed over as put(column, value).
 template <class Put>
 static inline void q4_row(const uint8_t* w, const uint16_t* scales, int64_t K, Put put) {
     for (int64_t b = 0; b < K / 32; b += 2) {
-        const float sa = _cvtsh_ss(scales[b]), sb = _cvtsh_ss(scales[b + 1]);
+        const float sa = f16_to_f32(scales[b]), sb = f16_to_f32(scales[b + 1]);
         const uint8_t* p = w + b * 16;
         for (int i = 0; i < 32; i++) {
             put(b * 32 + i, (float)((p[i] & 15) - 8) * sa);
@@ -61,20 +155,17 @@ static inline void q4_row(const uint8_t* w, const uint16_t* scales, int64_t K, P
 
 extern "C" {
 
-int lfm_has_vnni(void) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return 1;
-#else
-    return 0;
-#endif
-}
+int lfm_has_vnni(void) { return LFM_VNNI; }
+
+const char* lfm_isa(void) { return LFM_ISA; }
 
 // x [M, K] float -> xq [M, K] int8 (or uint8 x+128 when offset), xs [M, K/ab] float
-// (absmax / 127 per block of ab = 32 or 256 values), xsum [M, K/32] int32 (sums of the
-// signed codes per 32, for the int4 kernel's -8 correction)
+// (absmax / 127 per block of ab = 32 or 256 values, or K: one per row), xsum [M, K/32] int32
+// (sums of the signed codes per 32, for the int4 kernel's -8 correction; may be NULL)
 void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offset, int8_t* xq, float* xs,
                       int32_t* xsum) {
     const int64_t nab = K / ab, per = ab / 32;
+#if LFM_X86
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int64_t i = 0; i < M * nab; i++) {
@@ -93,26 +184,60 @@ void lfm_quantize_act(const float* x, int64_t M, int64_t K, int64_t ab, int offs
             __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 8), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 16), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(s32 + 24), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-            xsum[i * per + q] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+            if (xsum) xsum[i * per + q] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
             __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
             p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             if (offset) p = _mm256_xor_si256(p, flip);
             _mm256_storeu_si256((__m256i*)(xq + i * ab + q * 32), p);
         }
     }
+#else
+    for (int64_t i = 0; i < M * nab; i++) {
+        const float* src = x + i * ab;
+        float m = 0.0f;
+        for (int64_t c = 0; c < ab; c++) m = fmaxf(m, fabsf(src[c]));
+        const float d = m / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        xs[i] = d;
+        for (int64_t q = 0; q < per; q++) {
+            int32_t sum = 0;
+            for (int64_t c = q * 32; c < q * 32 + 32; c++) {
+                int32_t v = (int32_t)nearbyintf(src[c] * inv);   // round half to even, as the x86 paths
+                v = v < -128 ? -128 : (v > 127 ? 127 : v);
+                sum += v;
+                xq[i * ab + c] = offset ? (int8_t)(uint8_t)(v + 128) : (int8_t)v;
+            }
+            if (xsum) xsum[i * per + q] = sum;
+        }
+    }
+#endif
 }
 
 }  // extern "C"
 
+// A pass over part of K: units [c0, c1) (int4: 256 values, int8: one activation block). With
+// eight rows the activations of a whole wide row (w2's 4608 values: 37 KB) overflow L1, and a
+// weight row streams past all of them; so the rows are multiplied KPASS values at a time, the
+// first pass writing the outputs and later ones adding to them.
+struct KRange {
+    int64_t c0, c1;
+    bool first() const { return c0 == 0; }
+};
+#define KPASS 2048
+
+#if LFM_X86
 // int4 weights: 32 bytes per pair of blocks (64 columns): low nibbles = first 32 columns,
 // high nibbles = next 32, stored +8 as unsigned. fp16 scale per block of 32. Activations in
-// blocks of 32. Each block's integer dot product is scaled in its own lanes (one convert and
-// one FMA per block, no horizontal sums inside the loop); the -8 offset is corrected once per
-// eight blocks from the activation block sums.
+// blocks of 32.
 // out[j, n] = sum_b scale[n, b] * xs[j, b] * (sum_i nib[n, b, i] * xq[j, b, i] - 8 * xsum[j, b])
-template <int MT>
+// One row (IL false): each block's integer dot product is scaled in its own lanes (one convert
+// and one FMA per block, no horizontal sums inside the loop); the -8 offset is corrected once
+// per eight blocks from the activation block sums. Several rows (IL true, activations
+// interleaved by q4_interleave): the weights of eight blocks are transposed once (transpose8),
+// and then every row needs eight dot products, one integer -8 correction, one convert and one
+// FMA per eight blocks: a third of the per-row work, so one weight pass serves a batch.
+template <int MT, bool IL>
 static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
-                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     const int64_t nb = K / 32, nsb = nb / 8;
     const __m256i mask = _mm256_set1_epi8(0x0F);
     alignas(32) float cs[MT][8];
@@ -124,10 +249,27 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
         for (int j = 0; j < MT; j++) {
             acc0[j] = _mm256_setzero_ps(); acc1[j] = _mm256_setzero_ps(); corr[j] = _mm256_setzero_ps(); tail[j] = 0.0f;
         }
-        for (int64_t s = 0; s < nsb; s++) {
+        for (int64_t s = r.c0; s < r.c1; s++) {
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char*)(wp + s * 128 + PREFETCH + 64), _MM_HINT_T0);
             __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sp + s * 8)));
+            if (IL) {
+                __m256i v[8];
+                for (int p = 0; p < 4; p++) {
+                    __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + s * 128 + p * 32));
+                    v[2 * p] = _mm256_and_si256(raw, mask);
+                    v[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                }
+                transpose8(v);
+                for (int j = 0; j < MT; j++) {
+                    const __m256i* xp = (const __m256i*)(xq + j * K + s * 256);
+                    __m256i d = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(xsum + j * nb + s * 8)), 3);
+                    d = _mm256_sub_epi32(_mm256_setzero_si256(), d);
+                    for (int t = 0; t < 8; t++) d = dot_acc(d, v[t], _mm256_loadu_si256(xp + t));
+                    acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, _mm256_loadu_ps(xs + j * nb + s * 8)), acc0[j]);
+                }
+                continue;
+            }
             for (int j = 0; j < MT; j++) {
                 __m256 c = _mm256_mul_ps(sw, _mm256_loadu_ps(xs + j * nb + s * 8));
                 _mm256_store_ps(cs[j], c);
@@ -147,10 +289,10 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
                 }
             }
         }
-        for (int64_t b = nsb * 8; b < nb; b += 2) {   // leftover pairs of blocks
+        for (int64_t b = r.c1 == nsb ? nsb * 8 : nb; b < nb; b += 2) {   // leftover pairs of blocks (last pass)
             __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + b * 16));
             __m256i wa = _mm256_and_si256(raw, mask), wb = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            float sa = _cvtsh_ss(sp[b]), sb = _cvtsh_ss(sp[b + 1]);
+            float sa = f16_to_f32(sp[b]), sb = f16_to_f32(sp[b + 1]);
             for (int j = 0; j < MT; j++) {
                 const int8_t* xp = xq + j * K + b * 32;
                 int da = hsum_epi32(dot_u8s8(wa, _mm256_loadu_si256((const __m256i*)xp))) - 8 * xsum[j * nb + b];
@@ -158,9 +300,25 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
                 tail[j] += sa * xs[j * nb + b] * (float)da + sb * xs[j * nb + b + 1] * (float)db;
             }
         }
-        for (int j = 0; j < MT; j++)
-            out[j * N + n] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) - 8.0f * hsum_ps(corr[j]) + tail[j];
+        alignas(32) float sums[8];
+        if (!IL)   // the interleaved loop leaves acc1 and corr at zero
+            for (int j = 0; j < MT; j++) acc0[j] = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), corr[j], _mm256_add_ps(acc0[j], acc1[j]));
+        hsum_rows<MT>(acc0, sums);
+        for (int j = 0; j < MT; j++) out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + sums[j] + tail[j];
     }
+}
+
+// The activation layout the interleaved kernel reads: per 256 values of a row, the same
+// transpose as the weights get (32-bit group t of block i moves to group i of vector t).
+static void q4_interleave(int8_t* xq, int64_t M, int64_t K) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t c = 0; c + 256 <= K; c += 256) {
+            __m256i* p = (__m256i*)(xq + m * K + c);
+            __m256i v[8];
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_si256(p + i);
+            transpose8(v);
+            for (int i = 0; i < 8; i++) _mm256_storeu_si256(p + i, v[i]);
+        }
 }
 
 // int8 weights [N, K] with one float scale per row; activations in blocks of ab (32 or 256)
@@ -170,13 +328,13 @@ static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int6
 // wsum[n, b]. Without VNNI, signed times signed uses the sign trick.
 template <int MT>
 static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
-                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out) {
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
     const int64_t nab = K / ab, chunks = ab / 32;
     for (int64_t n = n0; n < n1; n++) {
         const int8_t* wp = w + n * K;
         __m256 acc[MT];
         for (int j = 0; j < MT; j++) acc[j] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nab; b++) {
+        for (int64_t b = r.c0; b < r.c1; b++) {
             for (int64_t o = 0; o < ab; o += 64) _mm_prefetch((const char*)(wp + b * ab + o + PREFETCH), _MM_HINT_T0);
             __m256i ia[MT], ib[MT];
             for (int j = 0; j < MT; j++) { ia[j] = _mm256_setzero_si256(); ib[j] = _mm256_setzero_si256(); }
@@ -187,9 +345,9 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 for (int j = 0; j < MT; j++) {
                     const int8_t* xp = xq + j * K + b * ab + c * 32;
                     __m256i x0 = _mm256_loadu_si256((const __m256i*)xp), x1 = _mm256_loadu_si256((const __m256i*)(xp + 32));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
-                    ib[j] = _mm256_dpbusd_epi32(ib[j], x1, w1);
+#if LFM_VNNI
+                    ia[j] = LFM_DPBUSD(ia[j], x0, w0);
+                    ib[j] = LFM_DPBUSD(ib[j], x1, w1);
 #else
                     ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
                     ib[j] = _mm256_add_epi32(ib[j], dot_s8s8(w1, x1));
@@ -200,8 +358,8 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 __m256i w0 = _mm256_loadu_si256((const __m256i*)(wp + b * ab + c * 32));
                 for (int j = 0; j < MT; j++) {
                     __m256i x0 = _mm256_loadu_si256((const __m256i*)(xq + j * K + b * ab + c * 32));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-                    ia[j] = _mm256_dpbusd_epi32(ia[j], x0, w0);
+#if LFM_VNNI
+                    ia[j] = LFM_DPBUSD(ia[j], x0, w0);
 #else
                     ia[j] = _mm256_add_epi32(ia[j], dot_s8s8(w0, x0));
 #endif
@@ -211,20 +369,69 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ia[j], ib[j])),
                                          _mm256_broadcast_ss(xs + j * nab + b), acc[j]);
         }
+        alignas(32) float sums[8];
+        hsum_rows<MT>(acc, sums);
         for (int j = 0; j < MT; j++) {
-            float total = hsum_ps(acc[j]);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+            float total = sums[j];
+#if LFM_VNNI
             float corr = 0.0f;
-            for (int64_t b = 0; b < nab; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
+            for (int64_t b = r.c0; b < r.c1; b++) corr += xs[j * nab + b] * (float)wsum[n * nab + b];
             total -= 128.0f * corr;
 #endif
-            out[j * N + n] = total * ws[n];
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + total * ws[n];
         }
     }
 }
 
+#else   // portable: the same sums, one row at a time in plain C++ (never interleaved)
+template <int MT, bool IL>
+static void q4_rows(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t K, const uint8_t* w,
+                    const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
+    const int64_t nb = K / 32;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t* wp = w + n * (K / 2);
+        const uint16_t* sp = ws + n * nb;
+        for (int j = 0; j < MT; j++) {
+            const int8_t* xj = xq + j * K;
+            float acc = 0.0f;
+            for (int64_t b = r.c0 * 8; b < (r.c1 == nb / 8 ? nb : r.c1 * 8); b += 2) {
+                const uint8_t* p = wp + b * 16;
+                int32_t da = 0, db = 0;
+                for (int i = 0; i < 32; i++) {
+                    da += (p[i] & 15) * xj[b * 32 + i];
+                    db += (p[i] >> 4) * xj[b * 32 + 32 + i];
+                }
+                acc += f16_to_f32(sp[b]) * xs[j * nb + b] * (float)(da - 8 * xsum[j * nb + b]) +
+                       f16_to_f32(sp[b + 1]) * xs[j * nb + b + 1] * (float)(db - 8 * xsum[j * nb + b + 1]);
+            }
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + acc;
+        }
+    }
+}
+
+template <int MT>
+static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, const int8_t* w, const float* ws,
+                    const int32_t* wsum, int64_t n0, int64_t n1, int64_t N, float* out, KRange r) {
+    (void)wsum;   // signed activations: no offset to remove
+    const int64_t nab = K / ab;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t* wp = w + n * K;
+        for (int j = 0; j < MT; j++) {
+            const int8_t* xj = xq + j * K;
+            float acc = 0.0f;
+            for (int64_t b = r.c0; b < r.c1; b++) {
+                int32_t d = 0;
+                for (int64_t i = b * ab; i < (b + 1) * ab; i++) d += (int32_t)wp[i] * xj[i];
+                acc += (float)d * xs[j * nab + b];
+            }
+            out[j * N + n] = (r.first() ? 0.0f : out[j * N + n]) + acc * ws[n];
+        }
+    }
+}
+#endif  // LFM_X86
+
 #define ROWS_PER_TASK 8
-#if defined(__AVX512VL__)
+#if LFM_X86 && defined(__AVX512VL__)
 #define M_TILE 8          // 32 vector registers hold eight rows' accumulators
 #else
 #define M_TILE 4
@@ -232,26 +439,68 @@ static void q8_rows(const int8_t* xq, const float* xs, int64_t K, int64_t ab, co
 
 // The row loops below are orphaned `omp for` loops: called inside a parallel region (the
 // decode step) the threads share the rows; the exported wrappers open a region of their own.
+// f(tile, m) for the tiles of rows [m, m + tile) covering M: M_TILE at a time, then the rest
+// (tile is a compile-time constant, std::integral_constant, so the kernels are unrolled for it)
+template <class F>
+static inline void for_row_tiles(int64_t M, F f) {
+    int64_t m = 0;
+    for (; m + M_TILE <= M; m += M_TILE) f(std::integral_constant<int, M_TILE>{}, m);
+    switch (M - m) {
+        case 7: f(std::integral_constant<int, 7>{}, m); break;
+        case 6: f(std::integral_constant<int, 6>{}, m); break;
+        case 5: f(std::integral_constant<int, 5>{}, m); break;
+        case 4: f(std::integral_constant<int, 4>{}, m); break;
+        case 3: f(std::integral_constant<int, 3>{}, m); break;
+        case 2: f(std::integral_constant<int, 2>{}, m); break;
+        case 1: f(std::integral_constant<int, 1>{}, m); break;
+        default: break;
+    }
+}
+
+// f(r) for the passes over K (units of `unit` values, KPASS values a pass; at least one pass).
+// One row (batch-1 decode) takes K in one pass: its activations fit in L1 anyway.
+template <class F>
+static inline void for_k_passes(int64_t M, int64_t units, int64_t unit, F f) {
+    const int64_t per = M == 1 ? (units > 0 ? units : 1) : (KPASS / unit > 0 ? KPASS / unit : 1);
+    for (KRange r{0, 0};; r.c0 = r.c1) {
+        r.c1 = r.c0 + per < units ? r.c0 + per : units;
+        f(r);
+        if (r.c1 >= units) break;
+    }
+}
+
+template <bool IL>
+static void q4_task(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
+                    const uint8_t* w, const uint16_t* ws, int64_t n0, int64_t n1, int64_t N, float* out) {
+    const int64_t nb = K / 32;
+    for_k_passes(M, K / 256, 256, [&](KRange r) {
+        for_row_tiles(M, [&](auto tile, int64_t m) {
+            q4_rows<decltype(tile)::value, IL>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N,
+                                               out + m * N, r);
+        });
+    });
+}
+
+// il: the activations were interleaved (q4_quantize does it where q4_interleaved says so)
 static void q4_gemm_for(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
-                        const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
-    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK, nb = K / 32;
+                        const uint8_t* w, const uint16_t* ws, int64_t N, float* out, bool il) {
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
-        int64_t m = 0;
-        for (; m + M_TILE <= M; m += M_TILE)
-            q4_rows<M_TILE>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N);
-        switch (M - m) {
-            case 7: q4_rows<7>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 6: q4_rows<6>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 5: q4_rows<5>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 4: q4_rows<4>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 3: q4_rows<3>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 2: q4_rows<2>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            case 1: q4_rows<1>(xq + m * K, xs + m * nb, xsum + m * nb, K, w, ws, n0, n1, N, out + m * N); break;
-            default: break;
-        }
+        if (il)
+            q4_task<true>(xq, xs, xsum, M, K, w, ws, n0, n1, N, out);
+        else
+            q4_task<false>(xq, xs, xsum, M, K, w, ws, n0, n1, N, out);
     }
+}
+
+// quantize x [M, K] for int4 weights (blocks of 32), interleaved where q4_interleaved says so
+static void q4_quantize(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, int32_t* xsum) {
+    lfm_quantize_act(x, M, K, 32, 0, xq, xs, xsum);
+#if LFM_X86
+    if (q4_interleaved(M, K)) q4_interleave(xq, M, K);
+#endif
 }
 
 static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_t ab, const int8_t* w,
@@ -260,19 +509,11 @@ static void q8_gemm_for(const int8_t* xq, const float* xs, int64_t M, int64_t K,
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t n0 = t * ROWS_PER_TASK, n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
-        int64_t m = 0;
-        for (; m + M_TILE <= M; m += M_TILE)
-            q8_rows<M_TILE>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N);
-        switch (M - m) {
-            case 7: q8_rows<7>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 6: q8_rows<6>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 5: q8_rows<5>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 4: q8_rows<4>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 3: q8_rows<3>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 2: q8_rows<2>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            case 1: q8_rows<1>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N); break;
-            default: break;
-        }
+        for_k_passes(M, nab, ab, [&](KRange r) {
+            for_row_tiles(M, [&](auto tile, int64_t m) {
+                q8_rows<decltype(tile)::value>(xq + m * K, xs + m * nab, K, ab, w, ws, wsum, n0, n1, N, out + m * N, r);
+            });
+        });
     }
 }
 
@@ -282,7 +523,7 @@ extern "C" {
 void lfm_q4_gemm(const int8_t* xq, const float* xs, const int32_t* xsum, int64_t M, int64_t K,
                  const uint8_t* w, const uint16_t* ws, int64_t N, float* out) {
     #pragma omp parallel
-    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out);
+    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out, false);
 }
 
 // out [M, N] float; w [N, K] int8; ws [N] float; wsum [N, K/ab] int32 (VNNI only)
@@ -295,15 +536,16 @@ void lfm_q8_gemm(const int8_t* xq, const float* xs, int64_t M, int64_t K, int64_
 // one call per linear: quantize x [M, K] into the scratch buffers, then multiply
 void lfm_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* ws, int64_t N,
                    float* out, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, M, K, 32, 0, xq, xs, xsum);
-    lfm_q4_gemm(xq, xs, xsum, M, K, w, ws, N, out);
+    q4_quantize(x, M, K, xq, xs, xsum);
+    #pragma omp parallel
+    q4_gemm_for(xq, xs, xsum, M, K, w, ws, N, out, q4_interleaved(M, K));
 }
 
 // ab: activation block (256 when K allows, else 32); wsum [N, K/ab]: the weight sums per
 // activation block (QuantLinear.kernel_spec computes them)
 void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_t* w, const float* ws,
                    const int32_t* wsum, int64_t N, float* out, int8_t* xq, float* xs, int32_t* xsum) {
-    lfm_quantize_act(x, M, K, ab, lfm_has_vnni(), xq, xs, xsum);
+    lfm_quantize_act(x, M, K, ab, LFM_VNNI, xq, xs, xsum);
     lfm_q8_gemm(xq, xs, M, K, ab, w, ws, wsum, N, out);
 }
 

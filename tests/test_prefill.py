@@ -1,0 +1,88 @@
+"""W8A8 prefill (int8 GEMMs on activations quantized per token) stays within the error bounds
+docs/speed.md states, against float32 activations over the same quantized weights:
+per product (a proven bound) and per model on random weights of several layouts; and the
+bf16 prefill option still runs the bf16 GEMM."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checkpoints import make_checkpoint
+
+from lfmkit import LFM2, kernels
+from lfmkit.errors import ConfigError
+from lfmkit.fast import optimize, set_prefill
+from lfmkit.quant import QuantLinear
+from lfmkit.quant.prefill import w8a8_available
+
+pytestmark = pytest.mark.skipif(not w8a8_available(), reason=f"no C++ kernels or torch._int_mm: {kernels.build_error}")
+
+# docs/speed.md, "W8A8 prefill": the logits' relative RMS error and cosine similarity
+# against float32 activations over the same weights, on random-weight models
+MODEL_RMS_BOUND, MODEL_COSINE_BOUND = 0.4, 0.92
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_each_product_is_within_the_per_token_rounding_bound(bits):
+    """|y - y_float| <= max|x| / 254 * sum|w| (activations: half a step of absmax/127 per
+    token); int4 adds the re-expression of its codes as int8 rows: <= row_scale / 2 * sum|x|."""
+    g = torch.Generator().manual_seed(bits)
+    lin = QuantLinear.from_float(torch.randn(96, 512, generator=g) * 0.05, bits)
+    x = torch.randn(33, 512, generator=g) * torch.rand(512, generator=g) * 4  # uneven channels
+    w = lin.dequantize()
+    err = (lin(x) - F.linear(x, w)).abs()
+    bound = x.abs().amax(1, keepdim=True) / 254 * w.abs().sum(1) * 1.0001
+    if bits == 4:
+        row_scale = lin.scales.float().abs().amax(1) * 8 / 127
+        bound = bound + row_scale / 2 * (x.abs().sum(1, keepdim=True) + x.abs().amax(1, keepdim=True) * 512 / 254)
+    assert bool((err <= bound + 1e-5).all())
+
+
+def float_activations(model, ids):
+    """The model's logits with the kernels off: float32 activations times the same quantized
+    (dequantized) weights."""
+    saved = kernels.load
+    kernels.load = lambda: None
+    try:
+        for m in model.modules():
+            m.__dict__.pop("_fast", None)
+        return model(ids)
+    finally:
+        kernels.load = saved
+        for m in model.modules():
+            m.__dict__.pop("_fast", None)
+
+
+@pytest.fixture(scope="module", params=["small", "1.2b", "2.6b"])
+def layout(request, tmp_path_factory):
+    # the toy layouts at widths int4 and int8 hold (small: 4 layers, 1.2b: 16, 2.6b: 30)
+    wide = dict(hidden_size=64, intermediate_size=192, num_key_value_heads=2) if request.param == "small" else {}
+    path, _ = make_checkpoint(tmp_path_factory.mktemp(request.param), layout=request.param, seed=2, **wide)
+    return path
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_w8a8_prefill_logits_are_within_the_stated_bound(layout, mode):
+    model = optimize(LFM2.from_pretrained(layout, dtype="float32"), quant=mode)
+    ids = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(7))
+    ref = float_activations(model, ids)
+    got = {}
+    for prefill in ("w8a8", "bf16"):
+        set_prefill(model, prefill)
+        got[prefill] = model(ids)
+    for prefill, logits in got.items():
+        rms = ((logits - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+        cos = F.cosine_similarity(logits, ref, dim=-1).min().item()
+        assert rms <= MODEL_RMS_BOUND and cos >= MODEL_COSINE_BOUND, (prefill, rms, cos)
+    assert not torch.allclose(got["w8a8"], got["bf16"])  # two different GEMMs ran
+
+
+def test_prefill_mode_is_checked_and_kept_by_fused_views(tmp_path):
+    path, _ = make_checkpoint(tmp_path, layout="small", seed=1, hidden_size=64, intermediate_size=192)
+    with pytest.raises(ConfigError, match="prefill must be one of w8a8, bf16"):
+        optimize(LFM2.from_pretrained(path, dtype="float32"), quant="int8", prefill="fp8")
+    model = optimize(LFM2.from_pretrained(path, dtype="float32"), quant="int4", prefill="bf16")
+    ff = model.model.layers[0].feed_forward
+    assert ff.w1.prefill == "bf16" and ff.fused().prefill == "bf16"
+    set_prefill(model, "w8a8")
+    assert ff.w2.prefill == "w8a8" and ff.fused().prefill == "w8a8"
