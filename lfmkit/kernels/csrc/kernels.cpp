@@ -122,13 +122,22 @@ static inline void transpose8(__m256i v[8]) {
     }
 }
 
-// sums[j] = the sum of v[j]'s lanes, for MT rows (eight at once by a tree of horizontal adds)
+// sums[j] = the sum of v[j]'s lanes, for MT rows. Eight at once by a tree that adds in exactly
+// hsum_ps's order (halves, then lanes 0+2 and 1+3, then those two), so a row's result does not
+// depend on how many rows share the call: speculative decoding's multi-token verify step must
+// equal single-token steps bit for bit.
 template <int MT>
 static inline void hsum_rows(const __m256 v[MT], float sums[MT]) {
     if constexpr (MT == 8) {
-        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+        __m256 w[4];   // w[i] = [lo + hi of row 2i | lo + hi of row 2i + 1]
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                                 _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+        // per lane: (x0 + x2, x1 + x3) of two rows; s0: rows 0, 2 | 1, 3; s1: rows 4, 6 | 5, 7
+        const __m256 s0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xEE));
+        const __m256 s1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xEE));
+        const __m256 r = _mm256_hadd_ps(s0, s1);   // rows 0, 2, 4, 6 | 1, 3, 5, 7
+        _mm256_storeu_ps(sums, _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     } else {
         for (int j = 0; j < MT; j++) sums[j] = hsum_ps(v[j]);
     }
