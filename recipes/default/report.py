@@ -1,0 +1,84 @@
+"""The recipe's tables, from what its stages wrote (for MODEL_CARD.md and BENCHMARKS.md).
+
+    python recipes/default/report.py RUN_DIR            # the per-stage table (markdown)
+    python recipes/default/report.py RUN_DIR --json     # the same numbers as JSON
+
+One row per evaluated stage: the held-out scores (`lfmkit eval`'s gsm8k and ifeval on the
+generated held-out sets; score.py's tool calling with seen and unseen tools and extraction) and
+the wall time of the stage's training command (times.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+STAGES = ("teacher", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
+TRAIN_STAGE = {
+    "teacher": "teacher",
+    "distill": "distill",
+    "sft": "sft",
+    "dpo-b2": "dpo-b2",
+    "dpo-b5": "dpo-b5",
+    "merge": "merge",
+    "grpo": "grpo",
+}
+COLUMNS = ("math", "ifeval", "tools_seen", "tools_unseen", "right_tool_unseen", "extract")
+
+
+def stage_rows(run: Path) -> list[dict]:
+    times = {}
+    if (run / "times.jsonl").exists():
+        for line in (run / "times.jsonl").read_text().splitlines():
+            t = json.loads(line)
+            times[t["stage"]] = t["seconds"]
+    rows = []
+    for stage in STAGES:
+        ev = run / "evals" / stage
+        if not (ev / "done").exists():
+            continue
+        results = json.loads((ev / "results.json").read_text())["results"]
+        tasks = json.loads((ev / "tasks.json").read_text())
+        rows.append(
+            {
+                "stage": stage,
+                "math": results["gsm8k"]["score"],
+                "ifeval": results["ifeval"]["score"],
+                "tools_seen": tasks["tools_seen"]["exact"],
+                "tools_unseen": tasks["tools_unseen"]["exact"],
+                "right_tool_unseen": tasks["tools_unseen"]["right_tool"],
+                "extract": tasks["extract"]["exact"],
+                "n": results["gsm8k"]["n"],
+                "train_s": times.get(TRAIN_STAGE[stage]),
+                "eval_s": times.get(f"eval {stage}"),
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (
+        "| stage | math (gsm8k-style) | IFEval-style (prompt strict) | tool call, seen tools | "
+        "tool call, unseen tools | right tool, unseen | extraction (exact JSON) | stage wall time |"
+    )
+    lines = [head, "|---" * 8 + "|"]
+    for r in rows:
+        cells = [f"{100 * r[c]:.1f}" for c in COLUMNS]
+        wall = f"{r['train_s'] / 60:.1f} min" if r["train_s"] is not None else "-"
+        lines.append(f"| {r['stage']} | " + " | ".join(cells) + f" | {wall} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Tabulate the recipe's per-stage evals.")
+    parser.add_argument("run")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = stage_rows(Path(args.run))
+    print(json.dumps(rows, indent=2) if args.json else markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

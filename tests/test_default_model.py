@@ -1,0 +1,94 @@
+"""The model that ships with lfmkit (lfmkit/default_model, trained by recipes/default/run.sh).
+
+transformers loads both checkpoints with the logits lfmkit computes; `lfmkit.load()` with no
+path uses it and says so on stderr; int4 keeps the top-1 agreement MODEL_CARD.md states; and
+through the server a held-out tool-calling request gets a well-formed call to the right tool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lfmkit
+from lfmkit.default_model import HERE, NAMES, default_model_path
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "default"
+sys.path.insert(0, str(RECIPE))
+
+import data  # noqa: E402
+
+CARD = (HERE / "MODEL_CARD.md").read_text()
+
+
+def _prompt_ids(path: Path, rows: list[dict]) -> list[list[int]]:
+    tok = lfmkit.Tokenizer.from_pretrained(path)
+    return [
+        tok.apply_chat_template(r["prompt"], tools=r.get("tools"), add_generation_prompt=True, tokenize=True)
+        for r in rows
+    ]
+
+
+def _held_out(task: str, n: int, unseen_tools: bool = False, seed: int = 123) -> list[dict]:
+    """Held-out rows drawn fresh from the test pools (a seed the shipped sets did not use)."""
+    rng = data.random.Random(seed)
+    return [
+        data.grpo_row(task, data.make(task, rng, "test", **({"unseen_tools": True} if unseen_tools else {})))
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_transformers_loads_it_with_lfmkit_logits(name):
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path(name)
+    assert json.loads((path / "config.json").read_text())["model_type"] == "lfm2"
+    ids = torch.tensor(_prompt_ids(path, _held_out("tools", 1))[:1])
+    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ours = lfmkit.load(str(path), dtype="float32")
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        got = ours(ids)
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_shipped_size_under_60_mb():
+    total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
+    assert total < 60e6
+
+
+def test_load_without_a_path_uses_the_default_model(capsys):
+    model = lfmkit.load()
+    err = capsys.readouterr().err
+    assert "no model named" in err and str(default_model_path()) in err and err.count("\n") == 1
+    assert Path(model.source_path) == default_model_path()
+
+
+def _card_figure(pattern: str) -> float:
+    match = re.search(pattern, CARD)
+    assert match, pattern
+    return float(match.group(1)) / 100
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int4_keeps_the_top1_agreement_the_card_states(name):
+    """int4 vs bf16 top-1 agreement on held-out conversations, at least the card's floor."""
+    floor = _card_figure(rf"int4 top-1 agreement with bf16 for the {name} is at least ([0-9.]+)%")
+    path = default_model_path(name)
+    tok = lfmkit.Tokenizer.from_pretrained(path)
+    rows = [data.make(t, data.random.Random(7), "test") for t in data.TASKS]
+    ids = [tok.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True) for r in rows]
+    ref, q4 = lfmkit.load(str(path), dtype="float32"), lfmkit.load(str(path), quant="int4")
+    same = total = 0
+    with torch.no_grad():
+        for x in ids:
+            a, b = ref(torch.tensor([x]))[0], q4(torch.tensor([x]))[0]
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            total += len(x)
+    assert same / total >= floor
