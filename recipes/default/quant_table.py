@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 
 import torch
+from score import score_model
 
 import lfmkit
-from score import score_model
 
 MODES = (None, "int8", "int4")
 
