@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lfmkit
-from lfmkit.default_model import HERE, NAMES, default_model_path
+from lfmkit.default_model import HERE, NAMES, default_model_path, names_a_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "default"
 sys.path.insert(0, str(RECIPE))
@@ -70,6 +70,15 @@ def test_load_without_a_path_uses_the_default_model(capsys):
     assert Path(model.source_path) == default_model_path()
 
 
+def test_cli_without_a_model_uses_the_default_model(capsys):
+    from lfmkit.cli import main
+
+    assert main(["run", "What is 3 + 4?", "--chat", "--greedy", "--max-tokens", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"using the default model that ships with lfmkit ({default_model_path()}" in err
+    assert names_a_model("LiquidAI/LFM2-1.2B") and names_a_model("m.gguf") and not names_a_model("What is 3 + 4?")
+
+
 def _card_figure(pattern: str) -> float:
     match = re.search(pattern, CARD)
     assert match, pattern
@@ -92,3 +101,36 @@ def test_int4_keeps_the_top1_agreement_the_card_states(name):
             same += int((a.argmax(-1) == b.argmax(-1)).sum())
             total += len(x)
     assert same / total >= floor
+
+
+SERVER_REQUESTS = 12  # held-out tool-calling requests sent through the server, greedy
+
+
+def _served_calls(name: str, rows: list[dict]) -> list[tuple[str, list]]:
+    """(expected tool, the server's tool calls) for each request, via the official openai client."""
+    from test_server import MODEL, serve
+
+    path = default_model_path(name)
+    greedy = {"temperature": 0, "extra_body": {"min_p": 0.0, "repetition_penalty": 1.0}}
+    out = []
+    with serve(path, max_concurrent=4) as server:
+        client = server.client()
+        for row in rows:
+            r = client.chat.completions.create(model=MODEL, messages=row["prompt"], tools=row["tools"], **greedy)
+            out.append((row["tool_calls"][0], r.choices[0].message.tool_calls or []))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_server_answers_held_out_tool_requests_with_the_right_call(name):
+    """Held-out requests (entities, phrasings and system prompts no training row shows) for the
+    training tools: the server returns a well-formed call to the right tool, at least as often
+    as the model card states."""
+    floor = _card_figure(rf"through the server the {name} calls the right tool for at least ([0-9.]+)%")
+    results = _served_calls(name, _held_out("tools", SERVER_REQUESTS))
+    right = 0
+    for expected, calls in results:
+        if calls and calls[0].function.name == expected["name"]:
+            json.loads(calls[0].function.arguments)  # well-formed: the arguments are JSON
+            right += 1
+    assert right / len(results) >= floor, results

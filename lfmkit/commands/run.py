@@ -187,8 +187,11 @@ def _prompt(args, tokenizer):
 
 
 def run(args) -> int:
+    from ..default_model import names_a_model
     from ..inference.generate import encode_prompt, stream_generate
 
+    if args.prompt is None and args.model is not None and not names_a_model(args.model):
+        args.prompt, args.model = args.model, None  # `lfmkit run "Hi"`: the default model
     model, tokenizer = load(args)
     params = sampling_params(args, model)
     if args.logprobs:

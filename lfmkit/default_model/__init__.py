@@ -15,6 +15,7 @@ tokenizer, chat template, generation_config.json), so transformers loads it too.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def default_model_path(name: str = DEFAULT) -> Path:
     return HERE / name
 
 
+def names_a_model(text: str) -> bool:
+    """Whether `lfmkit run TEXT` means TEXT as a model (an existing path, a Hub id `org/name`, a
+    .gguf file) rather than as the prompt to give the default model."""
+    return Path(text).exists() or text.endswith(".gguf") or re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
+
+
 def resolve_model(model, stream=None):
     """`model` itself when one is named; else the shipped default model's folder, saying so in
     one line on `stream` (stderr by default)."""
@@ -43,4 +50,4 @@ def resolve_model(model, stream=None):
     return str(path)
 
 
-__all__ = ["DEFAULT", "NAMES", "default_model_path", "resolve_model"]
+__all__ = ["DEFAULT", "NAMES", "default_model_path", "names_a_model", "resolve_model"]
