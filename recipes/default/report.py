@@ -14,16 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("teacher", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
-TRAIN_STAGE = {
-    "teacher": "teacher",
-    "distill": "distill",
-    "sft": "sft",
-    "dpo-b2": "dpo-b2",
-    "dpo-b5": "dpo-b5",
-    "merge": "merge",
-    "grpo": "grpo",
-}
+STAGES = ("teacher", "teacher-2", "distill-1", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
 COLUMNS = ("math", "ifeval", "tools_seen", "tools_unseen", "right_tool_unseen", "extract")
 
 
@@ -50,7 +41,7 @@ def stage_rows(run: Path) -> list[dict]:
                 "right_tool_unseen": tasks["tools_unseen"]["right_tool"],
                 "extract": tasks["extract"]["exact"],
                 "n": results["gsm8k"]["n"],
-                "train_s": times.get(TRAIN_STAGE[stage]),
+                "train_s": times.get(stage),
                 "eval_s": times.get(f"eval {stage}"),
             }
         )
