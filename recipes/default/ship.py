@@ -2,9 +2,10 @@
 
     python recipes/default/ship.py RUN_DIR [--student-stage grpo]
 
-The teacher is the output of --teacher-stage (RUN_DIR/teacher-2: the teacher trained on); the student is the output of --student-stage (the last stage
-that improved the held-out sets; MODEL_CARD.md says which). Each gets config.json, a bfloat16
-model.safetensors, the tokenizer files (with LFM2's chat template) and generation_config.json.
+The teacher is the output of --teacher-stage (default RUN_DIR/teacher-2, the teacher trained
+on); the student the output of --student-stage (the last stage that improved the held-out
+sets; MODEL_CARD.md says which). Each gets config.json, a bfloat16 model.safetensors, the
+tokenizer files (with LFM2's chat template) and generation_config.json.
 """
 
 from __future__ import annotations
