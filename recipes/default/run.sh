@@ -60,15 +60,16 @@ train() {
   timed "$name" "$output/model.safetensors" "$@" --output "$output" --no-progress "${extra[@]}"
 }
 
-# evaluate STAGE MODEL: the held-out sets, written to evals/STAGE/.
+# evaluate STAGE MODEL: the held-out sets, written to evals/STAGE/ (lfmkit eval and score.py at once).
 evaluate() {
   local stage="$1" model="$2" out="$RUN/evals/$1"
   timed "eval $stage" "$out/done" bash -c "
     set -e
     mkdir -p '$out'
     ${LFMKIT[*]} eval '$model' --tasks gsm8k,ifeval --data '$DATA/bench' --apply-chat-template \
-        --limit $LIMIT --max-tokens 160 --batch-size 16 --output '$out' >'$out/eval.log' 2>&1 || { cat '$out/eval.log'; exit 1; }
+        --limit $LIMIT --max-tokens 160 --batch-size 16 --output '$out' >'$out/eval.log' 2>&1 &
     python '$HERE/score.py' '$model' '$DATA' '$out/tasks.json' --limit $LIMIT
+    wait \$! || { cat '$out/eval.log'; exit 1; }
     touch '$out/done'"
 }
 
@@ -97,24 +98,24 @@ evaluate distill-1 "$RUN/student-kd1" &
 wait
 
 train distill "$RUN/student-kd" "${LFMKIT[@]}" train distill --model "$RUN/student-kd1" --teacher "$RUN/teacher-2" \
-  "${TRAIN_DATA[@]}" "${COMMON[@]}" --max-steps "$(steps 40)" --learning-rate 1e-3 --warmup-steps 2 \
+  "${TRAIN_DATA[@]}" "${COMMON[@]}" --max-steps "$(steps 16)" --learning-rate 1e-3 --warmup-steps 2 \
   --save-every 20 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 2
 evaluate distill "$RUN/student-kd"
 
 train sft "$RUN/student-sft" "${LFMKIT[@]}" train sft --model "$RUN/student-kd" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
-  --max-steps "$(steps 20)" --learning-rate 5e-4 --save-every 20 --seed 3
+  --max-steps "$(steps 12)" --learning-rate 5e-4 --save-every 20 --seed 3
 evaluate sft "$RUN/student-sft"
 
 timed prefs "$RUN/pairs.jsonl.done" bash -c "
   set -e
   ${LFMKIT[*]} prefs build --model '$RUN/student-sft' --prompts '$DATA/prefs/prompts.jsonl' --num-samples 4 \
-      --judge verify:judge --min-gap 1 --max-tokens 128 --temperature 1.0 --seed 0 --batch-size 8 \
+      --judge verify:judge --min-gap 1 --max-tokens 96 --temperature 1.0 --seed 0 --batch-size 8 \
       --output '$RUN/pairs.jsonl' --no-progress \$( [ -e '$RUN/pairs.jsonl.progress' ] && echo --resume )
   touch '$RUN/pairs.jsonl.done'"
 
 for beta in 2; do  # one run of the sweep: the time ran out for more (MODEL_CARD.md)
   train "dpo-b$beta" "$RUN/dpo-b$beta" "${LFMKIT[@]}" train dpo --model "$RUN/student-sft" --data "$RUN/pairs.jsonl" \
-    --loss sigmoid_norm --beta "$beta" --learning-rate 1e-4 --epochs 2 --batch-size 8 --max-length 512 --seed 0 \
+    --loss sigmoid_norm --beta "$beta" --learning-rate 1e-4 --epochs 1 --batch-size 8 --max-length 512 --seed 0 \
     --save-every 1000
   evaluate "dpo-b$beta" "$RUN/dpo-b$beta"
 done
@@ -132,7 +133,7 @@ evaluate merge "$RUN/merged"
 
 train grpo "$RUN/grpo" "${LFMKIT[@]}" train grpo --model "$RUN/merged" --prompts "$DATA/grpo/prompts.jsonl" \
   --reward math=math --reward ifeval=ifeval --reward tools=tool_call --reward extract=verify:extraction \
-  --max-steps "$(steps 12)" --batch-size 16 --num-generations 4 --max-completion-length 96 \
+  --max-steps "$(steps 8)" --batch-size 16 --num-generations 4 --max-completion-length 96 \
   --learning-rate 2e-5 --lr-scheduler constant --seed 0 --save-every 4
 evaluate grpo "$RUN/grpo"
 
