@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("teacher", "teacher-2", "distill-1", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
+STAGES = ("teacher", "teacher-2", "teacher-3", "distill-1", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
 COLUMNS = ("math", "ifeval", "tools_seen", "tools_unseen", "right_tool_unseen", "extract")
 
 

@@ -97,6 +97,11 @@ evaluate teacher-2 "$RUN/teacher-2" &
 evaluate distill-1 "$RUN/student-kd1" &
 wait
 
+# The teacher trains on once more (teacher-3) while the student's chain below runs.
+train teacher-3 "$RUN/teacher-3" "${LFMKIT[@]}" train sft --model "$RUN/teacher-2" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
+  --max-steps "$(steps 100)" --learning-rate 1e-3 --warmup-steps 2 --save-every 20 --seed 4 &
+TEACHER3=$!
+
 train distill "$RUN/student-kd" "${LFMKIT[@]}" train distill --model "$RUN/student-kd1" --teacher "$RUN/teacher-2" \
   "${TRAIN_DATA[@]}" "${COMMON[@]}" --max-steps "$(steps 16)" --learning-rate 1e-3 --warmup-steps 2 \
   --save-every 20 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 2
@@ -136,5 +141,8 @@ train grpo "$RUN/grpo" "${LFMKIT[@]}" train grpo --model "$RUN/merged" --prompts
   --max-steps "$(steps 8)" --batch-size 16 --num-generations 4 --max-completion-length 96 \
   --learning-rate 2e-5 --lr-scheduler constant --seed 0 --save-every 4
 evaluate grpo "$RUN/grpo"
+
+wait "$TEACHER3"
+evaluate teacher-3 "$RUN/teacher-3"
 
 echo "== recipe finished: $(date -u +%H:%M:%S); stage times in $RUN/times.jsonl"

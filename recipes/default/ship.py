@@ -28,7 +28,7 @@ STAGE_DIRS = {
     "merge": "merged",
     "grpo": "grpo",
 }
-TEACHER_DIRS = {"teacher": "teacher", "teacher-2": "teacher-2"}
+TEACHER_DIRS = {"teacher": "teacher", "teacher-2": "teacher-2", "teacher-3": "teacher-3"}
 
 
 def ship(source: Path, dest: Path, name: str) -> int:
