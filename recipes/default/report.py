@@ -15,7 +15,19 @@ import json
 from pathlib import Path
 
 STAGES = ("teacher", "teacher-2", "teacher-3", "distill-1", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
-COLUMNS = ("math", "ifeval", "tools_seen", "tools_unseen", "right_tool_unseen", "extract")
+COLUMNS = {
+    "math": "math (gsm8k-style)",
+    "ifeval": "IFEval prompt strict",
+    "ifeval_inst": "IFEval instruction strict",
+    "call_seen": "parsable call to a listed tool, seen",
+    "right_tool_seen": "right tool, seen tools",
+    "tools_seen": "exact call, seen tools",
+    "right_tool_unseen": "right tool, unseen tools",
+    "tools_unseen": "exact call, unseen tools",
+    "json": "extraction: a JSON object",
+    "extract_fields": "extraction fields right",
+    "extract": "extraction exact",
+}
 
 
 def stage_rows(run: Path) -> list[dict]:
@@ -36,9 +48,14 @@ def stage_rows(run: Path) -> list[dict]:
                 "stage": stage,
                 "math": results["gsm8k"]["score"],
                 "ifeval": results["ifeval"]["score"],
+                "ifeval_inst": results["ifeval"]["metrics"]["inst_level_strict_acc"],
+                "call_seen": tasks["tools_seen"]["well_formed"],
+                "right_tool_seen": tasks["tools_seen"]["right_tool"],
                 "tools_seen": tasks["tools_seen"]["exact"],
-                "tools_unseen": tasks["tools_unseen"]["exact"],
                 "right_tool_unseen": tasks["tools_unseen"]["right_tool"],
+                "tools_unseen": tasks["tools_unseen"]["exact"],
+                "json": tasks["extract"]["well_formed"],
+                "extract_fields": tasks["extract"]["score"],
                 "extract": tasks["extract"]["exact"],
                 "n": results["gsm8k"]["n"],
                 "train_s": times.get(stage),
@@ -49,11 +66,8 @@ def stage_rows(run: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = (
-        "| stage | math (gsm8k-style) | IFEval-style (prompt strict) | tool call, seen tools | "
-        "tool call, unseen tools | right tool, unseen | extraction (exact JSON) | stage wall time |"
-    )
-    lines = [head, "|---" * 8 + "|"]
+    lines = ["| stage | " + " | ".join(COLUMNS.values()) + " | training wall time |"]
+    lines.append("|---" * (len(COLUMNS) + 2) + "|")
     for r in rows:
         cells = [f"{100 * r[c]:.1f}" for c in COLUMNS]
         wall = f"{r['train_s'] / 60:.1f} min" if r["train_s"] is not None else "-"
