@@ -5,8 +5,9 @@
 The reference is the checkpoint as shipped (bfloat16 weights, computed in float32). On the
 held-out conversations of DATA_DIR/test/text.jsonl (rendered with the chat template):
 `top1_agreement`, the fraction of positions whose argmax next token equals the reference's;
-`ppl`, the perplexity of the text's next tokens. Task accuracy is score.py's (held-out tool
-calling and extraction) at each precision.
+`ppl`, the perplexity of the text's next tokens; both over the last assistant turn (the models
+are trained on assistant turns only). Task accuracy is score.py's (held-out tool calling and
+extraction) at each precision.
 """
 
 from __future__ import annotations
@@ -24,15 +25,24 @@ import lfmkit
 MODES = (None, "int8", "int4")
 
 
-def held_out_ids(model_dir: str, data: Path, limit: int) -> list[list[int]]:
+def held_out_ids(model_dir: str, data: Path, limit: int) -> list[tuple[list[int], int]]:
+    """(token ids, where the last assistant turn starts) per held-out conversation: the models
+    are trained on assistant turns only, so that turn is what agreement and perplexity measure."""
     tok = lfmkit.Tokenizer.from_pretrained(model_dir)
     rows = [json.loads(line) for line in (data / "test" / "text.jsonl").read_text().splitlines()][:limit]
-    return [tok.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True) for r in rows]
+    out = []
+    for r in rows:
+        full = tok.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True)
+        head = tok.apply_chat_template(
+            r["messages"][:-1], tools=r.get("tools"), add_generation_prompt=True, tokenize=True
+        )
+        out.append((full, len(head)))
+    return out
 
 
 @torch.no_grad()
 def logits_of(model, ids: list[list[int]]) -> list[torch.Tensor]:
-    return [model(torch.tensor([x]))[0].float() for x in ids]
+    return [model(torch.tensor([x]))[0].float() for x, _ in ids]
 
 
 def agreement(model_dir: str, data: Path, limit: int = 80) -> dict:
@@ -46,12 +56,12 @@ def agreement(model_dir: str, data: Path, limit: int = 80) -> dict:
             reference = logits
         same = total = 0
         nll = 0.0
-        for x, ref, got in zip(ids, reference, logits):
-            same += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            total += len(x)
-            target = torch.tensor(x[1:])
-            nll += float(torch.nn.functional.cross_entropy(got[:-1], target, reduction="sum"))
-        out[mode or "bf16"] = {"top1_agreement": same / total, "ppl": math.exp(nll / (total - len(ids)))}
+        for (x, start), ref, got in zip(ids, reference, logits):
+            span = slice(start - 1, len(x) - 1)  # the positions that predict the answer's tokens
+            same += int((ref[span].argmax(-1) == got[span].argmax(-1)).sum())
+            total += len(x) - start
+            nll += float(torch.nn.functional.cross_entropy(got[span], torch.tensor(x[start:]), reduction="sum"))
+        out[mode or "bf16"] = {"top1_agreement": same / total, "ppl": math.exp(nll / total)}
     return out
 
 
@@ -65,7 +75,12 @@ def main(argv=None) -> int:
     report = agreement(args.model, Path(args.data))
     for mode in MODES:
         tasks = score_model(args.model, Path(args.data), args.limit, quant=mode)
-        report[mode or "bf16"].update({k: tasks[k]["exact"] for k in ("tools_seen", "tools_unseen", "extract")})
+        report[mode or "bf16"].update(
+            right_tool_seen=tasks["tools_seen"]["right_tool"],
+            tool_call_listed_seen=tasks["tools_seen"]["well_formed"],
+            extract_json=tasks["extract"]["well_formed"],
+            extract_fields=tasks["extract"]["score"],
+        )
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
