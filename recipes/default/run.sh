@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The default model's recipe, end to end, every stage an lfmkit command:
 #
-#   data -> tokenizer + random init -> teacher (train sft) -> student (train distill) -> SFT
+#   data -> tokenizer + random init -> teacher (train sft, three runs) -> student (train distill, twice) -> SFT
 #   -> semi-online pairs judged by the tasks' verifiers (prefs build) -> DPO sweep (train dpo)
 #   -> merge -> GRPO (train grpo) -> eval after every stage (lfmkit eval + score.py)
 #
-#   bash recipes/default/run.sh [RUN_DIR]          (default runs/default; ~100 min on 2 busy CPU cores)
+#   bash recipes/default/run.sh [RUN_DIR]          (default runs/default; ~1.5 h on 2 busy CPU cores)
 #
 # The random-init models are not evaluated: they score 0 on every task (they never stop).
 #
