@@ -132,6 +132,8 @@ def build_context(args):
     key = api_key(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        args.served_model_name = args.served_model_name or "lfmkit-default"
     args.model = resolve_model(args.model)
     path = resolve_model_path(args.model)
     model = load(path, quant=args.quantize or None, dtype=args.dtype, device=args.device)
