@@ -63,7 +63,7 @@ Emoji: 🙂 🚀 ✨ — “quotes” and ‘apostrophes’ … tabs\tand\nnewli
 """
 
 
-def _train(vocab_size: int):
+def _train(vocab_size: int, lines=None):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -76,7 +76,8 @@ def _train(vocab_size: int):
         min_frequency=1,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
+    lines = CORPUS.splitlines(keepends=True) if lines is None else lines
+    tokenizer.train_from_iterator(lines, trainer=trainer)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TOKENS])
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -85,14 +86,17 @@ def _train(vocab_size: int):
     return tokenizer
 
 
-def build_test_tokenizer(directory, vocab_size: int = 512) -> Path:
-    """Write a small LFM2-style tokenizer into `directory` (created if needed); return the directory."""
+def build_test_tokenizer(directory, vocab_size: int = 512, corpus=None) -> Path:
+    """Write a small LFM2-style tokenizer into `directory` (created if needed); return the directory.
+
+    `corpus` (an iterable of strings) replaces the embedded corpus as the BPE's training text,
+    e.g. the default model's generated data (recipes/default)."""
     min_size = len(SPECIAL_TOKENS) + 256 + len(REASONING_TOKENS)
     if vocab_size < min_size:
         raise ValueError(f"vocab_size must be at least {min_size} (special tokens + 256 bytes), got {vocab_size}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train(vocab_size)
+    tokenizer = _train(vocab_size, corpus)
     for i, token in enumerate(SPECIAL_TOKENS):
         assert tokenizer.token_to_id(token) == i, (token, tokenizer.token_to_id(token))
     tokenizer.save(str(directory / "tokenizer.json"))

@@ -12,7 +12,7 @@ ROOT = Path(lfmkit.__file__).parent
 # Lowest first. A module may import its own layer and the layers before it. The README's
 # "What is where" table lists the same order.
 LAYERS = [
-    ["errors", "checks", "config"],
+    ["errors", "checks", "config", "default_model"],
     ["io"],
     ["text", "testing"],
     ["model"],

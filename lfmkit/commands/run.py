@@ -42,7 +42,13 @@ def add_parser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 # ---- shared with `lfmkit chat` ---------------------------------------------------------------
 def add_model_args(p) -> None:
-    p.add_argument("model", help="checkpoint directory, Hugging Face id (LiquidAI/LFM2-1.2B) or .gguf file")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint directory, Hugging Face id (LiquidAI/LFM2-1.2B) or .gguf file (default: the model "
+        "that ships with lfmkit)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cpu)")
     p.add_argument(
         "--dtype",
@@ -124,6 +130,7 @@ def load(args):
     """The model and its tokenizer (None when the checkpoint ships none)."""
     import torch
 
+    from ..default_model import resolve_model
     from ..inference.generate import load_tokenizer_for
     from ..loader import load as load_model
 
@@ -131,6 +138,7 @@ def load(args):
         torch.set_num_threads(args.threads)
     device = args.device or "cpu"
     dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else None)
+    args.model = resolve_model(args.model)
     model = load_model(args.model, dtype=dtype, device=device)
     return model, load_tokenizer_for(model)
 
@@ -262,8 +270,11 @@ def _prompt(args, tokenizer):
 
 
 def run(args) -> int:
+    from ..default_model import names_a_model
     from ..inference.generate import encode_prompt, stream_generate
 
+    if args.prompt is None and args.model is not None and not names_a_model(args.model):
+        args.prompt, args.model = args.model, None  # `lfmkit run "Hi"`: the default model
     model, tokenizer = load(args)
     spec = load_draft(args)
     params = sampling_params(args, model)

@@ -17,7 +17,12 @@ def register(sub) -> None:
         "together in one continuously refilled batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="checkpoint directory or Hugging Face id (with tokenizer files)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint directory or Hugging Face id (with tokenizer files; default: the model shipped with lfmkit)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument(
@@ -127,6 +132,7 @@ def build_context(args):
     """Load the model and tokenizer and build the engine + server context (no network yet)."""
     import torch
 
+    from ..default_model import resolve_model
     from ..errors import ConfigError
     from ..inference.engine import Engine, EngineConfig
     from ..inference.metrics import ServingMetrics
@@ -145,6 +151,9 @@ def build_context(args):
     key = api_key(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        args.served_model_name = args.served_model_name or "lfmkit-default"
+    args.model = resolve_model(args.model)
     path = resolve_model_path(args.model)
     model = load(path, quant=args.quantize or None, dtype=args.dtype, device=args.device)
     tokenizer = Tokenizer.from_pretrained(path)

@@ -23,6 +23,7 @@ import os
 import torch
 
 from ..config import LFM2Config
+from ..default_model import resolve_model
 from ..errors import CheckpointError
 from ..fast.install import install_fast_modules, install_quantized_linears, optimize, quantize_rows
 from ..io.checkpoint import StoredTensor, load_tensors, open_checkpoint
@@ -32,7 +33,7 @@ from ..quant.formats import check_mode
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     quant: str | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
@@ -48,7 +49,9 @@ def load(
     fast: install the fast paths (kernels, fused decode); False gives the reference model.
     prefill: "w8a8" (int8 GEMMs for many-token products of int8/int4 models) or "bf16".
     kwargs: revision, cache_dir (Hub ids).
+    path None: the model that ships with lfmkit (`lfmkit.default_model`), said in one line on stderr.
     """
+    path = resolve_model(path)
     mode = check_mode(quant) if quant is not None else None
     if mode in ("int8", "int4"):
         model = load_quantized(path, mode, group_size=group_size, fast=fast, prefill=prefill, **kwargs)
