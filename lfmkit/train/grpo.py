@@ -29,7 +29,6 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import LFM2
-from ..text.tokenizer import Tokenizer
 from .distributed import destroy_process_group, init_process_group, is_main_process
 from .grpo_config import GRPOConfig
 from .grpo_loss import GRPOLoss
@@ -37,7 +36,7 @@ from .lora import adapters_disabled, has_lora
 from .metrics import METRICS_FILE, read_metrics
 from .rewards import RewardSet, as_reward_set
 from .rollouts import PromptRow, RolloutPlan, mean_reward, read_prompts
-from .sft import lora_hooks, read_chat_template, resolve_device, save_hf_model, where
+from .sft import lora_hooks, model_tokenizer, read_chat_template, resolve_device, save_hf_model, where
 from .trainer import Trainer, TrainResult, check_output
 
 EVAL_FILE = "eval_rewards.jsonl"
@@ -218,10 +217,8 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
-    tokenizer_dir = getattr(model, "source_path", None)
-    if not tokenizer_dir:
-        raise ConfigError(f"model: {config.model} ships no tokenizer, which prompts need")
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = model_tokenizer(model, config.model, "prompts need")
+    tokenizer_dir = model.source_path
     template = read_chat_template(config)
     prompts = _load_prompts(config.prompts, tokenizer, config, template, "prompts", verbose)
     held_out = None

@@ -45,6 +45,7 @@ from ..loader import load
 from ..text.tokenizer import Tokenizer
 from .data import _messages, read_rows
 from .judges import EndpointJudge, FunctionJudge, Jury
+from .sft import model_tokenizer
 
 PROGRESS_SUFFIX = ".progress"
 # Settings a resumed run may change without changing its pairs.
@@ -310,10 +311,7 @@ def build_pairs(config: PrefsConfig, verbose: bool = True) -> PrefsResult:
     result = PrefsResult(output, skipped=len(items) - len(todo))
     jury = make_jury(config)
     model = load(config.model, quant=config.quant, device=config.device)
-    tokenizer_dir = getattr(model, "source_path", None)
-    if not tokenizer_dir:
-        raise ConfigError(f"model: {config.model} ships no tokenizer, which sampling conversations needs")
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = model_tokenizer(model, config.model, "sampling conversations needs")
     overrides = {k: v for k, v in (("temperature", config.temperature), ("top_p", config.top_p)) if v is not None}
     params = SamplingParams.for_model(model, max_tokens=config.max_tokens, n=config.num_samples, **overrides)
     context = model.config.max_position_embeddings

@@ -68,6 +68,15 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def model_tokenizer(model, name: str, needs: str) -> Tokenizer:
+    """The tokenizer saved with `model` (loaded from `name`); a ConfigError saying what `needs` it
+    when the checkpoint has none."""
+    tokenizer_dir = getattr(model, "source_path", None)
+    if not tokenizer_dir:
+        raise ConfigError(f"model: {name} ships no tokenizer, which {needs}")
+    return Tokenizer.from_pretrained(tokenizer_dir)
+
+
 def save_hf_model(model: nn.Module, output: Path, tokenizer_dir: str | None, dtype: str | None = None) -> Path:
     """The final model in `output` as a Hugging Face directory: config.json and model.safetensors
     (float32 unless `dtype`), plus the tokenizer files and chat template. Written beside the
@@ -184,10 +193,8 @@ def prepare_run(
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
-    tokenizer_dir = getattr(model, "source_path", None)
-    if not tokenizer_dir:
-        raise ConfigError(f"model: {config.model} ships no tokenizer, which training data needs")
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = model_tokenizer(model, config.model, "training data needs")
+    tokenizer_dir = model.source_path
     docs, plan = data(config, tokenizer, verbose)
     too_big = max(max(max(d.input_ids) for d in source) for source in docs)
     if too_big >= model.config.vocab_size:
