@@ -27,8 +27,8 @@ import time
 import torch
 
 from lfmkit import LFM2Config
+from lfmkit.bench import stream_decode_rate
 from lfmkit.inference.drafters import Draft
-from lfmkit.inference.generate import stream_generate
 from lfmkit.inference.sampling import SamplingParams
 from lfmkit.inference.speculative import Speculator
 from lfmkit.loader import random_quantized
@@ -67,20 +67,6 @@ class ReplaySpeculator(Speculator):
         return self.replay
 
 
-def decode_rate(model, prompt, params, spec=None, repeats=2):
-    best, tokens = 0.0, []
-    for _ in range(repeats):
-        if spec is not None:
-            spec.stats.__init__()
-        first = None
-        for chunk in stream_generate(model, prompt, params, draft=spec):
-            first = first or time.perf_counter()
-            if chunk.result is not None:
-                tokens = chunk.result.token_ids
-        best = max(best, (len(tokens) - 1) / (time.perf_counter() - first))
-    return best, tokens
-
-
 def main():
     preset = sys.argv[1] if len(sys.argv) > 1 else "lfm2-350m"
     quant = sys.argv[2] if len(sys.argv) > 2 else "int4"
@@ -106,13 +92,13 @@ def main():
 
     # 2. end to end
     params = SamplingParams.greedy(max_tokens=DECODE, ignore_eos=True)
-    plain_rate, plain = decode_rate(model, prompt, params)
+    plain_rate, plain = stream_decode_rate(model, prompt, params)
     print(json.dumps({**base, "run": "plain", "tok_s": round(plain_rate, 2)}), flush=True)
     runs = [("self", Speculator(model, k=k))]
     for a in (1.0, 0.7, 0.4):
         runs.append((f"replay@{a}", ReplaySpeculator(k, Replay(len(prompt), plain, a, model.config.vocab_size))))
     for name, spec in runs:
-        rate, out = decode_rate(model, prompt, params, spec)
+        rate, out = stream_decode_rate(model, prompt, params, spec)
         st = spec.stats
         print(
             json.dumps(

@@ -229,32 +229,37 @@ def measure_lfmkit(
 
 
 @torch.no_grad()
+def stream_decode_rate(model, ids: list[int], params, draft=None, repeats: int = 2) -> tuple[float, list[int]]:
+    """The best of `repeats` streamed decodes of `ids` (with `draft`'s drafts when given, its
+    statistics reset each time): tok/s from the first token on, as `lfmkit run` counts, and the
+    generated tokens."""
+    from .inference.generate import stream_generate
+    from .inference.speculative import SpeculationStats
+
+    best, tokens = 0.0, []
+    for _ in range(repeats):
+        if draft is not None:
+            draft.stats = SpeculationStats()
+        first = None
+        for chunk in stream_generate(model, ids, params, draft=draft):
+            first = first or time.perf_counter()
+            if chunk.result is not None:
+                tokens = chunk.result.token_ids
+        best = max(best, (len(tokens) - 1) / (time.perf_counter() - first))
+    return best, tokens
+
+
+@torch.no_grad()
 def measure_speculative(model, spec, prompt: torch.Tensor, decode_tokens: int, repeats: int = 2) -> dict:
     """Batch-1 greedy decode of `decode_tokens` tokens after `prompt` through `stream_generate`,
     plain and with `spec`'s drafts: tok/s of each (from the first token on, as `lfmkit run`
     counts), the acceptance rate and tokens per verify step, and whether the outputs agree."""
-    from .inference.generate import stream_generate
     from .inference.sampling import SamplingParams
-    from .inference.speculative import SpeculationStats
 
     params = SamplingParams.greedy(max_tokens=decode_tokens, ignore_eos=True)
     ids = prompt.tolist()
-
-    def run(draft) -> tuple[float, list[int]]:
-        best, tokens = 0.0, []
-        for _ in range(repeats):
-            if draft is not None:
-                draft.stats = SpeculationStats()
-            first = None
-            for chunk in stream_generate(model, ids, params, draft=draft):
-                first = first or time.perf_counter()
-                if chunk.result is not None:
-                    tokens = chunk.result.token_ids
-            best = max(best, (len(tokens) - 1) / (time.perf_counter() - first))
-        return best, tokens
-
-    plain, want = run(None)
-    fast, got = run(spec)
+    plain, want = stream_decode_rate(model, ids, params, None, repeats)
+    fast, got = stream_decode_rate(model, ids, params, spec, repeats)
     st = spec.stats
     return {
         "draft": spec.name,
