@@ -14,7 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("teacher", "teacher-2", "teacher-3", "distill-1", "distill", "sft", "dpo-b2", "dpo-b5", "merge", "grpo")
+STAGES = (
+    "teacher", "teacher-2", "teacher-3", "teacher-4",
+    "distill-1", "distill", "distill-2", "distill-3", "sft", "dpo-b2", "dpo-b5", "merge", "grpo",
+)  # fmt: skip
+# The first chain's post-training stages (on the student of `distill`), kept under RUN_DIR/chain1/
+# when the chain was rerun on the longer-trained models: listed as "chain1/<stage>".
+CHAIN1 = ("sft", "dpo-b2", "dpo-b5", "merge", "grpo")
 COLUMNS = {
     "math": "math (gsm8k-style)",
     "ifeval": "IFEval prompt strict",
@@ -37,8 +43,9 @@ def stage_rows(run: Path) -> list[dict]:
             t = json.loads(line)
             times[t["stage"]] = t["seconds"]
     rows = []
-    for stage in STAGES:
-        ev = run / "evals" / stage
+    evals = [(stage, run / "evals" / stage) for stage in STAGES]
+    evals += [(f"chain1/{stage}", run / "chain1" / "evals" / stage) for stage in CHAIN1]
+    for stage, ev in evals:
         if not (ev / "done").exists():
             continue
         results = json.loads((ev / "results.json").read_text())["results"]

@@ -21,6 +21,7 @@ RUN="${1:-runs/default}"
 mkdir -p "$RUN"
 RUN="$(cd "$RUN" && pwd)"
 DATA="$RUN/data"
+DATA4="$RUN/data-x4"
 SCALE="${SCALE:-1}"
 STEPS="${STEPS:-1}"
 LIMIT="${LIMIT:-30}"
@@ -78,6 +79,8 @@ TRAIN_DATA=(--data "$DATA/train/tools.jsonl" --data "$DATA/train/extract.jsonl"
 COMMON=(--packing --max-length 512 --batch-size 4 --seed 0 --lr-scheduler cosine --weight-decay 0.01)
 
 timed data "$DATA/test/text.jsonl" python "$HERE/data.py" "$DATA" --seed 0 --scale "$SCALE"
+# the long stage's 4x training set: the same pools and seed, so its first rows are the 1x set's
+timed data-x4 "$DATA4/test/text.jsonl" python "$HERE/data.py" "$DATA4" --seed 0 --scale "$(python -c "print(4 * $SCALE)")"
 timed init "$RUN/student-init/model.safetensors" python "$HERE/init_models.py" "$DATA" "$RUN" --seed 0
 
 train teacher "$RUN/teacher" "${LFMKIT[@]}" train sft --model "$RUN/teacher-init" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
@@ -97,17 +100,39 @@ evaluate teacher-2 "$RUN/teacher-2" &
 evaluate distill-1 "$RUN/student-kd1" &
 wait
 
-# The teacher trains on once more (teacher-3) while the student's chain below runs.
+# The teacher trains on once more (teacher-3) while the student distils from teacher-2 (student-kd).
 train teacher-3 "$RUN/teacher-3" "${LFMKIT[@]}" train sft --model "$RUN/teacher-2" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
   --max-steps "$(steps 100)" --learning-rate 1e-3 --warmup-steps 2 --save-every 20 --seed 4 &
-TEACHER3=$!
-
 train distill "$RUN/student-kd" "${LFMKIT[@]}" train distill --model "$RUN/student-kd1" --teacher "$RUN/teacher-2" \
   "${TRAIN_DATA[@]}" "${COMMON[@]}" --max-steps "$(steps 16)" --learning-rate 1e-3 --warmup-steps 2 \
   --save-every 20 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 2
-evaluate distill "$RUN/student-kd"
+wait
+evaluate teacher-3 "$RUN/teacher-3" &
+evaluate distill "$RUN/student-kd" &
+wait
 
-train sft "$RUN/student-sft" "${LFMKIT[@]}" train sft --model "$RUN/student-kd" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
+# The long stage: the teacher trains on the 4x training set (new rows of the same pools, the
+# held-out sets untouched) in rows of 8 x 512 tokens (teacher-4), while the student distils from
+# teacher-3 on the same data (student-kd2); then the student distils once more from the final
+# teacher (student-kd3) before SFT. Teacher and student each take one core.
+X4=(--data "$DATA4/train/tools.jsonl" --data "$DATA4/train/extract.jsonl"
+    --data "$DATA4/train/math.jsonl" --data "$DATA4/train/ifeval.jsonl")
+LONG=(--packing --max-length 512 --batch-size 8 --lr-scheduler cosine --weight-decay 0.01)
+train teacher-4 "$RUN/teacher-4" "${LFMKIT[@]}" train sft --model "$RUN/teacher-3" "${X4[@]}" "${LONG[@]}" \
+  --max-steps "$(steps 900)" --learning-rate 2e-3 --warmup-steps 20 --save-every 100 --seed 5 &
+train distill-2 "$RUN/student-kd2" "${LFMKIT[@]}" train distill --model "$RUN/student-kd" --teacher "$RUN/teacher-3" \
+  --teacher-quant bf16 "${X4[@]}" "${LONG[@]}" --max-steps "$(steps 600)" --learning-rate 2e-3 --warmup-steps 10 \
+  --save-every 50 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 6 &
+wait
+evaluate teacher-4 "$RUN/teacher-4" &
+evaluate distill-2 "$RUN/student-kd2" &
+wait
+train distill-3 "$RUN/student-kd3" "${LFMKIT[@]}" train distill --model "$RUN/student-kd2" --teacher "$RUN/teacher-4" \
+  --teacher-quant bf16 "${X4[@]}" "${LONG[@]}" --max-steps "$(steps 100)" --learning-rate 1e-3 \
+  --warmup-steps 5 --save-every 50 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 7
+evaluate distill-3 "$RUN/student-kd3"
+
+train sft "$RUN/student-sft" "${LFMKIT[@]}" train sft --model "$RUN/student-kd3" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
   --max-steps "$(steps 12)" --learning-rate 5e-4 --save-every 20 --seed 3
 evaluate sft "$RUN/student-sft"
 
@@ -142,7 +167,5 @@ train grpo "$RUN/grpo" "${LFMKIT[@]}" train grpo --model "$RUN/merged" --prompts
   --learning-rate 2e-5 --lr-scheduler constant --seed 0 --save-every 4
 evaluate grpo "$RUN/grpo"
 
-wait "$TEACHER3"
-evaluate teacher-3 "$RUN/teacher-3"
 
 echo "== recipe finished: $(date -u +%H:%M:%S); stage times in $RUN/times.jsonl"

@@ -2,8 +2,8 @@
 
     python recipes/default/ship.py RUN_DIR [--student-stage grpo]
 
-The teacher is the output of --teacher-stage (default RUN_DIR/teacher-2, the teacher trained
-on); the student the output of --student-stage (the last stage that improved the held-out
+The teacher is the output of --teacher-stage (default RUN_DIR/teacher-4, the teacher's last
+stage); the student the output of --student-stage (the last stage that improved the held-out
 sets; MODEL_CARD.md says which). Each gets config.json, a bfloat16 model.safetensors, the
 tokenizer files (with LFM2's chat template) and generation_config.json.
 """
@@ -23,12 +23,14 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "
 STAGE_DIRS = {
     "distill-1": "student-kd1",
     "distill": "student-kd",
+    "distill-2": "student-kd2",
+    "distill-3": "student-kd3",
     "sft": "student-sft",
     "dpo-b2": "dpo-b2",
     "merge": "merged",
     "grpo": "grpo",
 }
-TEACHER_DIRS = {"teacher": "teacher", "teacher-2": "teacher-2", "teacher-3": "teacher-3"}
+TEACHER_DIRS = {name: name for name in ("teacher", "teacher-2", "teacher-3", "teacher-4")}
 
 
 def ship(source: Path, dest: Path, name: str) -> int:
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Ship the recipe's teacher and student into lfmkit/default_model.")
     parser.add_argument("run")
     parser.add_argument("--student-stage", default="grpo", choices=sorted(STAGE_DIRS))
-    parser.add_argument("--teacher-stage", default="teacher-2", choices=sorted(TEACHER_DIRS))
+    parser.add_argument("--teacher-stage", default="teacher-4", choices=sorted(TEACHER_DIRS))
     args = parser.parse_args(argv)
     run = Path(args.run)
     total = ship(run / TEACHER_DIRS[args.teacher_stage], PACKAGE / "teacher", "lfmkit-default-teacher")
