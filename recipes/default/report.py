@@ -16,7 +16,7 @@ from pathlib import Path
 
 STAGES = (
     "teacher", "teacher-2", "teacher-3", "teacher-4",
-    "distill-1", "distill", "distill-2", "distill-3", "sft", "dpo-b2", "dpo-b5", "merge", "grpo",
+    "distill-1", "distill", "distill-2", "sft", "dpo-b2", "dpo-b5", "merge", "grpo",
 )  # fmt: skip
 # The first chain's post-training stages (on the student of `distill`), kept under RUN_DIR/chain1/
 # when the chain was rerun on the longer-trained models: listed as "chain1/<stage>".

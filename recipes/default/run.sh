@@ -113,26 +113,20 @@ wait
 
 # The long stage: the teacher trains on the 4x training set (new rows of the same pools, the
 # held-out sets untouched) in rows of 8 x 512 tokens (teacher-4), while the student distils from
-# teacher-3 on the same data (student-kd2); then the student distils once more from the final
-# teacher (student-kd3) before SFT. Teacher and student each take one core.
+# teacher-3 on the same data (student-kd2) and then goes through the post-training chain below
+# (SFT, pairs, DPO, merge, GRPO). Teacher and student each take one core.
 X4=(--data "$DATA4/train/tools.jsonl" --data "$DATA4/train/extract.jsonl"
     --data "$DATA4/train/math.jsonl" --data "$DATA4/train/ifeval.jsonl")
 LONG=(--packing --max-length 512 --batch-size 8 --lr-scheduler cosine --weight-decay 0.01)
 train teacher-4 "$RUN/teacher-4" "${LFMKIT[@]}" train sft --model "$RUN/teacher-3" "${X4[@]}" "${LONG[@]}" \
   --max-steps "$(steps 900)" --learning-rate 2e-3 --warmup-steps 20 --save-every 100 --seed 5 &
+TEACHER4=$!
 train distill-2 "$RUN/student-kd2" "${LFMKIT[@]}" train distill --model "$RUN/student-kd" --teacher "$RUN/teacher-3" \
   --teacher-quant bf16 "${X4[@]}" "${LONG[@]}" --max-steps "$(steps 600)" --learning-rate 2e-3 --warmup-steps 10 \
-  --save-every 50 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 6 &
-wait
-evaluate teacher-4 "$RUN/teacher-4" &
-evaluate distill-2 "$RUN/student-kd2" &
-wait
-train distill-3 "$RUN/student-kd3" "${LFMKIT[@]}" train distill --model "$RUN/student-kd2" --teacher "$RUN/teacher-4" \
-  --teacher-quant bf16 "${X4[@]}" "${LONG[@]}" --max-steps "$(steps 100)" --learning-rate 1e-3 \
-  --warmup-steps 5 --save-every 50 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 7
-evaluate distill-3 "$RUN/student-kd3"
+  --save-every 50 --kd-loss forward_kl --temperature 1.0 --alpha 0.5 --seed 6
+evaluate distill-2 "$RUN/student-kd2"
 
-train sft "$RUN/student-sft" "${LFMKIT[@]}" train sft --model "$RUN/student-kd3" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
+train sft "$RUN/student-sft" "${LFMKIT[@]}" train sft --model "$RUN/student-kd2" "${TRAIN_DATA[@]}" "${COMMON[@]}" \
   --max-steps "$(steps 12)" --learning-rate 5e-4 --save-every 20 --seed 3
 evaluate sft "$RUN/student-sft"
 
@@ -167,5 +161,8 @@ train grpo "$RUN/grpo" "${LFMKIT[@]}" train grpo --model "$RUN/merged" --prompts
   --learning-rate 2e-5 --lr-scheduler constant --seed 0 --save-every 4
 evaluate grpo "$RUN/grpo"
 
+
+wait "$TEACHER4"
+evaluate teacher-4 "$RUN/teacher-4"
 
 echo "== recipe finished: $(date -u +%H:%M:%S); stage times in $RUN/times.jsonl"

@@ -24,7 +24,6 @@ STAGE_DIRS = {
     "distill-1": "student-kd1",
     "distill": "student-kd",
     "distill-2": "student-kd2",
-    "distill-3": "student-kd3",
     "sft": "student-sft",
     "dpo-b2": "dpo-b2",
     "merge": "merged",
