@@ -5,7 +5,7 @@
 #   -> semi-online pairs judged by the tasks' verifiers (prefs build) -> DPO sweep (train dpo)
 #   -> merge -> GRPO (train grpo) -> eval after every stage (lfmkit eval + score.py)
 #
-#   bash recipes/default/run.sh [RUN_DIR]          (default runs/default; ~1.5 h on 2 busy CPU cores)
+#   bash recipes/default/run.sh [RUN_DIR]          (default runs/default; ~3 h on 2 busy CPU cores)
 #
 # The random-init models are not evaluated: they score 0 on every task (they never stop).
 #
