@@ -5,15 +5,20 @@ MMLU-style 5-shot multiple-choice set, a GSM8K-style 0-shot generation set and t
 questions 5-shot (MGSM's layout: five worked examples before each question), and times, in one run:
 
 - `lfmkit.evals.evaluate` (mmlu, --mc-rule choices; gsm8k greedy generation, 0- and 5-shot),
-  in float32 and, as a user would choose it, with `--quant int8` (not the same numbers: a speed
-  column only),
+  in `--dtype` (float32 by default: the same numbers as transformers) and, as a user would
+  choose it, with `--quant int8` (not the same numbers: a speed column only; --skip-int8),
 - lm-eval's `simple_evaluate` with `LMEvalModel` (model `lfmkit`) on the same prompts as a custom
   task (skipped with --skip-lm-eval-lfmkit),
-- lm-eval's `simple_evaluate` with its `hf` backend (transformers, float32), the same tasks.
+- lm-eval's `simple_evaluate` with its `hf` backend (transformers, `dtype=` the same `--dtype`),
+  the same tasks.
+
+Each cell is the wall time and the process's CPU time (all its threads) of one call, model
+loading included: on a shared machine the CPU seconds are the fairer figure.
 
     python benchmarks/eval_speed.py [--preset lfm2-350m] [--questions 64] [--gen-questions 16]
                                     [--max-tokens 32] [--batch-size 8] [--threads N]
-                                    [--skip-lm-eval-lfmkit] [--json FILE]
+                                    [--dtype float32|bfloat16] [--workloads mc,gen0,gen5]
+                                    [--skip-int8] [--skip-lm-eval-lfmkit] [--json FILE]
 """
 
 from __future__ import annotations
@@ -131,9 +136,10 @@ def make_data(root: Path, n_mc: int, n_gen: int, max_tokens: int) -> Path:
 
 
 def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
+    """(wall seconds, process CPU seconds, result) of one call."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main() -> None:
@@ -144,7 +150,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens generated per question (no eos: random model)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both engines' weights")
+    ap.add_argument("--workloads", default="mc,gen0,gen5", help="a subset of mc, gen0, gen5")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--skip-int8", action="store_true", help="leave out the lfmkit --quant int8 column")
     ap.add_argument("--skip-lm-eval-lfmkit", action="store_true", help="leave out the lm-eval + LMEvalModel column")
     ap.add_argument("--json", default=None, help="append the result line to this file")
     args = ap.parse_args()
@@ -164,38 +173,46 @@ def main() -> None:
         build_test_tokenizer(model_dir)
     data = make_data(root, args.questions, args.gen_questions, args.max_tokens)
     manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
-    bs, mt = args.batch_size, args.max_tokens
+    bs, mt, dtype = args.batch_size, args.max_tokens, args.dtype
     started = time.strftime("%H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
 
-    # (workload, items, lfmkit evaluate kwargs, lm-eval task)
-    workloads = [
-        ("multiple choice, 5-shot", args.questions, {"tasks": "mmlu", "mc_rule": "choices"}, "speed_mc"),
-        (f"generation 0-shot, {mt} tokens", args.gen_questions, {"tasks": "gsm8k", "max_tokens": mt}, "speed_gen"),
-        (
+    # key: (workload, items, lfmkit evaluate kwargs, lm-eval task)
+    every = {
+        "mc": ("multiple choice, 5-shot", args.questions, {"tasks": "mmlu", "mc_rule": "choices"}, "speed_mc"),
+        "gen0": (
+            f"generation 0-shot, {mt} tokens",
+            args.gen_questions,
+            {"tasks": "gsm8k", "max_tokens": mt},
+            "speed_gen",
+        ),
+        "gen5": (
             f"generation 5-shot, {mt} tokens",
             args.gen_questions,
             {"tasks": "gsm8k", "max_tokens": mt, "num_fewshot": 5},
             "speed_gen_fs",
         ),
-    ]
-    times: dict[str, list[float]] = {"lfmkit": [], "lfmkit_int8": [], "lm_eval_lfmkit": [], "hf": []}
-    scores = {}
+    }
+    workloads = [every[k.strip()] for k in args.workloads.split(",")]
+    # engine -> [(wall, cpu)] per workload
+    times: dict[str, list[tuple[float, float]]] = {"lfmkit": [], "lfmkit_int8": [], "lm_eval_lfmkit": [], "hf": []}
+    scores, hf_scores = {}, {}
     for name, _, kw, _ in workloads:
-        t, out = timed(evaluate, str(model_dir), data=data, batch_size=bs, **kw)
-        times["lfmkit"].append(t)
+        t, c, out = timed(evaluate, str(model_dir), data=data, batch_size=bs, dtype=dtype, **kw)
+        times["lfmkit"].append((t, c))
         scores[name] = out["results"][kw["tasks"]]["score"]
-        t, _ = timed(evaluate, str(model_dir), data=data, batch_size=bs, quant="int8", **kw)
-        times["lfmkit_int8"].append(t)
+    if not args.skip_int8:
+        for _, _, kw, _ in workloads:
+            t, c, _ = timed(evaluate, str(model_dir), data=data, batch_size=bs, quant="int8", **kw)
+            times["lfmkit_int8"].append((t, c))
     if not args.skip_lm_eval_lfmkit:
-        lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs)
+        lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs, dtype=dtype)
         for *_, task in workloads:
-            t, _ = timed(lm_eval.simple_evaluate, model=lm, tasks=[task], task_manager=manager)
-            times["lm_eval_lfmkit"].append(t)
-    hf_args = f"pretrained={model_dir},dtype=float32"
-    hf_mc = None
-    for k, (*_, task) in enumerate(workloads):
-        t, out = timed(
+            t, c, _ = timed(lm_eval.simple_evaluate, model=lm, tasks=[task], task_manager=manager)
+            times["lm_eval_lfmkit"].append((t, c))
+    hf_args = f"pretrained={model_dir},dtype={dtype}"
+    for name, *_, task in workloads:
+        t, c, out = timed(
             lm_eval.simple_evaluate,
             model="hf",
             model_args=hf_args,
@@ -204,37 +221,43 @@ def main() -> None:
             batch_size=bs,
             device="cpu",
         )
-        times["hf"].append(t)
-        if k == 0:
-            hf_mc = out["results"][task]["acc,none"]
+        times["hf"].append((t, c))
+        metric = "acc,none" if task == "speed_mc" else "exact_match,none"
+        hf_scores[name] = out["results"][task][metric]
     load_after = os.getloadavg()
 
     print(
-        f"{args.preset} (random weights), batch size {bs}, torch threads {torch.get_num_threads()}, "
+        f"{args.preset} (random weights), {dtype}, batch size {bs}, torch threads {torch.get_num_threads()}, "
         f"{platform.processor() or platform.machine()}, started {started}, load average {load_before[0]:.1f} "
         f"before / {load_after[0]:.1f} after"
     )
-    print(f"mc accuracy: lfmkit {scores[workloads[0][0]]:.4f} / lm-eval hf {hf_mc:.4f} (same prompts and rule)")
-    header = f"{'workload':<32}{'items':>6}{'lfmkit':>10}{'int8':>10}{'lm-eval+lfmkit':>16}{'hf':>10}{'x hf':>7}"
-    print(header + f"{'int8 x hf':>11}")
+    for name, *_ in workloads:
+        print(f"{name}: score lfmkit {scores[name]:.4f} / lm-eval hf {hf_scores[name]:.4f} (same prompts and rule)")
+
+    def cell(pair) -> str:
+        return f"{pair[0]:.1f}s / {pair[1]:.1f}s" if pair else "-"
+
+    print(f"{'workload':<32}{'items':>6}  wall / CPU: lfmkit | int8 | lm-eval+lfmkit | hf | hf/lfmkit wall, CPU")
     rows = []
     for k, (name, n, _, _) in enumerate(workloads):
-        ours, int8, hf = times["lfmkit"][k], times["lfmkit_int8"][k], times["hf"][k]
-        mid = times["lm_eval_lfmkit"][k] if times["lm_eval_lfmkit"] else None
-        shown = f"{mid:.1f}s" if mid is not None else "-"
-        print(f"{name:<32}{n:>6}{ours:>9.1f}s{int8:>9.1f}s{shown:>16}{hf:>9.1f}s{hf / ours:>6.1f}x{hf / int8:>10.1f}x")
-        rows.append(
-            {"workload": name, "items": n, "lfmkit": ours, "lfmkit_int8": int8, "lm_eval_lfmkit": mid, "hf": hf}
+        got = {e: (v[k] if v else None) for e, v in times.items()}
+        ours, hf = got["lfmkit"], got["hf"]
+        ratio = f"{hf[0] / ours[0]:.2f}x, {hf[1] / ours[1]:.2f}x"
+        print(
+            f"{name:<32}{n:>6}  {cell(ours)} | {cell(got['lfmkit_int8'])} | {cell(got['lm_eval_lfmkit'])} | "
+            f"{cell(hf)} | {ratio}"
         )
+        rows.append({"workload": name, "items": n, **{e: list(v) if v else None for e, v in got.items()}})
     line = json.dumps(
         {
             "preset": args.preset,
+            "dtype": dtype,
             "batch_size": bs,
             "threads": torch.get_num_threads(),
             "started": started,
             "loadavg": [load_before[0], load_after[0]],
             "rows": rows,
-            "acc": [scores[workloads[0][0]], hf_mc],
+            "scores": {name: [scores[name], hf_scores[name]] for name, *_ in workloads},
         }
     )
     print(line)

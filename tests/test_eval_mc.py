@@ -281,10 +281,10 @@ def test_csv_and_parquet_read_like_jsonl(setup, tmp_path):
 
 
 def test_long_rows_split_across_passes_score_the_same(setup, tmp_path, monkeypatch):
-    from lfmkit.evals import backends
+    from lfmkit.evals import scoring
 
     path, ref, hf_tok, data = setup
-    monkeypatch.setattr(backends, "ROW_TOKENS_PER_PASS", 16)  # a few tokens per row per pass
+    monkeypatch.setattr(scoring, "ROW_TOKENS_PER_PASS", 16)  # a few tokens per row per pass
     summary = evaluate(str(path), "mmlu", data, tmp_path, mc_rule="choices", batch_size=4, num_fewshot=2)
     prompts = mmlu_prompts(data, 2)
     preds, lls = oracle(ref, hf_tok, prompts, "choices")

@@ -11,6 +11,7 @@ reference forward, so a model with fast paths installed still trains correctly.
 - `FastFeedForward`: w1 and w3 as one quantized matrix when they are stored back to back, the
   SiLU gate in one C loop, or in place (no second [rows, ff] temporary) for larger inputs.
 - `FastAttention`: q, k and v as one quantized matrix when they are stored back to back.
+- `FastLinear` (float_linear.py): float32 inference products through oneDNN instead of MKL.
 - `FastLFM2`: single-token steps of a quantized model through the fused decode step
   (decode_step.py), one C call per token.
 """
@@ -21,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from ..model.lfm2 import LFM2, Attention, FeedForward, RMSNorm, ShortConv, StepContext
+from ..model.lfm2 import LFM2, Attention, FeedForward, Linear, RMSNorm, ShortConv, StepContext
 from ..model.state import LFM2State
 from ..quant.linear import QuantLinear, fused_view
+from .float_linear import FastLinear
 
 FUSED_MAX_ROWS = 64  # up to this many token rows, small ops run in the fused C loops
 
@@ -178,5 +180,6 @@ SWAPS = {
     FeedForward: FastFeedForward,
     Attention: FastAttention,
     LFM2: FastLFM2,
+    Linear: FastLinear,
 }
 REFERENCE = {fast: ref for ref, fast in SWAPS.items()}
