@@ -249,7 +249,9 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
             held_out.model = model
     if config.base_quant:
         if not has_lora(model):
-            raise ConfigError("base_quant: the model has no LoRA adapters to train over its quantized base (set lora_r)")
+            raise ConfigError(
+                "base_quant: the model has no LoRA adapters to train over its quantized base (set lora_r)"
+            )
         install_lora_decode(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -38,11 +38,15 @@ from ..model import LFM2
 from ..quant.linear import QuantLinear
 from .lora import LoRALinear, lora_layers
 
+
 def quantized_base(model: nn.Module, mode: str) -> nn.Module:
     """Quantize `model`'s linears (and the tied embedding / head) to `mode` in place, for LoRA
     over a quantized base; its remaining float parameters are frozen (apply_lora adds the
-    trainable ones)."""
-    return optimize(model, quant=mode)
+    trainable ones). Products of more than 16 rows (the training forward, prompt prefill) run
+    bfloat16 GEMMs on the weights dequantized a tile at a time (`prefill="bf16"`): against the
+    rollouts' int8 activation blocks they agree better than W8A8's per-token int8 activations
+    and, for a training step's few hundred rows, run faster (measured in docs/training.md)."""
+    return optimize(model, quant=mode, prefill="bf16")
 
 
 def _plain(layer: nn.Module) -> QuantLinear:
@@ -82,22 +86,27 @@ class LoRAFusedDecode(FusedDecode):
             lin.lora, lin.n_lora = ctypes.cast(array, ctypes.POINTER(_Lora)), len(adapters)
         return lin
 
-    def _adapter_pointers(self) -> tuple[int, ...]:
-        return tuple(t.data_ptr() for m in self._layers for t in (m.lora_A.weight, m.lora_B.weight))
-
     def _build(self):
         if self._plan is None and self.reason is None:
-            self._layers = list(lora_layers(self.model).values())
-            self._pointers = self._adapter_pointers()
+            layers = list(lora_layers(self.model).values())
+            self._layers = layers
+            self._dropout = [m for m in layers if not isinstance(m.lora_dropout, nn.Identity)]
+            # (parameter dict, parameter, its data pointer) of every adapter tensor the plan reads
+            params = [(lin._parameters, lin.weight) for m in layers for lin in (m.lora_A, m.lora_B)]
+            self._pointers = [(d, p, p.data_ptr()) for d, p in params]
         return super()._build()
+
+    def _stale(self) -> bool:
+        """Whether an adapter tensor was replaced (not updated in place) since the plan was made."""
+        return any(d["weight"] is not p or p.data_ptr() != ptr for d, p, ptr in self._pointers)
 
     def __call__(self, input_ids, state, conv_columns=None):
         if self._build() is None:
             return None
-        if any(m.disabled or (m.training and not isinstance(m.lora_dropout, nn.Identity)) for m in self._layers):
+        if any(m.disabled for m in self._layers) or any(m.training for m in self._dropout):
             return None
-        if self._adapter_pointers() != self._pointers:
-            self.reset()  # an adapter tensor was replaced (not updated in place): gather again
+        if self._stale():
+            self.reset()  # gather the pointers again
         return super().__call__(input_ids, state, conv_columns)
 
 
