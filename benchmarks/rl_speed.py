@@ -221,7 +221,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per trainer (the first is a warm-up)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
-    ap.add_argument("--modes", default="full,lora", help="comma-separated: full and/or lora")
+    ap.add_argument("--modes", default="full,lora", help="comma-separated, run in this order: full and/or lora")
     ap.add_argument(
         "--lfmkit-precision", default="fp32,bf16-weights", help="full mode, comma-separated: fp32, bf16-weights"
     )
@@ -244,13 +244,14 @@ def main() -> None:
     for mode in [m for m in args.modes.split(",") if m]:
         lora = mode == "lora"
         precisions = [p for p in (args.lora_base if lora else args.lfmkit_precision).split(",") if p]
-        ours = {
-            p: summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{mode}-{p}-{stamp}", p, lora))
-            for p in precisions
-        }
-        theirs = summary(run_trl(model_dir, prompts, args, root / f"trl-{mode}-{stamp}", lora))
-        tables[mode] = (ours, theirs)
         key = "" if mode == "full" else "-lora"
+        ours = {}
+        for p in precisions:
+            ours[p] = summary(run_lfmkit(model_dir, prompts, args, root / f"lfmkit-{mode}-{p}-{stamp}", p, lora))
+            print(json.dumps({f"lfmkit{key}-{p}": ours[p]}), flush=True)  # each result as soon as it is known
+        theirs = summary(run_trl(model_dir, prompts, args, root / f"trl-{mode}-{stamp}", lora))
+        print(json.dumps({f"trl{key}": theirs}), flush=True)
+        tables[mode] = (ours, theirs)
         record |= {f"trl{key}": theirs} | {f"lfmkit{key}-{p}": o for p, o in ours.items()}
     print(
         f"{args.preset} (random weights), {args.prompts} prompts x {args.generations} completions x "

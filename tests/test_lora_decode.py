@@ -12,6 +12,7 @@ from test_train_grpo import MAX_COMPLETION, direct_logps, fixed_rollouts, formul
 from train_helpers import write_jsonl
 
 from lfmkit import LFM2, generate, kernels
+from lfmkit.cli import main
 from lfmkit.inference.sampling import SamplingParams
 from lfmkit.train.grpo import grpo
 from lfmkit.train.grpo_loss import GRPOLoss
@@ -212,3 +213,17 @@ def test_grpo_over_a_quantized_base_trains_adapters_with_fused_rollouts(ckpt, tm
     # GEMMs: activations int8 per token): close, not equal; measured and logged every batch
     assert all(0 < r["logprob_diff"] < 0.05 for r in records), [r["logprob_diff"] for r in records]
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_cli_base_quant_runs_qlora_grpo_and_says_what_the_rollouts_compute_in(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count: {w}"} for w in "one two".split()])
+    (tmp_path / "toy.py").write_text(
+        "def digits(messages, completion):\n    return float(any(c.isdigit() for c in completion))\n"
+    )
+    args = ["train", "grpo", "--no-progress", "--model", str(ckpt), "--prompts", "p.jsonl", "--reward", "toy:digits"]
+    args += ["--output", "run", "--max-steps", "1", "--num-generations", "4", "--max-completion-length", "4"]
+    assert main(args + ["--lora-r", "4", "--base-quant", "int4"]) == 0
+    out = capsys.readouterr().out
+    assert "rollouts in int4 base weights (activations int8 per 32) + float32 adapters, the fused decode step" in out
+    assert "logprob_diff" in read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
