@@ -2,12 +2,14 @@
 
 Loads the reference model (float32 master weights) and its tokenizer, reads the prompts
 (`rollouts.read_prompts`) and the rewards (`rewards.py`), optionally adapts the model (LoRA when
-`lora_r` is set), and runs the fine-tuning trainer (`trainer.py`) with the GRPO loss
-(`grpo_loss.py`) over a `RolloutPlan`, which generates each batch of rollouts with lfmkit's own
-generation on the model being trained. The output directory holds what SFT leaves (the final
-model or adapter, `metrics.jsonl`, `loss.png`, `train_config.json`, `checkpoints/`), plus
-`eval_rewards.jsonl` (the held-out reward before training, every `eval_every` steps and after,
-when `eval_prompts` is set) and `reward.png` (the training reward per step and the held-out reward).
+`lora_r` is set; over an int8 / int4 base with `base_quant`, the rollouts then running the fused
+quantized decode step with the adapters, `lora_decode.py`), and runs the fine-tuning trainer
+(`trainer.py`) with the GRPO loss (`grpo_loss.py`) over a `RolloutPlan`, which generates each
+batch of rollouts with lfmkit's own generation on the model being trained. The output directory
+holds what SFT leaves (the final model or adapter, `metrics.jsonl`, `loss.png`,
+`train_config.json`, `checkpoints/`), plus `eval_rewards.jsonl` (the held-out reward before
+training, every `eval_every` steps and after, when `eval_prompts` is set) and `reward.png`
+(the training reward per step and the held-out reward).
 
 The reference of the KL term (beta > 0) is the starting model: with LoRA the same model with its
 adapters switched off (no copy), otherwise a frozen copy taken before training.
