@@ -158,6 +158,15 @@ def test_all_linear_wraps_every_linear_but_the_head(ckpt):
     }
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_all_linear_on_a_quantized_model_leaves_the_embedding_table_alone(qckpt, mode):
+    model = apply_lora(optimize(ours(qckpt), quant=mode), targets="all-linear")
+    assert set(lora_layers(model)) == {
+        n for n, m in ours(qckpt).named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
+    }
+    model(ids_of(1, 5))  # the embedding lookup reads the table's codes
+
+
 # ---- PEFT's format, both ways --------------------------------------------------------------------
 def test_saved_adapter_loads_in_peft_with_the_same_logits(ckpt, tmp_path):
     model = random_adapters(apply_lora(ours(ckpt), r=4, alpha=8))

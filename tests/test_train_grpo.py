@@ -366,6 +366,9 @@ def test_truncated_completions_can_be_masked(root):
         (dict(packing=True), "packing does not apply"),
         (dict(temperature=0.0), "temperature must be in"),
         (dict(rewards=[]), "rewards is required"),
+        (dict(base_quant="int4"), "base_quant needs lora_r"),
+        (dict(base_quant="int3", lora_r=4), "base_quant must be one of int8, int4"),
+        (dict(base_quant="int8", lora_r=4, bf16_weights=True), "base_quant and bf16_weights exclude"),
     ],
 )
 def test_bad_settings_are_named(root, overrides, message):
@@ -421,6 +424,7 @@ def test_cli_trains_with_a_reward_from_a_file_and_writes_the_curves(root, capsys
         (["--reward", "no_such_module:fn"], "cannot import no_such_module"),
         (["--reward", "math", "--batch-size", "6"], "multiple of num_generations"),
         (["--reward", "math", "--prompts", "bad.jsonl"], "bad.jsonl:2: needs 'prompt'"),
+        (["--reward", "math", "--base-quant", "int4"], "base_quant needs lora_r"),
     ],
 )
 def test_cli_errors_are_one_line(root, capsys, monkeypatch, args, message):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..train.grpo_config import LOSS_TYPES, SCALE_REWARDS, GRPOConfig
+from ..train.grpo_config import BASE_QUANTS, LOSS_TYPES, SCALE_REWARDS, GRPOConfig
 
 # SFT flags that mean nothing for GRPO (prompts replace data; completions are generated).
 _NOT_SHARED = {"--data", "--packing", "--assistant-only-loss", "--completion-only-loss", "--max-length"}
@@ -44,6 +44,14 @@ _GRPO_FLAGS = [
     ("--top-k", dict(type=int, help="top-k sampling (default 0: off)")),
     ("--min-p", dict(type=float, help="min-p sampling (default 0: off)")),
     ("--repetition-penalty", dict(type=float, help="repetition penalty (default 1.0: off)")),
+    (
+        "--base-quant",
+        dict(
+            choices=BASE_QUANTS,
+            help="LoRA over an int8 / int4 base (QLoRA, needs --lora-r): the rollouts run lfmkit's fused "
+            "quantized decode step on the trained adapters (default: the float base)",
+        ),
+    ),
     ("--loss-type", dict(choices=LOSS_TYPES, help="dapo (token mean, default), grpo (per-sequence mean), dr_grpo")),
     ("--epsilon-low", dict(type=float, help="clip the ratio below at 1 - epsilon-low (default 0.2)")),
     ("--epsilon-high", dict(type=float, help="clip the ratio above at 1 + epsilon-high (default 0.2; DAPO: 0.28)")),

@@ -23,13 +23,29 @@ from torch import nn
 
 from .. import kernels
 from ..model.state import LFM2State
-from ..quant.linear import KernelSpec, QuantEmbedding, QuantLinear
+from ..quant.linear import KernelSpec, QuantEmbedding, QuantLinear, fused_view
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
 
 
+class _Lora(ctypes.Structure):
+    """A LoRA adapter on rows [row0, row0 + rows) of a linear's output (csrc/decode_step.cpp)."""
+
+    _fields_ = [("A", _p), ("B", _p), ("r", _i64), ("row0", _i64), ("rows", _i64), ("scale", ctypes.c_float)]
+
+
 class _Linear(ctypes.Structure):
-    _fields_ = [("w", _p), ("s", _p), ("wsum", _p), ("K", _i64), ("N", _i64), ("bits", _i64), ("ab", _i64)]
+    _fields_ = [
+        ("w", _p),
+        ("s", _p),
+        ("wsum", _p),
+        ("K", _i64),
+        ("N", _i64),
+        ("bits", _i64),
+        ("ab", _i64),
+        ("lora", ctypes.POINTER(_Lora)),  # NULL: no adapters (FusedDecode.slot's subclasses add them)
+        ("n_lora", _i64),
+    ]
 
 
 class _Layer(ctypes.Structure):
@@ -76,28 +92,22 @@ class _StateView(ctypes.Structure):
     ]
 
 
-class _Unsupported(Exception):
+class Unsupported(Exception):
     """This model cannot take the fused step (the module path runs instead)."""
 
 
 def _linear(mod: nn.Module | None, keep: list) -> _Linear:
     spec: KernelSpec | None = mod.kernel_spec() if isinstance(mod, QuantLinear) else None
     if spec is None:
-        raise _Unsupported(f"{type(mod).__name__} is not a kernel-backed quantized linear")
+        raise Unsupported(f"{type(mod).__name__} is not a kernel-backed quantized linear")
     keep.append(mod)  # the plan points into its buffers
     keep.append(mod.__dict__.get("_wsum"))
     return _Linear(*spec)
 
 
-def _fused(module: nn.Module):
-    """The module's parts as one quantized matrix (see fast/modules.py), or None."""
-    fused = getattr(module, "fused", None)
-    return fused() if fused is not None else None
-
-
 def _f32(t: torch.Tensor | None) -> int:
     if t is None or t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
-        raise _Unsupported("a norm or conv filter is not a contiguous float32 CPU tensor")
+        raise Unsupported("a norm or conv filter is not a contiguous float32 CPU tensor")
     return t.data_ptr()
 
 
@@ -125,18 +135,18 @@ class FusedDecode:
         if self._plan is None and self.reason is None:
             try:
                 self._plan = self._gather()
-            except _Unsupported as exc:
+            except Unsupported as exc:
                 self.reason = str(exc)
         return self._plan
 
     def _gather(self):
         lib = kernels.load()
         if lib is None:
-            raise _Unsupported(f"no kernels: {kernels.build_error}")
+            raise Unsupported(f"no kernels: {kernels.build_error}")
         m = self.model
         cfg = m.config
         if cfg.conv_bias or cfg.head_size % 2:
-            raise _Unsupported("conv_bias or an odd head_dim is not supported by the fused step")
+            raise Unsupported("conv_bias or an odd head_dim is not supported by the fused step")
         layers = (_Layer * cfg.num_hidden_layers)()
         keep: list = []
         ff = None
@@ -144,20 +154,21 @@ class FusedDecode:
             ly = layers[i]
             ly.op_norm, ly.ffn_norm = _f32(block.operator_norm.weight), _f32(block.ffn_norm.weight)
             fwd = block.feed_forward
-            ly.w13, ly.w2 = _linear(_fused(fwd), keep), _linear(fwd.w2, keep)
+            ly.w13, ly.w2 = self.slot([fwd.w1, fwd.w3], keep), self.slot([fwd.w2], keep)
             ff = ly.w13.N // 2
             if block.is_attention:
                 att = block.self_attn
                 ly.is_attn = 1
-                ly.mix, ly.out = _linear(_fused(att), keep), _linear(att.out_proj, keep)
+                ly.mix = self.slot([att.q_proj, att.k_proj, att.v_proj], keep)
+                ly.out = self.slot([att.out_proj], keep)
                 ly.q_norm, ly.k_norm = _f32(att.q_layernorm.weight), _f32(att.k_layernorm.weight)
             else:
                 conv = block.conv
-                ly.mix, ly.out = _linear(conv.in_proj, keep), _linear(conv.out_proj, keep)
+                ly.mix, ly.out = self.slot([conv.in_proj], keep), self.slot([conv.out_proj], keep)
                 ly.conv_w = _f32(conv.conv.weight)
         emb = m.model.embed_tokens
         if not isinstance(emb, QuantEmbedding):
-            raise _Unsupported("the embedding is not quantized")
+            raise Unsupported("the embedding is not quantized")
         cm = _Model(
             cfg.num_hidden_layers,
             cfg.hidden_size,
@@ -171,9 +182,15 @@ class FusedDecode:
             layers,
             _f32(m.model.embedding_norm.weight),
             _linear(emb.table, keep),
-            _linear(m.lm_head, keep),
+            self.slot([m.lm_head], keep),
         )
         return cm, (layers, keep), lib
+
+    def slot(self, parts: list[nn.Module], keep: list) -> _Linear:
+        """The C linear for one product of the step: `parts` are the modules whose outputs it
+        computes side by side (q/k/v, w1/w3: stored back to back, one quantized matrix; else one
+        module). Raises Unsupported for anything but kernel-backed quantized layers."""
+        return _linear(parts[0] if len(parts) == 1 else fused_view(parts), keep)
 
     # ---- running -------------------------------------------------------------------------
     def __call__(
@@ -262,4 +279,4 @@ def attach(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["FusedDecode", "attach"]
+__all__ = ["FusedDecode", "Unsupported", "attach"]

@@ -407,9 +407,12 @@ def _start(
     elif n_rows == len(ids):
         logits = prefill(model, state, ids, chunk_size=prefill_chunk)
     else:
-        # n > 1: prefill each prompt once into a side state, then copy it into its n rows.
+        # n > 1: prefill each prompt once into a side state, then copy it into its n rows
+        # without its left padding (padding-free rows take the fused decode step).
         side = model.new_state(batch_size=len(ids), max_length=width)
         first = prefill(model, side, ids, chunk_size=prefill_chunk)
+        for row, p in enumerate(ids):
+            side.drop_left_padding(row, width - len(p))
         owner = [r.prompt_index for r in rows]
         for row, src in enumerate(owner):
             state.copy_row(side, src, row)

@@ -2,12 +2,14 @@
 
 Loads the reference model (float32 master weights) and its tokenizer, reads the prompts
 (`rollouts.read_prompts`) and the rewards (`rewards.py`), optionally adapts the model (LoRA when
-`lora_r` is set), and runs the fine-tuning trainer (`trainer.py`) with the GRPO loss
-(`grpo_loss.py`) over a `RolloutPlan`, which generates each batch of rollouts with lfmkit's own
-generation on the model being trained. The output directory holds what SFT leaves (the final
-model or adapter, `metrics.jsonl`, `loss.png`, `train_config.json`, `checkpoints/`), plus
-`eval_rewards.jsonl` (the held-out reward before training, every `eval_every` steps and after,
-when `eval_prompts` is set) and `reward.png` (the training reward per step and the held-out reward).
+`lora_r` is set; over an int8 / int4 base with `base_quant`, the rollouts then running the fused
+quantized decode step with the adapters, `lora_decode.py`), and runs the fine-tuning trainer
+(`trainer.py`) with the GRPO loss (`grpo_loss.py`) over a `RolloutPlan`, which generates each
+batch of rollouts with lfmkit's own generation on the model being trained. The output directory
+holds what SFT leaves (the final model or adapter, `metrics.jsonl`, `loss.png`,
+`train_config.json`, `checkpoints/`), plus `eval_rewards.jsonl` (the held-out reward before
+training, every `eval_every` steps and after, when `eval_prompts` is set) and `reward.png`
+(the training reward per step and the held-out reward).
 
 The reference of the KL term (beta > 0) is the starting model: with LoRA the same model with its
 adapters switched off (no copy), otherwise a frozen copy taken before training.
@@ -33,6 +35,8 @@ from .distributed import destroy_process_group, init_process_group, is_main_proc
 from .grpo_config import GRPOConfig
 from .grpo_loss import GRPOLoss
 from .lora import adapters_disabled, has_lora
+from .lora_decode import install as install_lora_decode
+from .lora_decode import quantized_base, rollout_precision
 from .metrics import METRICS_FILE, read_metrics
 from .rewards import RewardSet, as_reward_set
 from .rollouts import PromptRow, RolloutPlan, mean_reward, read_prompts
@@ -217,6 +221,10 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = LFM2.from_pretrained(config.model, dtype="float32", device=device)
+    if config.base_quant:
+        if device.type != "cpu":
+            raise ConfigError(f"base_quant: lfmkit's quantized kernels run on the CPU, the device is {device}")
+        quantized_base(model, config.base_quant)
     tokenizer = model_tokenizer(model, config.model, "prompts need")
     tokenizer_dir = model.source_path
     template = read_chat_template(config)
@@ -232,7 +240,7 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
             verbose,
         )
 
-    snapshot = copy.deepcopy(model) if config.beta > 0 else None
+    snapshot = copy.deepcopy(model) if config.beta > 0 and not config.base_quant else None  # LoRA: adapters off
     lora_prepare, lora_save = lora_hooks(config) if prepare_model is None else (None, None)
     prepare_model = prepare_model or lora_prepare
     save_model = save_model or lora_save
@@ -241,6 +249,12 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
         model = prepare_model(model) or model
         if held_out is not None:
             held_out.model = model
+    if config.base_quant:
+        if not has_lora(model):
+            raise ConfigError(
+                "base_quant: the model has no LoRA adapters to train over its quantized base (set lora_r)"
+            )
+        install_lora_decode(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if save_model is None:
@@ -273,11 +287,10 @@ def _grpo(config: GRPOConfig, rewards, device: torch.device, prepare_model, save
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(model, plan, config, pad_id, loss_fn=loss, save_model=save_model, progress_metrics=PROGRESS)
     if verbose:
-        dtype = "bfloat16" if config.bf16_weights else str(model.dtype).removeprefix("torch.")
         print(
             f"training {trainer.total_steps} steps of {config.prompts_per_step} prompts x {config.num_generations} "
             f"completions (loss {config.loss_type}, {config.num_iterations} step(s) per batch of rollouts) "
-            f"on {where(trainer, device)}; rollouts in {dtype} on the training weights",
+            f"on {where(trainer, device)}; rollouts in {rollout_precision(model, config)} on the training weights",
             flush=True,
         )
     result = trainer.train()

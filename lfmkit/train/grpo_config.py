@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .config import SFTConfig
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+BASE_QUANTS = ("int8", "int4")  # LoRA over a quantized base (lora_decode.py)
 SCALE_REWARDS = ("group", "batch", "none")
 # SFT settings that have no meaning for rollouts; setting one is refused rather than ignored.
 NOT_FOR_GRPO = {"data": [], "packing": False}
@@ -39,6 +40,8 @@ class GRPOConfig(SFTConfig):
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    # LoRA over an int8 / int4 base (QLoRA): rollouts through the fused quantized decode step
+    base_quant: str | None = None
     # the loss
     loss_type: str = "dapo"
     epsilon_low: float = 0.2
@@ -103,6 +106,13 @@ class GRPOConfig(SFTConfig):
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.repetition_penalty <= 0:
             bad("top_k" if self.top_k < 0 else "repetition_penalty", "is out of range")
+        if self.base_quant is not None:
+            if self.base_quant not in BASE_QUANTS:
+                bad("base_quant", f"must be one of {', '.join(BASE_QUANTS)}, got {self.base_quant!r}")
+            if self.lora_r is None:
+                bad("base_quant", "needs lora_r: the quantized base is frozen, LoRA adapters train over it")
+            if self.bf16_weights:
+                bad("base_quant", "and bf16_weights exclude each other (the base is int8 / int4, the adapters float32)")
         if self.eval_every < 0:
             bad("eval_every", f"must not be negative, got {self.eval_every}")
         for name in ("save_every", "max_steps", "eval_every"):
@@ -119,4 +129,4 @@ class GRPOConfig(SFTConfig):
         return self.batch_size // self.num_generations
 
 
-__all__ = ["GRPOConfig", "LOSS_TYPES", "SCALE_REWARDS"]
+__all__ = ["GRPOConfig", "LOSS_TYPES", "SCALE_REWARDS", "BASE_QUANTS"]

@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..fast import deoptimize
 from ..io.safetensors import SafetensorsFile
-from ..quant.linear import PREFILL_TILE_BYTES, QuantLinear
+from ..quant.linear import PREFILL_TILE_BYTES, QuantEmbedding, QuantLinear
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -242,11 +242,12 @@ class FrozenQuantLinear(QuantLinear):
 def wrappable_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Dotted name -> linear layer for every linear LoRA can wrap, in model order. A tied output
     head is left out: it is the embedding matrix, and merging an update into it would change the
-    input embeddings too."""
+    input embeddings too; so is a quantized embedding's table (it is looked up, not multiplied)."""
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    tables = {id(m.table) for m in model.modules() if isinstance(m, QuantEmbedding)}  # lookups, not products
     found = {}
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, QuantLinear)) and not (tied and name == "lm_head"):
+        if isinstance(m, (nn.Linear, QuantLinear)) and not (tied and name == "lm_head") and id(m) not in tables:
             found[name] = m
     return found
 

@@ -8,7 +8,9 @@ and the plan the trainer steps through.
   model being trained, itself (no copy, no weight sync): one batch, the n completions of a
   prompt sharing its prefill (the hybrid conv + KV state is copied into n rows), each stopping
   at end of turn (eos / `<|im_end|>`) or `max_completion_length`. Rollouts run in the model's
-  own dtype (float32 master weights), in eval mode, without autograd.
+  own dtype (float32 master weights; bfloat16 under bf16_weights; over a quantized LoRA base,
+  the fused quantized decode step with the adapters, lora_decode.py), in eval mode, without
+  autograd.
 - `group_advantages(rewards, n, scale)`: TRL's group-relative advantages (reward minus its
   group's mean, divided by the group's, the batch's or no standard deviation + 1e-4).
 - `RolloutPlan`: the trainer's plan (`DataPlan`'s protocol). Optimizer step s uses rollout

@@ -7,11 +7,21 @@
 // work (norms, the conv window, RoPE, K/V writes) runs on one thread (`omp single`), and
 // attention splits over (row, K/V head). The math is the module path's, op for op.
 
+// A LoRA adapter on rows [row0, row0 + rows) of a linear's output: += scale * (x A^T) B^T
+typedef struct {
+    const float* A;         // [r, K] float32
+    const float* B;         // [rows, r] float32
+    int64_t r, row0, rows;
+    float scale;
+} LfmLora;
+
 typedef struct {
     const void* w;          // int8 [N, K] or packed int4 [N, K/2]
     const void* s;          // float [N] (int8) or fp16 [N, K/32] (int4)
     const int32_t* wsum;    // int8: weight sums per activation block (VNNI), else unused
     int64_t K, N, bits, ab; // ab: activation block (int8: 256 or 32; int4: 32)
+    const LfmLora* lora;    // adapters on parts of the output (n_lora of them; NULL, 0: none)
+    int64_t n_lora;
 } LfmLinear;
 
 typedef struct {
@@ -102,6 +112,28 @@ static inline float dot_f32(const float* a, const float* b, int64_t d) {
     return acc;
 }
 
+// out [B, N] += each adapter's scale * (x A^T) B^T on its rows, x [B, K] the float input the
+// base product quantized; t: scratch [B, total rank]. Float32 throughout, as LoRALinear's
+// forward; called by every thread of the region (the products share their rows).
+static void lora_for(const LfmLinear* L, const float* x, int64_t B, float* out, float* t) {
+    if (L->n_lora == 0) return;
+    int64_t R = 0;
+    for (int64_t p = 0; p < L->n_lora; p++) R += L->lora[p].r;
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < B * R; i++) {
+        int64_t j = i % R, p = 0;
+        while (j >= L->lora[p].r) j -= L->lora[p++].r;
+        t[i] = dot_f32(x + (i / R) * L->K, L->lora[p].A + j * L->K, L->K);
+    }
+    for (int64_t p = 0, off = 0; p < L->n_lora; off += L->lora[p++].r) {
+        const LfmLora* a = L->lora + p;
+        #pragma omp for schedule(static)
+        for (int64_t n = 0; n < a->rows; n++)
+            for (int64_t b = 0; b < B; b++)
+                out[b * L->N + a->row0 + n] += a->scale * dot_f32(t + b * R + off, a->B + n * a->r, a->r);
+    }
+}
+
 // The G query heads q [G, d] that share one K/V head, against keys k [n, d] and values
 // v [n, d] -> out [G, d]; scores: scratch [G, n]. Each key and value row is read once for
 // the whole group, which is what bounds a long-context step.
@@ -148,7 +180,8 @@ extern "C" {
 int64_t lfm_decode_scratch_bytes(const LfmModel* m, int64_t B, int64_t max_len) {
     const int64_t w = max_width(m);
     return 4 * (B * m->hidden * 2 + B * w * 2 + B * m->n_heads * max_len)   // x, o, xn, big, scores
-           + B * w + 8 * (B * w / 32 + 1) + 256;                              // xq, xs, xsum, alignment
+           + B * w + 8 * (B * w / 32 + 1) + 256                               // xq, xs, xsum, alignment
+           + 4 * B * w + 64;                                                  // LoRA ranks (at most w a linear)
 }
 
 // Run T tokens per row, ids [B, T], through the model at each row's next T slots; logits
@@ -174,6 +207,7 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
     int8_t* xq = (int8_t*)(scores + B * H * S);
     float* xs = (float*)(((uintptr_t)(xq + B * w) + 63) & ~(uintptr_t)63);
     int32_t* xsum = (int32_t*)(xs + B * w / 32 + 1);
+    float* lt = (float*)(((uintptr_t)(xsum + B * w / 32 + 1) + 63) & ~(uintptr_t)63);   // [B, ranks]
 
     for (int64_t r = 0; r < B; r++) table_row(&m->embed, ids[r], x + r * h);
 
@@ -187,6 +221,7 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
                 quant_for(&ly->mix, xn, B, xq, xs, xsum);
             }
             linear_for(&ly->mix, xq, xs, xsum, B, big);
+            lora_for(&ly->mix, xn, B, big, lt);
             if (!ly->is_attn) {
                 #pragma omp single
                 {
@@ -226,6 +261,7 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
                 quant_for(&ly->out, xn, B, xq, xs, xsum);
             }
             linear_for(&ly->out, xq, xs, xsum, B, o);
+            lora_for(&ly->out, xn, B, o, lt);
             #pragma omp single
             {
                 for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
@@ -233,12 +269,14 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
                 quant_for(&ly->w13, xn, B, xq, xs, xsum);
             }
             linear_for(&ly->w13, xq, xs, xsum, B, big);
+            lora_for(&ly->w13, xn, B, big, lt);
             #pragma omp single
             {
                 lfm_silu_mul(big, B, m->ff, xn);
                 quant_for(&ly->w2, xn, B, xq, xs, xsum);
             }
             linear_for(&ly->w2, xq, xs, xsum, B, o);
+            lora_for(&ly->w2, xn, B, o, lt);
             #pragma omp single
             for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
         }
@@ -248,6 +286,7 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
             quant_for(&m->head, xn, B, xq, xs, xsum);
         }
         linear_for(&m->head, xq, xs, xsum, B, logits);
+        lora_for(&m->head, xn, B, logits, lt);
     }
     for (int64_t b = 0; b < B0; b++) {
         for (int64_t j = 0; j < T; j++) st->valid[b * S + st->lengths[b] + j] = 1;
