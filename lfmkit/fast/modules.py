@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..model.lfm2 import LFM2, Attention, FeedForward, RMSNorm, ShortConv, StepContext
 from ..model.state import LFM2State
-from ..quant.linear import QuantLinear, fused_view
+from ..quant.linear import QuantLinear, fused_view, rows_of
 
 FUSED_MAX_ROWS = 64  # up to this many token rows, small ops run in the fused C loops
 
@@ -156,6 +156,16 @@ class FastLFM2(LFM2):
             logits = fused(input_ids, state)
             if logits is not None:
                 return logits
+        if input_ids.dim() == 2 and document_ids is None:  # quantized products choose their path per row
+            mask = None if attention_mask is None else attention_mask.to(torch.bool)
+            with rows_of(*input_ids.shape, mask):
+                return super().forward(
+                    input_ids,
+                    attention_mask=attention_mask,
+                    state=state,
+                    logits_to_keep=logits_to_keep,
+                    return_hidden=return_hidden,
+                )
         return super().forward(
             input_ids,
             attention_mask=attention_mask,
