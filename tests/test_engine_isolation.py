@@ -493,11 +493,10 @@ def test_the_served_model_decodes_grouped_padded_prompts_on_the_fused_step(tmp_p
         num_key_value_heads=2,
         with_tokenizer=True,
     )
-    # bf16 prefill: a 2-token prompt alone runs the int8 decode kernels (activations in blocks),
-    # but padded into the group it runs the group's GEMM; W8A8's per-token activations differ
-    # from the blocks by more than bf16 does, enough to flip a late greedy token of this random
-    # toy model. The scheduler, not the GEMM, is under test here.
-    model = lfmkit.load(path, quant="int8", prefill="bf16")
+    # The default W8A8 prefill: the 2- and 4-token prompts padded into the group take the decode
+    # kernels on their own tokens, as alone (quant.linear.rows_of), not the group's GEMM, whose
+    # per-token activations would round differently from the kernels' blocks.
+    model = lfmkit.load(path, quant="int8")
     tok = lfmkit.Tokenizer.from_pretrained(path)
     fused = model.__dict__["fused_decode"]
     steps = []

@@ -39,7 +39,9 @@ def test_the_forced_path_is_the_one_loaded(cpu_path):
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [1, 5, 8, 13])
-@pytest.mark.parametrize("width", [512, 320, 2112, 4608])  # wider than 2048: several passes over K
+# wider than 2048: several passes over K; 1280: five 256-value superblocks, so the 512-bit int4
+# kernel (AVX-512) takes two pairs and one alone
+@pytest.mark.parametrize("width", [512, 320, 1280, 2112, 4608])
 def test_each_path_multiplies_like_the_reference(cpu_path, bits, rows, width):
     g = torch.Generator().manual_seed(rows + width)
     lin = QuantLinear.from_float(torch.randn(40, width, generator=g) * 0.05, bits)

@@ -86,3 +86,25 @@ def test_prefill_mode_is_checked_and_kept_by_fused_views(tmp_path):
     assert ff.w1.prefill == "bf16" and ff.fused().prefill == "bf16"
     set_prefill(model, "w8a8")
     assert ff.w2.prefill == "w8a8" and ff.fused().prefill == "w8a8"
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_short_row_padded_beside_a_long_one_gets_its_product_alone(bits):
+    """Inside a model forward (`rows_of`), a row with few real tokens takes the decode kernels on
+    them, as that prompt alone does, not the padded batch's GEMM; a long row takes the GEMM, as
+    alone; padding positions come out zero."""
+    from lfmkit.quant.linear import rows_of
+
+    g = torch.Generator().manual_seed(bits)
+    lin = QuantLinear.from_float(torch.randn(48, 512, generator=g) * 0.05, bits)
+    x = torch.randn(2, 40, 512, generator=g)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :37] = False  # row 1: a 3-token prompt, left-padded
+    with rows_of(2, 40, mask):
+        got = lin(x)
+        head = lin(x[:, -1:])  # a head after logits_to_keep=1: one real token per row
+    assert torch.equal(got[1, 37:], lin(x[1, 37:]))  # 3 rows alone: the kernels
+    assert torch.equal(got[0], lin(x[0]))  # 40 rows alone: the GEMM
+    assert not bool(got[1, :37].any())
+    assert torch.equal(head, lin(x[:, -1:]))
+    assert not torch.equal(lin(x[1, 37:]), lin(x[1])[37:])  # the two paths do differ

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..model.lfm2 import LFM2, Attention, FeedForward, Linear, RMSNorm, ShortConv, StepContext
 from ..model.state import LFM2State
-from ..quant.linear import QuantLinear, fused_view
+from ..quant.linear import QuantLinear, fused_view, rows_of
 from .float_linear import FastLinear
 
 FUSED_MAX_ROWS = 64  # up to this many token rows, small ops run in the fused C loops
@@ -158,6 +158,18 @@ class FastLFM2(LFM2):
             logits = fused(input_ids, state)
             if logits is not None:
                 return logits
+        # In inference, quantized products choose their path per row (a training forward over a
+        # quantized base, QLoRA, keeps one path for the whole batch).
+        if input_ids.dim() == 2 and document_ids is None and not torch.is_grad_enabled():
+            mask = None if attention_mask is None else attention_mask.to(torch.bool)
+            with rows_of(*input_ids.shape, mask):
+                return super().forward(
+                    input_ids,
+                    attention_mask=attention_mask,
+                    state=state,
+                    logits_to_keep=logits_to_keep,
+                    return_hidden=return_hidden,
+                )
         return super().forward(
             input_ids,
             attention_mask=attention_mask,

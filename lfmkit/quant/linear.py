@@ -15,6 +15,8 @@ several. These are buffers, not parameters: a quantized layer does not train (Lo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 from typing import NamedTuple
 
@@ -32,6 +34,26 @@ PREFILL_TILE_BYTES = 8 << 20  # bf16 weight rows expanded at a time for a prefil
 
 
 _SCRATCH = threading.local()  # per thread: the kernels run without the GIL
+
+# The real tokens of the model forward running now, [batch, tokens] bool (None: all are real),
+# set by the fast model (`rows_of`), so that each row's product is the one it gets alone.
+_ROWS: contextvars.ContextVar[tuple[int, int, torch.Tensor | None] | None] = contextvars.ContextVar(
+    "lfmkit_rows", default=None
+)
+
+
+@contextlib.contextmanager
+def rows_of(batch: int, tokens: int, mask: torch.Tensor | None):
+    """Within this block, products of more than SMALL_BATCH rows choose their path per batch
+    row: a row with at most SMALL_BATCH real tokens (`mask`, [batch, tokens], True = real; None:
+    all real) takes the matrix-vector kernels on those tokens, exactly as that prompt alone
+    would; the other rows take the prefill GEMM. So the path of a request's tokens never
+    depends on the requests padded into the same forward."""
+    token = _ROWS.set((batch, tokens, mask))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
 
 
 def _scratch(m: int, k: int) -> tuple[int, int, int]:
@@ -136,7 +158,7 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, n = self.in_features, self.out_features
+        k = self.in_features
         m = x.numel() // k
         fast = self._fast
         if fast is None:
@@ -144,13 +166,50 @@ class QuantLinear(nn.Module):
         if not fast or x.device.type != "cpu":
             return F.linear(x, self.dequantize(x.dtype))
         if m > SMALL_BATCH:
-            return self._prefill_linear(x)
+            by_row = self._per_row(x)
+            return by_row if by_row is not None else self._prefill_linear(x)
+        return self._kernel_linear(x)
+
+    def _kernel_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The matrix-vector kernels on x [..., K] (few rows)."""
+        k, n = self.in_features, self.out_features
+        m = x.numel() // k
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         xq, xs, xsum = _scratch(m, k)
         out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-        fn, args = fast
+        fn, args = self._fast
         fn(x.data_ptr(), m, k, *args, n, out.data_ptr(), xq, xs, xsum)
+        return out
+
+    def _per_row(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Inside `rows_of` with a row of at most SMALL_BATCH real tokens: x [B, T, K] with each
+        such row's real tokens through the kernels (one call per row, as alone), the other rows
+        through the prefill GEMM, padding left at zero; else None (the GEMM takes all of x)."""
+        rows = _ROWS.get()
+        if rows is None or x.dim() != 3:
+            return None
+        b, t, mask = rows
+        if x.shape[0] != b or x.shape[1] > t:
+            return None
+        if mask is None:
+            if x.shape[1] > SMALL_BATCH:
+                return None
+            real = torch.ones(b, x.shape[1], dtype=torch.bool)
+        else:
+            real = mask[:, t - x.shape[1] :]  # the last positions: a head after logits_to_keep
+        counts = real.sum(-1)
+        short = counts <= SMALL_BATCH
+        if not bool(short.any()):
+            return None
+        out = torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32)
+        if not bool(short.all()):
+            long = ~short
+            out[long] = self._prefill_linear(x[long]).float()
+        for row in short.nonzero().flatten().tolist():
+            where = real[row].nonzero().flatten()
+            if len(where):
+                out[row, where] = self._kernel_linear(x[row, where])
         return out
 
     def _prefill_linear(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@
 // calls plus ~300 small PyTorch ops from Python costs as much again: every call wakes the
 // OpenMP workers anew and pays dispatch. Here the layers run inside one parallel region:
 // the matrix-vector products share rows across threads (`omp for`), the small per-token
-// work (norms, the conv window, RoPE, K/V writes) runs on one thread (`omp single`), and
-// attention splits over (row, K/V head). The math is the module path's, op for op.
+// work (norms, activation quantization, the conv window, RoPE, K/V writes, SiLU) splits over
+// token rows (conv windows: over state rows, whose tokens go in order), and attention over
+// (row, K/V head). Every row's arithmetic is the same whichever thread runs it. The math is the module path's, op for op.
 
 // A LoRA adapter on rows [row0, row0 + rows) of a linear's output: += scale * (x A^T) B^T
 typedef struct {
@@ -55,15 +56,20 @@ typedef struct {
     uint8_t* valid;         // [B, S]
 } LfmStateView;
 
-// quantize B rows of activations for L (one thread)
-static void quant_for(const LfmLinear* L, const float* x, int64_t B, int8_t* xq, float* xs, int32_t* xsum) {
-    if (L->bits == 4)
-        q4_quantize(x, B, L->K, xq, xs, xsum);
-    else
-        lfm_quantize_act(x, B, L->K, L->ab, LFM_VNNI, xq, xs, xsum);
+// quantize rows [r0, r1) of the B rows of activations for L, in the layout the kernel takes
+// for B rows (threads may quantize disjoint row ranges of one batch)
+static void quant_rows(const LfmLinear* L, const float* x, int64_t B, int64_t r0, int64_t r1, int8_t* xq, float* xs,
+                       int32_t* xsum) {
+    const int64_t K = L->K, ab = L->bits == 4 ? 32 : L->ab;
+    if (r1 <= r0) return;
+    lfm_quantize_act(x + r0 * K, r1 - r0, K, ab, L->bits == 4 ? 0 : LFM_VNNI, xq + r0 * K, xs + r0 * (K / ab),
+                     xsum + r0 * (K / 32));
+#if LFM_X86
+    if (L->bits == 4 && q4_interleaved(B, K)) q4_interleave(xq + r0 * K, r1 - r0, K);
+#endif
 }
 
-// out [B, N] = x @ W^T for the activations quant_for prepared (threads share the rows)
+// out [B, N] = x @ W^T for the activations quant_rows prepared (threads share the rows)
 static void linear_for(const LfmLinear* L, const int8_t* xq, const float* xs, const int32_t* xsum, int64_t B,
                        float* out) {
     if (L->bits == 4)
@@ -215,26 +221,26 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
     {
         for (int64_t li = 0; li < m->n_layers; li++) {
             const LfmLayer* ly = m->layers + li;
-            #pragma omp single
-            {
-                lfm_rmsnorm(x, ly->op_norm, B, h, m->eps, xn);
-                quant_for(&ly->mix, xn, B, xq, xs, xsum);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                lfm_rmsnorm(x + r * h, ly->op_norm, 1, h, m->eps, xn + r * h);
+                quant_rows(&ly->mix, xn, B, r, r + 1, xq, xs, xsum);
             }
             linear_for(&ly->mix, xq, xs, xsum, B, big);
             lora_for(&ly->mix, xn, B, big, lt);
             if (!ly->is_attn) {
-                #pragma omp single
-                {
-                    for (int64_t r = 0; r < B; r++) {   // each state row's tokens in order
-                        float* window = st->a[li] + (r / T) * h * L;
+                #pragma omp for schedule(static)
+                for (int64_t b = 0; b < B0; b++) {   // each state row's tokens in order
+                    float* window = st->a[li] + b * h * L;
+                    for (int64_t r = b * T; r < (b + 1) * T; r++) {
                         lfm_conv_step(big + r * 3 * h, 3 * h, window, ly->conv_w, NULL, 1, h, L, xn + r * h);
                         if (cols != NULL)
                             for (int64_t c = 0; c < h; c++) cols[li][r * h + c] = window[c * L + L - 1];
                     }
-                    quant_for(&ly->out, xn, B, xq, xs, xsum);
+                    quant_rows(&ly->out, xn, B, b * T, (b + 1) * T, xq, xs, xsum);
                 }
             } else {
-                #pragma omp single
+                #pragma omp for schedule(static)
                 for (int64_t r = 0; r < B; r++) {
                     float* q = big + r * qkv;
                     float* k = q + H * d;
@@ -257,33 +263,33 @@ void lfm_decode_tokens(const LfmModel* m, const LfmStateView* st, int64_t B0, in
                                  st->lengths[b] + r % T + 1, d, scale, scores + t * group * S,
                                  xn + (r * H + g * group) * d);
                 }
-                #pragma omp single
-                quant_for(&ly->out, xn, B, xq, xs, xsum);
+                #pragma omp for schedule(static)
+                for (int64_t r = 0; r < B; r++) quant_rows(&ly->out, xn, B, r, r + 1, xq, xs, xsum);
             }
             linear_for(&ly->out, xq, xs, xsum, B, o);
             lora_for(&ly->out, xn, B, o, lt);
-            #pragma omp single
-            {
-                for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
-                lfm_rmsnorm(x, ly->ffn_norm, B, h, m->eps, xn);
-                quant_for(&ly->w13, xn, B, xq, xs, xsum);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                for (int64_t i = r * h; i < (r + 1) * h; i++) x[i] += o[i];
+                lfm_rmsnorm(x + r * h, ly->ffn_norm, 1, h, m->eps, xn + r * h);
+                quant_rows(&ly->w13, xn, B, r, r + 1, xq, xs, xsum);
             }
             linear_for(&ly->w13, xq, xs, xsum, B, big);
             lora_for(&ly->w13, xn, B, big, lt);
-            #pragma omp single
-            {
-                lfm_silu_mul(big, B, m->ff, xn);
-                quant_for(&ly->w2, xn, B, xq, xs, xsum);
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < B; r++) {
+                lfm_silu_mul(big + r * 2 * m->ff, 1, m->ff, xn + r * m->ff);
+                quant_rows(&ly->w2, xn, B, r, r + 1, xq, xs, xsum);
             }
             linear_for(&ly->w2, xq, xs, xsum, B, o);
             lora_for(&ly->w2, xn, B, o, lt);
-            #pragma omp single
+            #pragma omp for schedule(static)
             for (int64_t i = 0; i < B * h; i++) x[i] += o[i];
         }
-        #pragma omp single
-        {
-            lfm_rmsnorm(x, m->final_norm, B, h, m->eps, xn);
-            quant_for(&m->head, xn, B, xq, xs, xsum);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < B; r++) {
+            lfm_rmsnorm(x + r * h, m->final_norm, 1, h, m->eps, xn + r * h);
+            quant_rows(&m->head, xn, B, r, r + 1, xq, xs, xsum);
         }
         linear_for(&m->head, xq, xs, xsum, B, logits);
         lora_for(&m->head, xn, B, logits, lt);
