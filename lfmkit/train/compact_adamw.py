@@ -140,11 +140,18 @@ _TABLES: tuple[torch.Tensor, ...] | None = None
 
 def _kernel_tables() -> tuple[torch.Tensor, ...]:
     """(signed map, its midpoints, its bucket table, the unsigned three), built once and kept
-    alive for the kernel."""
+    alive for the kernel; the tables get one padding entry (the kernel's vector gather reads 4
+    bytes at an entry)."""
     global _TABLES
     if _TABLES is None:
         _TABLES = tuple(
-            f(signed).contiguous() for signed in (True, False) for f in (dynamic_map, midpoints, bucket_table)
+            t
+            for signed in (True, False)
+            for t in (
+                dynamic_map(signed),
+                midpoints(signed),
+                torch.cat([bucket_table(signed), torch.zeros(1, dtype=torch.int16)]),
+            )
         )
     return _TABLES
 

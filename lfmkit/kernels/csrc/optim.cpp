@@ -17,6 +17,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace lfm_optim {
 
@@ -42,6 +45,26 @@ inline uint8_t encode(float x, const uint16_t* lut, const float* mid) {
     const uint16_t e = lut[u >> 16];
     const uint8_t c = static_cast<uint8_t>(e & 0xff);
     return static_cast<uint8_t>(c + ((e >> 8) & (x >= mid[c] ? 1 : 0)));
+}
+
+// Codes of x[i] * r for i < len into out; the table has one padding entry (the vector gather reads
+// 4 bytes at entry b). AVX-512: 16 values at a time with two gathers; the scalar loop does the rest.
+inline void encode_all(const float* x, float r, int64_t len, const uint16_t* lut, const float* mid, uint8_t* out) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 vr = _mm512_set1_ps(r);
+    const __m512i low = _mm512_set1_epi32(0xff), one = _mm512_set1_epi32(1);
+    for (; i + 16 <= len; i += 16) {
+        const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), vr);
+        const __m512i bucket = _mm512_srli_epi32(_mm512_castps_si512(y), 16);
+        const __m512i e = _mm512_i32gather_epi32(bucket, lut, 2);  // entry in the low 16 bits
+        __m512i c = _mm512_and_si512(e, low);
+        const __mmask16 ge = _mm512_cmp_ps_mask(y, _mm512_i32gather_ps(c, mid, 4), _CMP_GE_OQ);
+        c = _mm512_mask_add_epi32(c, ge, c, _mm512_and_si512(_mm512_srli_epi32(e, 8), one));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(c));
+    }
+#endif
+    for (; i < len; i++) out[i] = encode(x[i] * r, lut, mid);
 }
 
 struct Maps {
@@ -106,10 +129,8 @@ void step_block(int64_t b, int64_t n, void* param, uint16_t* comp, const void* g
         const float rm = 1.0f / am, rv = 1.0f / av;
         uint8_t* mc = static_cast<uint8_t*>(m) + s;
         uint8_t* vc = static_cast<uint8_t*>(v) + s;
-        const uint16_t *luts = maps.luts, *lutu = maps.lutu;
-        const float *mids = maps.mids, *midu = maps.midu;
-        for (int64_t i = 0; i < len; i++) mc[i] = encode(mb[i] * rm, luts, mids);
-        for (int64_t i = 0; i < len; i++) vc[i] = encode(vb[i] * rv, lutu, midu);
+        encode_all(mb, rm, len, maps.luts, maps.mids, mc);
+        encode_all(vb, rv, len, maps.lutu, maps.midu, vc);
     } else {
         std::memcpy(static_cast<float*>(m) + s, mb, len * sizeof(float));
         std::memcpy(static_cast<float*>(v) + s, vb, len * sizeof(float));
@@ -130,7 +151,7 @@ void step_all(int64_t n, void* param, uint16_t* comp, const void* grad, void* m,
 // param: float32, or bfloat16 with `comp` (its bfloat16 compensation); grad: float32 or bfloat16;
 // m, v: float32 moments, or uint8 codes with one float32 absmax per 256 values in m_scale / v_scale
 // (both NULL for float32 moments). qs/mids/luts: the signed map (256 values), its midpoints (255
-// and +inf) and the 65,536-entry bucket table; qu/midu/lutu: the unsigned map's. 1 - beta1 and
+// and +inf) and the 65,536-entry bucket table (+1 padding); qu/midu/lutu: the unsigned map's. 1 - beta1 and
 // 1 - beta2 come computed in double, as torch's AdamW computes them, then rounded to float.
 extern "C" void lfm_adamw_step(void* param, int param_bf16, void* comp, const void* grad, int grad_bf16, void* m,
                                void* v, float* m_scale, float* v_scale, int64_t n, const float* qs, const float* mids,
