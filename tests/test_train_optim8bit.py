@@ -67,7 +67,7 @@ def test_the_bucket_table_finds_the_codes_a_search_finds(values, signed):
 
 
 # ---- the optimizer step ------------------------------------------------------------------------
-def stepped(dtype, eight_bit, kernel: bool, steps=3, shape=(97, 64), seed=0):
+def stepped(dtype, eight_bit, kernel: bool, steps=3, shape=(97, 67), seed=0):  # a short last block
     """A parameter after `steps` CompactAdamW steps on fixed random gradients, and its state."""
     gen = torch.Generator().manual_seed(seed)
     p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
