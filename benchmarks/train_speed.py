@@ -13,9 +13,13 @@ peak RSS (VmHWM, which includes the Python, torch and library footprint) is its 
     python benchmarks/train_speed.py --shape small --steps 4 --seq-len 256 --batch-size 2
     python benchmarks/train_speed.py --gradient-checkpointing defaults --modes lora --json out.jsonl
     python benchmarks/train_speed.py --engines lfmkit,lfmkit-bf16,trl   # + lfmkit's bf16_weights
+    python benchmarks/train_speed.py --modes full --engines lfmkit-bf16,lfmkit-bf16-8bit,trl,trl-8bit
 
 `lfmkit-bf16` is lfmkit with `bf16_weights` (mixed precision: bfloat16 working weights, float32
-masters and AdamW states); every other engine trains in float32.
+masters and AdamW states); `lfmkit-bf16-8bit` adds `master_weights: kahan` (no float32 masters:
+Kahan-compensated bfloat16 updates) and `optim: adamw_8bit` (block-wise 8-bit AdamW moments);
+`trl-8bit` is TRL with `optim="adamw_torch_8bit"` (torchao's AdamW8bit, the same 8-bit
+moments on float32 weights). Every other engine trains in float32.
 
 tokens/s is over the timed steps (all but the first `--warmup` steps), each step timed from
 the end of the previous one (data collation included), as the median step: wall-clock time,
@@ -37,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("lfmkit", "lfmkit-bf16", "trl")
+ENGINES = ("lfmkit", "lfmkit-bf16", "lfmkit-bf16-8bit", "trl", "trl-8bit")
 LORA_R, LORA_ALPHA = 16, 32  # TRL's CLI defaults, which docs/training.md recommends too
 SHAPES = {
     "lfm2-350m": {},
@@ -116,13 +120,14 @@ def report(results: list[dict]) -> None:
     print()
     for mode in dict.fromkeys(r["mode"] for r in results):
         by = {r["engine"]: r for r in results if r["mode"] == mode}
-        for engine in (e for e in by if e.startswith("lfmkit") and "trl" in by):
-            ours, theirs = by[engine], by["trl"]
+        pairs = [(e, peer) for peer in ("trl", "trl-8bit") if peer in by for e in by if e.startswith("lfmkit")]
+        for engine, peer in pairs:
+            ours, theirs = by[engine], by[peer]
             speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
             cpu = ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"]
             memory = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
             print(
-                f"{mode}: {engine} / TRL tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
+                f"{mode}: {engine} / {peer} tokens/s {speed:.2f}x wall, {cpu:.2f}x CPU time "
                 f"(target >= 2x: {'met' if min(speed, cpu) >= 2 else 'missed'}); peak RSS {memory:.2f}x "
                 f"(target <= 0.6x: {'met' if memory <= 0.6 else 'missed'})"
             )
@@ -198,8 +203,9 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     start = rss_mib("VmRSS")
     rows = json.loads((args.dir / "rows.json").read_text())
-    train = train_trl if args.worker == "trl" else train_lfmkit
-    checkpointing = {"off": False, "on": True, "defaults": args.worker == "trl"}[args.gradient_checkpointing]
+    trl = args.worker.startswith("trl")
+    train = train_trl if trl else train_lfmkit
+    checkpointing = {"off": False, "on": True, "defaults": trl}[args.gradient_checkpointing]
     clock, losses = train(args, rows, checkpointing)
     wall = [clock[i][0] - clock[i - 1][0] for i in range(args.warmup, len(clock))]
     cpu = [clock[i][1] - clock[i - 1][1] for i in range(args.warmup, len(clock))]
@@ -255,7 +261,8 @@ def train_lfmkit(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
             save_every=0,
             progress=False,
             gradient_checkpointing=checkpointing,
-            bf16_weights=args.worker == "lfmkit-bf16",
+            bf16_weights=args.worker in ("lfmkit-bf16", "lfmkit-bf16-8bit"),
+            **(dict(master_weights="kahan", optim="adamw_8bit") if args.worker == "lfmkit-bf16-8bit" else {}),
         )
         trainer = Trainer(model, plan, config, pad_id=0)
         clock, step = [], trainer.step
@@ -273,7 +280,7 @@ def train_lfmkit(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
 
 def train_trl(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
     """TRL's SFTTrainer on transformers' Lfm2ForCausalLM (peft LoRA for --mode lora): (the
-    `now()` of every step's end, losses), from a callback."""
+    `now()` of every step's end, losses), from a callback; trl-8bit: torchao's AdamW8bit."""
     import datasets
     import torch
     from transformers import AutoTokenizer, Lfm2ForCausalLM, TrainerCallback
@@ -316,6 +323,7 @@ def train_trl(args, rows, checkpointing: bool) -> tuple[list, list[float]]:
             dataloader_num_workers=0,
             disable_tqdm=True,
             seed=0,
+            **(dict(optim="adamw_torch_8bit") if args.worker == "trl-8bit" else {}),
         )
         trainer = SFTTrainer(
             model=model,

@@ -1,12 +1,13 @@
-"""torchrun for the other recipes: DPO, GRPO and distillation in two processes (gloo, CPU, DDP)
-give the per-step losses of one process on the same global batch, including a step that leaves
-the second process without a row (it runs its plan's empty micro-batch and takes part in every
-collective).
+"""torchrun for the other recipes: DPO, GRPO and distillation in two processes (gloo, CPU, DDP;
+distillation and DPO with FSDP2 too) give the per-step losses of one process on the same global
+batch, including a step that leaves the second process without a row (it runs its plan's empty
+micro-batch and takes part in every collective).
 
 Both sides are real CLI runs with one thread per process (the one-process side through torchrun
 with one process, so GRPO samples its rollouts from bit-identical logits); the timeout is only
 a hang guard."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -69,26 +70,28 @@ RECIPES = {
 }
 
 
-def run(root: Path, recipe: str, processes: int) -> list[dict]:
+@functools.cache  # each run once per module: the DDP and FSDP tests share the one-process run
+def run(root: Path, recipe: str, processes: int, strategy: str = "ddp") -> list[dict]:
     command, values = RECIPES[recipe]
     values = dict(
         model="model",
-        output=f"{recipe}-{processes}",
+        output=f"{recipe}-{processes}-{strategy}",
         max_steps=STEPS,
         save_every=0,
         seed=3,
         progress=False,
         **values,
+        **({"distributed": strategy} if processes > 1 else {}),
     )
     stdout = torchrun(values, command, processes=processes, cwd=root)
     if processes > 1:
-        assert "on 2 processes (ddp), cpu" in stdout
+        assert f"on 2 processes ({strategy}), cpu" in stdout
     return read_metrics(root / values["output"] / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_two_processes_train_what_one_process_trains(root, recipe):
-    one, two = run(root, recipe, 1), run(root, recipe, 2)
+@pytest.mark.parametrize(("recipe", "strategy"), [(r, "ddp") for r in RECIPES] + [("distill", "fsdp"), ("dpo", "fsdp")])
+def test_two_processes_train_what_one_process_trains(root, recipe, strategy):
+    one, two = run(root, recipe, 1), run(root, recipe, 2, strategy)
     assert [r["step"] for r in two] == list(range(1, STEPS + 1))  # process 0 alone wrote them
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]  # the same global batches
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5, abs=1e-6)

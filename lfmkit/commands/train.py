@@ -15,6 +15,8 @@ from ..train.config import (
     CACHE_DTYPES,
     DISTRIBUTED,
     KD_LOSSES,
+    MASTER_WEIGHTS,
+    OPTIMIZERS,
     SCHEDULERS,
     TEACHER_QUANTS,
     DistillCacheConfig,
@@ -83,6 +85,17 @@ _FLAGS = [
             action=argparse.BooleanOptionalAction,
             help="mixed precision: the model's weights in bfloat16, float32 masters in the optimizer",
         ),
+    ),
+    (
+        "--master-weights",
+        dict(
+            choices=MASTER_WEIGHTS,
+            help="with --bf16-weights: float32 masters (default), or kahan: none, Kahan-compensated bfloat16 updates",
+        ),
+    ),
+    (
+        "--optim",
+        dict(choices=OPTIMIZERS, help="adamw (default) or adamw_8bit: AdamW's moments block-wise in 8 bits"),
     ),
     ("--device", dict(help="cpu, cuda, cuda:N (default: cuda when available; under torchrun cuda:LOCAL_RANK)")),
     (

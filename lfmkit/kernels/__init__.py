@@ -14,6 +14,8 @@ compiles in a few seconds with plain `g++ -O3 -fopenmp`) and call it through cty
 - `prefill.cpp`: int4 weights as int8 rows for the W8A8 prefill GEMMs (lfmkit/quant/prefill.py).
 - `decode_step.cpp`: a whole decode step of a quantized model in one call (see
   lfmkit/fast/decode_step.py).
+- `optim.cpp`: one AdamW step of one tensor in one pass, with block-wise 8-bit moments and/or
+  Kahan-compensated bfloat16 weights (lfmkit/train/compact_adamw.py).
 
 CPU paths: the same source is compiled once per path, with that path's flags (`PATHS`):
 AVX-512 VNNI, AVX-VNNI, AVX2 and portable C++ (any CPU, any architecture). `cpu.cpp`, built
@@ -42,7 +44,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("kernels.cpp", "decode_step.cpp", "prefill.cpp")  # one translation unit, in this order
+SOURCES = ("kernels.cpp", "decode_step.cpp", "prefill.cpp", "optim.cpp")  # one translation unit, in this order
 
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
 # path -> (compiler flags, bit in cpu.cpp's lfm_cpu_paths(), name for people); fastest first
@@ -52,7 +54,7 @@ PATHS = {
     "avx2": (_X86, 1, "AVX2"),
     "portable": ([], 0, "portable C++"),
 }
-FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]  # no errno: sqrt vectorizes
 ENV = "LFMKIT_ISA"
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -201,6 +203,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_decode_step.restype = None
     lib.lfm_decode_tokens.argtypes = [p, p, i64, i64, p, p, p, p, p, p]
     lib.lfm_decode_tokens.restype = None
+    lib.lfm_adamw_step.argtypes = [p, ctypes.c_int, p, p, ctypes.c_int, p, p, p, p, i64, p, p, p, p, p, p] + [f32] * 8
+    lib.lfm_adamw_step.restype = None
     lib.lfm_has_vnni.restype = ctypes.c_int
     lib.lfm_has_vnni.argtypes = []
     lib.lfm_isa.restype = ctypes.c_char_p

@@ -18,6 +18,8 @@ from ..errors import ConfigError
 
 SCHEDULERS = ("linear", "cosine", "constant")
 DISTRIBUTED = ("ddp", "fsdp")
+OPTIMIZERS = ("adamw", "adamw_8bit")  # float32 moments (torch's fused AdamW), block-wise 8-bit ones
+MASTER_WEIGHTS = ("float32", "kahan")  # with bf16_weights: float32 masters, or Kahan-compensated bf16
 
 
 @dataclass
@@ -53,6 +55,8 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     bf16: bool = False
     bf16_weights: bool = False  # bfloat16 working weights, float32 masters in the optimizer (mixed.py)
+    master_weights: str = "float32"  # with bf16_weights: float32 masters, or kahan (none; compact_adamw.py)
+    optim: str = "adamw"  # adamw, or adamw_8bit: block-wise 8-bit moments (compact_adamw.py)
     loss_chunk_size: int | None = None
     device: str | None = None  # default: cuda when available, else cpu
     distributed: str | None = None  # under torchrun: ddp (default) or fsdp
@@ -156,6 +160,12 @@ class SFTConfig:
             bad("lora_r", "is needed when lora_alpha or lora_targets is set")
         if self.distributed not in (None, *DISTRIBUTED):
             bad("distributed", f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        if self.optim not in OPTIMIZERS:
+            bad("optim", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
+        if self.master_weights not in MASTER_WEIGHTS:
+            bad("master_weights", f"must be one of {', '.join(MASTER_WEIGHTS)}, got {self.master_weights!r}")
+        if self.master_weights == "kahan" and not self.bf16_weights:
+            bad("master_weights", "kahan needs bf16_weights (float32 weights are their own masters)")
         if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
             bad("save_dtype", f"must be float32, bfloat16 or float16, got {self.save_dtype!r}")
 
@@ -265,6 +275,8 @@ def _coerce(value, hint, where: str):
 __all__ = [
     "SFTConfig",
     "DISTRIBUTED",
+    "OPTIMIZERS",
+    "MASTER_WEIGHTS",
     "DistillConfig",
     "DistillCacheConfig",
     "SCHEDULERS",

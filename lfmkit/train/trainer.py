@@ -24,7 +24,9 @@ bar, checkpoints and the final model (sharded tensors are gathered first).
 
 With `bf16_weights` (mixed.py) the model's weights are bfloat16 and the optimizer steps their
 float32 masters, writing the rounded values back in the same step; checkpoints and the final
-model are saved from the masters.
+model are saved from the masters. With `master_weights: kahan` there are no masters: the
+optimizer steps the bfloat16 weights with Kahan compensation. `optim: adamw_8bit` keeps AdamW's
+moments in 8 bits; both run on `compact_adamw.CompactAdamW` (one process only, for now).
 
 Resume is exact: a step's rows are a function of (seed, step) alone (`DataPlan`), and a
 checkpoint restores parameters, optimizer, scheduler and RNG, so a run resumed at step k
@@ -49,6 +51,7 @@ from torch import nn
 from ..errors import ConfigError
 from .batching import DataPlan, micro_batches
 from .checkpoints import checkpoint_state, clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
+from .compact_adamw import CompactAdamW
 from .config import SFTConfig
 from .distributed import (
     all_reduce_sum,
@@ -63,7 +66,7 @@ from .distributed import (
 )
 from .losses import CausalLMLoss, LossOutput
 from .metrics import METRICS_FILE, MetricsLog, plot_loss
-from .mixed import MasterWeights
+from .mixed import KahanWeights, MasterWeights
 
 CONFIG_FILE = "train_config.json"
 # Settings a resumed run may change without changing its losses.
@@ -93,9 +96,11 @@ class Schedule:
         return max(0.0, 1.0 - progress)
 
 
-def build_optimizer(model: nn.Module, config: SFTConfig, params: list | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: SFTConfig, params: list | None = None) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (or `params`: bf16_weights' float32 masters); biases
-    and norm weights (1-D) get no weight decay, as transformers' Trainer groups them."""
+    and norm weights (1-D) get no weight decay, as transformers' Trainer groups them. torch's
+    fused AdamW by default; `CompactAdamW` for 8-bit moments (`optim: adamw_8bit`) or bfloat16
+    weights without masters (`master_weights: kahan`)."""
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -103,16 +108,14 @@ def build_optimizer(model: nn.Module, config: SFTConfig, params: list | None = N
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    hyper = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    if config.optim == "adamw_8bit" or config.master_weights == "kahan":
+        return CompactAdamW(groups, eight_bit=config.optim == "adamw_8bit", **hyper)
     # The fused kernel (one pass over each tensor; transformers' default `adamw_torch_fused`) is
     # ~9x faster than the multi-tensor one on CPU for float32 weights.
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        fused=fused,
-    )
+    return torch.optim.AdamW(groups, fused=fused, **hyper)
 
 
 def check_output(config: SFTConfig) -> None:
@@ -161,6 +164,8 @@ class Trainer:
                 f"batch_size ({config.batch_size}) must be a multiple of grad_accum x processes "
                 f"({config.grad_accum} x {self.world})"
             )
+        if config.optim != "adamw" and self.world > 1:
+            raise ConfigError(f"optim {config.optim}: not supported under torchrun yet (use --optim adamw there)")
         self.total_steps = config.max_steps or plan.total_steps(config.epochs)
         self.strategy = resolve_strategy(config.distributed, self.world)
         # FSDP shards the parameters in place; the final model is saved from a plain copy of the tree.
@@ -246,7 +251,7 @@ class Trainer:
                     total, parts = self.step_module(batch)
                 (total * scale).backward()
             if self.mixed is not None:
-                self.mixed.fold_grads()
+                self.mixed.fold_grads(last=i == len(batches) - 1)
             sums["loss"] += total.detach().double()
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
@@ -296,12 +301,15 @@ class Trainer:
             )
         return empty(self.pad_id)
 
-    def _mixed_precision(self) -> MasterWeights | None:
-        """bf16_weights: the model's weights in bfloat16, float32 masters in the optimizer (mixed.py)."""
+    def _mixed_precision(self) -> MasterWeights | KahanWeights | None:
+        """bf16_weights: the model's weights in bfloat16, float32 masters in the optimizer, or
+        none with master_weights kahan (mixed.py)."""
         if not self.config.bf16_weights:
             return None
         if self.world > 1:
             raise ConfigError("bf16_weights: not supported under torchrun yet (use --bf16 autocast there)")
+        if self.config.master_weights == "kahan":
+            return KahanWeights(self.model, accumulate=self.config.grad_accum > 1)
         return MasterWeights(self.model)
 
     def _masters(self):
