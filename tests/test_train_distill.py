@@ -15,7 +15,7 @@ from checkpoints import make_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, tiny_model_dir, write_jsonl
+from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, logged_losses, tiny_model_dir, write_jsonl
 
 from lfmkit import LFM2
 from lfmkit.cli import main
@@ -67,10 +67,6 @@ def settings_of(setup, name, **overrides):
     return values
 
 
-def losses(output):
-    return [r["loss"] for r in read_metrics(Path(output) / "metrics.jsonl")]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(setup):
     cfg = settings_of(setup, "online")
@@ -114,7 +110,7 @@ def test_a_resumed_distillation_repeats_the_uninterrupted_losses(setup, uninterr
     real = distill_recipe.TeacherLoss.__call__
 
     def crash_in_step_5(self, model, batch):
-        if len(losses(cfg["output"])) == 4:  # step 4 is logged, checkpoint step-3 stands
+        if len(logged_losses(cfg["output"])) == 4:  # step 4 is logged, checkpoint step-3 stands
             raise KeyboardInterrupt
         return real(self, model, batch)
 
@@ -123,10 +119,10 @@ def test_a_resumed_distillation_repeats_the_uninterrupted_losses(setup, uninterr
         distill_run(cfg, verbose=False)
     monkeypatch.setattr(distill_recipe.TeacherLoss, "__call__", real)
     out = Path(cfg["output"])
-    assert latest_checkpoint(out).name == "step-3" and len(losses(out)) == 4
+    assert latest_checkpoint(out).name == "step-3" and len(logged_losses(out)) == 4
     result = distill_run({**cfg, "resume": True}, verbose=False)
     assert result.resumed_from == 3
-    assert losses(out) == losses(full["output"])  # exactly, step by step
+    assert logged_losses(out) == logged_losses(full["output"])  # exactly, step by step
     ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(Path(full["output"]) / "model.safetensors"))
     assert all(torch.equal(ours[n], t) for n, t in theirs.items())
 

@@ -4,12 +4,19 @@ The loss curve follows the float32 run's within bfloat16 rounding, the working w
 masters rounded after every step, accumulation over micro-batches happens in float32, the final
 model and the checkpoints hold the float32 masters, and a crashed run resumes exactly."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import CHATS, TEXTS, Interrupt, interrupting_loss, tiny_model_dir, write_jsonl
+from train_helpers import (
+    CHATS,
+    TEXTS,
+    Interrupt,
+    interrupting_loss,
+    logged_losses,
+    tiny_model_dir,
+    tiny_run,
+    write_jsonl,
+)
 
 from lfmkit import LFM2
 from lfmkit.errors import ConfigError
@@ -27,25 +34,7 @@ def setup(tmp_path_factory):
 
 
 def config(setup, name, **overrides):
-    root, model_dir, data = setup
-    values = dict(
-        model=str(model_dir),
-        data=data,
-        output=str(root / name),
-        max_steps=STEPS,
-        batch_size=4,
-        grad_accum=2,
-        max_length=128,
-        learning_rate=2e-3,
-        packing=True,
-        save_every=2,
-        progress=False,
-    )
-    return values | overrides
-
-
-def losses(output) -> list[float]:
-    return [r["loss"] for r in read_metrics(Path(output) / "metrics.jsonl")]
+    return tiny_run(*setup, name, STEPS, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +70,7 @@ def test_a_crashed_run_resumes_exactly(setup, runs):
         sft(cfg, loss=interrupting_loss(after_calls=6), verbose=False)
     result = sft(cfg | {"resume": True}, verbose=False)
     assert result.resumed_from == 2
-    assert losses(cfg["output"]) == losses(mixed.output)
+    assert logged_losses(cfg["output"]) == logged_losses(mixed.output)
     ours, ref = load_file(f"{cfg['output']}/model.safetensors"), load_file(str(mixed.output / "model.safetensors"))
     for name, tensor in ref.items():
         assert torch.equal(ours[name], tensor), name

@@ -8,14 +8,21 @@ oracle, when installed), the loss goes down on a tiny model, a crashed run resum
 (optimizer state restored in its own dtypes), LoRA trains with it, and unsupported
 combinations are one-line errors."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from train_helpers import CHATS, TEXTS, Interrupt, interrupting_loss, tiny_model_dir, write_jsonl
+from train_helpers import (
+    CHATS,
+    TEXTS,
+    Interrupt,
+    interrupting_loss,
+    logged_losses,
+    tiny_model_dir,
+    tiny_run,
+    write_jsonl,
+)
 
 from lfmkit import kernels
 from lfmkit.cli import main
@@ -24,7 +31,6 @@ from lfmkit.train import compact_adamw
 from lfmkit.train.blockwise import bucket_table, dequantize, dynamic_map, encode, midpoints, quantize
 from lfmkit.train.compact_adamw import CompactAdamW
 from lfmkit.train.config import SFTConfig
-from lfmkit.train.metrics import read_metrics
 from lfmkit.train.sft import sft
 
 STEPS = 4
@@ -206,28 +212,8 @@ def setup(tmp_path_factory):
 
 
 def config(setup, name, **overrides):
-    root, model_dir, data = setup
-    values = dict(
-        model=str(model_dir),
-        data=data,
-        output=str(root / name),
-        max_steps=STEPS,
-        batch_size=4,
-        grad_accum=2,
-        max_length=128,
-        learning_rate=2e-3,
-        packing=True,
-        save_every=2,
-        progress=False,
-        bf16_weights=True,
-        master_weights="kahan",
-        optim="adamw_8bit",
-    )
-    return values | overrides
-
-
-def losses(output) -> list[float]:
-    return [r["loss"] for r in read_metrics(Path(output) / "metrics.jsonl")]
+    compact = dict(bf16_weights=True, master_weights="kahan", optim="adamw_8bit")
+    return tiny_run(*setup, name, STEPS, **(compact | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +249,7 @@ def test_a_crashed_run_resumes_exactly(setup, runs):
         sft(cfg, loss=interrupting_loss(after_calls=6), verbose=False)
     result = sft(cfg | {"resume": True}, verbose=False)
     assert result.resumed_from == 2
-    assert losses(cfg["output"]) == losses(compact.output)
+    assert logged_losses(cfg["output"]) == logged_losses(compact.output)
     ours, ref = load_file(f"{cfg['output']}/model.safetensors"), load_file(str(compact.output / "model.safetensors"))
     for name, tensor in ref.items():
         assert torch.equal(ours[name], tensor), name

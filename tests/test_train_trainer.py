@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import CHATS, PROMPT_COMPLETIONS, TEXTS, Interrupt, interrupting_loss, tiny_model_dir, write_jsonl
+from train_helpers import (
+    CHATS,
+    PROMPT_COMPLETIONS,
+    TEXTS,
+    Interrupt,
+    interrupting_loss,
+    tiny_model_dir,
+    tiny_run,
+    write_jsonl,
+)
 
 from lfmkit import LFM2
 from lfmkit.errors import CheckpointError, ConfigError
@@ -37,24 +46,7 @@ def setup(tmp_path_factory):
 
 
 def config(setup, name, **overrides):
-    root, model_dir, data = setup
-    values = dict(
-        model=str(model_dir),
-        data=data,
-        output=str(root / name),
-        max_steps=STEPS,
-        batch_size=4,
-        grad_accum=2,
-        max_length=128,
-        learning_rate=2e-3,
-        warmup_steps=2,
-        lr_scheduler="cosine",
-        packing=True,
-        save_every=2,
-        progress=False,
-    )
-    values.update(overrides)
-    return SFTConfig(**values)
+    return SFTConfig(**tiny_run(*setup, name, STEPS, **(dict(warmup_steps=2, lr_scheduler="cosine") | overrides)))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 from checkpoints import make_checkpoint
 
 from lfmkit.train.losses import CausalLMLoss
+from lfmkit.train.metrics import read_metrics
 
 TOOLS = [
     {
@@ -92,6 +93,31 @@ def tiny_model_dir(directory: Path, layout: str = "small", **overrides) -> Path:
     """A random-weight checkpoint with the test tokenizer (vocab 512)."""
     path, _ = make_checkpoint(directory, layout=layout, seed=11, with_tokenizer=True, **overrides)
     return path
+
+
+def tiny_run(root: Path, model_dir: Path, data: list[str], name: str, steps: int, **overrides) -> dict:
+    """The small packed run the trainer tests vary: `steps` optimizer steps of 4 sequences (two
+    micro-batches) of at most 128 tokens, lr 2e-3, a checkpoint every 2 steps, written to
+    root/name; `overrides` replace or add any setting."""
+    values = dict(
+        model=str(model_dir),
+        data=data,
+        output=str(root / name),
+        max_steps=steps,
+        batch_size=4,
+        grad_accum=2,
+        max_length=128,
+        learning_rate=2e-3,
+        packing=True,
+        save_every=2,
+        progress=False,
+    )
+    return values | overrides
+
+
+def logged_losses(output) -> list[float]:
+    """The per-step losses a run wrote to its metrics.jsonl."""
+    return [r["loss"] for r in read_metrics(Path(output) / "metrics.jsonl")]
 
 
 class Interrupt(Exception):
