@@ -119,11 +119,8 @@ def test_disabled_adapters_take_the_module_path(ckpt):
         assert model.fused_decode(torch.tensor([[6]]), state) is not None
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_generate_with_adapters_gives_the_module_paths_greedy_tokens(ckpt, mode, monkeypatch):
-    """n completions of ragged prompts: every step after the prefill goes to the fused step, and
-    the greedy tokens equal the module path's."""
-    model = qlora(ckpt, mode)
+def count_fused_steps(monkeypatch) -> list[bool]:
+    """Record, for each call of the fused step with adapters, whether it ran (False: it fell back)."""
     calls = []
     original = LoRAFusedDecode.__call__
 
@@ -133,6 +130,15 @@ def test_generate_with_adapters_gives_the_module_paths_greedy_tokens(ckpt, mode,
         return out
 
     monkeypatch.setattr(LoRAFusedDecode, "__call__", counting)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_generate_with_adapters_gives_the_module_paths_greedy_tokens(ckpt, mode, monkeypatch):
+    """n completions of ragged prompts: every step after the prefill goes to the fused step, and
+    the greedy tokens equal the module path's."""
+    model = qlora(ckpt, mode)
+    calls = count_fused_steps(monkeypatch)
     params = [SamplingParams(max_tokens=8, temperature=0.0, n=3, ignore_eos=True)] * 2
     prompts = [list(range(3, 10)), list(range(20, 33))]
     fused = [r.token_ids for r in generate(model, prompts, params)]
@@ -176,15 +182,7 @@ def test_grpo_loss_over_a_quantized_base_equals_the_formula(ckpt):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_grpo_over_a_quantized_base_trains_adapters_with_fused_rollouts(ckpt, tmp_path, mode, monkeypatch):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Count with me: {w}"} for w in "one two three four".split()])
-    calls = []
-    original = LoRAFusedDecode.__call__
-
-    def counting(self, *a, **k):
-        out = original(self, *a, **k)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(LoRAFusedDecode, "__call__", counting)
+    calls = count_fused_steps(monkeypatch)
     result = grpo(
         dict(
             model=str(ckpt),

@@ -18,6 +18,8 @@ reference forward, so a model with fast paths installed still trains correctly.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -160,24 +162,18 @@ class FastLFM2(LFM2):
                 return logits
         # In inference, quantized products choose their path per row (a training forward over a
         # quantized base, QLoRA, keeps one path for the whole batch).
+        rows = contextlib.nullcontext()
         if input_ids.dim() == 2 and document_ids is None and not torch.is_grad_enabled():
-            mask = None if attention_mask is None else attention_mask.to(torch.bool)
-            with rows_of(*input_ids.shape, mask):
-                return super().forward(
-                    input_ids,
-                    attention_mask=attention_mask,
-                    state=state,
-                    logits_to_keep=logits_to_keep,
-                    return_hidden=return_hidden,
-                )
-        return super().forward(
-            input_ids,
-            attention_mask=attention_mask,
-            state=state,
-            logits_to_keep=logits_to_keep,
-            return_hidden=return_hidden,
-            document_ids=document_ids,
-        )
+            rows = rows_of(*input_ids.shape, None if attention_mask is None else attention_mask.to(torch.bool))
+        with rows:
+            return super().forward(
+                input_ids,
+                attention_mask=attention_mask,
+                state=state,
+                logits_to_keep=logits_to_keep,
+                return_hidden=return_hidden,
+                document_ids=document_ids,
+            )
 
     def _apply(self, fn, recurse=True):
         fused = self.__dict__.get("fused_decode")
