@@ -29,7 +29,7 @@ STAGE_DIRS = {
     "merge": "merged",
     "grpo": "grpo",
 }
-TEACHER_DIRS = {name: name for name in ("teacher", "teacher-2", "teacher-3", "teacher-4")}
+TEACHER_STAGES = ("teacher", "teacher-2", "teacher-3", "teacher-4")  # each stage writes RUN_DIR/<stage>
 
 
 def ship(source: Path, dest: Path, name: str) -> int:
@@ -51,10 +51,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Ship the recipe's teacher and student into lfmkit/default_model.")
     parser.add_argument("run")
     parser.add_argument("--student-stage", default="grpo", choices=sorted(STAGE_DIRS))
-    parser.add_argument("--teacher-stage", default="teacher-4", choices=sorted(TEACHER_DIRS))
+    parser.add_argument("--teacher-stage", default="teacher-4", choices=TEACHER_STAGES)
     args = parser.parse_args(argv)
     run = Path(args.run)
-    total = ship(run / TEACHER_DIRS[args.teacher_stage], PACKAGE / "teacher", "lfmkit-default-teacher")
+    total = ship(run / args.teacher_stage, PACKAGE / "teacher", "lfmkit-default-teacher")
     total += ship(run / STAGE_DIRS[args.student_stage], PACKAGE / "student", "lfmkit-default-student")
     print(f"shipped {total / 1e6:.1f} MB into {PACKAGE}")
     return 0
