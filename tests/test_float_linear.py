@@ -1,5 +1,6 @@
-"""`FastLinear`: float32 inference products through oneDNN equal `F.linear`; training keeps
-autograd's path; the fast model installs it on every linear and the reference gets nn.Linear back."""
+"""`FastLinear`: float inference products (few rows through lfmkit's streaming kernel, more
+through oneDNN) equal `F.linear`; training keeps autograd's path; the fast model installs it on
+every linear and the reference gets nn.Linear back."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lfmkit import kernels
 from lfmkit.fast import float_linear
-from lfmkit.fast.float_linear import FastLinear, onednn_linear
+from lfmkit.fast.float_linear import FastLinear, onednn_linear, small_linear, stream_linear
 from lfmkit.model.lfm2 import Linear
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -57,3 +59,77 @@ def test_the_fast_model_uses_it_and_deoptimize_removes_it(tmp_path):
         torch.testing.assert_close(model(ids), ref(ids).logits, rtol=1e-4, atol=1e-4)
     deoptimize(model)
     assert type(model.lm_head) is Linear
+
+
+def bf16_reference(x, w, b):
+    """The float32 sum of the bfloat16 products (exact in float32), rounded once to bfloat16:
+    what oneDNN's bf16 matmul and the streaming kernel compute, up to summation order."""
+    return F.linear(x.float(), w.float(), None if b is None else b.float())
+
+
+needs_kernels = pytest.mark.skipif(kernels.load() is None, reason="no C++ kernels")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17])
+# widths past and short of a vector (16 floats, 32 bf16 pairs); an odd number of outputs
+@pytest.mark.parametrize("k,n", [(1024, 96), (37, 5), (100, 7), (4608, 33)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_streaming_kernel_equals_f_linear(dtype, rows, k, n, bias):
+    g = torch.Generator().manual_seed(rows * k + n)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    x = torch.randn(2, rows, k, generator=g).to(dtype)[1]  # a view: the kernel takes its rows
+    with torch.no_grad():
+        got = small_linear(x, w, b)
+    assert got is not None and got.shape == (rows, n) and got.dtype is dtype
+    exact = bf16_reference(x, w, b)
+    if dtype is torch.float32:
+        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-4 * k**0.5)
+    else:  # one bfloat16 rounding of (nearly) the exact sum: within one bf16 step of it
+        torch.testing.assert_close(got.float(), exact, rtol=2**-7, atol=1e-3 * k**0.5)
+        torch.testing.assert_close(got.float(), F.linear(x, w, b).float(), rtol=2**-7, atol=1e-3 * k**0.5)
+        widened = stream_linear(kernels.load(), x, w, b, widen=True)
+        torch.testing.assert_close(widened.float(), exact, rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+@needs_kernels
+def test_fast_linear_takes_the_kernel_for_few_rows_only(monkeypatch):
+    layer = Linear(64, 32, bias=False)
+    torch.nn.init.normal_(layer.weight)
+    layer.__class__ = FastLinear
+    calls = []
+    real = float_linear.stream_linear
+    monkeypatch.setattr(float_linear, "stream_linear", lambda *a, **kw: calls.append(a[1].shape) or real(*a, **kw))
+    with torch.no_grad():
+        for rows in (1, float_linear.SMALL_ROWS, float_linear.SMALL_ROWS + 1):
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-4)
+        layer.bfloat16()
+        layer(torch.randn(2, 64).bfloat16())
+    assert calls == [(1, 64), (float_linear.SMALL_ROWS, 64), (2, 64)]
+    # gradients: autograd's path, never the kernel
+    layer.float()
+    x = torch.randn(2, 64, requires_grad=True)
+    layer(x).sum().backward()
+    assert len(calls) == 3 and x.grad is not None
+
+
+@needs_kernels
+def test_a_bf16_fast_model_decodes_like_the_reference(tmp_path):
+    from checkpoints import make_checkpoint
+
+    import lfmkit
+
+    path, _ = make_checkpoint(tmp_path / "m", layout="small", seed=3)
+    fast = lfmkit.load(path, dtype="bfloat16")
+    ref = lfmkit.LFM2.from_pretrained(path, dtype="bfloat16")
+    ids = torch.tensor([[1, 5, 9, 20, 33, 7], [1, 8, 2, 44, 3, 9]])
+    with torch.no_grad():
+        states = [m.new_state(batch_size=2, max_length=16) for m in (fast, ref)]
+        for m, st in zip((fast, ref), states):
+            m.prefill(ids, st)
+        step = torch.tensor([[11], [12]])
+        got, want = fast(step, state=states[0]), ref(step, state=states[1])
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.05)

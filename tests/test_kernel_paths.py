@@ -1,7 +1,8 @@
 """Every CPU path of the kernels (AVX-512 VNNI, AVX-VNNI, AVX2, portable C++), forced one at a
 time with LFMKIT_ISA, computes what the PyTorch reference computes: the int8 and int4 matrix
-products (one row to a small batch) and the fused decode step. A path this CPU lacks is skipped
-(e.g. AVX-VNNI, the VEX encoding, on AMD Zen 4, which has only the AVX-512 one)."""
+products (one row to a small batch), the float streaming products and the fused decode step.
+A path this CPU lacks is skipped (e.g. AVX-VNNI, the VEX encoding, on AMD Zen 4, which has only
+the AVX-512 one)."""
 
 import pytest
 import torch
@@ -51,6 +52,20 @@ def test_each_path_multiplies_like_the_reference(cpu_path, bits, rows, width):
     block = 256 if bits == 8 and width % 256 == 0 else 32
     exact = F.linear(act_quantized(x, block), lin.dequantize())
     torch.testing.assert_close(lin(x), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype,widen", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("rows", [1, 8, 11])
+def test_each_path_streams_float_products_like_f_linear(cpu_path, dtype, widen, rows):
+    from lfmkit.fast.float_linear import stream_linear
+
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(21, 300, generator=g).to(dtype), torch.randn(21, generator=g).to(dtype)
+    x = torch.randn(rows, 300, generator=g).to(dtype)
+    got = stream_linear(kernels.load(), x, w, b, widen=widen)
+    exact = F.linear(x.float(), w.float(), b.float())
+    tol = 1e-5 if dtype is torch.float32 else 2**-7
+    torch.testing.assert_close(got.float(), exact, rtol=tol, atol=tol * 20)
 
 
 def int4_as_int8_reference(lin: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,8 @@ Both answer the same two questions for the runner:
 
 - `score_mc(texts / conversations, continuations)`: per prompt, the log-likelihood of each
   continuation and the decoded most likely next token (multiple choice, both rules);
-- `generate(prompts, max_tokens, stop)`: a greedy completion per prompt.
+- `generate(prompts, max_tokens, stop)`: a greedy completion per prompt (in process: continuous
+  batching, a finished row taking the next prompt at once; inference/offline.py).
 
 The in-process backend scores on the model's hybrid state (scoring.py): every shared few-shot
 prefix is prefilled once, each question then runs only its own tokens, and the logits after it
@@ -22,7 +23,8 @@ import concurrent.futures
 import os
 
 from ..errors import EvalError
-from ..inference.generate import encode_prompt, generate
+from ..inference.generate import encode_prompt
+from ..inference.offline import generate_texts
 from ..inference.sampling import SamplingParams
 from .scoring import ContinuationScore, score_continuations
 
@@ -73,17 +75,13 @@ class LocalBackend:
         return [(s.logliks, self.tokenizer.decode([s.top_token])) for s in scores]
 
     def generate(self, prompts: list, max_tokens: int, stop: list[str]) -> list[str]:
+        """Greedy completions with continuous batching (inference/offline.py): `batch_size`
+        rows decode together and a finished row takes the next prompt at once."""
         ids = [encode_text(self.tokenizer, self.prompt_text(p)) for p in prompts]
         params = SamplingParams.greedy(max_tokens=max_tokens, stop=list(stop))
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out: list[str] = [""] * len(ids)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = [ids[i] for i in idx]
-            results = generate(self.model, batch, params, tokenizer=self.tokenizer, truncate=True, share_prefix=True)
-            for i, r in zip(idx, results):
-                out[i] = r.text
-        return out
+        return generate_texts(
+            self.model, ids, params, tokenizer=self.tokenizer, batch_size=self.batch_size, truncate=True
+        )
 
 
 class EndpointBackend:

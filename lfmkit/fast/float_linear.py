@@ -1,17 +1,25 @@
-"""Float32 linears through oneDNN: the same products as `F.linear`, two to three times faster
-at the shapes inference runs on CPUs where PyTorch's BLAS (MKL) takes a slow path.
+"""Float linears for inference: few token rows through lfmkit's streaming kernel, more through
+oneDNN; the same products as `F.linear`, summed in another order.
 
-PyTorch sends a float32 `F.linear` on the CPU to MKL's sgemm. On AMD processors MKL runs a
-generic code path: measured on this project's AMD EPYC (1 thread), an [8, 1024] x [1024, 65536]
-head product takes 79 ms through MKL and 38 ms through oneDNN (bundled with PyTorch, which picks
-its AVX-512 kernels by CPUID), the w1/w3 product 11.2 ms against 5.0 ms, a 512-token prefill's
-1.3x to 1.5x less (BENCHMARKS.md, issue 16). `FastLinear` calls oneDNN's matmul
+Decode multiplies a handful of token rows by every weight once, so it is bound by reading the
+weights; the BLAS kernels PyTorch calls there are written for big products. Measured on this
+project's 2-core Xeon (AVX-512 BF16, weights from memory, 2 threads; BENCHMARKS.md, issue 16):
+an [8, 1024] x [1024, 65536] bfloat16 head product takes 17.6 ms through `F.linear` and 9.1 ms
+through `lfm_float_linear` (kernels/csrc/float.cpp: each weight row read once, multiplied by
+every token row; bfloat16 pairs by `vdpbf16ps` where the CPU has AVX512_BF16); w1 [8, 1024] x
+[1024, 9216] 2.9 against 2.3 ms. Up to `SMALL_ROWS` token rows take that kernel; past that the
+blocked GEMMs win.
+
+More rows: float32 `F.linear` goes to MKL's sgemm, which takes a generic path on AMD
+processors (measured on an AMD EPYC, 1 thread: a 512-token prefill's products 1.3x to 1.5x
+slower than oneDNN's), so float32 products call oneDNN's matmul
 (`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU backend emits) on the dense
-weight as it is: no copy, no second layout to keep in memory. The products are IEEE float32 like
-MKL's, summed in another order (float rounding, nothing more).
+weight as it is: no copy, no second layout to keep in memory. bfloat16 `F.linear` already goes
+to oneDNN.
 
-Only inference takes this path: a float32 weight on the CPU with oneDNN available, no gradient
-needed (training keeps `F.linear` and its autograd), and not `LFMKIT_NO_ONEDNN=1`.
+Only inference takes these paths: a float32 or bfloat16 weight on the CPU, no gradient needed
+(training keeps `F.linear` and its autograd), kernels built (`LFMKIT_NO_KERNELS=1` turns the
+streaming kernel off), not `LFMKIT_NO_ONEDNN=1` (oneDNN off).
 """
 
 from __future__ import annotations
@@ -21,28 +29,85 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
 from ..model.lfm2 import Linear
 
 _ONEDNN = torch.backends.mkldnn.is_available() and os.environ.get("LFMKIT_NO_ONEDNN") != "1"
+SMALL_ROWS = 8  # up to this many token rows, products take the streaming kernel
+_FLOATS = (torch.float32, torch.bfloat16)
+
+
+def _inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """The tensors take a fast path: CPU, one float dtype, no gradient to record."""
+    if weight.dtype not in _FLOATS or x.dtype is not weight.dtype or (bias is not None and bias.dtype is not x.dtype):
+        return False
+    if weight.device.type != "cpu" or x.device.type != "cpu" or not weight.is_contiguous() or x.numel() == 0:
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+
+
+_STREAMS: dict[int, bool] = {}
+
+
+def _streams(lib) -> bool:
+    """The loaded kernel library has a vector path (the portable loop is no faster than BLAS)."""
+    got = _STREAMS.get(id(lib))
+    if got is None:
+        got = _STREAMS[id(lib)] = lib.lfm_isa().decode() != "portable"
+    return got
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """x @ weight.T + bias through the streaming kernel (any number of rows), or None when the
+    tensors do not take that path (see the module doc) or the kernels are unavailable."""
+    if not _inference(x, weight, bias) or (bias is not None and not bias.is_contiguous()):
+        return None
+    lib = kernels.load()
+    if lib is None or not _streams(lib):
+        return None
+    return stream_linear(lib, x, weight, bias)
+
+
+def stream_linear(lib, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, widen: bool = False):
+    """`lfm_float_linear` of kernel library `lib` on float32 or bfloat16 CPU tensors (weight and
+    bias contiguous); `widen`: bfloat16 through float32 FMAs even where `vdpbf16ps` exists."""
+    k, n = weight.shape[1], weight.shape[0]
+    flat = x.reshape(-1, k).contiguous()
+    m = flat.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype)
+    mode = 0 if x.dtype is torch.float32 else 2 if widen else 1
+    scratch = torch.empty(m * k) if mode == 2 or (mode == 1 and not lib.lfm_float_bf16dp()) else None
+    lib.lfm_float_linear(
+        flat.data_ptr(),
+        m,
+        k,
+        weight.data_ptr(),
+        n,
+        bias.data_ptr() if bias is not None else None,
+        out.data_ptr(),
+        mode,
+        scratch.data_ptr() if scratch is not None else None,
+    )
+    return out.view(*x.shape[:-1], n)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """x @ weight.T + bias through oneDNN, or None when the tensors do not take that path."""
-    if not _ONEDNN or weight.dtype is not torch.float32 or x.dtype is not torch.float32:
-        return None
-    if weight.device.type != "cpu" or x.device.type != "cpu" or not weight.is_contiguous() or x.numel() == 0:
-        return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    """x @ weight.T + bias through oneDNN (float32), or None when the tensors do not take that path."""
+    if not _ONEDNN or weight.dtype is not torch.float32 or not _inference(x, weight, bias):
         return None
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class FastLinear(Linear):
-    """A linear layer whose float32 inference products run on oneDNN (module doc)."""
+    """A linear layer whose float inference products take the fast paths (module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = onednn_linear(x, self.weight, self.bias)
+        out = None
+        if x.numel() <= SMALL_ROWS * x.shape[-1]:
+            out = small_linear(x, self.weight, self.bias)
+        if out is None:
+            out = onednn_linear(x, self.weight, self.bias)
         return out if out is not None else F.linear(x, self.weight, self.bias)
 
 
-__all__ = ["FastLinear", "onednn_linear"]
+__all__ = ["FastLinear", "onednn_linear", "small_linear", "stream_linear", "SMALL_ROWS"]

@@ -247,9 +247,22 @@ class Engine:
         Raises ContextLengthError / GenerationError for a request that can never run here and
         EngineOverloadedError when the queue is full or the engine is not running.
         """
-        max_new = self.check_request(prompt, params)
         if not self.running:
+            self.check_request(prompt, params)
             raise EngineOverloadedError("the engine is not running", retry_after=5.0, stopped=True)
+        return self.enqueue(prompt, params, loop=loop, request_id=request_id, skip_special_tokens=skip_special_tokens)
+
+    def enqueue(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        request_id: str | None = None,
+        skip_special_tokens: bool = True,
+    ) -> RequestHandle:
+        """`submit` without the loop thread: for a caller that runs `step()` itself (offline.py)."""
+        max_new = self.check_request(prompt, params)
         n = params.n or 1
         handle = RequestHandle(request_id or f"req-{next(self._ids)}", n, len(prompt), loop)
         handle._wake = self._wake

@@ -84,6 +84,19 @@ class RequestHandle:
             self._seen(event)
             yield event
 
+    def ready(self) -> list:
+        """The events delivered so far and not yet taken, without waiting (a synchronous handle
+        whose engine the caller steps itself)."""
+        out = []
+        while self._open > 0:
+            try:
+                event = self._queue.get_nowait()
+            except (queue.Empty, asyncio.QueueEmpty):
+                break
+            self._seen(event)
+            out.append(event)
+        return out
+
     def cancel(self) -> None:
         """Stop generating for this request; its slots are freed at the engine's next step."""
         if not self.cancelled:

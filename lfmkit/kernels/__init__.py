@@ -11,6 +11,8 @@ compiles in a few seconds with plain `g++ -O3 -fopenmp`) and call it through cty
   `dequant_*` expand weights to bfloat16 for prefill GEMMs; a few
   fused float32 ops (RMSNorm, the short-conv step, SiLU-gate) replace five to ten small
   PyTorch ops each.
+- `float.cpp`: float32 and bfloat16 products for a few token rows (decode), each weight read
+  once per call at memory speed (lfmkit/fast/float_linear.py).
 - `prefill.cpp`: int4 weights as int8 rows for the W8A8 prefill GEMMs (lfmkit/quant/prefill.py).
 - `decode_step.cpp`: a whole decode step of a quantized model in one call (see
   lfmkit/fast/decode_step.py).
@@ -44,7 +46,13 @@ from pathlib import Path
 from ..errors import ConfigError
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("kernels.cpp", "decode_step.cpp", "prefill.cpp", "optim.cpp")  # one translation unit, in this order
+SOURCES = (
+    "kernels.cpp",
+    "float.cpp",
+    "decode_step.cpp",
+    "prefill.cpp",
+    "optim.cpp",
+)  # one translation unit, in this order
 
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
 # path -> (compiler flags, bit in cpu.cpp's lfm_cpu_paths(), name for people); fastest first
@@ -182,12 +190,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_rmsnorm.argtypes = [p, p, i64, i64, f32, p]
     lib.lfm_conv_step.argtypes = [p, i64, p, p, p, i64, i64, i64, p]
     lib.lfm_silu_mul.argtypes = [p, i64, i64, p]
+    lib.lfm_float_linear.argtypes = [p, i64, i64, p, i64, p, p, ctypes.c_int, p]
     for fn in (
         "lfm_q4_linear",
         "lfm_q8_linear",
         "lfm_rmsnorm",
         "lfm_conv_step",
         "lfm_silu_mul",
+        "lfm_float_linear",
         "lfm_quantize_act",
         "lfm_q4_gemm",
         "lfm_q8_gemm",
@@ -205,6 +215,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_decode_tokens.restype = None
     lib.lfm_adamw_step.argtypes = [p, ctypes.c_int, p, p, ctypes.c_int, p, p, p, p, i64, p, p, p, p, p, p] + [f32] * 8
     lib.lfm_adamw_step.restype = None
+    lib.lfm_float_bf16dp.restype = ctypes.c_int
+    lib.lfm_float_bf16dp.argtypes = []
     lib.lfm_has_vnni.restype = ctypes.c_int
     lib.lfm_has_vnni.argtypes = []
     lib.lfm_isa.restype = ctypes.c_char_p

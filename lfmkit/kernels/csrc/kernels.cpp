@@ -6,6 +6,7 @@
 // path in plain C++ (any CPU; the compiler vectorises what it can). The x86 paths share the
 // intrinsics code below; `LFM_VNNI` picks the dot-product instruction.
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <type_traits>
