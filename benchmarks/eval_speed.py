@@ -15,10 +15,16 @@ questions 5-shot (MGSM's layout: five worked examples before each question), and
 Each cell is the wall time and the process's CPU time (all its threads) of one call, model
 loading included: on a shared machine the CPU seconds are the fairer figure.
 
+The `gen0eos` workload is GSM8K's own setting (lm-eval's `max_gen_toks` 256) on a model whose
+answers end at different lengths, as a real model's do: the same random checkpoint with its end
+token's (tied) embedding row scaled by `--eos-scale` (2.0: greedy answers end at the end token
+after 5 to 256 tokens, median about 80 on these questions), so both engines stop each row where
+the model emits it. The other generation workloads never end early (`--max-tokens` each).
+
     python benchmarks/eval_speed.py [--preset lfm2-350m] [--questions 64] [--gen-questions 16]
                                     [--max-tokens 32] [--batch-size 8] [--threads N]
-                                    [--dtype float32|bfloat16] [--workloads mc,gen0,gen5]
-                                    [--skip-int8] [--skip-lm-eval-lfmkit] [--json FILE]
+                                    [--dtype float32|bfloat16] [--workloads mc,gen0,gen5,gen0eos]
+                                    [--eos-scale 2.0] [--skip-int8] [--skip-lm-eval-lfmkit] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,6 +83,17 @@ generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: {
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 """
 
+GEN_EOS_YAML = """task: speed_gen_eos
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {test}}}}}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: 256, do_sample: false}}
+metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
+"""
+
 GEN_FS_YAML = """task: speed_gen_fs
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: {test}, train: {train}}}}}
@@ -127,6 +144,7 @@ def make_data(root: Path, n_mc: int, n_gen: int, max_tokens: int) -> Path:
         MC_YAML.format(test=data / "mmlu" / "test.jsonl", dev=data / "mmlu" / "dev.jsonl")
     )
     (tasks / "speed_gen.yaml").write_text(GEN_YAML.format(test=data / "gsm8k" / "test.jsonl", max_tokens=max_tokens))
+    (tasks / "speed_gen_eos.yaml").write_text(GEN_EOS_YAML.format(test=data / "gsm8k" / "test.jsonl"))
     (tasks / "speed_gen_fs.yaml").write_text(
         GEN_FS_YAML.format(
             test=data / "gsm8k" / "test.jsonl", train=data / "gsm8k" / "train.jsonl", max_tokens=max_tokens
@@ -151,7 +169,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both engines' weights")
-    ap.add_argument("--workloads", default="mc,gen0,gen5", help="a subset of mc, gen0, gen5")
+    ap.add_argument("--workloads", default="mc,gen0,gen5,gen0eos", help="a subset of mc, gen0, gen5, gen0eos")
+    ap.add_argument("--eos-scale", type=float, default=2.0, help="gen0eos: the end token's embedding row times this")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--skip-int8", action="store_true", help="leave out the lfmkit --quant int8 column")
     ap.add_argument("--skip-lm-eval-lfmkit", action="store_true", help="leave out the lm-eval + LMEvalModel column")
@@ -171,59 +190,90 @@ def main() -> None:
         config = LFM2Config.from_preset(args.preset)
         LFM2.from_config(config, seed=0).save_pretrained(model_dir)
         build_test_tokenizer(model_dir)
+    eos_dir = root / f"model-eos{args.eos_scale:g}"
+    if "gen0eos" in args.workloads and not (eos_dir / "model.safetensors").is_file():
+        model = LFM2.from_pretrained(model_dir)
+        with torch.no_grad():
+            model.model.embed_tokens.weight[model.config.eos_token_id] *= args.eos_scale
+        model.save_pretrained(eos_dir)
+        build_test_tokenizer(eos_dir)
+        del model
     data = make_data(root, args.questions, args.gen_questions, args.max_tokens)
     manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
     bs, mt, dtype = args.batch_size, args.max_tokens, args.dtype
     started = time.strftime("%H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
 
-    # key: (workload, items, lfmkit evaluate kwargs, lm-eval task)
+    # key: (workload, items, lfmkit evaluate kwargs, lm-eval task, checkpoint)
     every = {
-        "mc": ("multiple choice, 5-shot", args.questions, {"tasks": "mmlu", "mc_rule": "choices"}, "speed_mc"),
+        "mc": (
+            "multiple choice, 5-shot",
+            args.questions,
+            {"tasks": "mmlu", "mc_rule": "choices"},
+            "speed_mc",
+            model_dir,
+        ),
         "gen0": (
             f"generation 0-shot, {mt} tokens",
             args.gen_questions,
             {"tasks": "gsm8k", "max_tokens": mt},
             "speed_gen",
+            model_dir,
         ),
         "gen5": (
             f"generation 5-shot, {mt} tokens",
             args.gen_questions,
             {"tasks": "gsm8k", "max_tokens": mt, "num_fewshot": 5},
             "speed_gen_fs",
+            model_dir,
+        ),
+        "gen0eos": (
+            "generation 0-shot, to the end token (<= 256)",
+            args.gen_questions,
+            {"tasks": "gsm8k", "max_tokens": 256},
+            "speed_gen_eos",
+            eos_dir,
         ),
     }
     workloads = [every[k.strip()] for k in args.workloads.split(",")]
     # engine -> [(wall, cpu)] per workload
     times: dict[str, list[tuple[float, float]]] = {"lfmkit": [], "lfmkit_int8": [], "lm_eval_lfmkit": [], "hf": []}
-    scores, hf_scores = {}, {}
-    for name, _, kw, _ in workloads:
-        t, c, out = timed(evaluate, str(model_dir), data=data, batch_size=bs, dtype=dtype, **kw)
+    scores, hf_scores, texts = {}, {}, {}
+    for name, _, kw, _, ckpt in workloads:
+        out_dir = root / "out" / name.split(",")[0].replace(" ", "_")
+        t, c, out = timed(evaluate, str(ckpt), data=data, batch_size=bs, dtype=dtype, output=out_dir, **kw)
         times["lfmkit"].append((t, c))
         scores[name] = out["results"][kw["tasks"]]["score"]
+        if kw["tasks"] == "gsm8k":
+            rows = [json.loads(line) for line in (out_dir / "samples_gsm8k.jsonl").read_text().splitlines()]
+            texts[name] = [r["output"] for r in rows]
     if not args.skip_int8:
-        for _, _, kw, _ in workloads:
-            t, c, _ = timed(evaluate, str(model_dir), data=data, batch_size=bs, quant="int8", **kw)
+        for _, _, kw, _, ckpt in workloads:
+            t, c, _ = timed(evaluate, str(ckpt), data=data, batch_size=bs, quant="int8", **kw)
             times["lfmkit_int8"].append((t, c))
     if not args.skip_lm_eval_lfmkit:
-        lm = LMEvalModel(pretrained=str(model_dir), batch_size=bs, dtype=dtype)
-        for *_, task in workloads:
+        for *_, task, ckpt in workloads:
+            lm = LMEvalModel(pretrained=str(ckpt), batch_size=bs, dtype=dtype)
             t, c, _ = timed(lm_eval.simple_evaluate, model=lm, tasks=[task], task_manager=manager)
             times["lm_eval_lfmkit"].append((t, c))
-    hf_args = f"pretrained={model_dir},dtype={dtype}"
-    for name, *_, task in workloads:
+    same = {}
+    for name, *_, task, ckpt in workloads:
         t, c, out = timed(
             lm_eval.simple_evaluate,
             model="hf",
-            model_args=hf_args,
+            model_args=f"pretrained={ckpt},dtype={dtype}",
             tasks=[task],
             task_manager=manager,
             batch_size=bs,
             device="cpu",
+            log_samples=name in texts,
         )
         times["hf"].append((t, c))
         metric = "acc,none" if task == "speed_mc" else "exact_match,none"
         hf_scores[name] = out["results"][task][metric]
+        if name in texts:  # the same answers? (doc order in both: the data file's)
+            theirs = [s["resps"][0][0] for s in sorted(out["samples"][task], key=lambda s: s["doc_id"])]
+            same[name] = sum(a == b for a, b in zip(texts[name], theirs))
     load_after = os.getloadavg()
 
     print(
@@ -231,15 +281,18 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, started {started}, load average {load_before[0]:.1f} "
         f"before / {load_after[0]:.1f} after"
     )
-    for name, *_ in workloads:
-        print(f"{name}: score lfmkit {scores[name]:.4f} / lm-eval hf {hf_scores[name]:.4f} (same prompts and rule)")
+    for name, n, *_ in workloads:
+        agree = f"; the same answer text for {same[name]} of {n} questions" if name in same else ""
+        print(
+            f"{name}: score lfmkit {scores[name]:.4f} / lm-eval hf {hf_scores[name]:.4f} (same prompts and rule){agree}"
+        )
 
     def cell(pair) -> str:
         return f"{pair[0]:.1f}s / {pair[1]:.1f}s" if pair else "-"
 
     print(f"{'workload':<32}{'items':>6}  wall / CPU: lfmkit | int8 | lm-eval+lfmkit | hf | hf/lfmkit wall, CPU")
     rows = []
-    for k, (name, n, _, _) in enumerate(workloads):
+    for k, (name, n, *_) in enumerate(workloads):
         got = {e: (v[k] if v else None) for e, v in times.items()}
         ours, hf = got["lfmkit"], got["hf"]
         ratio = f"{hf[0] / ours[0]:.2f}x, {hf[1] / ours[1]:.2f}x"
@@ -258,6 +311,8 @@ def main() -> None:
             "loadavg": [load_before[0], load_after[0]],
             "rows": rows,
             "scores": {name: [scores[name], hf_scores[name]] for name, *_ in workloads},
+            "same_answers": same,
+            "eos_scale": args.eos_scale,
         }
     )
     print(line)

@@ -72,7 +72,12 @@ static inline void f_tile(const float* x, int64_t ldx, const W* w, int64_t K, fl
         fvec wv[R];
         for (int r = 0; r < R; r++) wv[r] = fv_load(w + r * K + k);
         for (int m = 0; m < MT; m++) {
-            const fvec xv = fv_load(x + m * ldx + k);
+            fvec xv = fv_load(x + m * ldx + k);
+#if LFM_X86
+            // in a register: left to itself the compiler folds this load into each of the R FMAs,
+            // and R + R * MT loads per step saturate the load ports before the FMA units
+            __asm__("" : "+v"(xv));
+#endif
             for (int r = 0; r < R; r++) acc[r][m] = fv_fma(wv[r], xv, acc[r][m]);
         }
     }
@@ -115,12 +120,15 @@ static inline void f_rows(const float* x, int64_t M, int64_t K, const W* w, int6
     }
 }
 
+#ifndef LFM_FR
+#define LFM_FR 3
+#endif
 template <class W>
 static void f_linear(const float* x, int64_t M, int64_t K, const W* w, int64_t N, const W* bias, W* out) {
-    const int64_t pairs = N / 2;
+    const int64_t groups = N / LFM_FR;
     #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < pairs; p++) f_rows<2>(x, M, K, w, N, 2 * p, bias, out);
-    if (N % 2) f_rows<1>(x, M, K, w, N, N - 1, bias, out);
+    for (int64_t p = 0; p < groups; p++) f_rows<LFM_FR>(x, M, K, w, N, LFM_FR * p, bias, out);
+    for (int64_t n = groups * LFM_FR; n < N; n++) f_rows<1>(x, M, K, w, N, n, bias, out);
 }
 
 #if LFM_X86 && defined(__AVX512F__) && defined(__GNUC__)
