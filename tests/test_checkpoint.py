@@ -268,3 +268,35 @@ def test_peak_memory_while_loading_stays_near_file_size(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     peak_delta = int(out.stdout.strip().splitlines()[-1])
     assert peak_delta < 1.3 * size, f"peak {peak_delta / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+def test_row_reads_convert_on_the_way_and_fall_back_to_plain_reads(ckpt, monkeypatch):
+    from lfmkit.io import safetensors as st
+
+    path, _ = ckpt
+    f = st.SafetensorsFile(path / "model.safetensors")
+    stored = load_file(path / "model.safetensors")
+    name = "model.embed_tokens.weight"
+    whole = stored[name]
+    assert torch.equal(f.read_rows(name, 3, 9), whole[3:9])
+    assert torch.equal(f.read_rows(name, 3, 9, torch.bfloat16), whole[3:9].to(torch.bfloat16))
+    out = torch.empty(whole.shape[1], whole.shape[0]).t()  # not contiguous
+    assert torch.equal(f.read(name, out), whole) and out.stride() != whole.stride()
+    # a file system that cannot map files: the same bytes through plain reads
+    monkeypatch.setattr(st.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError("no mmap")))
+    assert torch.equal(f.read_rows(name, 3, 9, torch.bfloat16), whole[3:9].to(torch.bfloat16))
+    assert torch.equal(f.read(name), whole)
+    torch.testing.assert_close(_logits(LFM2.from_pretrained(path)), _logits(ckpt[1]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_file_cut_short_after_opening_is_an_error_not_a_crash(ckpt):
+    from lfmkit.io import safetensors as st
+
+    path, _ = ckpt
+    file = path / "model.safetensors"
+    f = st.SafetensorsFile(file)  # header read while the file was whole
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])  # a mapped read past the end would be SIGBUS
+    last = max(f.entries, key=lambda n: f.entries[n][3])
+    with pytest.raises(CheckpointError, match=f"tensor '{re.escape(last)}': file ended early"):
+        f.read(last)

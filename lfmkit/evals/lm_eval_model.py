@@ -8,8 +8,8 @@ Tokenization is lm-eval's own (`TemplateLM`: context / continuation split, empty
 the prefix token; `tok_encode` adds the tokenizer's bos as lm-eval's Hugging Face backend does),
 so the same requests produce the same token ids, and the log-likelihoods come from
 `score_continuations`: one prefill per distinct context, on the hybrid state. Rolling
-log-likelihoods use lm-eval's own windowing; generation is greedy `lfmkit.generate` with the
-request's stop strings, batched.
+log-likelihoods use lm-eval's own windowing; generation is greedy, each request with its own
+stop strings and budget, all in one continuous batch (`lfmkit.inference.offline`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ..errors import EvalError
-from ..inference.generate import generate, load_tokenizer_for
+from ..inference.generate import load_tokenizer_for
+from ..inference.offline import generate_texts
 from ..inference.sampling import SamplingParams
 from .backends import score_continuations
 
@@ -117,29 +118,17 @@ class LMEvalModel(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy completions; requests with the same stop strings and budget run as batches,
-        longest prompts first."""
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        prompts = []
-        for i, (context, gen_kwargs) in enumerate(r.args for r in requests):
+        """Greedy completions, all requests in one continuous batch of `batch_size` rows
+        (inference/offline.py): a row that stops takes the next request at once."""
+        prompts, params = [], []
+        for context, gen_kwargs in (r.args for r in requests):
             kwargs = dict(gen_kwargs or {})
             until = kwargs.get("until") or []
-            until = (until,) if isinstance(until, str) else tuple(until)
+            until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
             prompts.append(self.tok_encode(context)[-(self.max_length - max_tokens) :])
-            groups[(until, max_tokens)].append(i)
-        out = [""] * len(prompts)
-        for (until, max_tokens), idx in groups.items():
-            params = SamplingParams.greedy(max_tokens=max_tokens, stop=list(until))
-            idx = sorted(idx, key=lambda i: -len(prompts[i]))
-            for start in range(0, len(idx), self.batch_size):
-                batch = idx[start : start + self.batch_size]
-                results = generate(
-                    self.model, [prompts[i] for i in batch], params, tokenizer=self.tokenizer, share_prefix=True
-                )
-                for i, r in zip(batch, results):
-                    out[i] = r.text
-        return out
+            params.append(SamplingParams.greedy(max_tokens=max_tokens, stop=until))
+        return generate_texts(self.model, prompts, params, tokenizer=self.tokenizer, batch_size=self.batch_size)
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)

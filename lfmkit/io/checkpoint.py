@@ -39,18 +39,18 @@ class StoredTensor:
     dtype: torch.dtype  # as stored (GGUF q8_0/q4_0: read as float32)
     file: Path
     label: str  # the name the file itself uses (for messages)
-    _rows: Callable[[int, int], torch.Tensor] = field(repr=False)
+    _rows: Callable[[int, int, torch.dtype | None], torch.Tensor] = field(repr=False)  # (start, stop, dtype)
 
     def read(self, dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """The whole tensor, cast to `dtype` (or into `out`)."""
-        t = self._rows(0, self.shape[0]) if self.shape else self._rows(0, 0)
+        t = self._rows(0, self.shape[0] if self.shape else 0, None if out is not None else dtype)
         if out is not None:
             return out.copy_(t)
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
     def read_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the first dimension, in the stored dtype."""
-        return self._rows(start, stop)
+        return self._rows(start, stop, None)
 
 
 @dataclass
@@ -90,7 +90,9 @@ def open_checkpoint(
                     dtype,
                     st.path,
                     name,
-                    lambda a, b, st=st, name=name: st.read_rows(name, a, b) if st.entries[name][1] else st.read(name),
+                    lambda a, b, dt, st=st, name=name: (
+                        st.read_rows(name, a, b, dt) if st.entries[name][1] else st.read(name)
+                    ),
                 )
 
     return Checkpoint(
@@ -118,7 +120,7 @@ def _open_gguf(path: Path) -> Checkpoint:
         for w in weights:
             cache: list[torch.Tensor] = []
 
-            def rows(a: int, b: int, w=w, cache=cache) -> torch.Tensor:
+            def rows(a: int, b: int, _dtype=None, w=w, cache=cache) -> torch.Tensor:
                 if not cache:  # GGUF blocks dequantise whole; row reads slice one copy
                     cache.append(w.to_tensor(dtype))
                 return cache[0][a:b] if w.shape else cache[0]

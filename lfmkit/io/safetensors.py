@@ -1,13 +1,15 @@
 """safetensors files in and out: single files or shards + index, in the Hugging Face layout.
 
 We parse the header ourselves so every problem (corrupt header, bad entry, file too short) is
-reported with the file and tensor name, and read tensors (or row ranges of them) straight into
-a caller's buffer, so loading never holds the weights twice.
+reported with the file and tensor name, and copy tensors (or row ranges of them) from the
+mapped file straight into a caller's buffer, in the dtype it wants, so loading never holds the
+weights twice.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -56,7 +58,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 # ---- safetensors reading ---------------------------------------------------------------------
 class SafetensorsFile:
-    """One .safetensors file: its header, and reads of single tensors without mmap."""
+    """One .safetensors file: its header, and copies of single tensors or row ranges."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -100,31 +102,56 @@ class SafetensorsFile:
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """Read tensor `name` (into `out` if given: same shape, any dtype, CPU)."""
         dtype, shape, begin, end = self.entries[name]
-        direct = out is not None and out.dtype == dtype and out.device.type == "cpu" and out.is_contiguous()
-        buf = out if direct else torch.empty(shape, dtype=dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            view = memoryview(buf.view(-1).view(torch.uint8).numpy()) if buf.numel() else memoryview(b"")
-            got = f.readinto(view) if buf.numel() else 0
-        if got != end - begin:
-            raise CheckpointError(f"{self.path}: tensor '{name}': file ended early")
-        if out is not None and not direct:
-            out.copy_(buf)
-            return out
+        buf = out if out is not None else torch.empty(shape, dtype=dtype)
+        self._copy(name, begin, end - begin, dtype, buf)
         return buf
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of tensor `name` (its first dimension), in its stored dtype."""
-        dtype, shape, begin, end = self.entries[name]
+    def read_rows(self, name: str, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows [start, stop) of tensor `name` (its first dimension), in its stored dtype or
+        converted to `dtype` on the way (one pass, no second copy)."""
+        stored, shape, begin, end = self.entries[name]
         row_bytes = (end - begin) // max(1, shape[0])
-        buf = torch.empty((stop - start, *shape[1:]), dtype=dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin + start * row_bytes)
-            view = memoryview(buf.view(-1).view(torch.uint8).numpy()) if buf.numel() else memoryview(b"")
-            got = f.readinto(view) if buf.numel() else 0
-        if got != (stop - start) * row_bytes:
-            raise CheckpointError(f"{self.path}: tensor '{name}': file ended early")
+        buf = torch.empty((stop - start, *shape[1:]), dtype=dtype or stored)
+        self._copy(name, begin + start * row_bytes, (stop - start) * row_bytes, stored, buf)
         return buf
+
+    def _copy(self, name: str, offset: int, nbytes: int, stored: torch.dtype, out: torch.Tensor) -> None:
+        """Bytes [offset, offset + nbytes) of the data section, as `stored` values, into `out`
+        (converting its dtype if it differs).
+
+        The file is mapped and copied from the page cache by PyTorch (in parallel, and into
+        memory the copy itself faults in): reading into fresh memory with `readinto` makes the
+        kernel fault it in page by page inside the copy, measured 1.7 to 7 s for a 1.4 GB
+        checkpoint against 0.45 s mapped (issue 16). The mapping lives only during the copy, so
+        the loaded weights never point into the file. Where the file cannot be mapped it is read."""
+        if nbytes == 0:
+            return
+        target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype)
+        flat = target.view(-1)
+        with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < self.data_start + offset + nbytes:
+                raise CheckpointError(f"{self.path}: tensor '{name}': file ended early")
+            try:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):  # a file system without mmap
+                mm = None
+            if mm is None:
+                buf = flat if out.dtype == stored and out.is_contiguous() else torch.empty(out.numel(), dtype=stored)
+                f.seek(self.data_start + offset)
+                got = f.readinto(memoryview(buf.view(torch.uint8).numpy()))
+                if got != nbytes:
+                    raise CheckpointError(f"{self.path}: tensor '{name}': file ended early")
+                if buf is not flat:
+                    flat.copy_(buf)
+            else:
+                try:
+                    src = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=self.data_start + offset)
+                    flat.copy_(src.view(stored))
+                    del src
+                finally:
+                    mm.close()
+        if target is not out:
+            out.copy_(target)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
