@@ -72,7 +72,7 @@ doc_to_target: answer
 metric_list: [{{metric: acc, aggregation: mean, higher_is_better: true}}]
 """
 
-GEN_YAML = """task: speed_gen
+GEN_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: {test}}}}}
 test_split: test
@@ -80,17 +80,6 @@ output_type: generate_until
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
 doc_to_target: "{{{{answer}}}}"
 generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: {max_tokens}, do_sample: false}}
-metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
-"""
-
-GEN_EOS_YAML = """task: speed_gen_eos
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {test}}}}}
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs: {{until: ["Question:", "</s>", "<|im_end|>"], max_gen_toks: 256, do_sample: false}}
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 """
 
@@ -143,8 +132,10 @@ def make_data(root: Path, n_mc: int, n_gen: int, max_tokens: int) -> Path:
     (tasks / "speed_mc.yaml").write_text(
         MC_YAML.format(test=data / "mmlu" / "test.jsonl", dev=data / "mmlu" / "dev.jsonl")
     )
-    (tasks / "speed_gen.yaml").write_text(GEN_YAML.format(test=data / "gsm8k" / "test.jsonl", max_tokens=max_tokens))
-    (tasks / "speed_gen_eos.yaml").write_text(GEN_EOS_YAML.format(test=data / "gsm8k" / "test.jsonl"))
+    test = data / "gsm8k" / "test.jsonl"
+    (tasks / "speed_gen.yaml").write_text(GEN_YAML.format(task="speed_gen", test=test, max_tokens=max_tokens))
+    # GSM8K's own budget, lm-eval's default max_gen_toks
+    (tasks / "speed_gen_eos.yaml").write_text(GEN_YAML.format(task="speed_gen_eos", test=test, max_tokens=256))
     (tasks / "speed_gen_fs.yaml").write_text(
         GEN_FS_YAML.format(
             test=data / "gsm8k" / "test.jsonl", train=data / "gsm8k" / "train.jsonl", max_tokens=max_tokens

@@ -120,9 +120,7 @@ static inline void f_rows(const float* x, int64_t M, int64_t K, const W* w, int6
     }
 }
 
-#ifndef LFM_FR
-#define LFM_FR 3
-#endif
+#define LFM_FR 3  // weight rows per tile: 3 x LFM_FMT accumulators
 template <class W>
 static void f_linear(const float* x, int64_t M, int64_t K, const W* w, int64_t N, const W* bias, W* out) {
     const int64_t groups = N / LFM_FR;
