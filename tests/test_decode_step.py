@@ -4,6 +4,7 @@ the state the same way, and steps aside wherever it cannot run."""
 import pytest
 import torch
 from checkpoints import make_checkpoint
+from quant_helpers import assert_same_greedy
 
 from lfmkit import LFM2, generate, kernels
 from lfmkit.fast import quantize
@@ -31,6 +32,12 @@ def module_path(model):
     """The same model with the fused step detached (the per-module forward)."""
     fused = model.__dict__.pop("fused_decode")
     return fused
+
+
+def last_logits(model, ids):
+    """The model's logits [V] after `ids` (one forward from an empty state)."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids]))[0, -1]
 
 
 def greedy_steps(model, tok, state, steps):
@@ -123,7 +130,9 @@ def test_generate_uses_fused_step_and_gives_module_path_tokens(ckpt):
     assert calls and all(calls)
     module_path(model)
     plain = generate(model, prompt, max_tokens=12, temperature=0, ignore_eos=True).token_ids
-    assert with_fused == plain
+    # equal, or parting only at a near tie of the module path's logits (a random model has them:
+    # on an AVX2 EPYC the fused step's 12th token is the module path's third, 0.08 below its first)
+    assert_same_greedy(lambda ids: last_logits(model, ids), prompt, with_fused, plain)
 
 
 def test_steps_aside_for_padding_float_models_and_when_disabled(ckpt, monkeypatch):

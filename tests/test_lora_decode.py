@@ -8,6 +8,7 @@ the sampler's log-probs close to the training forward's (measured into metrics.j
 import pytest
 import torch
 from checkpoints import make_checkpoint
+from quant_helpers import assert_same_greedy
 from test_train_grpo import MAX_COMPLETION, direct_logps, fixed_rollouts, formula, layout
 from train_helpers import write_jsonl
 
@@ -80,9 +81,12 @@ def test_fused_step_with_adapters_equals_the_module_path(ckpt, mode):
     fused, ref = steps(model, PROMPTS, 6), steps(model, PROMPTS, 6, fused=False)
     with adapters_disabled(model):
         base = steps(model, PROMPTS, 1, fused=False)
-    # Bounds of tests/test_decode_step.py (float rounding may flip an int8 activation code):
+    # Float rounding may flip an int8 activation code (tests/test_decode_step.py); the adapters
+    # (B of 0.2 * randn, far from a trained adapter's) carry a flip's error further than the base
+    # alone: on an AVX-512 Xeon one prompt's first step is 1.05% of the logits' range off (the
+    # other two agree to 1e-7), so twice the plain step's first-step bound.
     scale = ref.abs().amax(-1, keepdim=True)
-    assert ((fused[:, 0] - ref[:, 0]).abs() <= 0.01 * scale[:, 0]).all()
+    assert ((fused[:, 0] - ref[:, 0]).abs() <= 0.02 * scale[:, 0]).all()
     assert ((fused - ref).abs() <= 0.05 * scale).all()
     assert torch.equal(fused.argmax(-1), ref.argmax(-1))
     # ... and the adapters move the logits far more than that: the fused step applied them
@@ -119,6 +123,12 @@ def test_disabled_adapters_take_the_module_path(ckpt):
         assert model.fused_decode(torch.tensor([[6]]), state) is not None
 
 
+def last_logits(model, ids):
+    """The module path's logits [V] after `ids` (one forward from an empty state)."""
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0, -1]
+
+
 def count_fused_steps(monkeypatch) -> list[bool]:
     """Record, for each call of the fused step with adapters, whether it ran (False: it fell back)."""
     calls = []
@@ -145,8 +155,10 @@ def test_generate_with_adapters_gives_the_module_paths_greedy_tokens(ckpt, mode,
     assert calls and all(calls) and len(calls) == 7  # 8 tokens: 7 decode steps after the prefill
     saved = model.__dict__.pop("fused_decode")
     ref = [r.token_ids for r in generate(model, prompts, params)]
+    for i, prompt in enumerate(prompts):  # equal, or parting only at a near tie (quant_helpers)
+        for got, want in zip(fused[i * 3 : i * 3 + 3], ref[i * 3 : i * 3 + 3]):
+            assert_same_greedy(lambda ids: last_logits(model, ids), prompt, got, want)
     model.__dict__["fused_decode"] = saved
-    assert fused == ref
 
 
 # ---- GRPO over a quantized base --------------------------------------------------------------
