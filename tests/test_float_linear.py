@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from lfmkit import kernels
 from lfmkit.fast import float_linear
-from lfmkit.fast.float_linear import FastLinear, onednn_linear, small_linear, stream_linear
+from lfmkit.fast.float_linear import FastLinear, onednn_linear, small_linear, stream_linear, widened_linear
+from lfmkit.kernels import gemm
 from lfmkit.model.lfm2 import Linear
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -40,7 +41,7 @@ def test_gradients_and_other_dtypes_take_f_linear(monkeypatch):
     layer.__class__ = FastLinear
     layer(x).sum().backward()
     torch.testing.assert_close(layer.weight.grad, x.sum(0).expand(8, 16).contiguous())
-    monkeypatch.setattr(float_linear, "_ONEDNN", False)
+    monkeypatch.setattr(gemm, "_ONEDNN", False)
     with torch.no_grad():
         assert onednn_linear(x, layer.weight, None) is None
 
@@ -133,3 +134,27 @@ def test_a_bf16_fast_model_decodes_like_the_reference(tmp_path):
         step = torch.tensor([[11], [12]])
         got, want = fast(step, state=states[0]), ref(step, state=states[1])
     torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_products_widen_to_float32_where_bf16_gemms_are_slow(bias, monkeypatch):
+    """Without AVX-512 BF16 / AMX, many-row bfloat16 products are float32 GEMMs on widened weight
+    tiles (three here), not PyTorch's bfloat16 loop: the float32 product rounded once."""
+    monkeypatch.setattr(float_linear, "WIDEN_TILE_BYTES", 64 * 128 * 4)
+    g = torch.Generator().manual_seed(1)
+    layer = Linear(128, 150, bias=bias).to(torch.bfloat16).requires_grad_(False)
+    layer.weight.copy_(torch.randn(150, 128, generator=g))
+    if bias:
+        layer.bias.copy_(torch.randn(150, generator=g))
+    layer.__class__ = FastLinear
+    x = torch.randn(3, 12, 128, generator=g).bfloat16()
+    b = None if layer.bias is None else layer.bias.float()
+    want = F.linear(x.float(), layer.weight.float(), b).bfloat16()
+    monkeypatch.setattr(gemm, "bf16_gemm_fast", lambda: True)
+    assert widened_linear(x, layer.weight, layer.bias) is None
+    monkeypatch.setattr(gemm, "bf16_gemm_fast", lambda: False)
+    with torch.no_grad():
+        got = layer(x)
+    assert got.dtype is torch.bfloat16 and got.shape == (3, 12, 150)
+    torch.testing.assert_close(got, want, rtol=1.6e-2, atol=1e-2)  # one bfloat16 rounding apart at most
+    assert torch.equal(got, widened_linear(x, layer.weight, layer.bias))

@@ -13,6 +13,7 @@ from quant_helpers import act_quantized
 from lfmkit import LFM2, kernels
 from lfmkit.errors import ConfigError
 from lfmkit.fast import quantize
+from lfmkit.kernels import gemm
 from lfmkit.quant import QuantLinear
 from lfmkit.quant.prefill import int4_rows_as_int8, w8a8_linear
 
@@ -80,7 +81,7 @@ def int4_as_int8_reference(lin: QuantLinear) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("rows", [17, 40])
-def test_each_path_runs_the_w8a8_prefill_product_like_the_reference(cpu_path, bits, rows):
+def test_each_path_runs_the_w8a8_prefill_product_like_the_reference(cpu_path, bits, rows, monkeypatch):
     g = torch.Generator().manual_seed(rows)
     lin = QuantLinear.from_float(torch.randn(72, 320, generator=g) * 0.05, bits)
     x = torch.randn(rows, 320, generator=g)
@@ -95,6 +96,7 @@ def test_each_path_runs_the_w8a8_prefill_product_like_the_reference(cpu_path, bi
     exact = F.linear(act_quantized(x, 320), w)  # per-token int8 activations
     got = w8a8_linear(x, lin.qweight, lin.scales, bits)
     torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    monkeypatch.setattr(gemm, "int8_gemm_fast", lambda: True)  # else float32 prefill (no VNNI: quant/prefill.py)
     assert torch.equal(lin(x), got)  # a QuantLinear takes this path for more than 16 rows
 
 

@@ -15,7 +15,9 @@ processors (measured on an AMD EPYC, 1 thread: a 512-token prefill's products 1.
 slower than oneDNN's), so float32 products call oneDNN's matmul
 (`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU backend emits) on the dense
 weight as it is: no copy, no second layout to keep in memory. bfloat16 `F.linear` already goes
-to oneDNN.
+to oneDNN, where the CPU has AVX-512 BF16 or AMX; elsewhere (AVX2 machines, kernels/gemm.py)
+PyTorch's bfloat16 GEMM is a loop a hundred times slower than float32, so those products run
+as float32 GEMMs on widened tiles of the weight (`widened_linear`).
 
 Only inference takes these paths: a float32 or bfloat16 weight on the CPU, no gradient needed
 (training keeps `F.linear` and its autograd), kernels built (`LFMKIT_NO_KERNELS=1` turns the
@@ -24,16 +26,15 @@ streaming kernel off), not `LFMKIT_NO_ONEDNN=1` (oneDNN off).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from ..kernels import gemm
 from ..model.lfm2 import Linear
 
-_ONEDNN = torch.backends.mkldnn.is_available() and os.environ.get("LFMKIT_NO_ONEDNN") != "1"
 SMALL_ROWS = 8  # up to this many token rows, products take the streaming kernel
+WIDEN_TILE_BYTES = 8 << 20  # float32 weight rows widened at a time from bfloat16 (widened_linear)
 _FLOATS = (torch.float32, torch.bfloat16)
 
 
@@ -93,9 +94,27 @@ def stream_linear(lib, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """x @ weight.T + bias through oneDNN (float32), or None when the tensors do not take that path."""
-    if not _ONEDNN or weight.dtype is not torch.float32 or not _inference(x, weight, bias):
+    if weight.dtype is not torch.float32 or not _inference(x, weight, bias):
         return None
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return gemm.onednn_linear(x, weight, bias)
+
+
+def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """bfloat16 x @ weight.T + bias as float32 GEMMs on tiles of at most WIDEN_TILE_BYTES of
+    widened weight rows (products exact in float32, the sum rounded to bfloat16 once), for CPUs
+    whose bfloat16 GEMM is a slow loop (kernels/gemm.py); None when the tensors do not take
+    that path."""
+    if weight.dtype is not torch.bfloat16 or gemm.bf16_gemm_fast() or not _inference(x, weight, bias):
+        return None
+    k, n = weight.shape[1], weight.shape[0]
+    flat = x.reshape(-1, k).float()
+    out = torch.empty(flat.shape[0], n, dtype=torch.bfloat16)
+    tile = max(64, WIDEN_TILE_BYTES // (4 * k))
+    for r0 in range(0, n, tile):
+        r1 = min(n, r0 + tile)
+        b = None if bias is None else bias[r0:r1].float()
+        out[:, r0:r1] = gemm.float32_linear(flat, weight[r0:r1].float(), b)
+    return out.view(*x.shape[:-1], n)
 
 
 class FastLinear(Linear):
@@ -107,7 +126,9 @@ class FastLinear(Linear):
             out = small_linear(x, self.weight, self.bias)
         if out is None:
             out = onednn_linear(x, self.weight, self.bias)
+        if out is None:
+            out = widened_linear(x, self.weight, self.bias)
         return out if out is not None else F.linear(x, self.weight, self.bias)
 
 
-__all__ = ["FastLinear", "onednn_linear", "small_linear", "stream_linear", "SMALL_ROWS"]
+__all__ = ["FastLinear", "onednn_linear", "small_linear", "stream_linear", "widened_linear", "SMALL_ROWS"]

@@ -182,6 +182,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lfm_q8_gemm.argtypes = [p, p, i64, i64, i64, p, p, p, i64, p]
     lib.lfm_q4_dequant_bf16.argtypes = [p, p, i64, i64, p]
     lib.lfm_q8_dequant_bf16.argtypes = [p, p, i64, i64, p]
+    lib.lfm_q4_dequant_f32.argtypes = [p, p, i64, i64, p]
+    lib.lfm_q8_dequant_f32.argtypes = [p, p, i64, i64, p]
     lib.lfm_q4_to_q8.argtypes = [p, p, i64, i64, p, p]
     lib.lfm_scale_int32.argtypes = [p, i64, i64, p, p, p, i64]
     f32 = ctypes.c_float
@@ -203,6 +205,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "lfm_q8_gemm",
         "lfm_q4_dequant_bf16",
         "lfm_q8_dequant_bf16",
+        "lfm_q4_dequant_f32",
+        "lfm_q8_dequant_f32",
         "lfm_q4_to_q8",
         "lfm_scale_int32",
     ):

@@ -26,11 +26,12 @@ from torch import nn
 
 from .. import kernels
 from ..errors import ConfigError
+from ..kernels import gemm
 from .formats import dequantize_int4, dequantize_int8, fits, quantize_int4, quantize_int8
-from .prefill import w8a8_available, w8a8_linear
+from .prefill import prefill_path, w8a8_linear
 
 SMALL_BATCH = 16  # rows up to which the matrix-vector kernels beat dequant + GEMM
-PREFILL_TILE_BYTES = 8 << 20  # bf16 weight rows expanded at a time for a prefill GEMM
+PREFILL_TILE_BYTES = 8 << 20  # float weight rows expanded at a time for a prefill GEMM
 
 
 _SCRATCH = threading.local()  # per thread: the kernels run without the GIL
@@ -141,13 +142,16 @@ class QuantLinear(nn.Module):
         self, dtype=torch.float32, rows: slice | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The float weight this layer multiplies by, [out_features, in_features] (or a range
-        of its rows; bfloat16 can be written into a given buffer)."""
+        of its rows; bfloat16 and float32 can be written into a given buffer)."""
         lib = kernels.load()
-        if dtype == torch.bfloat16 and self._kernel_ok() and lib is not None:
+        if dtype in (torch.bfloat16, torch.float32) and self._kernel_ok() and lib is not None:
             r0, r1 = (rows.start, rows.stop) if rows is not None else (0, self.out_features)
             if out is None:
-                out = torch.empty(r1 - r0, self.in_features, dtype=torch.bfloat16)
-            fn = lib.lfm_q8_dequant_bf16 if self.bits == 8 else lib.lfm_q4_dequant_bf16
+                out = torch.empty(r1 - r0, self.in_features, dtype=dtype)
+            if dtype == torch.bfloat16:
+                fn = lib.lfm_q8_dequant_bf16 if self.bits == 8 else lib.lfm_q4_dequant_bf16
+            else:
+                fn = lib.lfm_q8_dequant_f32 if self.bits == 8 else lib.lfm_q4_dequant_f32
             fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features, out.data_ptr())
             return out
         q, s = (self.qweight, self.scales) if rows is None else (self.qweight[rows], self.scales[rows])
@@ -213,22 +217,27 @@ class QuantLinear(nn.Module):
         return out
 
     def _prefill_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Many rows: an int8 GEMM on per-token int8 activations (prefill.py), or with
-        prefill="bf16" a bf16 GEMM (AVX-512 BF16 / AMX via oneDNN) on the weights expanded a
-        tile of rows at a time, so the float copy never exceeds PREFILL_TILE_BYTES."""
-        if self.prefill == "w8a8" and w8a8_available():
+        """Many rows: an int8 GEMM on per-token int8 activations (prefill.py), or a bf16 GEMM
+        (AVX-512 BF16 / AMX via oneDNN) or float32 GEMM on the weights expanded a tile of rows
+        at a time, so the float copy never exceeds PREFILL_TILE_BYTES; which one by
+        `prefill_path` (the layer's mode, or float32 where that mode's GEMM is slow here)."""
+        path = prefill_path(self.prefill)
+        if path == "w8a8":
             return w8a8_linear(x, self.qweight, self.scales, self.bits)
+        dtype = torch.bfloat16 if path == "bf16" else torch.float32
+        product = F.linear if path == "bf16" else gemm.float32_linear
         k, n = self.in_features, self.out_features
-        xb = x.reshape(-1, k).to(torch.bfloat16)
-        tile = max(64, PREFILL_TILE_BYTES // (2 * k) // 64 * 64)
+        xf = x.reshape(-1, k).to(dtype).contiguous()
+        size = 2 if path == "bf16" else 4
+        tile = max(64, PREFILL_TILE_BYTES // (size * k) // 64 * 64)
         if tile >= n:
-            return F.linear(xb, self.dequantize(torch.bfloat16)).to(x.dtype).reshape(*x.shape[:-1], n)
-        out = torch.empty(xb.shape[0], n, dtype=x.dtype)
-        buf = torch.empty(tile, k, dtype=torch.bfloat16)
+            return product(xf, self.dequantize(dtype)).to(x.dtype).reshape(*x.shape[:-1], n)
+        out = torch.empty(xf.shape[0], n, dtype=x.dtype)
+        buf = torch.empty(tile, k, dtype=dtype)
         for r0 in range(0, n, tile):
             r1 = min(n, r0 + tile)
-            w = self.dequantize(torch.bfloat16, slice(r0, r1), buf[: r1 - r0])
-            out[:, r0:r1] = F.linear(xb, w)
+            w = self.dequantize(dtype, slice(r0, r1), buf[: r1 - r0])
+            out[:, r0:r1] = product(xf, w)
         return out.reshape(*x.shape[:-1], n)
 
     def _prepare(self):

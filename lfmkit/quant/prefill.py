@@ -3,7 +3,8 @@
 Prefill is bound by arithmetic, not by reading weights, and an int8 GEMM (`torch._int_mm`,
 oneDNN with VNNI) runs about twice the multiply-adds per second of a bf16 one on the CPUs we
 target. So, for `QuantLinear`s with `prefill="w8a8"` (the default; `"bf16"` keeps the bf16
-GEMM on weights dequantized per tile), a product with more than SMALL_BATCH rows:
+GEMM on weights dequantized per tile, `"float32"` a float32 GEMM on such tiles), a product with
+more than SMALL_BATCH rows:
 
 1. quantizes the activations per token on the fly: int8 codes with one absmax/127 scale per row
    (C, `lfm_quantize_act` with one block per row);
@@ -13,6 +14,11 @@ GEMM on weights dequantized per tile), a product with more than SMALL_BATCH rows
    127/8 of the row's largest; finer groups lose bits), so no int8 copy of the model is kept:
    the cost is one TILE_BYTES buffer and one pass over the int4 weights per prefill call;
 3. scales the exact int32 sums back: out = acc * x_scale[row] * w_scale[column].
+
+Where the CPU lacks the instructions those GEMMs need (AVX-512 VNNI for int8, AVX-512 BF16 or
+AMX for bf16: AVX2 laptops and servers), PyTorch runs them as loops a hundred times slower than
+float32 (kernels/gemm.py), so there `prefill_path` turns "w8a8" and "bf16" into "float32":
+weights dequantized exactly, a tile at a time, into oneDNN's float32 GEMM.
 
 Accuracy: against float32 activations times the same dequantized weights, the logits move by a
 few parts per thousand of their largest magnitude on random weights (bounded in
@@ -25,13 +31,14 @@ import torch
 
 from .. import kernels
 from ..errors import ConfigError
+from ..kernels import gemm
 
-PREFILL_MODES = ("w8a8", "bf16")
+PREFILL_MODES = ("w8a8", "bf16", "float32")
 TILE_BYTES = 8 << 20  # int8 weight rows expanded at a time from int4
 
 
 def check_prefill(mode: str) -> str:
-    """The prefill mode, validated ("w8a8" or "bf16")."""
+    """The prefill mode, validated ("w8a8", "bf16" or "float32")."""
     m = str(mode).lower()
     if m not in PREFILL_MODES:
         raise ConfigError(f"prefill must be one of {', '.join(PREFILL_MODES)}, got {mode!r}")
@@ -39,7 +46,18 @@ def check_prefill(mode: str) -> str:
 
 
 def w8a8_available() -> bool:
+    """W8A8 products can run here (kernels built, `torch._int_mm`), fast or not."""
     return hasattr(torch, "_int_mm") and kernels.load() is not None
+
+
+def prefill_path(mode: str) -> str:
+    """The GEMM a many-row product of a layer with prefill `mode` runs on this CPU: the mode
+    itself where its GEMM is fast here, else "float32" (module doc)."""
+    if mode == "w8a8":
+        return "w8a8" if w8a8_available() and gemm.int8_gemm_fast() else "float32"
+    if mode == "bf16":
+        return "bf16" if gemm.bf16_gemm_fast() else "float32"
+    return "float32"
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -676,14 +676,37 @@ void lfm_q8_linear(const float* x, int64_t M, int64_t K, int64_t ab, const int8_
     lfm_q8_gemm(xq, xs, M, K, ab, w, ws, wsum, N, out);
 }
 
-// int4 (layout above) + fp16 scales -> bf16 [N, K]
-void lfm_q4_dequant_bf16(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, uint16_t* out) {
+}  // extern "C"
+
+// int4 (layout above) + fp16 scales -> bf16 or float32 [N, K]; int8 [N, K] + float row scales
+// likewise (float32: exactly the reference's (code - 8) * scale, one rounding)
+static inline void put_val(uint16_t* o, float v) { *o = f32_to_bf16(v); }
+static inline void put_val(float* o, float v) { *o = v; }
+
+template <class T>
+static void q4_dequant(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, T* out) {
     #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-        uint16_t* o = out + n * K;
-        q4_row(w + n * (K / 2), ws + n * (K / 32), K, [o](int64_t i, float v) { o[i] = f32_to_bf16(v); });
+        T* o = out + n * K;
+        q4_row(w + n * (K / 2), ws + n * (K / 32), K, [o](int64_t i, float v) { put_val(o + i, v); });
     }
 }
+
+template <class T>
+static void q8_dequant(const int8_t* w, const float* ws, int64_t N, int64_t K, T* out) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float s = ws[n];
+        for (int64_t k = 0; k < K; k++) put_val(out + n * K + k, (float)w[n * K + k] * s);
+    }
+}
+
+extern "C" {
+
+void lfm_q4_dequant_bf16(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, uint16_t* out) { q4_dequant(w, ws, N, K, out); }
+void lfm_q4_dequant_f32(const uint8_t* w, const uint16_t* ws, int64_t N, int64_t K, float* out) { q4_dequant(w, ws, N, K, out); }
+void lfm_q8_dequant_bf16(const int8_t* w, const float* ws, int64_t N, int64_t K, uint16_t* out) { q8_dequant(w, ws, N, K, out); }
+void lfm_q8_dequant_f32(const int8_t* w, const float* ws, int64_t N, int64_t K, float* out) { q8_dequant(w, ws, N, K, out); }
 
 // ---------------------------------------------------------------- fused small ops (decode)
 // out = x * rsqrt(mean(x^2) + eps) * w, per row of length dim
@@ -731,13 +754,5 @@ void lfm_silu_mul(const float* gu, int64_t m, int64_t f, float* out) {
     }
 }
 
-// int8 [N, K] + float row scales -> bf16 [N, K]
-void lfm_q8_dequant_bf16(const int8_t* w, const float* ws, int64_t N, int64_t K, uint16_t* out) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        float s = ws[n];
-        for (int64_t k = 0; k < K; k++) out[n * K + k] = f32_to_bf16((float)w[n * K + k] * s);
-    }
-}
 
 }  // extern "C"
