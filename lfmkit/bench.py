@@ -382,7 +382,7 @@ def bench(
     repetitive prompt (its first 32 tokens over and over), against plain decoding of it."""
     from .fast.install import weight_bytes
     from .quant.formats import check_mode
-    from .quant.prefill import check_prefill
+    from .quant.prefill import check_prefill, prefill_path
 
     prefill = check_prefill(prefill)
 
@@ -425,6 +425,8 @@ def bench(
                 **m,
             )
         )
+        if mode in ("int4", "int8"):  # the GEMM its prefill ran (float32 where this CPU's int8/bf16 ones are slow)
+            results[-1].notes.append(f"prefill GEMM: {prefill_path(prefill)}")
         del model
         gc.collect()
 

@@ -49,8 +49,9 @@ def register(sub) -> None:
     p.add_argument(
         "--prefill",
         default="w8a8",
-        choices=["w8a8", "bf16"],
-        help="GEMMs of int8/int4 prefill: w8a8 (int8 activations per token, default) or bf16",
+        choices=["w8a8", "bf16", "float32"],
+        help="GEMMs of int8/int4 prefill: w8a8 (int8 activations per token, default), bf16 or float32 "
+        "(w8a8 and bf16 run float32 on CPUs without AVX-512 VNNI / BF16)",
     )
     p.add_argument(
         "--bandwidth-mib",

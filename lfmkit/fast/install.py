@@ -95,7 +95,8 @@ def install_fast_modules(model: nn.Module, prefill: str = "w8a8") -> nn.Module:
 
 
 def set_prefill(model: nn.Module, mode: str) -> nn.Module:
-    """How the quantized linears run many-token products: "w8a8" or "bf16" (quant/prefill.py)."""
+    """How the quantized linears run many-token products: "w8a8", "bf16" or "float32"
+    (quant/prefill.py; where this CPU's int8 or bf16 GEMM is slow, float32 runs instead)."""
     mode = check_prefill(mode)
     for m in model.modules():
         if isinstance(m, QuantLinear):

@@ -47,7 +47,8 @@ def load(
     quant: None (float, in `dtype`), "int8" or "int4" (quantized while loading; our kernels run
     on the CPU, elsewhere the layers dequantize for each product), "bf16".
     fast: install the fast paths (kernels, fused decode); False gives the reference model.
-    prefill: "w8a8" (int8 GEMMs for many-token products of int8/int4 models) or "bf16".
+    prefill: "w8a8" (int8 GEMMs for many-token products of int8/int4 models), "bf16" or
+    "float32" (on CPUs without AVX-512 VNNI / BF16 the first two run float32: quant/prefill.py).
     kwargs: revision, cache_dir (Hub ids).
     path None: the model that ships with lfmkit (`lfmkit.default_model`), said in one line on stderr.
     """

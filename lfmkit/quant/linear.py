@@ -127,7 +127,7 @@ class QuantLinear(nn.Module):
         return mod
 
     _fast = None  # cached kernel call (see _prepare)
-    prefill = "w8a8"  # how products of more than SMALL_BATCH rows run: "w8a8" or "bf16" (prefill.py)
+    prefill = "w8a8"  # how products of more than SMALL_BATCH rows run: "w8a8", "bf16" or "float32" (prefill.py)
 
     def set_weight(self, weight: torch.Tensor, rows: slice | None = None) -> None:
         """Quantize `weight` (float, all rows or the given row range) into this layer."""
