@@ -171,3 +171,16 @@ def test_dpo_scores_its_reference_in_the_training_precision(setup, tmp_path):
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert result.losses[1] < result.losses[0]
+
+
+def test_bf16_on_a_cpu_with_slow_bf16_gemms_is_warned_about(setup, monkeypatch, capsys):
+    """Without AVX-512 BF16 / AMX (kernels/gemm.py), bf16 training gets one stderr line saying
+    its products are slow loops there; where the GEMMs are fast, no line."""
+    from lfmkit.kernels import gemm
+
+    monkeypatch.setenv(gemm.ENV, "bf16")
+    sft(config(setup, "warned", bf16_weights=True, max_steps=1), verbose=False)
+    assert "warning: bf16_weights on a CPU without AVX-512 BF16 or AMX" in capsys.readouterr().err
+    monkeypatch.setattr(gemm, "bf16_gemm_fast", lambda: True)
+    sft(config(setup, "quiet", bf16=True, max_steps=1), verbose=False)
+    assert "warning" not in capsys.readouterr().err

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels import gemm
 from .batching import DataPlan, micro_batches
 from .checkpoints import checkpoint_state, clean_temporary, latest_checkpoint, load_checkpoint, save_checkpoint
 from .compact_adamw import CompactAdamW
@@ -172,6 +173,7 @@ class Trainer:
         self._skeleton = meta_skeleton(model) if self.strategy == "fsdp" else None
         self.step_module = wrap(model, self.loss_fn, self.strategy)
         self.mixed = self._mixed_precision()
+        self._warn_slow_bf16()
         self.params = (
             self.mixed.masters if self.mixed is not None else [p for p in model.parameters() if p.requires_grad]
         )
@@ -315,6 +317,19 @@ class Trainer:
     def _masters(self):
         """The float32 masters in the parameters' place (bf16_weights), for saving and loading."""
         return self.mixed.master_view() if self.mixed is not None else contextlib.nullcontext()
+
+    def _warn_slow_bf16(self) -> None:
+        """One stderr line when bfloat16 training (bf16 or bf16_weights) is asked for on a CPU whose
+        bfloat16 GEMMs are PyTorch's slow loops (no AVX-512 BF16 / AMX: kernels/gemm.py; on an AVX2
+        EPYC a [256,1024]x[1024,4608] forward and backward took 38x float32's time)."""
+        cfg = self.config
+        if (cfg.bf16 or cfg.bf16_weights) and self.model.device.type == "cpu" and not gemm.bf16_gemm_fast():
+            flag = "bf16_weights" if cfg.bf16_weights else "bf16"
+            print(
+                f"lfmkit train: warning: {flag} on a CPU without AVX-512 BF16 or AMX runs bfloat16 matrix "
+                "products as slow loops (tens of times float32's time); leave it off on this machine",
+                file=sys.stderr,
+            )
 
     def _autocast(self):
         if self.config.bf16:
