@@ -15,6 +15,7 @@ time the float32 paths where the fast ones exist.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -23,14 +24,17 @@ import torch.nn.functional as F
 ENV = "LFMKIT_SLOW_GEMMS"
 
 
-def _has(*flags: str) -> bool:
-    """This CPU has one of `flags` by `torch.cpu.get_capabilities()` (cpuinfo's names); True
-    where this torch cannot tell (assume the fast path, as before these checks existed)."""
+@functools.cache
+def _capabilities() -> dict | None:
     get = getattr(torch.cpu, "get_capabilities", None)
-    if get is None:
-        return True
-    caps = get()
-    return any(caps.get(f, False) for f in flags)
+    return None if get is None else dict(get())
+
+
+def _has(*flags: str) -> bool:
+    """This CPU has one of `flags` by `torch.cpu.get_capabilities()` (cpuinfo's names, read
+    once); True where this torch cannot tell (assume the fast path, as before these checks)."""
+    caps = _capabilities()
+    return True if caps is None else any(caps.get(f, False) for f in flags)
 
 
 def _forced_slow() -> set[str]:
