@@ -148,10 +148,7 @@ class QuantLinear(nn.Module):
             r0, r1 = (rows.start, rows.stop) if rows is not None else (0, self.out_features)
             if out is None:
                 out = torch.empty(r1 - r0, self.in_features, dtype=dtype)
-            if dtype == torch.bfloat16:
-                fn = lib.lfm_q8_dequant_bf16 if self.bits == 8 else lib.lfm_q4_dequant_bf16
-            else:
-                fn = lib.lfm_q8_dequant_f32 if self.bits == 8 else lib.lfm_q4_dequant_f32
+            fn = getattr(lib, f"lfm_q{self.bits}_dequant_{'bf16' if dtype == torch.bfloat16 else 'f32'}")
             fn(self.qweight[r0:r1].data_ptr(), self.scales[r0:r1].data_ptr(), r1 - r0, self.in_features, out.data_ptr())
             return out
         q, s = (self.qweight, self.scales) if rows is None else (self.qweight[rows], self.scales[rows])
@@ -228,8 +225,7 @@ class QuantLinear(nn.Module):
         product = F.linear if path == "bf16" else gemm.float32_linear
         k, n = self.in_features, self.out_features
         xf = x.reshape(-1, k).to(dtype).contiguous()
-        size = 2 if path == "bf16" else 4
-        tile = max(64, PREFILL_TILE_BYTES // (size * k) // 64 * 64)
+        tile = max(64, PREFILL_TILE_BYTES // (dtype.itemsize * k) // 64 * 64)
         if tile >= n:
             return product(xf, self.dequantize(dtype)).to(x.dtype).reshape(*x.shape[:-1], n)
         out = torch.empty(xf.shape[0], n, dtype=x.dtype)

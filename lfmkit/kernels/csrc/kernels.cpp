@@ -754,5 +754,4 @@ void lfm_silu_mul(const float* gu, int64_t m, int64_t f, float* out) {
     }
 }
 
-
 }  // extern "C"
