@@ -122,15 +122,17 @@ class LlamaCppEngine:
 
     def __init__(self, gguf: Path, threads: int, eos: int):
         import numpy as np
-        from llama_cpp import Llama, LogitsProcessorList
+        from llama_cpp import LogitsProcessorList
+
+        from lfmkit.bench import open_llama_cpp
 
         def mask_eos(_ids, scores):
             scores[eos] = -np.inf
             return scores
 
         self.no_eos = LogitsProcessorList([mask_eos])
-        self.llm = Llama(
-            model_path=str(gguf),
+        self.llm = open_llama_cpp(
+            gguf,
             n_ctx=8192,
             n_batch=512,
             n_threads=threads,

@@ -285,11 +285,49 @@ def load_speculator(draft: str, k: int, model, mode: str, prefill: str = "w8a8")
     return Speculator(load_lfmkit(config, path, mode, prefill), k=k)
 
 
-def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:
-    from llama_cpp import Llama
+# llama-cpp-python 0.3.36's AMX matrix products (its "extra buffer type" on CPUs with AMX)
+# crash the process on LFM2 GGUFs, tiny or full size (a segfault in ggml_backend_amx_mul_mat,
+# ggml-org/llama.cpp#20824, open): on such CPUs llama.cpp runs without its extra buffer types,
+# i.e. on its AVX-512 VNNI kernels without weight repacking.
+LLAMA_CPP_EXTRA_BUFFERS_OFF = (
+    "llama.cpp: extra buffer types off on this AMX CPU (its AMX path segfaults: llama.cpp#20824)"
+)
 
-    llm = Llama(
-        model_path=str(gguf_path),
+
+def llama_cpp_amx() -> bool:
+    """Whether llama.cpp would put weights in its AMX buffers here (and so must not)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    return b"AMX_INT8 = 1" in (info if isinstance(info, bytes) else str(info).encode())
+
+
+def open_llama_cpp(model_path: str | Path, **kwargs):
+    """`llama_cpp.Llama(model_path, **kwargs)`, with the extra buffer types off where the CPU has
+    AMX (LLAMA_CPP_EXTRA_BUFFERS_OFF). Llama() takes no such argument: its default model
+    parameters are swapped for the duration of the load."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as raw
+
+    if not llama_cpp_amx():
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+    default = raw.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    raw.llama_model_default_params = without_extra_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+    finally:
+        raw.llama_model_default_params = default
+
+
+def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:
+    llm = open_llama_cpp(
+        gguf_path,
         n_ctx=len(prompt) + decode_tokens + 8,
         n_batch=512,
         n_ubatch=512,
@@ -486,6 +524,8 @@ def bench(
                     **m,
                 )
             )
+            if llama_cpp_amx():
+                results[-1].notes.append(LLAMA_CPP_EXTRA_BUFFERS_OFF)
             gc.collect()
 
     need, free = 4 * config.num_parameters(), available_memory_bytes()
@@ -589,6 +629,7 @@ __all__ = [
     "BenchResult",
     "measure_lfmkit",
     "measure_llama_cpp",
+    "open_llama_cpp",
     "measure_transformers",
     "measure_speculative",
     "write_random_checkpoint",

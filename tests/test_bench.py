@@ -147,3 +147,26 @@ def test_random_checkpoint_is_what_both_engines_load(tmp_path):
     with torch.no_grad():
         a, b = ref(ids).logits, ours(ids)
     assert (a - b).abs().max() < 1e-4 * a.abs().max()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_llama_cpp_opens_without_extra_buffers_on_amx_cpus(monkeypatch, amx):
+    """llama.cpp's AMX products segfault on LFM2 (llama.cpp#20824): on an AMX CPU the model loads
+    with use_extra_bufts off, elsewhere with llama.cpp's defaults; the defaults come back after."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp.llama_cpp as raw
+
+    from lfmkit import bench
+
+    seen = []
+
+    class Fake:
+        def __init__(self, model_path, **kwargs):
+            seen.append((model_path, kwargs, raw.llama_model_default_params().use_extra_bufts))
+
+    monkeypatch.setattr(bench, "llama_cpp_amx", lambda: amx)
+    monkeypatch.setattr(llama_cpp, "Llama", Fake)
+    before = raw.llama_model_default_params
+    bench.open_llama_cpp("m.gguf", n_ctx=8)
+    assert seen == [("m.gguf", {"n_ctx": 8}, not amx)]
+    assert raw.llama_model_default_params is before and raw.llama_model_default_params().use_extra_bufts

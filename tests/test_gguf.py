@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from lfmkit.bench import open_llama_cpp
 from lfmkit.config import ATTENTION
 from lfmkit.errors import CheckpointError, ExportError
 from lfmkit.export.gguf import write_gguf
@@ -60,8 +61,8 @@ def exported(request, tmp_path_factory):
 
 
 def llama(path):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(str(path), logits_all=True, verbose=False, n_ctx=256, n_threads=1, n_threads_batch=1, seed=0)
+    pytest.importorskip("llama_cpp")
+    return open_llama_cpp(path, logits_all=True, verbose=False, n_ctx=256, n_threads=1, n_threads_batch=1, seed=0)
 
 
 def llama_logits(llm, ids):
