@@ -118,6 +118,34 @@ def test_fast_linear_takes_the_kernel_for_few_rows_only(monkeypatch):
 
 
 @needs_kernels
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_products_of_five_rows_or_more_take_amx_tiles_except_the_head(monkeypatch, amx):
+    """On AMX CPUs oneDNN's bf16 tiles beat the streaming kernel from AMX_TILE_ROWS rows, except
+    on head-sized weights (AMX_STREAM_BYTES); elsewhere the kernel takes up to SMALL_ROWS rows."""
+    monkeypatch.setattr(gemm, "amx_bf16", lambda: amx)
+    monkeypatch.setattr(float_linear, "AMX_STREAM_BYTES", 64 * 512 * 2)  # `head` below is head-sized
+    calls = []
+    real = float_linear.stream_linear
+    record = lambda *a, **kw: calls.append((a[1].shape[0], a[2].shape[0])) or real(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(float_linear, "stream_linear", record)
+    small, head = Linear(64, 32, bias=False), Linear(64, 512, bias=False)
+    for layer in (small, head):
+        torch.nn.init.normal_(layer.weight)
+        layer.__class__ = FastLinear
+        layer.bfloat16()
+    few, tiles = float_linear.AMX_TILE_ROWS - 1, float_linear.AMX_TILE_ROWS
+    with torch.no_grad():
+        for rows in (few, tiles, float_linear.SMALL_ROWS):
+            for layer in (small, head):
+                x = torch.randn(rows, 64).bfloat16()
+                torch.testing.assert_close(layer(x).float(), F.linear(x, layer.weight).float(), rtol=2e-2, atol=5e-2)
+    if amx:
+        assert calls == [(few, 32), (few, 512), (tiles, 512), (float_linear.SMALL_ROWS, 512)]
+    else:
+        assert calls == [(r, n) for r in (few, tiles, float_linear.SMALL_ROWS) for n in (32, 512)]
+
+
+@needs_kernels
 def test_a_bf16_fast_model_decodes_like_the_reference(tmp_path):
     from checkpoints import make_checkpoint
 

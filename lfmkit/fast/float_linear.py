@@ -8,7 +8,8 @@ an [8, 1024] x [1024, 65536] bfloat16 head product takes 17.6 ms through `F.line
 through `lfm_float_linear` (kernels/csrc/float.cpp: each weight row read once, multiplied by
 every token row; bfloat16 pairs by `vdpbf16ps` where the CPU has AVX512_BF16); w1 [8, 1024] x
 [1024, 9216] 2.9 against 2.3 ms. Up to `SMALL_ROWS` token rows take that kernel; past that the
-blocked GEMMs win.
+blocked GEMMs win. On CPUs with AMX, oneDNN's bfloat16 tiles win from `AMX_TILE_ROWS` rows on
+all but head-sized weights (`_tiles_win`).
 
 More rows: float32 `F.linear` goes to MKL's sgemm, which takes a generic path on AMD
 processors (measured on an AMD EPYC, 1 thread: a 512-token prefill's products 1.3x to 1.5x
@@ -117,12 +118,30 @@ def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.view(*x.shape[:-1], n)
 
 
+AMX_TILE_ROWS = 5  # on AMX, bfloat16 products of this many rows or more go to oneDNN's tiles...
+AMX_STREAM_BYTES = 64 << 20  # ...unless the weight is this large (the LM head: the stream kernel wins)
+
+
+def _tiles_win(weight: torch.Tensor, rows: int) -> bool:
+    """oneDNN's AMX bfloat16 GEMM beats the streaming kernel here (measured on a 2-core Xeon
+    with AMX, weights from memory: [8, 1024] x [1024, 9216] 0.68 against 0.76 ms, [8, 4608] x
+    [4608, 1024] 0.27 against 0.37 ms; the [8, 1024] x [1024, 65536] head 7.3 against 5.7 ms,
+    and at 4 rows or fewer the kernel wins everywhere; BENCHMARKS.md, issue 16)."""
+    return (
+        rows >= AMX_TILE_ROWS
+        and weight.dtype is torch.bfloat16
+        and weight.numel() * 2 < AMX_STREAM_BYTES
+        and gemm.amx_bf16()
+    )
+
+
 class FastLinear(Linear):
     """A linear layer whose float inference products take the fast paths (module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
-        if x.numel() <= SMALL_ROWS * x.shape[-1]:
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if rows <= SMALL_ROWS and not _tiles_win(self.weight, rows):
             out = small_linear(x, self.weight, self.bias)
         if out is None:
             out = onednn_linear(x, self.weight, self.bias)

@@ -48,6 +48,11 @@ def int8_gemm_fast() -> bool:
     return "int8" not in _forced_slow() and hasattr(torch, "_int_mm") and _has("avx512_vnni", "amx_int8")
 
 
+def amx_bf16() -> bool:
+    """oneDNN's bfloat16 GEMM runs on AMX tiles here (not forced slow)."""
+    return "bf16" not in _forced_slow() and _has("amx_bf16")
+
+
 def bf16_gemm_fast() -> bool:
     """bfloat16 products run on AVX-512 BF16 or AMX here."""
     return "bf16" not in _forced_slow() and _has("avx512_bf16", "amx_bf16")
