@@ -25,6 +25,8 @@ Timings on a shared machine drift: compare engines within one run (the printed r
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import json
 import math
@@ -294,6 +296,7 @@ LLAMA_CPP_EXTRA_BUFFERS_OFF = (
 )
 
 
+@functools.cache
 def llama_cpp_amx() -> bool:
     """Whether llama.cpp would put weights in its AMX buffers here (and so must not)."""
     import llama_cpp
@@ -302,27 +305,33 @@ def llama_cpp_amx() -> bool:
     return b"AMX_INT8 = 1" in (info if isinstance(info, bytes) else str(info).encode())
 
 
-def open_llama_cpp(model_path: str | Path, **kwargs):
-    """`llama_cpp.Llama(model_path, **kwargs)`, with the extra buffer types off where the CPU has
-    AMX (LLAMA_CPP_EXTRA_BUFFERS_OFF). Llama() takes no such argument: its default model
-    parameters are swapped for the duration of the load."""
-    import llama_cpp
+@contextlib.contextmanager
+def _without_extra_buffers():
+    """Llama() takes no use_extra_bufts argument: its default model parameters are swapped for
+    the duration of the load."""
     import llama_cpp.llama_cpp as raw
 
-    if not llama_cpp_amx():
-        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
     default = raw.llama_model_default_params
 
-    def without_extra_buffers():
-        params = default()
-        params.use_extra_bufts = False
-        return params
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
 
-    raw.llama_model_default_params = without_extra_buffers
+    raw.llama_model_default_params = params
     try:
-        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        yield
     finally:
         raw.llama_model_default_params = default
+
+
+def open_llama_cpp(model_path: str | Path, **kwargs):
+    """`llama_cpp.Llama(model_path, **kwargs)`, with the extra buffer types off where the CPU has
+    AMX (LLAMA_CPP_EXTRA_BUFFERS_OFF)."""
+    import llama_cpp
+
+    with _without_extra_buffers() if llama_cpp_amx() else contextlib.nullcontext():
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
 
 
 def measure_llama_cpp(gguf_path: Path, prompt: list[int], decode_tokens: int, threads: int, repeats: int = 2) -> dict:

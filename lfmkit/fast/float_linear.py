@@ -130,7 +130,7 @@ def _tiles_win(weight: torch.Tensor, rows: int) -> bool:
     return (
         rows >= AMX_TILE_ROWS
         and weight.dtype is torch.bfloat16
-        and weight.numel() * 2 < AMX_STREAM_BYTES
+        and weight.nbytes < AMX_STREAM_BYTES
         and gemm.amx_bf16()
     )
 
